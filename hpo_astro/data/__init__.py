@@ -1,0 +1,1 @@
+"""ExRomana data: safe file I/O (`exromana`), the simulator (`simulate`), preprocessing and splits (`prepare`)."""

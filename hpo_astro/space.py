@@ -1,0 +1,178 @@
+"""The search space as data: hyperparameter names, their allowed values, and the default configuration.
+
+Every value is categorical, as in the paper. A `SearchSpace` is an ordered mapping name -> tuple of values;
+it validates user-given values and parses `NAME=VALUE` strings from the command line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hpo_astro.errors import UserError
+
+Value = int | float | str
+
+# The paper's space (SPEC §1): 12 categorical hyperparameters, 11,059,200 combinations.
+PAPER_SPACE: dict[str, tuple[Value, ...]] = {
+    "conv_layers": (1, 2, 3, 4),
+    "conv_kernel_size": (3, 5, 7),
+    "fc_layers": (1, 2, 3, 4, 5),  # counts the final 1-unit layer
+    "fc_width": (32, 64, 128, 256),
+    "normalization": ("None", "BatchNorm", "LayerNorm"),
+    "activation": ("ReLU", "LeakyReLU", "GELU", "Tanh"),
+    "dropout_rate": (0.0, 0.05, 0.1, 0.2, 0.3),
+    "lr": (1e-1, 1e-2, 1e-3, 1e-4),
+    "weight_decay": (1e-2, 1e-3, 1e-4, 1e-5),
+    "batch_size": (4, 16, 64, 256),
+    "t_max": (10, 25, 50, 100),  # cosine-annealing horizon, also the epoch cap
+    "early_stop_patience": (3, 5, 10),
+}
+
+# A plain, "default-looking" configuration: what `hpo-astro train` uses for parameters the user does not
+# set, and a sensible ablation baseline. It is deliberately not tuned.
+DEFAULT_PARAMS: dict[str, Value] = {
+    "conv_layers": 2,
+    "conv_kernel_size": 3,
+    "fc_layers": 2,
+    "fc_width": 64,
+    "normalization": "None",
+    "activation": "ReLU",
+    "dropout_rate": 0.1,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "t_max": 25,
+    "early_stop_patience": 5,
+}
+
+ARCHITECTURE_PARAMS = (
+    "conv_layers",
+    "conv_kernel_size",
+    "fc_layers",
+    "fc_width",
+    "normalization",
+    "activation",
+    "dropout_rate",
+)
+
+
+@dataclass(frozen=True)
+class SearchSpace(Mapping[str, tuple[Value, ...]]):
+    """An ordered, immutable mapping from hyperparameter name to its allowed values."""
+
+    entries: tuple[tuple[str, tuple[Value, ...]], ...]
+
+    @classmethod
+    def from_dict(cls, space: Mapping[str, Any]) -> SearchSpace:
+        items = []
+        for name, vals in space.items():
+            if name not in PAPER_SPACE:
+                raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(PAPER_SPACE)}")
+            if isinstance(vals, str | bytes) or not hasattr(vals, "__iter__"):
+                raise UserError(f"values of {name!r} must be a list, got {vals!r}")
+            vals = tuple(vals)
+            if not vals:
+                raise UserError(f"hyperparameter {name!r} has an empty list of values")
+            items.append((name, tuple(_coerce(name, v) for v in vals)))
+        return cls(tuple(items))
+
+    @classmethod
+    def paper(cls) -> SearchSpace:
+        return cls.from_dict(PAPER_SPACE)
+
+    def __getitem__(self, name: str) -> tuple[Value, ...]:
+        for key, vals in self.entries:
+            if key == name:
+                return vals
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def n_combinations(self) -> int:
+        return math.prod(len(v) for _, v in self.entries)
+
+    def to_dict(self) -> dict[str, list[Value]]:
+        return {k: list(v) for k, v in self.entries}
+
+    def match(self, name: str, value: Any) -> Value:
+        """Return the allowed value of `name` equal to `value` (a string from the CLI or a number)."""
+        if name not in self:
+            raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(self)}")
+        allowed = self[name]
+        for candidate in allowed:
+            if _equal(candidate, value):
+                return candidate
+        shown = ", ".join(str(v) for v in allowed)
+        raise UserError(f"{name}={value} is outside the search space; allowed: {shown}")
+
+    def complete(self, params: Mapping[str, Any], defaults: Mapping[str, Value] = DEFAULT_PARAMS) -> dict:
+        """Validate `params` and fill the unspecified ones from `defaults` (or the space's first value)."""
+        out: dict[str, Value] = {}
+        for name in params:
+            if name not in self:
+                raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(self)}")
+        for name, allowed in self.entries:
+            if name in params:
+                out[name] = self.match(name, params[name])
+            elif name in defaults and any(_equal(a, defaults[name]) for a in allowed):
+                out[name] = self.match(name, defaults[name])
+            else:
+                out[name] = allowed[0]
+        return out
+
+
+def parse_assignments(items: list[str] | None, space: SearchSpace | None = None) -> dict[str, Value]:
+    """Parse `NAME=VALUE` strings into a validated partial configuration."""
+    space = space or SearchSpace.paper()
+    params: dict[str, Value] = {}
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name or not raw:
+            raise UserError(f"--param expects NAME=VALUE, got {item!r}")
+        params[name] = space.match(name, raw)
+    return params
+
+
+def _coerce(name: str, value: Any) -> Value:
+    """Normalise one value from a config file: numbers stay numbers, 'none'-like strings become 'None'."""
+    if isinstance(value, bool):
+        raise UserError(f"value {value!r} of {name!r} must be a number or a string")
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        for known in PAPER_SPACE[name]:
+            if isinstance(known, str) and known.lower() == value.lower():
+                return known
+        if isinstance(PAPER_SPACE[name][0], str):
+            raise UserError(f"unknown value {value!r} for {name!r}; known: {', '.join(map(str, PAPER_SPACE[name]))}")
+        try:
+            return _number(value)
+        except ValueError:
+            raise UserError(f"value {value!r} of {name!r} is not a number") from None
+    raise UserError(f"value {value!r} of {name!r} must be a number or a string")
+
+
+def _number(text: str) -> int | float:
+    number = float(text)
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+
+def _equal(candidate: Value, value: Any) -> bool:
+    if isinstance(candidate, str):
+        return isinstance(value, str) and candidate.lower() == value.lower()
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isclose(float(candidate), float(value), rel_tol=1e-9, abs_tol=1e-12)

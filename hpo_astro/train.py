@@ -1,0 +1,259 @@
+"""The trainer: one configuration, one model, read top to bottom. No Optuna in here.
+
+AdamW + BCEWithLogits (pos_weight balances the 2:1 real:bogus imbalance) + CosineAnnealingLR(T_max=t_max),
+at most t_max epochs (or `max_epochs` when smaller), whole splits held as tensors and indexed per batch.
+After every epoch the callbacks see a `TrainState` and may ask to stop; early stopping on validation loss is
+one such callback, Optuna pruning (in `hpo_astro.study`) another. The best-val-loss weights are restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpo_astro.data.prepare import DataSplits
+from hpo_astro.errors import UserError
+from hpo_astro.metrics import Metrics, classification_metrics
+from hpo_astro.model import build_model, count_parameters
+
+EVAL_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    val_roc_auc: float
+    lr: float  # learning rate used during this epoch
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    """What a callback sees after each epoch; everything needed to checkpoint or stop the run."""
+
+    params: Mapping[str, Any]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle_generator: torch.Generator
+    max_epochs: int
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int = 0  # 0 = no finite validation loss yet
+    best_val_loss: float = math.inf
+    best_weights: dict[str, torch.Tensor] | None = None
+    stop_reason: str | None = None
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    @property
+    def last(self) -> EpochMetrics:
+        return self.history[-1]
+
+    @property
+    def epochs_since_best(self) -> int:
+        return self.epoch - self.best_epoch
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Called after each epoch's metrics are in `state.history`; call `state.request_stop` to stop."""
+
+
+class EarlyStopping:
+    """Stop when validation loss has not improved for `patience` epochs."""
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise ValueError("patience must be >= 1")
+        self.patience = patience
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epochs_since_best >= self.patience:
+            state.request_stop("early_stopping")
+
+
+@dataclass
+class TrainResult:
+    params: dict[str, Any]
+    history: list[EpochMetrics]
+    best_epoch: int
+    stop_reason: str  # "max_epochs", "early_stopping", "diverged" or a callback's reason
+    n_params: int
+    wall_time: float
+    device: str
+    seed: int
+    train_metrics: Metrics  # of the restored best-epoch weights
+    val_metrics: Metrics
+    model: nn.Module = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (everything but the model)."""
+        return {
+            "params": self.params,
+            "history": [asdict(h) for h in self.history],
+            "best_epoch": self.best_epoch,
+            "stop_reason": self.stop_reason,
+            "n_params": self.n_params,
+            "wall_time": self.wall_time,
+            "device": self.device,
+            "seed": self.seed,
+            "train_metrics": self.train_metrics.as_dict(),
+            "val_metrics": self.val_metrics.as_dict(),
+        }
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU. An unknown or unavailable device is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    # Reproducible convolutions on GPU; costs some speed, which the field accepts for HPO comparisons.
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch]).squeeze(1) for i in range(0, len(x), batch)])
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pos_weight: float, threshold: float = 0.5) -> Metrics:
+    logits = predict_logits(model, x)
+    loss = nn.functional.binary_cross_entropy_with_logits(
+        logits, y, pos_weight=torch.tensor(pos_weight, device=logits.device)
+    ).item()
+    probabilities = torch.sigmoid(logits).cpu().numpy()
+    return classification_metrics(y.cpu().numpy(), probabilities, loss=loss, threshold=threshold)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled epoch of index batches. A last batch of one sample joins the previous one, because
+    BatchNorm cannot train on a single sample."""
+    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+def train(
+    params: Mapping[str, Any],
+    data: DataSplits,
+    callbacks: Iterable[Callback] = (),
+    max_epochs: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    early_stopping: bool = True,
+) -> TrainResult:
+    """Train one configuration; return per-epoch curves, the best epoch and its train/val metrics."""
+    start = time.perf_counter()
+    device = resolve_device(device) if isinstance(device, str) else device
+    data = data.to(device)
+    seed_everything(seed)
+
+    model = build_model(params, in_channels=data.in_channels).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"])
+    )
+    t_max = int(params["t_max"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
+    epochs = t_max if max_epochs is None else max(1, min(t_max, int(max_epochs)))
+    generator = torch.Generator().manual_seed(seed)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(data.pos_weight, device=device))
+    callbacks = list(callbacks)
+    if early_stopping:
+        callbacks.insert(0, EarlyStopping(int(params["early_stop_patience"])))
+    state = TrainState(params, model, optimizer, scheduler, generator, epochs)
+    batch_size = int(params["batch_size"])
+    x, y = data.x_train, data.y_train
+
+    while state.epoch < epochs:
+        epoch_start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for idx in batches(len(x), batch_size, generator):
+            idx = idx.to(device)
+            xb, yb = x[idx], y[idx]
+            logits = model(xb).squeeze(1)
+            loss = criterion(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += ((logits.detach() > 0) == (yb > 0.5)).sum()
+        scheduler.step()
+        train_loss = (loss_sum / len(x)).item()
+        val = evaluate(model, data.x_val, data.y_val, data.pos_weight)
+        val_loss = val.loss if math.isfinite(val.loss) else math.inf
+        state.history.append(
+            EpochMetrics(
+                epoch=state.epoch + 1,
+                train_loss=train_loss,
+                train_accuracy=(correct / len(x)).item(),
+                val_loss=val.loss,
+                val_accuracy=val.accuracy,
+                val_roc_auc=val.roc_auc,
+                lr=lr,
+                seconds=time.perf_counter() - epoch_start,
+            )
+        )
+        if val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_epoch = val_loss, state.epoch
+            state.best_weights = copy.deepcopy(model.state_dict())
+        if not math.isfinite(train_loss):
+            state.request_stop("diverged")
+        for callback in callbacks:
+            callback.on_epoch_end(state)
+        if state.stop_reason is not None:
+            break
+
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    else:  # never a finite validation loss: keep the last weights
+        state.best_epoch = state.epoch
+    return TrainResult(
+        params=dict(params),
+        history=state.history,
+        best_epoch=state.best_epoch,
+        stop_reason=state.stop_reason or "max_epochs",
+        n_params=count_parameters(model),
+        wall_time=time.perf_counter() - start,
+        device=str(device),
+        seed=seed,
+        train_metrics=evaluate(model, data.x_train, data.y_train, data.pos_weight),
+        val_metrics=evaluate(model, data.x_val, data.y_val, data.pos_weight),
+        model=model,
+    )

@@ -1,0 +1,117 @@
+"""The trainer: learns, stops early and restores the best epoch, is reproducible, honours its options."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpo_astro.data.prepare import DataSplits, load_splits
+from hpo_astro.space import DEFAULT_PARAMS
+from hpo_astro.train import EarlyStopping, TrainState, batches, evaluate, train
+
+FAST = {**DEFAULT_PARAMS, "conv_layers": 3, "conv_kernel_size": 5, "fc_width": 128, "batch_size": 16, "t_max": 50}
+
+
+def _noise_splits(n: int = 96) -> DataSplits:
+    """Random images with random labels: a model can only overfit, so validation loss must rise."""
+    g = torch.Generator().manual_seed(0)
+
+    def part(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.rand(m, 1, 64, 64, generator=g), (torch.rand(m, generator=g) < 0.6).float()
+
+    (xt, yt), (xv, yv), (xs, ys) = part(n), part(n // 2), part(n // 2)
+    return DataSplits(xt, yt, xv, yv, xs, ys, channels=("scorr",), fingerprint="noise")
+
+
+def test_short_training_beats_the_majority_class(train_file: Path) -> None:
+    data = load_splits(train_file)
+    majority = max(data.y_val.mean().item(), 1 - data.y_val.mean().item())
+    result = train(FAST, data, max_epochs=6, seed=0)
+    assert len(result.history) <= 6
+    assert result.val_metrics.accuracy > majority + 0.05
+    assert result.val_metrics.roc_auc > 0.8
+    assert result.history[0].lr == pytest.approx(1e-3)
+    assert result.history[-1].lr < 1e-3  # cosine schedule in action
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    data = _noise_splits()
+    params = {**DEFAULT_PARAMS, "lr": 1e-2, "batch_size": 16, "t_max": 50, "early_stop_patience": 3,
+              "dropout_rate": 0.0}
+    snapshots: dict[int, dict] = {}
+
+    class Snapshot:
+        def on_epoch_end(self, state: TrainState) -> None:
+            snapshots[state.epoch] = copy.deepcopy(state.model.state_dict())
+
+    result = train(params, data, callbacks=[Snapshot()], seed=1)
+    val_losses = [h.val_loss for h in result.history]
+    assert result.stop_reason == "early_stopping"
+    assert result.best_epoch == val_losses.index(min(val_losses)) + 1
+    assert len(result.history) == result.best_epoch + 3 < 50
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, snapshots[result.best_epoch][name]), name
+    assert evaluate(result.model, data.x_val, data.y_val, data.pos_weight).loss == pytest.approx(
+        min(val_losses), rel=1e-5
+    )
+
+
+def test_training_is_reproducible_for_a_seed() -> None:
+    data = _noise_splits(64)
+    a = train(DEFAULT_PARAMS, data, max_epochs=2, seed=3)
+    b = train(DEFAULT_PARAMS, data, max_epochs=2, seed=3)
+    c = train(DEFAULT_PARAMS, data, max_epochs=2, seed=4)
+    assert [h.val_loss for h in a.history] == [h.val_loss for h in b.history]
+    assert [h.val_loss for h in a.history] != [h.val_loss for h in c.history]
+
+
+def test_epoch_cap_and_t_max() -> None:
+    data = _noise_splits(32)
+    capped = train({**DEFAULT_PARAMS, "t_max": 10, "early_stop_patience": 10}, data, max_epochs=3)
+    assert len(capped.history) == 3 and capped.stop_reason == "max_epochs"
+    full = train({**DEFAULT_PARAMS, "t_max": 10, "early_stop_patience": 10}, data, early_stopping=False)
+    assert len(full.history) == 10  # t_max is the epoch cap when max_epochs is not smaller
+    assert full.history[-1].lr < 0.05 * 1e-3  # the cosine reaches ~0 at T_max
+
+
+def test_result_records_everything() -> None:
+    result = train(DEFAULT_PARAMS, _noise_splits(32), max_epochs=2, seed=0)
+    summary = result.summary()
+    assert summary["n_params"] == result.n_params > 0 and summary["wall_time"] > 0
+    assert summary["device"] == "cpu" and summary["best_epoch"] in (1, 2)
+    epoch = summary["history"][0]
+    assert set(epoch) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr",
+                          "seconds"}
+    assert set(summary["val_metrics"]) >= {"accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr"}
+
+
+def test_a_callback_can_stop_training() -> None:
+    class StopAtTwo:
+        def on_epoch_end(self, state: TrainState) -> None:
+            if state.epoch == 2:
+                state.request_stop("custom")
+
+    result = train(DEFAULT_PARAMS, _noise_splits(32), callbacks=[StopAtTwo()], early_stopping=False)
+    assert result.stop_reason == "custom" and len(result.history) == 2
+
+
+def test_divergence_stops_the_run() -> None:
+    data = _noise_splits(32)
+    data.x_train[0, 0, 0, 0] = float("nan")  # poisons the loss of every epoch
+    result = train(DEFAULT_PARAMS, data, max_epochs=5)
+    assert result.stop_reason == "diverged" and len(result.history) == 1
+
+
+def test_batches_never_leave_a_single_sample() -> None:
+    g = torch.Generator().manual_seed(0)
+    sizes = [len(b) for b in batches(9, 4, g)]
+    assert sizes == [4, 5] and sum(sizes) == 9
+    assert sorted(torch.cat(batches(9, 4, g)).tolist()) == list(range(9))
+
+
+def test_early_stopping_rejects_bad_patience() -> None:
+    with pytest.raises(ValueError):
+        EarlyStopping(0)
