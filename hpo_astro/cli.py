@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,8 +12,15 @@ from typer.core import TyperGroup
 
 from hpo_astro.errors import UserError
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors answer at once
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from hpo_astro.config import StudyConfig
+    from hpo_astro.train import TrainState
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 # Click's UsageError (Typer vendors Click, so reach it through a public subclass).
@@ -162,7 +169,7 @@ def train_command(
     from hpo_astro.data.prepare import PrepConfig, load_splits, parse_channels
     from hpo_astro.model import save_model
     from hpo_astro.space import SearchSpace, parse_assignments
-    from hpo_astro.train import TrainState, resolve_device, train
+    from hpo_astro.train import resolve_device, train
 
     space = SearchSpace.paper()
     params = space.complete(parse_assignments(param, space))
@@ -214,6 +221,168 @@ def train_command(
     }
     save_model(out, result.model, manifest)
     console.print(f"saved weights and configuration to {out}/")
+
+
+@app.command("run")
+def run_command(
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", "-s", help="random, ablation, genetic, bayesian, tpe or grid.")
+    ] = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", "-n", help="Budget: finished (complete + pruned) trials.")
+    ] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name [default: the strategy name].")] = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna storage URL [default: sqlite:///optuna.db].")
+    ] = None,
+    data: DataOpt = None,
+    channels: ChannelsOpt = None,
+    max_epochs: Annotated[int | None, typer.Option("--max-epochs", help="Cap epochs per trial below t_max.")] = None,
+    pruner: Annotated[
+        str | None, typer.Option("--pruner", help="none, median, hyperband or successive-halving.")
+    ] = None,
+    objective: Annotated[
+        str | None, typer.Option("--objective", help="accuracy, loss or roc_auc (validation).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampler and training seed [default: 0].")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML study file (options override it).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+) -> None:
+    """Create or resume a study and run it until it holds --n-trials finished trials."""
+    import shlex
+    import sys
+
+    import torch
+
+    from hpo_astro.config import StudyConfig, load_config
+    from hpo_astro.data.prepare import parse_channels
+    from hpo_astro.study import RunEvents, StudyFailed, run_study
+
+    base = load_config(config) if config else StudyConfig()
+    cfg = base.merged(
+        strategy=strategy,
+        n_trials=n_trials,
+        study=study,
+        storage=storage,
+        data=data,
+        channels=parse_channels(channels) if channels else None,
+        max_epochs=max_epochs,
+        pruner=pruner,
+        objective=objective,
+        seed=seed,
+    )
+    if threads:
+        torch.set_num_threads(threads)
+    resume = "hpo-astro " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    display = _RunDisplay(cfg)
+    try:
+        with display:
+            result = run_study(cfg, RunEvents(display.start, display.epoch, display.trial_end))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the running trial was marked failed; resume with: {resume}", markup=False)
+        raise typer.Exit(130) from None
+    except StudyFailed as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    best = _best(result.study)
+    console.print(
+        f"study {result.study.study_name!r}: {result.finished}/{result.target} finished trials"
+        f" ({result.ran} run now); best value {best}",
+        highlight=False,
+    )
+
+
+class _RunDisplay:
+    """Live progress: finished/target trials, best value so far, the current trial's epoch."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.cfg = cfg
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("trials"),
+            TextColumn("best {task.fields[best]}"),
+            TextColumn("{task.fields[current]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = None
+
+    def __enter__(self) -> _RunDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def start(self, study: optuna.Study, finished: int, target: int) -> None:
+        verb = "resuming" if finished or study.trials else "starting"
+        console.print(
+            f"{verb} study {study.study_name!r} ({self.cfg.strategy}, {self.cfg.objective} "
+            f"{self.cfg.direction}d): {finished}/{target} finished",
+            highlight=False,
+        )
+        self.task = self.progress.add_task(
+            study.study_name, total=target, completed=finished, best=_best(study), current=""
+        )
+
+    def epoch(self, number: int, state: TrainState) -> None:
+        self.progress.update(self.task, current=f"trial {number} epoch {state.epoch}/{state.max_epochs}")
+
+    def trial_end(self, study: optuna.Study, trial: FrozenTrial, finished: int) -> None:
+        value = "" if trial.value is None else f" value {trial.value:.4f}"
+        reason = trial.user_attrs.get("fail_reason", "")
+        extra = f" ({reason})" if trial.state.name == "FAIL" and reason else ""
+        self.progress.console.print(f"trial {trial.number} {trial.state.name.lower()}{value}{extra}", highlight=False)
+        self.progress.update(self.task, completed=finished, best=_best(study), current="")
+
+
+def _best(study: optuna.Study) -> str:
+    try:
+        return f"{study.best_value:.4f}"
+    except ValueError:
+        return "-"
+
+
+@app.command("status")
+def status_command(
+    storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL.")] = "sqlite:///optuna.db",
+    study: Annotated[str | None, typer.Option("--study", help="Only this study.")] = None,
+) -> None:
+    """Each study with its strategy, trial counts by state, best value and best parameters."""
+    from rich.table import Table
+
+    from hpo_astro.study import study_status
+
+    rows = study_status(storage, study)
+    if not rows:
+        console.print(f"no studies in {storage}")
+        return
+    table = Table("study", "strategy", "target", "complete", "pruned", "fail", "running", "best (trial)")
+    for row in rows:
+        c = row.counts
+        best = "-" if row.best_value is None else f"{row.best_value:.4f} (#{row.best_trial})"
+        table.add_row(
+            row.name,
+            row.strategy,
+            str(row.target or "-"),
+            str(c.get("complete", 0)),
+            str(c.get("pruned", 0)),
+            str(c.get("fail", 0)),
+            str(c.get("running", 0) + c.get("waiting", 0)),
+            best,
+        )
+    console.print(table)
+    for row in rows:
+        if row.best_params:
+            params = " ".join(f"{k}={v}" for k, v in row.best_params.items())
+            console.print(f"best params of {row.name}: {params}", highlight=False)
 
 
 def main() -> None:

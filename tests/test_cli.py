@@ -141,7 +141,8 @@ def test_bad_data_files(kind: str, command: str, tmp_path: Path, small_file: Pat
         (["--param", "activation=swish"], "activation=swish is outside the search space"),
         (["--param", "lr"], "--param expects NAME=VALUE"),
         (["--max-epochs", "0"], "--max-epochs"),
-        (["--device", "tpu"], "unsupported device 'tpu'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "meta"], "unsupported device 'meta'"),
         (["--device", "cuda:0"], "CUDA is not available"),
     ],
 )

@@ -79,7 +79,7 @@ def test_unsafe_global_in_array_dtype_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("obj", "message"),
     [
-        ([1, 2], "expected a dict"),
+        ("abc", "expected a dict with .TP. and .FP., got str"),
         ({"TP": []}, "missing key"),
         ({"TP": [{"x": 1}], "FP": []}, r"TP\[0\] has no 'sample'"),
         ({"TP": [{"sample": np.zeros((64, 64, 3))}], "FP": []}, r"TP\[0\]: 'sample' has shape \(64, 64, 3\)"),

@@ -1,0 +1,146 @@
+"""A study's configuration: plain data, loaded from TOML study files and overridden by command-line options."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo_astro.data.prepare import DEFAULT_CHANNELS
+from hpo_astro.errors import UserError
+from hpo_astro.space import SearchSpace
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+OBJECTIVES = {  # name -> (per-epoch metric, direction)
+    "accuracy": ("val_accuracy", "maximize"),
+    "loss": ("val_loss", "minimize"),
+    "roc_auc": ("val_roc_auc", "maximize"),
+}
+PRUNERS = ("none", "median", "hyperband", "successive-halving")
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study run. `None` means "not set": a default applies."""
+
+    strategy: str = "random"
+    n_trials: int | None = None
+    study: str | None = None  # study name; default: the strategy name
+    storage: str = DEFAULT_STORAGE
+    space: SearchSpace = field(default_factory=SearchSpace.paper)
+    baseline: dict[str, Any] | None = None  # ablation: the starting configuration
+    greedy: bool = False  # ablation: adopt each hyperparameter's best value after its sweep
+    population_size: int = 10  # genetic: NSGA-II population (the paper used 10)
+    pruner: str = "none"
+    objective: str = "accuracy"
+    seed: int = 0
+    data: Path | None = None
+    channels: tuple[str, ...] = DEFAULT_CHANNELS
+    max_epochs: int | None = None
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.strategy
+
+    @property
+    def direction(self) -> str:
+        return OBJECTIVES[self.objective][1]
+
+    @property
+    def metric(self) -> str:
+        return OBJECTIVES[self.objective][0]
+
+    def validate(self) -> StudyConfig:
+        from hpo_astro.strategies import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.n_trials is None:
+            raise UserError("the number of trials is not set: pass --n-trials N or set n_trials in the study file")
+        if self.n_trials <= 0:
+            raise UserError(f"--n-trials must be positive, got {self.n_trials}")
+        if self.pruner not in PRUNERS:
+            raise UserError(f"unknown pruner {self.pruner!r}; known: {', '.join(PRUNERS)}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if self.population_size < 2:
+            raise UserError(f"population_size must be at least 2, got {self.population_size}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise UserError(f"max_epochs must be at least 1, got {self.max_epochs}")
+        if not self.study_name.strip():
+            raise UserError("the study name is empty")
+        if self.baseline is not None:
+            self.baseline = {name: self.space.match(name, value) for name, value in self.baseline.items()}
+        return self
+
+    def merged(self, **overrides: Any) -> StudyConfig:
+        """A copy with every override that is not None applied (command-line options over the file)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_FILE_KEYS = {f.name for f in dataclasses.fields(StudyConfig)}
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read a TOML study file. Unknown keys, unknown hyperparameters and empty value lists are errors."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"study file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read study file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+    unknown = sorted(set(raw) - _FILE_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_FILE_KEYS))}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        values[key] = _convert(path, key, value)
+    try:
+        return StudyConfig(**values)
+    except TypeError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _convert(path: Path, key: str, value: Any) -> Any:
+    expected = {
+        "strategy": str,
+        "study": str,
+        "storage": str,
+        "pruner": str,
+        "objective": str,
+        "n_trials": int,
+        "population_size": int,
+        "seed": int,
+        "max_epochs": int,
+        "greedy": bool,
+    }
+    if key in expected:
+        kind = expected[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(f"{path}: {key} must be a {kind.__name__}, got {value!r}")
+        return value
+    if key == "space":
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: [space] must be a table of name = [values]")
+        try:
+            return SearchSpace.from_dict(value)
+        except UserError as exc:
+            raise UserError(f"{path}: space: {exc}") from None
+    if key == "baseline":
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: [baseline] must be a table of name = value")
+        return dict(value)
+    if key == "data":
+        return Path(value)
+    if key == "channels":
+        if isinstance(value, str):
+            value = [c.strip() for c in value.split(",")]
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+            raise UserError(f"{path}: channels must be a non-empty list of plane names")
+        return tuple(value)
+    raise UserError(f"{path}: unknown key {key}")  # pragma: no cover - guarded by _FILE_KEYS

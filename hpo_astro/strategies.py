@@ -1,0 +1,68 @@
+"""Strategy name -> Optuna sampler. Adding a strategy is one entry in `STRATEGIES`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+from optuna.samplers import BaseSampler
+
+from hpo_astro.config import StudyConfig
+from hpo_astro.errors import UserError
+from hpo_astro.samplers import AblationSampler
+
+GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
+
+
+def _grid(cfg: StudyConfig) -> BaseSampler:
+    size = cfg.space.n_combinations()
+    if size > GRID_LIMIT:
+        raise UserError(f"the grid has {size:,} combinations (limit {GRID_LIMIT:,}); narrow [space] in a study file")
+    return optuna.samplers.GridSampler(cfg.space.to_dict(), seed=cfg.seed)
+
+
+def _genetic(cfg: StudyConfig) -> BaseSampler:
+    # The paper's GA: population 10, uniform crossover, mutation 0.1. NSGA-II keeps its elites by construction
+    # (parents and offspring compete for the next population) rather than a fixed count of 2.
+    return optuna.samplers.NSGAIISampler(
+        population_size=cfg.population_size,
+        mutation_prob=0.1,
+        crossover=optuna.samplers.nsgaii.UniformCrossover(),
+        seed=cfg.seed,
+    )
+
+
+def _ablation(cfg: StudyConfig) -> BaseSampler:
+    return AblationSampler(cfg.space.to_dict(), baseline=cfg.baseline, greedy=cfg.greedy, seed=cfg.seed)
+
+
+STRATEGIES: dict[str, Callable[[StudyConfig], BaseSampler]] = {
+    "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
+    "ablation": _ablation,
+    "genetic": _genetic,
+    "bayesian": lambda cfg: optuna.samplers.GPSampler(seed=cfg.seed),  # GP surrogate, log expected improvement
+    "tpe": lambda cfg: optuna.samplers.TPESampler(seed=cfg.seed),
+    "grid": _grid,
+}
+
+
+def make_sampler(cfg: StudyConfig) -> BaseSampler:
+    try:
+        factory = STRATEGIES[cfg.strategy]
+    except KeyError:
+        raise UserError(f"unknown strategy {cfg.strategy!r}; known: {', '.join(STRATEGIES)}") from None
+    return factory(cfg)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    """Pruners work on epochs: each trial reports its objective metric after every epoch."""
+    max_epochs = cfg.max_epochs or max(int(v) for v in cfg.space.get("t_max", (100,)))
+    if cfg.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    if cfg.pruner == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    raise UserError(f"unknown pruner {cfg.pruner!r}")
