@@ -133,16 +133,15 @@ class AblationSampler(BaseSampler):
                 time.sleep(self._poll_interval)
                 continue
             break
-        storage.set_trial_system_attr(trial._trial_id, PLAN_KEY, self._plan_id)
+        # PLAN_KEY is written last: it tells the other workers that this trial has finished choosing.
         if slot is None:
             # Nothing left: the plan is exhausted (a race between workers or a re-run of a finished study).
             storage.set_trial_system_attr(trial._trial_id, EXHAUSTED_KEY, True)
             storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, self.baseline)
-            study.stop()
-            return
-        config = self.slot_config(slot, trials, study.direction)
-        storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, slot)
-        storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, config)
+        else:
+            storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, slot)
+            storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, self.slot_config(slot, trials, study.direction))
+        storage.set_trial_system_attr(trial._trial_id, PLAN_KEY, self._plan_id)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -155,7 +154,12 @@ class AblationSampler(BaseSampler):
     def after_trial(
         self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
-        if self.is_exhausted(study):
+        # Called before the trial's own state is written, so count its slot here when it finished.
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        finished = self._finished_slots(trials)
+        if state in (TrialState.COMPLETE, TrialState.PRUNED) and SLOT_KEY in trial.system_attrs:
+            finished.add(trial.system_attrs[SLOT_KEY])
+        if len(finished) == self.n_slots or trial.system_attrs.get(EXHAUSTED_KEY):
             study.stop()
 
     # --- state in the store -------------------------------------------------------------------------------------
