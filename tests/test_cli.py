@@ -21,7 +21,7 @@ from hpo_astro.data import exromana
 runner = CliRunner()
 
 
-def invoke(*args: str):  # noqa: ANN201
+def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
@@ -53,8 +53,25 @@ def test_data_info_prints_statistics_and_writes_a_gallery(small_file: Path, tmp_
 
 def test_train_saves_weights_and_configuration(small_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = invoke("train", "--data", small_file, "--max-epochs", 2, "--seed", 1, "--out", out, "--threads", 1,
-                    "-p", "conv_layers=1", "--param", "normalization=batchnorm", "--channels", "diff,scorr")
+    result = invoke(
+        "train",
+        "--data",
+        small_file,
+        "--max-epochs",
+        2,
+        "--seed",
+        1,
+        "--out",
+        out,
+        "--threads",
+        1,
+        "-p",
+        "conv_layers=1",
+        "--param",
+        "normalization=batchnorm",
+        "--channels",
+        "diff,scorr",
+    )
     assert result.exit_code == 0, result.output
     assert "epoch   1/2" in result.stdout and "epoch   2/2" in result.stdout
     assert "validation: loss" in result.stdout and "FPR@5%FNR" in result.stdout
@@ -94,7 +111,7 @@ class _Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -109,7 +126,7 @@ BAD_FILE_MESSAGES = {
 }
 
 
-def _assert_clean_failure(result, message: str) -> None:  # noqa: ANN001
+def _assert_clean_failure(result, message: str) -> None:
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -175,10 +192,11 @@ def test_download_from_a_local_file(tmp_path: Path, small_file: Path) -> None:
 def test_console_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "hpo_astro.cli", "train", "--param", "conv_layers=9"],
-        capture_output=True, text=True, env={**os.environ, "HPO_ASTRO_CACHE": str(tmp_path)}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HPO_ASTRO_CACHE": str(tmp_path)},
+        timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "error: conv_layers=9 is outside the search space; allowed: 1, 2, 3, 4"
-    ]
+    assert proc.stderr.strip().splitlines() == ["error: conv_layers=9 is outside the search space; allowed: 1, 2, 3, 4"]
     assert list(tmp_path.iterdir()) == []  # failed before generating the default data

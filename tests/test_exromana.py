@@ -50,7 +50,7 @@ class _RunsCode:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -72,7 +72,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path, container:
 def test_unsafe_global_in_array_dtype_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "x.npy"
     path.write_bytes(pickle.dumps({"TP": [{"sample": print}], "FP": []}))
-    with pytest.raises(exromana.UnsafePickleError, match="builtins.print"):
+    with pytest.raises(exromana.UnsafePickleError, match=r"builtins\.print"):
         exromana.load(path)
 
 
@@ -95,7 +95,7 @@ def test_structure_errors_name_the_problem(tmp_path: Path, obj: object, message:
 
 def test_truncated_and_foreign_files(tmp_path: Path, small_file: Path) -> None:
     truncated = tmp_path / "t.npy"
-    truncated.write_bytes(small_file.read_bytes()[: 200_000])
+    truncated.write_bytes(small_file.read_bytes()[:200_000])
     with pytest.raises(UserError, match="truncated or corrupt"):
         exromana.load(truncated)
     numeric = tmp_path / "n.npy"
@@ -121,7 +121,7 @@ class _RangeServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 start = 0
                 if header := self.headers.get("Range"):
                     outer.ranges.append(header)
@@ -155,7 +155,7 @@ def test_download_validates_and_resumes(tmp_path: Path, small_file: Path) -> Non
     server = _RangeServer(payload, fail_after=len(payload) // 3)
     out = tmp_path / "dl" / "exromana.npy"
     try:
-        with pytest.raises(UserError, match="run it again to resume|truncated"):
+        with pytest.raises(UserError, match=r"run it again to resume|truncated"):
             exromana.download(server.url, out)
         part = out.with_name(out.name + ".part")
         assert not out.exists()
@@ -188,7 +188,7 @@ def test_download_without_network_fails_clearly(tmp_path: Path) -> None:
     with socket.socket() as sock:  # a loopback port with nobody listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(UserError, match="cannot download .*no network"):
+    with pytest.raises(UserError, match=r"cannot download .*no network"):
         exromana.download(f"http://127.0.0.1:{port}/x.npy", tmp_path / "x.npy", timeout=5)
     assert not (tmp_path / "x.npy").exists()
 

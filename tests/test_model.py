@@ -32,8 +32,16 @@ def test_every_architecture_builds_and_runs_forward_and_backward() -> None:
 
 
 def test_structure_follows_the_paper() -> None:
-    params = {**DEFAULT_PARAMS, "conv_layers": 3, "conv_kernel_size": 5, "fc_layers": 3, "fc_width": 32,
-              "normalization": "LayerNorm", "activation": "GELU", "dropout_rate": 0.2}
+    params = {
+        **DEFAULT_PARAMS,
+        "conv_layers": 3,
+        "conv_kernel_size": 5,
+        "fc_layers": 3,
+        "fc_width": 32,
+        "normalization": "LayerNorm",
+        "activation": "GELU",
+        "dropout_rate": 0.2,
+    }
     model = build_model(params)
     convs = [m for m in model if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 32, 64]  # 16, doubling per block

@@ -25,9 +25,14 @@ def test_parse_assignments_matches_allowed_values() -> None:
 
 @pytest.mark.parametrize(
     ("item", "message"),
-    [("lr", "NAME=VALUE"), ("=3", "NAME=VALUE"), ("depth=3", "unknown hyperparameter"),
-     ("conv_layers=5", "outside the search space"), ("conv_layers=two", "outside the search space"),
-     ("activation=relu6", "outside the search space")],
+    [
+        ("lr", "NAME=VALUE"),
+        ("=3", "NAME=VALUE"),
+        ("depth=3", "unknown hyperparameter"),
+        ("conv_layers=5", "outside the search space"),
+        ("conv_layers=two", "outside the search space"),
+        ("activation=relu6", "outside the search space"),
+    ],
 )
 def test_parse_assignments_errors(item: str, message: str) -> None:
     with pytest.raises(UserError, match=message):

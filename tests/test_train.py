@@ -39,8 +39,14 @@ def test_short_training_beats_the_majority_class(train_file: Path) -> None:
 
 def test_early_stopping_restores_the_best_epoch() -> None:
     data = _noise_splits()
-    params = {**DEFAULT_PARAMS, "lr": 1e-2, "batch_size": 16, "t_max": 50, "early_stop_patience": 3,
-              "dropout_rate": 0.0}
+    params = {
+        **DEFAULT_PARAMS,
+        "lr": 1e-2,
+        "batch_size": 16,
+        "t_max": 50,
+        "early_stop_patience": 3,
+        "dropout_rate": 0.0,
+    }
     snapshots: dict[int, dict] = {}
 
     class Snapshot:
@@ -83,8 +89,16 @@ def test_result_records_everything() -> None:
     assert summary["n_params"] == result.n_params > 0 and summary["wall_time"] > 0
     assert summary["device"] == "cpu" and summary["best_epoch"] in (1, 2)
     epoch = summary["history"][0]
-    assert set(epoch) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr",
-                          "seconds"}
+    assert set(epoch) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_roc_auc",
+        "lr",
+        "seconds",
+    }
     assert set(summary["val_metrics"]) >= {"accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr"}
 
 
