@@ -48,6 +48,7 @@ _CANVAS = SIZE + 2 * _PAD
 _CENTRE = _PAD + SIZE // 2  # nominal candidate position on the canvas (pixel 32 of the cutout)
 _CHUNK = 256  # records per vectorised batch; fixed so that results do not depend on memory settings
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+_ALIASES = (-2, -1, 0, 1, 2)  # spectral aliases summed when sampling point sources (enough for FWHM >= 1 px)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ class SimConfig:
     """
 
     # Observing conditions.
-    fwhm_sci: tuple[float, float] = (1.5, 3.5)  # px, science-image seeing
-    fwhm_ref: tuple[float, float] = (1.5, 3.0)  # px, reference-coadd seeing
+    fwhm_sci: tuple[float, float] = (1.5, 3.2)  # px, science-image seeing
+    fwhm_ref: tuple[float, float] = (1.4, 2.2)  # px, reference coadd: built from good-seeing frames
     sky: tuple[float, float] = (100.0, 1000.0)  # counts/px (log), sets the Poisson noise
     ref_noise_ratio: tuple[float, float] = (0.25, 0.5)  # ref noise / sci noise: the coadd is deeper
     saturation: float = 60000.0  # counts; the science image clips here
@@ -74,20 +75,21 @@ class SimConfig:
     host_scale: tuple[float, float] = (1.2, 6.0)  # px, exponential-disk scale length
     # Real transients.
     tp_kind_weights: tuple[float, ...] = (0.45, 0.3, 0.15, 0.1)  # in TP_KINDS order
-    tp_snr: tuple[float, float] = (3.0, 60.0)  # (log)
+    tp_snr: tuple[float, float] = (4.0, 100.0)  # (log)
     variable_base_snr: tuple[float, float] = (10.0, 400.0)  # (log) quiescent star under a variable
     host_offset: tuple[float, float] = (1.5, 8.0)  # px, host_transient: transient-to-nucleus distance
     # Bogus detections.
-    fp_kind_weights: tuple[float, ...] = (0.2, 0.14, 0.06, 0.04, 0.09, 0.05, 0.05, 0.07, 0.3)  # FP_KINDS order
-    fp_snr: tuple[float, float] = (4.5, 40.0)  # (log) significance of artefacts
+    fp_kind_weights: tuple[float, ...] = (0.24, 0.16, 0.05, 0.06, 0.12, 0.08, 0.08, 0.09, 0.12)  # FP_KINDS order
+    fp_snr: tuple[float, float] = (4.5, 40.0)  # (log) significance of extended artefacts and dipoles
+    sharp_snr: tuple[float, float] = (5.0, 80.0)  # (log) significance of cosmic rays and hot pixels
     noise_peak_snr_min: float = 4.0  # noise peaks are conditioned on scorr = min + Exp(scale)
-    noise_peak_snr_scale: float = 1.0
+    noise_peak_snr_scale: float = 0.8
     dipole_offset: tuple[float, float] = (0.15, 1.5)  # px, misregistration of the dipole's star
     dipole_flux_sd: float = 0.05  # relative flux mismatch of the dipole's star (variability, bad zero point)
     dipole_global_fraction: float = 0.5  # share of dipoles from a whole-image misregistration (vs one star)
-    cr_psf_like_fraction: float = 0.3  # share of cosmic rays that are compact blobs rather than tracks
+    cr_psf_like_fraction: float = 0.2  # share of cosmic rays that are compact blobs rather than tracks
     cr_blob_sigma: tuple[float, float] = (0.4, 0.9)  # px
-    cr_track_length: tuple[float, float] = (3.0, 12.0)  # px
+    cr_track_length: tuple[float, float] = (4.0, 15.0)  # px
     bright_peak_ratio: tuple[float, float] = (1.2, 30.0)  # (log) star peak / saturation level
     bright_mismatch: tuple[float, float] = (0.03, 0.12)  # relative PSF mismatch around bright stars
     ghost_radius: tuple[float, float] = (4.0, 12.0)  # px
@@ -149,6 +151,17 @@ def _flux_for_snr(snr: np.ndarray, sigma_psf: np.ndarray, sky: np.ndarray) -> np
     return snr * np.sqrt(sky) * np.sqrt(4.0 * np.pi) * sigma_psf
 
 
+def _sum_sq(h_hat: np.ndarray) -> np.ndarray:
+    """Sum over pixels of h^2 from the rfft2 of h (Parseval), one value per record."""
+    n = h_hat.shape[-2]
+    power = np.abs(h_hat) ** 2
+    weight = np.full(h_hat.shape[-1], 2.0)
+    weight[0] = 1.0
+    if n % 2 == 0:
+        weight[-1] = 1.0  # the Nyquist column has no mirrored partner
+    return (power * weight).sum(axis=(-2, -1)) / n**2
+
+
 class _Batch:
     """State of one chunk of records on the padded canvas, filled in by the per-kind functions."""
 
@@ -190,6 +203,7 @@ class _Batch:
         """Fourier transform of unit-flux Gaussians of width sigma (one per record)."""
         return np.exp(-2.0 * np.pi**2 * sigma[:, None, None] ** 2 * self.f2)
 
+
     def shift_tf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Fourier transform of deltas at (x, y): a phase ramp, exact for sub-pixel positions."""
         return np.exp(-2j * np.pi * (self.fx * x[:, None, None] + self.fy * y[:, None, None]))
@@ -206,19 +220,33 @@ class _Batch:
         kr = np.sqrt(np.maximum((t * (1.0 + e)) ** 2 - r**2, 0.0))
         return t, ks, kr
 
+    def filters(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Transfer functions of the pipeline for records idx: the matched filter P (the common PSF) and the
+        two filters each image goes through before significance, K_sci * P and K_ref * P."""
+        t, ks, kr = self.kernels(idx)
+        p = self.gauss_tf(t)
+        return p, self.gauss_tf(ks) * p, self.gauss_tf(kr) * p
+
     def sigma_filtered(self, idx: np.ndarray) -> np.ndarray:
         """Sky-limited noise of the matched-filtered difference image (white noise through K * P)."""
-        t, ks, kr = self.kernels(idx)
+        _, hs, hr = self.filters(idx)
         sky = self.sky[idx]
-        return np.sqrt(sky / (4 * np.pi * (ks**2 + t**2)) + self.ratio[idx] ** 2 * sky / (4 * np.pi * (kr**2 + t**2)))
+        return np.sqrt(sky * _sum_sq(hs) + self.ratio[idx] ** 2 * sky * _sum_sq(hr))
 
     # Rendering ------------------------------------------------------------------------------------------
     def points_hat(self, flux: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        """Sum of Gaussian point sources, (k, J) arrays of flux and positions, as one batched matmul."""
+        """Gaussian point sources sampled at the pixel centres, given (k, J) arrays of flux and positions.
+
+        The transform of a sampled, undersampled Gaussian is the sum of its aliases; summing them (rather
+        than truncating the spectrum at Nyquist) avoids Gibbs ringing around bright stars. Gaussian and
+        phase ramp are separable, so all sources of a record are one batched matmul.
+        """
         flux, x, y = (np.atleast_2d(a.T).T for a in (flux, x, y))  # (k,) -> (k, 1)
-        row = flux[:, None, :] * np.exp(-2j * np.pi * self.fy[None, :, :] * y[:, None, :])  # (k, n, J)
-        col = np.exp(-2j * np.pi * self.fx[0][None, None, :] * x[:, :, None])  # (k, J, n//2+1)
-        return np.matmul(row, col) * self.gauss_tf(sigma)
+        s2 = -2.0 * np.pi**2 * sigma[:, None, None] ** 2
+        fy, fx = self.fy[None, :, :], self.fx[0][None, None, :]
+        row = sum(np.exp(s2 * (fy - a) ** 2 - 2j * np.pi * (fy - a) * y[:, None, :]) for a in _ALIASES)
+        col = sum(np.exp(s2 * (fx - a) ** 2 - 2j * np.pi * (fx - a) * x[:, :, None]) for a in _ALIASES)
+        return np.matmul(flux[:, None, :] * row, col)  # (k, n, J) @ (k, J, n//2+1)
 
     def add_pair(self, idx: np.ndarray, flux_s: np.ndarray, flux_r: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
         """Static point sources seen by both images; the reference copy carries the registration error."""
@@ -243,17 +271,16 @@ class _Batch:
         The signal's noise-free filtered difference image is computed exactly as the pipeline does, and its
         maximum within `radius` of xy is compared with the sky-limited filtered noise.
         """
-        t, ks, kr = self.kernels(idx)
-        p = self.gauss_tf(t)
+        _, hs, hr = self.filters(idx)
         fhat = np.zeros((len(idx), _CANVAS, _CANVAS // 2 + 1), complex)
         if sci_real is not None:
             fhat += np.fft.rfft2(sci_real)
         if sci_hat is not None:
             fhat += sci_hat
-        fhat *= self.gauss_tf(ks)
+        fhat *= hs
         if ref_hat is not None:
-            fhat -= ref_hat * self.gauss_tf(kr)
-        filtered = np.fft.irfft2(fhat * p, s=(_CANVAS, _CANVAS))
+            fhat -= ref_hat * hr
+        filtered = np.fft.irfft2(fhat, s=(_CANVAS, _CANVAS))
         near = (self.xx - xy[:, 0, None, None]) ** 2 + (self.yy - xy[:, 1, None, None]) ** 2 <= radius**2
         peak = np.where(near, filtered, -np.inf).max(axis=(1, 2)) / self.sigma_filtered(idx)
         return target / np.maximum(peak, 1e-12)
@@ -378,7 +405,7 @@ def _cr_mix(psf_like: float) -> np.ndarray:
 def _fp_cosmic_ray(b: _Batch, idx: np.ndarray) -> None:
     k = len(idx)
     img = _cosmic_ray_shapes(b, k)
-    snr = _loguniform(b.rng, b.cfg.fp_snr, k)
+    snr = _loguniform(b.rng, b.cfg.sharp_snr, k)
     amp = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_real=img)
     b.sci_pix[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
@@ -392,7 +419,7 @@ def _fp_hot_pixel(b: _Batch, idx: np.ndarray) -> None:
     img[ar, _CENTRE, _CENTRE] = 1.0
     pair = rng.random(k) < 0.3
     img[ar[pair], _CENTRE + 1, _CENTRE] = rng.uniform(0.3, 1.0, pair.sum())
-    snr = _loguniform(rng, b.cfg.fp_snr, k)
+    snr = _loguniform(rng, b.cfg.sharp_snr, k)
     amp = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_real=img)
     b.sci_pix[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
@@ -570,10 +597,10 @@ def _condition_noise(
     """Make the filtered difference at cond_xy equal cond_u sigma by the Gaussian conditioning update
     (Matheron's rule): the result is an exact draw of noise that produced a peak of that significance."""
     var_s, var_r, sci_true, ref_true = (a[idx] for a in truth)
-    t, ks, kr = b.kernels(idx)
+    _, hs, hr = b.filters(idx)
     shift = b.shift_tf(b.cond_xy[idx, 0], b.cond_xy[idx, 1])
-    w_s = np.fft.irfft2(b.gauss_tf(np.hypot(ks, t)) * shift, s=(_CANVAS, _CANVAS))  # (K_s * P) at the peak
-    w_r = np.fft.irfft2(b.gauss_tf(np.hypot(kr, t)) * shift, s=(_CANVAS, _CANVAS))
+    w_s = np.fft.irfft2(hs * shift, s=(_CANVAS, _CANVAS))  # the filter K_s * P centred on the peak
+    w_r = np.fft.irfft2(hr * shift, s=(_CANVAS, _CANVAS))
     axes = (1, 2)
     variance = (var_s * w_s**2).sum(axes) + (var_r * w_r**2).sum(axes)
     current = (w_s * (n_s[idx] + sci_true)).sum(axes) - (w_r * (n_r[idx] + ref_true)).sum(axes)
@@ -604,15 +631,15 @@ def _render(b: _Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         sci[j, max(y0 - half, 0) : y0 + half + 1, x0] = cfg.saturation
     ref = sky_r + ref_true + n_r
 
-    t, ks, kr = b.kernels(np.arange(m))
+    everyone = np.arange(m)
+    t, ks, kr = b.kernels(everyone)
+    p, hs, hr = b.filters(everyone)
     diff_hat = np.fft.rfft2(sci - sky) * b.gauss_tf(ks) - np.fft.rfft2(ref - sky_r) * b.gauss_tf(kr)
     diff = np.fft.irfft2(diff_hat, s=shape)
-    filtered = np.fft.irfft2(diff_hat * b.gauss_tf(t), s=shape)
-    # Variance of the filtered image: each variance map through the squared kernel (K * P)^2, whose
-    # transform is a Gaussian of width a / sqrt(2) scaled by 1 / (4 pi a^2).
-    a_s, a_r = np.hypot(ks, t), np.hypot(kr, t)
-    sq_s = b.gauss_tf(a_s / np.sqrt(2)) / (4 * np.pi * a_s[:, None, None] ** 2)
-    sq_r = b.gauss_tf(a_r / np.sqrt(2)) / (4 * np.pi * a_r[:, None, None] ** 2)
+    filtered = np.fft.irfft2(diff_hat * p, s=shape)
+    # Variance of the filtered image: each (independent-pixel) variance map through the squared filter.
+    sq_s = np.fft.rfft2(np.fft.irfft2(hs, s=shape) ** 2)
+    sq_r = np.fft.rfft2(np.fft.irfft2(hr, s=shape) ** 2)
     var_f = np.fft.irfft2(np.fft.rfft2(np.minimum(var_s, cfg.saturation)) * sq_s + np.fft.rfft2(var_r) * sq_r, s=shape)
     scorr = filtered / np.sqrt(np.maximum(var_f, 1e-6 * b.sky.min()))
     return sci, ref, diff, scorr

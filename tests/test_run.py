@@ -1,0 +1,413 @@
+"""Studies end to end: every strategy through the CLI, exact budgets on resume, Ctrl-C, pruning, objectives,
+refusing mismatched or bad input with the store untouched, and `status`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from hpo_astro import study as study_module
+from hpo_astro.cli import app
+from hpo_astro.config import StudyConfig, load_config
+from hpo_astro.metrics import Metrics
+from hpo_astro.space import SearchSpace
+from hpo_astro.strategies import STRATEGIES, make_pruner
+from hpo_astro.study import RunEvents, run_study
+from hpo_astro.train import EpochMetrics, TrainResult, TrainState
+
+runner = CliRunner()
+SMALL_SPACE = {"conv_layers": [1, 2], "fc_width": [32, 64], "lr": [1e-3, 1e-2], "activation": ["ReLU", "GELU"]}
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def _grid_config(tmp_path: Path) -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text('strategy = "grid"\n[space]\nconv_layers = [1, 2]\nlr = [1e-3, 1e-2]\nfc_width = [32]\n')
+    return path
+
+
+# --- a fast stand-in for the trainer, for tests about budgets, samplers and pruning -----------------------------
+
+
+def _fake_value(params: dict) -> float:
+    return 0.5 + 0.1 * int(params["conv_layers"]) - 20 * float(params["lr"]) + (params["activation"] == "GELU") * 0.05
+
+
+def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, **_):  # noqa: ANN001, ANN201
+    epochs = min(int(params["t_max"]), max_epochs or 10**6)
+    state = TrainState(params, None, None, None, None, epochs)  # type: ignore[arg-type]
+    final = _fake_value(params)
+    for epoch in range(1, epochs + 1):
+        acc = final * epoch / epochs
+        state.history.append(EpochMetrics(epoch, 1 - acc, acc, 1 - acc, acc, acc, 1e-3, 0.0))
+        state.best_epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+        if state.stop_reason:
+            break
+    m = Metrics(1 - state.last.val_accuracy, state.last.val_accuracy, state.last.val_roc_auc, 1, 1, 1, 0)
+    return TrainResult(
+        dict(params),
+        state.history,
+        state.best_epoch,
+        state.stop_reason or "max_epochs",
+        1,
+        0.0,
+        "cpu",
+        seed,
+        m,
+        m,
+        None,
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(study_module, "train", fake_train)
+
+
+def _cfg(tmp_path: Path, small_file: Path, **kw: object) -> StudyConfig:
+    base = {"storage": _store(tmp_path), "data": small_file, "max_epochs": 3, "n_trials": 4}
+    return StudyConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+# --- every strategy through the CLI, real training ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small_file: Path) -> None:
+    store = _store(tmp_path)
+    extra = ["--config", _grid_config(tmp_path)] if strategy == "grid" else ["--strategy", strategy]
+    result = invoke("run", *extra, "--n-trials", 3, "--data", small_file, "--max-epochs", 1, "--storage", store)
+    assert result.exit_code == 0, result.output
+    assert "3/3 finished trials" in result.stdout
+    study = optuna.load_study(study_name=strategy, storage=store)
+    trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(trials) == 3 and len(study.trials) == 3
+    for t in trials:
+        assert len(t.user_attrs["history"]) == 1 and t.intermediate_values.keys() == {1}
+        assert {"best_epoch", "wall_time", "n_params", "device", "val_metrics"} <= t.user_attrs.keys()
+    attrs = study.user_attrs
+    assert attrs["strategy"] == strategy and attrs["objective"] == "accuracy" and attrs["n_trials"] == 3
+    assert len(attrs["data_fingerprint"]) == 16 and "hpo_astro_version" in attrs and "space" in attrs
+    status = invoke("status", "--storage", store)
+    assert status.exit_code == 0 and strategy in status.stdout and "best params of" in status.stdout
+
+
+# --- samplers and budgets, with the fast stand-in ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian", "ablation", "grid"])
+def test_same_seed_gives_the_same_configurations(
+    strategy: str, tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    space = SearchSpace.from_dict(SMALL_SPACE)
+
+    def configs(seed: int, name: str) -> list[dict]:
+        cfg = _cfg(
+            tmp_path, small_file, strategy=strategy, seed=seed, study=name, n_trials=12, space=space, population_size=4
+        )
+        return [t.params for t in run_study(cfg).study.trials]
+
+    first, again, other = configs(0, "a"), configs(0, "b"), configs(1, "c")
+    assert first == again
+    assert first != other or strategy == "grid" and sorted(map(str, first)) == sorted(map(str, other))
+
+
+def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+    from hpo_astro.strategies import make_sampler
+
+    cfg = _cfg(tmp_path, small_file, strategy="bayesian", n_trials=13, space=SearchSpace.from_dict(SMALL_SPACE))
+    sampler = make_sampler(cfg)
+    assert isinstance(sampler, optuna.samplers.GPSampler)
+    original = study_module.make_sampler
+    study_module.make_sampler = lambda _cfg: sampler
+    try:
+        run_study(cfg)
+    finally:
+        study_module.make_sampler = original
+    assert sampler._gprs_cache_list is not None  # the GP surrogate was fitted for trials 11-13
+
+
+def test_genetic_population_size_is_used(tmp_path: Path, small_file: Path) -> None:
+    from hpo_astro.strategies import make_sampler
+
+    sampler = make_sampler(_cfg(tmp_path, small_file, strategy="genetic", population_size=7))
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler._population_size == 7
+
+
+def test_grid_refuses_the_full_paper_space(tmp_path: Path, small_file: Path) -> None:
+    result = invoke("run", "--strategy", "grid", "--n-trials", 3, "--data", small_file, "--storage", _store(tmp_path))
+    assert result.exit_code == 2 and "narrow [space]" in result.stderr
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_ablation_stops_at_its_plan(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+    space = SearchSpace.from_dict(SMALL_SPACE)  # 2+2+2+2 = 8 slots
+    result = run_study(_cfg(tmp_path, small_file, strategy="ablation", n_trials=50, space=space))
+    assert result.target == 8 and result.finished == 8 and len(result.study.trials) == 8
+
+
+def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+    cfg = _cfg(tmp_path, small_file, n_trials=5)
+
+    def interrupt(number: int, state: TrainState) -> None:
+        if number == 2 and state.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, RunEvents(on_epoch=interrupt))
+    study = optuna.load_study(study_name="random", storage=cfg.storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]  # never left RUNNING
+    result = run_study(cfg)
+    assert result.finished == 5 and result.ran == 3
+    again = run_study(cfg)
+    assert again.finished == 5 and again.ran == 0  # never overshoots
+    assert len(again.study.get_trials(states=(TrialState.COMPLETE,))) == 5
+
+
+def test_budget_can_be_extended(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+    run_study(_cfg(tmp_path, small_file, n_trials=2))
+    result = run_study(_cfg(tmp_path, small_file, n_trials=4))
+    assert result.finished == 4 and result.study.user_attrs["n_trials"] == 4
+
+
+# --- pruning --------------------------------------------------------------------------------------------------
+
+
+def test_pruning_callback_prunes_and_keeps_the_metrics(tmp_path: Path, small_file: Path) -> None:
+    """Real training under a pruner that must prune: accuracy is never above 2."""
+    from hpo_astro.data.prepare import load_splits
+
+    cfg = _cfg(tmp_path, small_file, max_epochs=4)
+    objective = study_module.Objective(cfg, load_splits(small_file))
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.ThresholdPruner(lower=2.0),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    study.optimize(objective, n_trials=2)
+    for t in study.trials:
+        assert t.state == TrialState.PRUNED
+        assert list(t.intermediate_values) == [1]  # stopped right after the first report
+        assert len(t.user_attrs["history"]) == 1 and t.user_attrs["stop_reason"] == "pruned"
+        assert "val_metrics" in t.user_attrs
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "successive-halving"])
+def test_each_pruner_prunes_worse_trials(pruner: str, tmp_path: Path, small_file: Path, fake_training: None) -> None:
+    cfg = _cfg(tmp_path, small_file, pruner=pruner, n_trials=16, max_epochs=9, seed=3)
+    result = run_study(cfg)
+    pruned = result.study.get_trials(states=(TrialState.PRUNED,))
+    assert result.finished == 16 and pruned
+    assert all(t.user_attrs["stop_reason"] == "pruned" for t in pruned)
+    assert any(len(t.user_attrs["history"]) < 9 for t in pruned)  # stopped early, not only at the end
+
+
+def test_pruner_none_never_prunes(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+    result = run_study(_cfg(tmp_path, small_file, pruner="none", n_trials=12, max_epochs=9))
+    assert not result.study.get_trials(states=(TrialState.PRUNED,))
+
+
+def test_pruner_factory() -> None:
+    space = SearchSpace.paper()
+    assert isinstance(make_pruner(StudyConfig(pruner="none")), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner(StudyConfig(pruner="median")), optuna.pruners.MedianPruner)
+    hb = make_pruner(StudyConfig(pruner="hyperband", max_epochs=27, space=space))
+    assert isinstance(hb, optuna.pruners.HyperbandPruner) and hb._max_resource == 27
+    assert isinstance(make_pruner(StudyConfig(pruner="successive-halving")), optuna.pruners.SuccessiveHalvingPruner)
+
+
+# --- objectives -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objective", "direction", "metric"),
+    [("accuracy", "MAXIMIZE", "accuracy"), ("loss", "MINIMIZE", "loss"), ("roc_auc", "MAXIMIZE", "roc_auc")],
+)
+def test_objectives(objective: str, direction: str, metric: str, tmp_path: Path, small_file: Path) -> None:
+    result = run_study(_cfg(tmp_path, small_file, objective=objective, n_trials=2, max_epochs=1))
+    assert result.study.direction.name == direction
+    for t in result.study.trials:
+        assert t.value == pytest.approx(t.user_attrs["val_metrics"][metric])
+        assert t.intermediate_values[1] == pytest.approx(t.user_attrs["history"][0][f"val_{metric}"])
+
+
+# --- Ctrl-C through the real command ------------------------------------------------------------------------
+
+
+def test_ctrl_c_marks_the_trial_failed_and_the_same_command_resumes(tmp_path: Path, small_file: Path) -> None:
+    db = tmp_path / "optuna.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpo_astro.cli",
+        "run",
+        "--strategy",
+        "random",
+        "--n-trials",
+        "3",
+        "--data",
+        str(small_file),
+        "--max-epochs",
+        "3",
+        "--storage",
+        f"sqlite:///{db}",
+        "--seed",
+        "1",
+    ]
+    env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a trial is running, then interrupt it
+        if db.exists() and _count(db, "RUNNING") > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with: hpo-astro run --strategy random --n-trials 3" in err
+    assert _count(db, "RUNNING") == 0 and _count(db, "FAIL") == 1
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _count(db, "COMPLETE") + _count(db, "PRUNED") == 3 and _count(db, "RUNNING") == 0
+
+
+def _count(db: Path, state: str) -> int:
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state = ?", (state,)).fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0  # tables not created yet
+
+
+# --- refusing mismatched studies and bad input ----------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--objective", "loss"], "different objective"),
+        (["--strategy", "tpe", "--study", "random"], "different strategy"),
+        (["--channels", "diff,scorr"], "different data fingerprint"),
+    ],
+)
+def test_a_mismatched_study_is_refused(
+    change: list[str], message: str, tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    store = _store(tmp_path)
+    base = ["run", "--n-trials", 1, "--data", small_file, "--max-epochs", 1, "--storage", store]
+    assert invoke(*base, "--strategy", "random").exit_code == 0
+    before = _digest(tmp_path / "optuna.db")
+    args = list(change) if "--strategy" in change else ["--strategy", "random", *change]
+    result = invoke(*base, *args)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _digest(tmp_path / "optuna.db") == before
+
+
+BAD_CONFIGS = {
+    "unknown key": ('strategy = "random"\nn_trails = 3\n', "unknown key(s) n_trails"),
+    "unknown hyperparameter": ("[space]\ndepth = [1, 2]\n", "unknown hyperparameter 'depth'"),
+    "empty values": ("[space]\nlr = []\n", "empty list of values"),
+    "bad value": ('[space]\nactivation = ["swish"]\n', "unknown value 'swish'"),
+    "bad toml": ("strategy = \n", "invalid TOML"),
+    "bad type": ('n_trials = "ten"\n', "n_trials must be a int"),
+    "bad baseline": ('strategy = "ablation"\n[baseline]\nlr = 0.5\n', "lr=0.5 is outside the search space"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CONFIGS))
+def test_bad_study_files(kind: str, tmp_path: Path, small_file: Path) -> None:
+    text, message = BAD_CONFIGS[kind]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = invoke("run", "--config", path, "--n-trials", 2, "--data", small_file, "--storage", _store(tmp_path))
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "annealing"], "unknown strategy 'annealing'"),
+        (["--pruner", "early"], "unknown pruner 'early'"),
+        (["--objective", "f1"], "unknown objective 'f1'"),
+        (["--n-trials", "0"], "--n-trials must be positive"),
+        (["--n-trials", "-3"], "--n-trials must be positive"),
+        (["--config", "missing.toml"], "study file not found"),
+        (["--storage", "not a url"], "malformed storage URL"),
+        (["--storage", "sqlite:///{tmp}/no/such/dir/x.db"], "storage directory does not exist"),
+        (["--storage", "sqlite:///{tmp}/file.txt/x.db"], "storage directory does not exist"),
+        (["--storage", "postgresql://user@127.0.0.1:1/db"], "cannot open storage|needs a database driver"),
+        (["--storage", "sqlite:////proc/optuna.db"], "cannot open storage|not writable"),
+    ],
+)
+def test_bad_run_options(args: list[str], message: str, tmp_path: Path, small_file: Path) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--n-trials" not in args:
+        args += ["--n-trials", "2"]
+    if "--strategy" not in args:
+        args += ["--strategy", "random"]
+    result = invoke(
+        "run",
+        *args,
+        "--data",
+        small_file,
+        "--max-epochs",
+        1,
+        *([] if "--storage" in args else ["--storage", _store(tmp_path)]),
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "optuna.db").exists() and "Traceback" not in result.output
+
+
+def test_status_of_an_empty_or_missing_study(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    empty = invoke("status", "--storage", store)
+    assert empty.exit_code == 0 and "no studies" in empty.stdout
+    missing = invoke("status", "--storage", store, "--study", "nope")
+    assert missing.exit_code == 2 and "no study named 'nope'" in missing.stderr
+
+
+def test_paper_study_files_load() -> None:
+    root = Path(__file__).resolve().parents[1] / "studies"
+    expected = {
+        "paper-random": ("random", 100),
+        "paper-ablation": ("ablation", 47),
+        "paper-genetic": ("genetic", 100),
+        "paper-bayesian": ("bayesian", 100),
+    }
+    for name, (strategy, n) in expected.items():
+        cfg = load_config(root / f"{name}.toml").validate()
+        assert (cfg.strategy, cfg.n_trials, cfg.study_name) == (strategy, n, name)
+        assert cfg.space == SearchSpace.paper()
+    assert load_config(root / "paper-genetic.toml").population_size == 10
