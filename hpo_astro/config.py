@@ -11,6 +11,7 @@ from typing import Any
 from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.errors import UserError
 from hpo_astro.space import SearchSpace
+from hpo_astro.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVES = {  # name -> (per-epoch metric, direction)
@@ -39,6 +40,10 @@ class StudyConfig:
     data: Path | None = None
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     max_epochs: int | None = None
+    heartbeat_interval: int = DEFAULT_HEARTBEAT  # seconds; 0 disables the heartbeat (and dead-trial retry)
+    grace_period: int = DEFAULT_GRACE  # seconds without heartbeat before a running trial counts as dead
+    artifacts: Path | None = None  # checkpoint/weights directory; default beside the SQLite file
+    workers: int = 1  # worker processes on this machine
 
     @property
     def study_name(self) -> str:
@@ -69,6 +74,12 @@ class StudyConfig:
             raise UserError(f"population_size must be at least 2, got {self.population_size}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"max_epochs must be at least 1, got {self.max_epochs}")
+        if self.heartbeat_interval < 0 or (self.heartbeat_interval and self.grace_period <= self.heartbeat_interval):
+            raise UserError(
+                f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})"
+            )
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
         if not self.study_name.strip():
             raise UserError("the study name is empty")
         if self.baseline is not None:
@@ -135,7 +146,9 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"{path}: [baseline] must be a table of name = value")
         return dict(value)
-    if key == "data":
+    if key in ("data", "artifacts"):
+        if not isinstance(value, str):
+            raise UserError(f"{path}: {key} must be a path string, got {value!r}")
         return Path(value)
     if key == "channels":
         if isinstance(value, str):

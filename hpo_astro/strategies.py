@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import optuna
@@ -46,11 +47,19 @@ STRATEGIES: dict[str, Callable[[StudyConfig], BaseSampler]] = {
 }
 
 
-def make_sampler(cfg: StudyConfig) -> BaseSampler:
+# Samplers whose plan must be identical in every worker (their state lives in the store). The others get
+# seed + worker index, so that parallel workers do not propose the same configurations.
+SHARED_SEED = {"ablation", "grid"}
+
+
+def make_sampler(cfg: StudyConfig, worker: int = 0) -> BaseSampler:
+    """The strategy's sampler; worker `i` of a parallel run gets seed + i for the stochastic samplers."""
     try:
         factory = STRATEGIES[cfg.strategy]
     except KeyError:
         raise UserError(f"unknown strategy {cfg.strategy!r}; known: {', '.join(STRATEGIES)}") from None
+    if worker and cfg.strategy not in SHARED_SEED:
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + worker)
     return factory(cfg)
 
 

@@ -1,19 +1,30 @@
-"""Studies in an Optuna storage: open the store, create or resume a study, run it to its exact budget.
+"""Studies in an Optuna storage: create or resume a study, run it to its exact budget, crash-safely.
 
-A study's budget is a number of *finished* trials (complete + pruned). `run_study` runs one trial at a time
-and recounts the store before each, so an interrupted run resumes where it stopped and never overshoots.
+* Budget: a number of *finished* trials (complete + pruned). The run loop recounts the store before every trial,
+  so an interrupted run resumes where it stopped; a trial that finds the budget already taken by others (a race
+  between workers) ends as a failed "surplus" trial instead of overshooting.
+* Crash safety: every epoch the trial's full training state is checkpointed to the artifact store. A trial whose
+  process dies (kill -9, out of memory, lost node) stops its heartbeat, is failed by the next worker after the
+  grace period and re-queued with the same parameters and its checkpoint; Ctrl-C and SIGTERM fail and re-queue
+  it at once. The retry resumes from the last checkpointed epoch and ends as the uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import tempfile
+import time
+import uuid
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro import __version__
@@ -23,13 +34,18 @@ from hpo_astro.errors import UserError
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
+from hpo_astro.storage import artifact_dir, artifact_store, open_storage, retry_callback
 from hpo_astro.strategies import make_pruner, make_sampler
 from hpo_astro.train import TrainState, train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_CONSECUTIVE_FAILURES = 3
+POLL_SECONDS = 1.0
 # Study attributes that must agree when a run resumes a stored study.
 IDENTITY_ATTRS = ("strategy", "space", "objective", "data_fingerprint")
+CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
+BEST_WEIGHTS_ATTR = "best_weights"  # study user attr: {"trial", "artifact_id", "value"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -39,46 +55,7 @@ class StudyFailed(Exception):
 
 
 class _SurplusTrial(Exception):
-    """The sampler has nothing left to evaluate for this trial (e.g. the ablation plan is exhausted)."""
-
-
-# --- storage ------------------------------------------------------------------------------------------------
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open an Optuna storage from a SQLAlchemy URL, refusing bad URLs and unwritable paths with a UserError."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(f"malformed storage URL {url!r}; expected e.g. sqlite:///optuna.db") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        path = Path(parsed.database)
-        directory = path.parent if str(path.parent) else Path(".")
-        if not directory.is_dir():
-            raise UserError(f"storage directory does not exist: {directory}")
-        if (path.exists() and not _writable(path)) or (not path.exists() and not _writable(directory)):
-            raise UserError(f"storage is not writable: {path}")
-    engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
-        engine_kwargs["connect_args"] = {"timeout": 60}  # wait for a writer instead of "database is locked"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except ImportError as exc:
-        raise UserError(f"storage URL {url!r} needs a database driver that is not installed: {exc}") from None
-    except Exception as exc:  # sqlalchemy OperationalError and friends: unreachable or unusable database
-        reason = " ".join(str(getattr(exc, "orig", exc)).split())
-        raise UserError(f"cannot open storage {url!r}: {reason}") from None
-
-
-def _writable(path: Path) -> bool:
-    import os
-
-    return os.access(path, os.W_OK)
+    """Nothing left for this trial: the sampler's plan is exhausted or the budget is taken by other trials."""
 
 
 # --- objective ----------------------------------------------------------------------------------------------
@@ -87,17 +64,48 @@ def _writable(path: Path) -> bool:
 class OptunaPruning:
     """Trainer callback: report the objective metric each epoch, keep the curves in the trial, prune on request."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, on_epoch: Callable[[int, TrainState], None] | None = None):
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        metric: str,
+        on_epoch: Callable[[int, TrainState], None] | None = None,
+        reported_until: int = 0,
+    ) -> None:
         self.trial, self.metric, self.on_epoch = trial, metric, on_epoch
+        self.reported_until = reported_until  # epochs a retried trial inherited, already reported
 
     def on_epoch_end(self, state: TrainState) -> None:
-        value = getattr(state.last, self.metric)
-        self.trial.report(_finite(value), state.epoch)
+        if state.epoch > self.reported_until:
+            self.trial.report(_finite(getattr(state.last, self.metric)), state.epoch)
         self.trial.set_user_attr("history", [asdict(h) for h in state.history])
         if self.on_epoch:
             self.on_epoch(self.trial.number, state)
         if self.trial.should_prune():
             state.request_stop("pruned")
+
+
+class ArtifactCheckpoint:
+    """Trainer callback: after each epoch, save the whole training state to the artifact store and point the
+    trial's `checkpoint` user attribute at it; the previous checkpoint is removed once the new one is in place."""
+
+    def __init__(self, trial: optuna.Trial, store: optuna.artifacts.FileSystemArtifactStore, previous: str | None):
+        self.trial, self.store, self.current = trial, store, previous
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        artifact_id = f"ckpt-{uuid.uuid4()}"
+        with tempfile.TemporaryFile() as fh:
+            torch.save(state.checkpoint(), fh)
+            fh.seek(0)
+            self.store.write(artifact_id, fh)
+        self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
+        self.remove()
+        self.current = artifact_id
+
+    def remove(self) -> None:
+        if self.current:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                self.store.remove(self.current)
+            self.current = None
 
 
 def _finite(value: float) -> float:
@@ -108,25 +116,58 @@ def _finite(value: float) -> float:
 class Objective:
     cfg: StudyConfig
     data: DataSplits
+    target: int
+    store: optuna.artifacts.FileSystemArtifactStore
     on_epoch: Callable[[int, TrainState], None] | None = None
+    current_trial_id: int | None = field(default=None, init=False)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current_trial_id = trial._trial_id
+        checkpoint = None
         try:
-            return self._run(trial)
-        except (optuna.TrialPruned, KeyboardInterrupt):
+            value, checkpoint = self._run(trial)
+            return value
+        except KeyboardInterrupt:
+            raise  # Ctrl-C / SIGTERM: the checkpoint stays for the retry
+        except optuna.TrialPruned:
+            self._drop(trial)
             raise
         except Exception as exc:  # recorded on the trial, which Optuna then marks failed
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            self._drop(trial)
             raise
+        finally:
+            if checkpoint is not None:
+                checkpoint.remove()
 
-    def _run(self, trial: optuna.Trial) -> float:
-        if trial.study._storage.get_trial_system_attrs(trial._trial_id).get(EXHAUSTED_KEY):
+    def _drop(self, trial: optuna.Trial) -> None:
+        """Remove the trial's checkpoint: it has finished and will not be retried."""
+        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        if pointer:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                self.store.remove(pointer["artifact_id"])
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, ArtifactCheckpoint]:
+        storage = trial.study._storage
+        if storage.get_trial_system_attrs(trial._trial_id).get(EXHAUSTED_KEY):
             raise _SurplusTrial("the sampler's plan is exhausted")
+        ahead = [
+            t
+            for t in storage.get_all_trials(trial.study._study_id, deepcopy=False)
+            if t.number < trial.number and t.state in HOLDING
+        ]
+        if len(ahead) >= self.target:
+            raise _SurplusTrial(f"the budget of {self.target} trials is already taken by other trials")
         sampled = {name: trial.suggest_categorical(name, list(values)) for name, values in self.cfg.space.items()}
         params = {**DEFAULT_PARAMS, **(self.cfg.baseline or {}), **sampled}
         trial.set_user_attr("params_full", params)
-        callback = OptunaPruning(trial, self.cfg.metric, self.on_epoch)
-        result = train(params, self.data, callbacks=[callback], max_epochs=self.cfg.max_epochs, seed=self.cfg.seed)
+        resume, inherited = self._inherited_checkpoint(trial, params)
+        checkpoint = ArtifactCheckpoint(trial, self.store, inherited)
+        reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve
+        callbacks = [OptunaPruning(trial, self.cfg.metric, self.on_epoch, max(reported, default=0)), checkpoint]
+        result = train(
+            params, self.data, callbacks=callbacks, max_epochs=self.cfg.max_epochs, seed=self.cfg.seed, resume=resume
+        )
         for key, value in {
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
@@ -139,9 +180,44 @@ class Objective:
         }.items():
             trial.set_user_attr(key, value)
         if result.stop_reason == "pruned":
+            checkpoint.remove()
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        value = getattr(result.val_metrics, self.cfg.metric.removeprefix("val_"))
-        return _finite(value)
+        value = _finite(getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")))
+        self._keep_if_best(trial, value, result.model)
+        return value, checkpoint
+
+    def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
+        """The checkpoint a retried trial inherited from the trial it retries (None for a fresh trial)."""
+        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        if not pointer:
+            return None, None
+        try:
+            with self.store.open_reader(pointer["artifact_id"]) as fh:
+                checkpoint = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception:  # missing or unreadable (e.g. killed while writing): start from epoch 0
+            return None, None
+        if dict(checkpoint.get("params", {})) != params:
+            return None, pointer["artifact_id"]
+        trial.set_user_attr("resumed_from_epoch", int(pointer["epoch"]))
+        return checkpoint, pointer["artifact_id"]
+
+    def _keep_if_best(self, trial: optuna.Trial, value: float, model: torch.nn.Module) -> None:
+        """Keep this trial's weights if it is the best so far; drop the previous best's."""
+        study = trial.study
+        best = study.user_attrs.get(BEST_WEIGHTS_ATTR)
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        if best is not None and not (value > best["value"] if maximize else value < best["value"]):
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number}-weights.pt"
+            torch.save(model.state_dict(), path)
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.store, file_path=str(path), study_or_trial=trial
+            )
+        study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
+        if best is not None:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                self.store.remove(best["artifact_id"])
 
 
 # --- create / resume ----------------------------------------------------------------------------------------
@@ -160,9 +236,11 @@ def study_attrs(cfg: StudyConfig, data: DataSplits) -> dict[str, Any]:
         "max_epochs": cfg.max_epochs,
         "channels": list(data.channels),
         "data_source": data.source,
+        "data": None if cfg.data is None else str(cfg.data),  # None: the default simulated set
         "baseline": cfg.baseline,
         "greedy": cfg.greedy,
         "population_size": cfg.population_size,
+        "artifacts": str(artifact_dir(cfg.storage, cfg.artifacts).resolve()),
     }
 
 
@@ -218,6 +296,7 @@ class RunEvents:
     on_start: Callable[[optuna.Study, int, int], None] | None = None  # study, finished, target
     on_epoch: Callable[[int, TrainState], None] | None = None  # trial number, trainer state
     on_trial_end: Callable[[optuna.Study, FrozenTrial, int], None] | None = None  # ..., finished so far
+    on_wait: Callable[[int], None] | None = None  # number of running trials (other workers' or dead ones)
 
 
 @dataclass
@@ -228,10 +307,12 @@ class RunResult:
     ran: int  # trials run by this call
 
 
-def prepare_run(cfg: StudyConfig) -> tuple[DataSplits, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+def prepare_run(
+    cfg: StudyConfig, worker: int = 0
+) -> tuple[DataSplits, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     """Everything that can refuse bad input, done before the store is touched."""
     cfg.validate()
-    sampler = make_sampler(cfg)
+    sampler = make_sampler(cfg, worker=worker)
     pruner = make_pruner(cfg)
     data = load_splits(cfg.data, PrepConfig(channels=cfg.channels))
     return data, sampler, pruner
@@ -250,35 +331,93 @@ def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int
     return cfg.n_trials
 
 
-def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (preemption, `kill`) takes the Ctrl-C path: checkpoint kept, trial failed and re-queued."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    if optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+
+
+def _requeue(study: optuna.Study, trial_id: int | None) -> None:
+    """Re-queue an interrupted trial with its parameters and checkpoint (what the heartbeat does for dead ones)."""
+    if trial_id is None:
+        return
+    trial = study._storage.get_trial(trial_id)
+    if trial.state == TrialState.FAIL and "params_full" in trial.user_attrs:
+        retry_callback()(study, trial)
+
+
+def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0) -> RunResult:
     """Create or resume the study and run trials until it holds `target` finished trials."""
     events = events or RunEvents()
-    data, sampler, pruner = prepare_run(cfg)
-    storage = open_storage(cfg.storage)
+    data, sampler, pruner = prepare_run(cfg, worker)
+    storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
     study = create_or_resume(cfg, storage, study_attrs(cfg, data), sampler, pruner)
     target = target_trials(cfg, sampler)
-    objective = Objective(cfg, data, events.on_epoch)
+    store = artifact_store(Path(study.user_attrs["artifacts"]))
+    objective = Objective(cfg, data, target, store, events.on_epoch)
     finished = count_finished(study)
     if events.on_start:
         events.on_start(study, finished, target)
     ran = failures = 0
-    while finished < target:
-        before = len(study.get_trials(deepcopy=False))
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        trials = study.get_trials(deepcopy=False)
-        if len(trials) == before:
-            break  # the sampler stopped the study before creating a trial
-        last = max((t for t in trials if t.number >= before), key=lambda t: t.number)
-        finished = count_finished(study)
-        ran += 1
-        if events.on_trial_end:
-            events.on_trial_end(study, last, finished)
-        if last.system_attrs.get(EXHAUSTED_KEY):
-            break
-        failures = failures + 1 if last.state == TrialState.FAIL else 0
-        if failures >= MAX_CONSECUTIVE_FAILURES:
-            reason = last.user_attrs.get("fail_reason", "unknown error")
-            raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
+    with _sigterm_as_interrupt():
+        while True:
+            _fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if finished >= target:
+                break
+            if waiting == 0 and finished + running >= target:
+                # The last trials run elsewhere, or in a dead process until the heartbeat grace period ends.
+                if events.on_wait:
+                    events.on_wait(running)
+                time.sleep(POLL_SECONDS)
+                continue
+            before = len(trials)
+            objective.current_trial_id = None
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            except KeyboardInterrupt:
+                _requeue(study, objective.current_trial_id)
+                raise
+            trials = study.get_trials(deepcopy=False)
+            mine = [t for t in trials if t._trial_id == objective.current_trial_id]
+            if not mine:
+                if len(trials) == before:
+                    break  # the sampler stopped the study before creating a trial
+                continue
+            last = mine[0]
+            finished = count_finished(study)
+            ran += 1
+            if events.on_trial_end:
+                events.on_trial_end(study, last, finished)
+            if last.system_attrs.get(EXHAUSTED_KEY):
+                break
+            surplus = "_SurplusTrial" in last.user_attrs.get("fail_reason", "")
+            failures = failures + 1 if last.state == TrialState.FAIL and not surplus else 0
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                reason = last.user_attrs.get("fail_reason", "unknown error")
+                raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
     return RunResult(study, target, finished, ran)
 
 
@@ -298,7 +437,7 @@ class StudyStatus:
 
 
 def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]:
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, heartbeat_interval=None)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     names = [s.study_name for s in summaries]
     if name is not None:

@@ -25,6 +25,7 @@ from hpo_astro.metrics import Metrics, classification_metrics
 from hpo_astro.model import build_model, count_parameters
 
 EVAL_BATCH = 1024
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,47 @@ class TrainState:
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit-for-bit after the last finished epoch.
+
+        Only tensors, numbers, strings, lists and dicts: it loads back with `torch.load(weights_only=True)`.
+        """
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "params": dict(self.params),
+            "max_epochs": self.max_epochs,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "shuffle_rng": self.shuffle_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": [asdict(h) for h in self.history],
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "best_weights": self.best_weights,
+            "stop_reason": self.stop_reason,
+        }
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        """Continue from `checkpoint` (made by `checkpoint()` for the same parameters)."""
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a checkpoint of this trainer version")
+        if dict(checkpoint["params"]) != dict(self.params):
+            raise ValueError("the checkpoint was made for other hyperparameters")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.shuffle_generator.set_state(checkpoint["shuffle_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        if checkpoint["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+        self.history = [EpochMetrics(**h) for h in checkpoint["history"]]
+        self.best_epoch = int(checkpoint["best_epoch"])
+        self.best_val_loss = float(checkpoint["best_val_loss"])
+        self.best_weights = checkpoint["best_weights"]
+        self.stop_reason = checkpoint["stop_reason"]
 
 
 class Callback(Protocol):
@@ -175,8 +217,13 @@ def train(
     seed: int = 0,
     device: str | torch.device = "auto",
     early_stopping: bool = True,
+    resume: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train one configuration; return per-epoch curves, the best epoch and its train/val metrics."""
+    """Train one configuration; return per-epoch curves, the best epoch and its train/val metrics.
+
+    `resume` is a `TrainState.checkpoint()`: training continues after its last epoch and, for the same seed,
+    ends exactly as the uninterrupted run would (on CPU; cuDNN is set deterministic on GPU too).
+    """
     start = time.perf_counter()
     device = resolve_device(device) if isinstance(device, str) else device
     data = data.to(device)
@@ -195,10 +242,12 @@ def train(
     if early_stopping:
         callbacks.insert(0, EarlyStopping(int(params["early_stop_patience"])))
     state = TrainState(params, model, optimizer, scheduler, generator, epochs)
+    if resume is not None:
+        state.restore(resume)
     batch_size = int(params["batch_size"])
     x, y = data.x_train, data.y_train
 
-    while state.epoch < epochs:
+    while state.epoch < epochs and state.stop_reason is None:
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.train()

@@ -51,18 +51,25 @@ def _fake_value(params: dict) -> float:
     return 0.5 + 0.1 * int(params["conv_layers"]) - 20 * float(params["lr"]) + (params["activation"] == "GELU") * 0.05
 
 
-def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, **_):
+def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, resume=None, **_):
+    """Same contract as `hpo_astro.train.train`, with a one-weight model and scripted metrics (milliseconds)."""
+    import torch
+
     epochs = min(int(params["t_max"]), max_epochs or 10**6)
-    state = TrainState(params, None, None, None, None, epochs)  # type: ignore[arg-type]
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    state = TrainState(params, model, optimizer, scheduler, torch.Generator().manual_seed(seed), epochs)
+    if resume is not None:
+        state.restore(resume)
     final = _fake_value(params)
-    for epoch in range(1, epochs + 1):
+    while state.epoch < epochs and state.stop_reason is None:
+        epoch = state.epoch + 1
         acc = final * epoch / epochs
         state.history.append(EpochMetrics(epoch, 1 - acc, acc, 1 - acc, acc, acc, 1e-3, 0.0))
         state.best_epoch = epoch
         for cb in callbacks:
             cb.on_epoch_end(state)
-        if state.stop_reason:
-            break
     m = Metrics(1 - state.last.val_accuracy, state.last.val_accuracy, state.last.val_roc_auc, 1, 1, 1, 0)
     return TrainResult(
         dict(params),
@@ -75,8 +82,8 @@ def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, **_):
         seed,
         m,
         m,
-        None,
-    )  # type: ignore[arg-type]
+        model,
+    )
 
 
 @pytest.fixture
@@ -139,7 +146,7 @@ def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_fi
     sampler = make_sampler(cfg)
     assert isinstance(sampler, optuna.samplers.GPSampler)
     original = study_module.make_sampler
-    study_module.make_sampler = lambda _cfg: sampler
+    study_module.make_sampler = lambda _cfg, worker=0: sampler
     try:
         run_study(cfg)
     finally:
@@ -176,9 +183,15 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path, 
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, RunEvents(on_epoch=interrupt))
     study = optuna.load_study(study_name="random", storage=cfg.storage)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]  # never left RUNNING
+    # never left RUNNING: failed, and re-queued with its parameters and its epoch-1 checkpoint
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.WAITING]
+    interrupted, queued = study.trials[2], study.trials[3]
+    assert queued.params == interrupted.params and queued.user_attrs["checkpoint"]["epoch"] == 1
     result = run_study(cfg)
     assert result.finished == 5 and result.ran == 3
+    retried = result.study.trials[3]
+    assert retried.state == TrialState.COMPLETE and retried.user_attrs["resumed_from_epoch"] == 1
+    assert sorted(retried.intermediate_values) == [1, 2, 3] and len(retried.user_attrs["history"]) == 3
     again = run_study(cfg)
     assert again.finished == 5 and again.ran == 0  # never overshoots
     assert len(again.study.get_trials(states=(TrialState.COMPLETE,))) == 5
@@ -198,7 +211,9 @@ def test_pruning_callback_prunes_and_keeps_the_metrics(tmp_path: Path, small_fil
     from hpo_astro.data.prepare import load_splits
 
     cfg = _cfg(tmp_path, small_file, max_epochs=4)
-    objective = study_module.Objective(cfg, load_splits(small_file))
+    from hpo_astro.storage import artifact_store
+
+    objective = study_module.Objective(cfg, load_splits(small_file), target=10, store=artifact_store(tmp_path / "a"))
     study = optuna.create_study(
         direction="maximize",
         pruner=optuna.pruners.ThresholdPruner(lower=2.0),
