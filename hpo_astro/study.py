@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
+import socket
 import tempfile
 import time
 import uuid
@@ -161,6 +163,7 @@ class Objective:
         sampled = {name: trial.suggest_categorical(name, list(values)) for name, values in self.cfg.space.items()}
         params = {**DEFAULT_PARAMS, **(self.cfg.baseline or {}), **sampled}
         trial.set_user_attr("params_full", params)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         resume, inherited = self._inherited_checkpoint(trial, params)
         checkpoint = ArtifactCheckpoint(trial, self.store, inherited)
         reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve

@@ -1,0 +1,123 @@
+"""Parallel workers on one study: K processes on this machine, or workers that join from anywhere.
+
+Every worker runs the same `run_study` loop against the shared store; the store is the only coordination
+(trial numbers, the trial queue, heartbeats), so a worker can start, die or be added at any time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+from pathlib import Path
+
+import optuna
+
+from hpo_astro.config import StudyConfig
+from hpo_astro.errors import UserError
+from hpo_astro.space import SearchSpace
+from hpo_astro.storage import open_storage
+from hpo_astro.study import RunEvents, RunResult, StudyFailed, run_study
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Split the machine's cores between the workers (at least one thread each)."""
+    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+
+
+def _child(cfg: StudyConfig, worker: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        run_study(cfg, worker=worker)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (StudyFailed, UserError) as exc:
+        print(f"worker {worker}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run_workers(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
+    """Run `cfg.workers` processes on the study: this one (with the display) plus `workers - 1` children."""
+    import torch
+
+    threads = threads_per_worker(cfg.workers)
+    torch.set_num_threads(threads)
+    if cfg.workers == 1:
+        return run_study(cfg, events)
+    # Validate and create the study here first, so children never race on a half-made study.
+    cfg.validate()
+    context = multiprocessing.get_context("spawn")
+    children: list[multiprocessing.process.BaseProcess] = []
+    try:
+        first = _FirstTrialGate(events)
+        for worker in range(1, cfg.workers):
+            child = context.Process(target=_child, args=(cfg, worker, threads), name=f"hpo-astro-worker-{worker}")
+            children.append(child)
+        first.children = children
+        return run_study(cfg, first.events(), worker=0)
+    except BaseException:
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)  # children checkpoint and re-queue their trials
+        raise
+    finally:
+        for child in children:
+            if child.pid is not None:
+                child.join()
+        failed = [c.name for c in children if c.exitcode not in (0, None, 130, -signal.SIGTERM)]
+        if failed and sys.exc_info()[0] is None:
+            raise StudyFailed(f"worker process(es) {', '.join(failed)} failed; see their messages above")
+
+
+class _FirstTrialGate:
+    """Starts the children once this process has created (or resumed) the study."""
+
+    def __init__(self, events: RunEvents | None) -> None:
+        self.inner = events or RunEvents()
+        self.children: list[multiprocessing.process.BaseProcess] = []
+
+    def events(self) -> RunEvents:
+        return dataclasses.replace(self.inner, on_start=self.on_start)
+
+    def on_start(self, study: optuna.Study, finished: int, target: int) -> None:
+        for child in self.children:
+            child.start()
+        if self.inner.on_start:
+            self.inner.on_start(study, finished, target)
+
+
+def config_from_study(storage_url: str, study_name: str, **overrides: object) -> StudyConfig:
+    """Rebuild a study's configuration from what it recorded in the store (for `hpo-astro worker`)."""
+    storage = open_storage(storage_url, heartbeat_interval=None)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise UserError(
+            f"no study named {study_name!r} in {storage_url}" + (f"; studies: {', '.join(names)}" if names else "")
+        ) from None
+    attrs = study.user_attrs
+    if "strategy" not in attrs:
+        raise UserError(f"study {study_name!r} was not made by hpo-astro (no recorded configuration)")
+    cfg = StudyConfig(
+        strategy=attrs["strategy"],
+        n_trials=attrs["n_trials"],
+        study=study_name,
+        storage=storage_url,
+        space=SearchSpace.from_dict(attrs["space"]),
+        baseline=attrs.get("baseline"),
+        greedy=bool(attrs.get("greedy", False)),
+        population_size=int(attrs.get("population_size", 10)),
+        pruner=attrs.get("pruner", "none"),
+        objective=attrs["objective"],
+        seed=int(attrs.get("seed", 0)),
+        data=Path(attrs["data"]) if attrs.get("data") else None,
+        channels=tuple(attrs.get("channels", ("scorr",))),
+        max_epochs=attrs.get("max_epochs"),
+        artifacts=Path(attrs["artifacts"]) if attrs.get("artifacts") else None,
+    )
+    return cfg.merged(**overrides)

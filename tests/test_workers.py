@@ -1,0 +1,191 @@
+"""Crash safety and parallel workers with real processes: SIGKILL chaos, 4 workers on one SQLite file,
+PostgreSQL (started by .ci/run in CI), and rebuilding a study's configuration for joining workers."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo_astro.config import StudyConfig
+from hpo_astro.space import SearchSpace
+from hpo_astro.workers import config_from_study, run_workers, threads_per_worker
+
+# Small, quick architectures: a trial of a few epochs takes about a second on the small data set.
+FAST_SPACE = {
+    "conv_layers": [1, 2],
+    "conv_kernel_size": [3],
+    "fc_layers": [1, 2],
+    "fc_width": [32],
+    "lr": [1e-3, 1e-2],
+    "dropout_rate": [0.0, 0.1],
+    "batch_size": [64],
+    "t_max": [10],
+}
+
+
+def _toml(path: Path, **values: object) -> Path:
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
+    lines.append("[space]")
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in FAST_SPACE.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _states(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as con:
+        try:
+            return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+        except sqlite3.OperationalError:
+            return {}
+
+
+def test_threads_are_split_between_workers() -> None:
+    assert threads_per_worker(1, cores=8) == 8
+    assert threads_per_worker(4, cores=8) == 2
+    assert threads_per_worker(4, cores=2) == 1
+
+
+def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path) -> None:
+    """At least 10 SIGKILLs over one study; the same command restarted each time. Ends with exactly N finished
+    trials, none running, every killed trial retried (resuming from its checkpoint), and a sound database."""
+    n_trials, db = 8, tmp_path / "chaos.db"
+    config = _toml(tmp_path / "chaos.toml", strategy="random", study="chaos", n_trials=n_trials, max_epochs=8,
+                   storage=f"sqlite:///{db}", data=str(small_file), heartbeat_interval=1, grace_period=3, seed=5)
+    cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
+    env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
+    rng = random.Random(0)
+    kills, deadline = 0, time.time() + 400
+    while kills < 10 and time.time() < deadline:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started = sum(_states(db).values())
+        while time.time() < deadline and proc.poll() is None and sum(_states(db).values()) <= started:
+            time.sleep(0.05)  # wait until this worker has begun a new trial (or popped a retry)
+        time.sleep(rng.uniform(0.2, 1.5))
+        if proc.poll() is not None:  # it finished the whole budget before we could kill it
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 10, f"only {kills} kills before the study finished; make trials longer"
+    final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert final.returncode == 0, final.stderr[-2000:]
+
+    study = optuna.load_study(study_name="chaos", storage=f"sqlite:///{db}")
+    trials = study.trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    surplus = [t for t in failed if "_SurplusTrial" in t.user_attrs.get("fail_reason", "")]
+    assert len(failed) - len(surplus) >= kills - 2  # nearly every kill hit a running trial
+    for t in failed:
+        if t not in surplus and "params_full" in t.user_attrs:
+            assert t.number in retried, f"killed trial {t.number} was never retried"
+    resumed = [t for t in finished if t.system_attrs.get("retry_history")]
+    assert resumed, "no killed trial finished as a retry"
+    by_number = {t.number: t for t in trials}
+    for t in resumed:
+        predecessor = by_number[t.system_attrs["retry_history"][-1]]
+        pointer = predecessor.user_attrs.get("checkpoint")
+        if pointer:
+            assert t.user_attrs["resumed_from_epoch"] == pointer["epoch"], t.number
+    assert any(t.user_attrs.get("resumed_from_epoch", 0) >= 1 for t in resumed)  # checkpoints were used
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # checkpoints of finished trials are gone; only the best trial's weights remain
+    leftovers = [p for p in (tmp_path / "chaos.db.artifacts").iterdir() if p.name.startswith("ckpt-")]
+    assert not leftovers
+
+
+def test_sigterm_checkpoints_and_requeues(tmp_path: Path, small_file: Path) -> None:
+    db = tmp_path / "term.db"
+    config = _toml(tmp_path / "term.toml", strategy="random", study="term", n_trials=2, max_epochs=10,
+                   storage=f"sqlite:///{db}", data=str(small_file), seed=1)
+    cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
+    env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    study = None
+    while time.time() < deadline:  # wait for the first checkpoint of the first trial
+        time.sleep(0.1)
+        if db.exists() and _states(db).get("RUNNING"):
+            study = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
+            if study.trials and "checkpoint" in study.trials[-1].user_attrs:
+                break
+    proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - start < 10 and proc.returncode == 130, err
+    states = _states(db)
+    assert states.get("FAIL") == 1 and states.get("WAITING") == 1 and not states.get("RUNNING")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    study = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
+    retry = [t for t in study.trials if t.system_attrs.get("retry_history")]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].user_attrs["resumed_from_epoch"] >= 1
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+
+def _parallel(storage: str, small_file: Path, study: str, workers: int, n_trials: int) -> optuna.Study:
+    cfg = StudyConfig(strategy="random", study=study, storage=storage, n_trials=n_trials, max_epochs=2,
+                      data=small_file, space=SearchSpace.from_dict(FAST_SPACE), workers=workers,
+                      artifacts=None)
+    result = run_workers(cfg)
+    assert result.finished == n_trials
+    return result.study
+
+
+def test_four_workers_on_one_sqlite_file(tmp_path: Path, small_file: Path, capfd: pytest.CaptureFixture) -> None:
+    study = _parallel(f"sqlite:///{tmp_path / 'four.db'}", small_file, "four", workers=4, n_trials=16)
+    trials = study.trials
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 16
+    assert not [t for t in trials if t.state == TrialState.FAIL and "Surplus" not in t.user_attrs.get("fail_reason", "")]
+    assert len({t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}) >= 3  # really parallel
+    out, err = capfd.readouterr()
+    assert "database is locked" not in out + err
+    # worker seeds differ (seed + worker index), so parallel workers do not repeat each other's draws
+    assert len({tuple(sorted(t.params.items())) for t in trials}) > 4
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("HPO_ASTRO_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the PostgreSQL test: .ci/run sets HPO_ASTRO_TEST_POSTGRES")
+        pytest.skip("no PostgreSQL server: set HPO_ASTRO_TEST_POSTGRES=postgresql://user:pass@127.0.0.1/db")
+    return url
+
+
+def test_four_workers_on_postgresql(small_file: Path) -> None:
+    url = _postgres_url()
+    name = f"pg-{os.getpid()}-{int(time.time())}"
+    study = _parallel(url, small_file, name, workers=4, n_trials=12)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 12
+    assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) >= 3
+    optuna.delete_study(study_name=name, storage=url)
+
+
+def test_a_joining_worker_rebuilds_the_configuration(tmp_path: Path, small_file: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'join.db'}"
+    _parallel(storage, small_file, "join", workers=1, n_trials=2)
+    cfg = config_from_study(storage, "join", n_trials=3)
+    assert cfg.strategy == "random" and cfg.n_trials == 3 and cfg.max_epochs == 2
+    assert cfg.space == SearchSpace.from_dict(FAST_SPACE) and cfg.data == small_file
+    from hpo_astro.study import run_study
+
+    result = run_study(cfg, worker=7)
+    assert result.finished == 3
+    from hpo_astro.errors import UserError
+
+    with pytest.raises(UserError, match="no study named 'nope'"):
+        config_from_study(storage, "nope")
