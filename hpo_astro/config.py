@@ -129,6 +129,9 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         "seed": int,
         "max_epochs": int,
         "greedy": bool,
+        "heartbeat_interval": int,
+        "grace_period": int,
+        "workers": int,
     }
     if key in expected:
         kind = expected[key]

@@ -426,3 +426,23 @@ def test_paper_study_files_load() -> None:
         assert (cfg.strategy, cfg.n_trials, cfg.study_name) == (strategy, n, name)
         assert cfg.space == SearchSpace.paper()
     assert load_config(root / "paper-genetic.toml").population_size == 10
+
+
+def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
+    path = tmp_path / "all.toml"
+    path.write_text(
+        'strategy = "ablation"\nn_trials = 5\nstudy = "s"\nstorage = "sqlite:///x.db"\ngreedy = true\n'
+        'population_size = 4\npruner = "median"\nobjective = "loss"\nseed = 3\ndata = "d.npy"\n'
+        'channels = ["sci", "scorr"]\nmax_epochs = 2\nheartbeat_interval = 2\ngrace_period = 7\n'
+        'artifacts = "arts"\nworkers = 3\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
+    )
+    cfg = load_config(path).validate()
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(StudyConfig)} == {
+        "strategy", "n_trials", "study", "storage", "greedy", "population_size", "pruner", "objective", "seed",
+        "data", "channels", "max_epochs", "heartbeat_interval", "grace_period", "artifacts", "workers", "baseline",
+        "space",
+    }
+    assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
+    assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
