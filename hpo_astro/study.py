@@ -94,7 +94,7 @@ class ArtifactCheckpoint:
         self.trial, self.store, self.current = trial, store, previous
 
     def on_epoch_end(self, state: TrainState) -> None:
-        artifact_id = f"ckpt-{uuid.uuid4()}"
+        artifact_id = f"{_checkpoint_prefix(self.trial.study)}{uuid.uuid4()}"
         with tempfile.TemporaryFile() as fh:
             torch.save(state.checkpoint(), fh)
             fh.seek(0)
@@ -421,7 +421,21 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 reason = last.user_attrs.get("fail_reason", "unknown error")
                 raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
+    _remove_orphan_checkpoints(study, Path(study.user_attrs["artifacts"]))
     return RunResult(study, target, finished, ran)
+
+
+def _remove_orphan_checkpoints(study: optuna.Study, directory: Path) -> None:
+    """Delete this study's leftover checkpoint files (a process killed between writing a new checkpoint and
+    removing the old one leaves one behind). Only when no trial of the study is running or queued."""
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        return
+    for path in directory.glob(f"{_checkpoint_prefix(study)}*"):
+        path.unlink(missing_ok=True)
+
+
+def _checkpoint_prefix(study: optuna.Study) -> str:
+    return f"ckpt-study{study._study_id}-"
 
 
 # --- status -------------------------------------------------------------------------------------------------

@@ -49,6 +49,18 @@ def _states(db: Path) -> dict[str, int]:
             return {}
 
 
+def _running_checkpoint_epoch(db: Path) -> int:
+    """The highest checkpointed epoch among running trials (-1 if none has one)."""
+    import json
+
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+            "WHERE t.state = 'RUNNING' AND a.key = 'checkpoint'"
+        ).fetchall()
+    return max((json.loads(v)["epoch"] for (v,) in rows), default=-1)
+
+
 def test_threads_are_split_between_workers() -> None:
     assert threads_per_worker(1, cores=8) == 8
     assert threads_per_worker(4, cores=8) == 2
@@ -59,8 +71,18 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
     """At least 10 SIGKILLs over one study; the same command restarted each time. Ends with exactly N finished
     trials, none running, every killed trial retried (resuming from its checkpoint), and a sound database."""
     n_trials, db = 8, tmp_path / "chaos.db"
-    config = _toml(tmp_path / "chaos.toml", strategy="random", study="chaos", n_trials=n_trials, max_epochs=8,
-                   storage=f"sqlite:///{db}", data=str(small_file), heartbeat_interval=1, grace_period=3, seed=5)
+    config = _toml(
+        tmp_path / "chaos.toml",
+        strategy="random",
+        study="chaos",
+        n_trials=n_trials,
+        max_epochs=8,
+        storage=f"sqlite:///{db}",
+        data=str(small_file),
+        heartbeat_interval=1,
+        grace_period=3,
+        seed=5,
+    )
     cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
     env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
     rng = random.Random(0)
@@ -70,7 +92,11 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
         started = sum(_states(db).values())
         while time.time() < deadline and proc.poll() is None and sum(_states(db).values()) <= started:
             time.sleep(0.05)  # wait until this worker has begun a new trial (or popped a retry)
-        time.sleep(rng.uniform(0.2, 1.5))
+        # then until the running trial has checkpointed a random number of epochs (0: right away)
+        epochs = rng.choice([0, 0, 1, 2, 3])
+        while time.time() < deadline and proc.poll() is None and _running_checkpoint_epoch(db) < epochs:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:  # it finished the whole budget before we could kill it
             break
         proc.send_signal(signal.SIGKILL)
@@ -110,8 +136,16 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
 
 def test_sigterm_checkpoints_and_requeues(tmp_path: Path, small_file: Path) -> None:
     db = tmp_path / "term.db"
-    config = _toml(tmp_path / "term.toml", strategy="random", study="term", n_trials=2, max_epochs=10,
-                   storage=f"sqlite:///{db}", data=str(small_file), seed=1)
+    config = _toml(
+        tmp_path / "term.toml",
+        strategy="random",
+        study="term",
+        n_trials=2,
+        max_epochs=10,
+        storage=f"sqlite:///{db}",
+        data=str(small_file),
+        seed=1,
+    )
     cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
     env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -136,10 +170,20 @@ def test_sigterm_checkpoints_and_requeues(tmp_path: Path, small_file: Path) -> N
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
 
 
-def _parallel(storage: str, small_file: Path, study: str, workers: int, n_trials: int) -> optuna.Study:
-    cfg = StudyConfig(strategy="random", study=study, storage=storage, n_trials=n_trials, max_epochs=2,
-                      data=small_file, space=SearchSpace.from_dict(FAST_SPACE), workers=workers,
-                      artifacts=None)
+def _parallel(
+    storage: str, small_file: Path, study: str, workers: int, n_trials: int, artifacts: Path | None = None
+) -> optuna.Study:
+    cfg = StudyConfig(
+        strategy="random",
+        study=study,
+        storage=storage,
+        n_trials=n_trials,
+        max_epochs=2,
+        data=small_file,
+        space=SearchSpace.from_dict(FAST_SPACE),
+        workers=workers,
+        artifacts=artifacts,
+    )
     result = run_workers(cfg)
     assert result.finished == n_trials
     return result.study
@@ -149,7 +193,9 @@ def test_four_workers_on_one_sqlite_file(tmp_path: Path, small_file: Path, capfd
     study = _parallel(f"sqlite:///{tmp_path / 'four.db'}", small_file, "four", workers=4, n_trials=16)
     trials = study.trials
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 16
-    assert not [t for t in trials if t.state == TrialState.FAIL and "Surplus" not in t.user_attrs.get("fail_reason", "")]
+    assert not [
+        t for t in trials if t.state == TrialState.FAIL and "Surplus" not in t.user_attrs.get("fail_reason", "")
+    ]
     assert len({t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}) >= 3  # really parallel
     out, err = capfd.readouterr()
     assert "database is locked" not in out + err
@@ -166,10 +212,10 @@ def _postgres_url() -> str | None:
     return url
 
 
-def test_four_workers_on_postgresql(small_file: Path) -> None:
+def test_four_workers_on_postgresql(small_file: Path, tmp_path: Path) -> None:
     url = _postgres_url()
     name = f"pg-{os.getpid()}-{int(time.time())}"
-    study = _parallel(url, small_file, name, workers=4, n_trials=12)
+    study = _parallel(url, small_file, name, workers=4, n_trials=12, artifacts=tmp_path / "artifacts")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 12
     assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) >= 3
     optuna.delete_study(study_name=name, storage=url)
@@ -189,3 +235,32 @@ def test_a_joining_worker_rebuilds_the_configuration(tmp_path: Path, small_file:
 
     with pytest.raises(UserError, match="no study named 'nope'"):
         config_from_study(storage, "nope")
+
+
+def test_journal_file_storage_with_two_workers(tmp_path: Path, small_file: Path) -> None:
+    study = _parallel(f"journal:{tmp_path / 'optuna.log'}", small_file, "journal", workers=2, n_trials=4)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert (tmp_path / "optuna.log.artifacts").is_dir()  # artifacts beside the journal file
+
+
+def test_grpc_storage_proxy(tmp_path: Path, small_file: Path) -> None:
+    import socket
+    import threading
+
+    from optuna.storages import run_grpc_proxy_server
+
+    from hpo_astro.storage import open_storage
+
+    backend = open_storage(f"sqlite:///{tmp_path / 'behind-proxy.db'}", heartbeat_interval=None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    threading.Thread(
+        target=run_grpc_proxy_server, args=(backend,), kwargs={"host": "127.0.0.1", "port": port}, daemon=True
+    ).start()
+    study = _parallel(
+        f"grpc://127.0.0.1:{port}", small_file, "proxied", workers=1, n_trials=2, artifacts=tmp_path / "artifacts"
+    )
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    direct = optuna.load_study(study_name="proxied", storage=f"sqlite:///{tmp_path / 'behind-proxy.db'}")
+    assert len(direct.trials) == 2  # the trials landed in the database behind the proxy
