@@ -20,12 +20,25 @@ from hpo_astro.train import evaluate, train
 
 CONFIGS: dict[str, dict] = {
     "default (paper-like, untuned)": DEFAULT_PARAMS,
-    "bad (lr 0.1, Tanh, 1 conv)": {**DEFAULT_PARAMS, "conv_layers": 1, "activation": "Tanh", "lr": 1e-1,
-                                   "batch_size": 256},
+    "bad (lr 0.1, Tanh, 1 conv)": {
+        **DEFAULT_PARAMS,
+        "conv_layers": 1,
+        "activation": "Tanh",
+        "lr": 1e-1,
+        "batch_size": 256,
+    },
     "small (1 conv, linear head)": {**DEFAULT_PARAMS, "conv_layers": 1, "fc_layers": 1},
-    "tuned-looking (3 conv k5, BN)": {**DEFAULT_PARAMS, "conv_layers": 3, "conv_kernel_size": 5, "fc_width": 128,
-                                      "normalization": "BatchNorm", "activation": "GELU", "batch_size": 16,
-                                      "t_max": 50, "early_stop_patience": 10},
+    "tuned-looking (3 conv k5, BN)": {
+        **DEFAULT_PARAMS,
+        "conv_layers": 3,
+        "conv_kernel_size": 5,
+        "fc_width": 128,
+        "normalization": "BatchNorm",
+        "activation": "GELU",
+        "batch_size": 16,
+        "t_max": 50,
+        "early_stop_patience": 10,
+    },
 }
 
 
@@ -50,8 +63,15 @@ def main() -> None:
             start = time.perf_counter()
             result = train(params, data, max_epochs=args.max_epochs, seed=seed)
             test = evaluate(result.model, data.x_test, data.y_test, data.pos_weight)
-            rows.append((len(result.history), result.val_metrics.accuracy, test.accuracy, test.roc_auc,
-                         time.perf_counter() - start))
+            rows.append(
+                (
+                    len(result.history),
+                    result.val_metrics.accuracy,
+                    test.accuracy,
+                    test.roc_auc,
+                    time.perf_counter() - start,
+                )
+            )
         cols = list(zip(*rows, strict=True))
         mean = [statistics.fmean(c) for c in cols]
         print(f"{name:32s} {mean[0]:6.1f} {mean[1]:8.4f} {mean[2]:8.4f} {mean[3]:8.4f} {mean[4]:8.1f}", flush=True)
