@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -63,7 +64,18 @@ DataOpt = Annotated[
 ]
 ChannelsOpt = Annotated[
     str | None,
-    typer.Option("--channels", help="Comma-separated planes among sci,ref,diff,scorr [default: scorr]."),
+    typer.Option("--channels", help="Comma-separated planes among sci,ref,diff,scorr (default: scorr)."),
+]
+ArtifactsOpt = Annotated[
+    Path | None,
+    typer.Option("--artifacts", help="Checkpoint/weights directory (default: beside the SQLite or journal file)."),
+]
+HeartbeatOpt = Annotated[
+    int | None, typer.Option("--heartbeat", min=0, help="Seconds between trial heartbeats; 0 disables (default: 10).")
+]
+GraceOpt = Annotated[
+    int | None,
+    typer.Option("--grace-period", min=1, help="Seconds without heartbeat before a trial is dead (default: 30)."),
 ]
 
 
@@ -119,7 +131,7 @@ def data_download(
 def data_info(
     path: Annotated[Path, typer.Argument(help="ExRomana .npy file.")],
     gallery: Annotated[
-        Path | None, typer.Option("--gallery", help="PNG to write [default: <file>.gallery.png].")
+        Path | None, typer.Option("--gallery", help="PNG to write (default: <file>.gallery.png).")
     ] = None,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="Gallery rows per class.")] = 6,
 ) -> None:
@@ -231,9 +243,9 @@ def run_command(
     n_trials: Annotated[
         int | None, typer.Option("--n-trials", "-n", help="Budget: finished (complete + pruned) trials.")
     ] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Study name [default: the strategy name].")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default: the strategy name).")] = None,
     storage: Annotated[
-        str | None, typer.Option("--storage", help="Optuna storage URL [default: sqlite:///optuna.db].")
+        str | None, typer.Option("--storage", help="Optuna storage URL (default: sqlite:///optuna.db).")
     ] = None,
     data: DataOpt = None,
     channels: ChannelsOpt = None,
@@ -244,21 +256,23 @@ def run_command(
     objective: Annotated[
         str | None, typer.Option("--objective", help="accuracy, loss or roc_auc (validation).")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Sampler and training seed [default: 0].")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampler and training seed (default: 0).")] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML study file (options override it).")
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch CPU threads per worker (default: cores / workers).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="Worker processes on this machine (default: 1).")
+    ] = None,
+    artifacts: ArtifactsOpt = None,
+    heartbeat: HeartbeatOpt = None,
+    grace_period: GraceOpt = None,
 ) -> None:
     """Create or resume a study and run it until it holds --n-trials finished trials."""
-    import shlex
-    import sys
-
-    import torch
-
     from hpo_astro.config import StudyConfig, load_config
     from hpo_astro.data.prepare import parse_channels
-    from hpo_astro.study import RunEvents, StudyFailed, run_study
 
     base = load_config(config) if config else StudyConfig()
     cfg = base.merged(
@@ -272,16 +286,82 @@ def run_command(
         pruner=pruner,
         objective=objective,
         seed=seed,
+        workers=workers,
+        artifacts=artifacts,
+        heartbeat_interval=heartbeat,
+        grace_period=grace_period,
     )
-    if threads:
-        torch.set_num_threads(threads)
+    _execute(cfg, threads)
+
+
+@app.command("worker")
+def worker_command(
+    study: Annotated[str, typer.Option("--study", help="The study to join (it must exist in the store).")],
+    storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL.")] = "sqlite:///optuna.db",
+    index: Annotated[
+        int | None, typer.Option("--index", min=0, help="Worker index: offsets the sampler seed (default: from pid).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+    artifacts: ArtifactsOpt = None,
+    heartbeat: HeartbeatOpt = None,
+    grace_period: GraceOpt = None,
+) -> None:
+    """Join an existing study from another shell or machine, with the configuration it recorded."""
+    import os
+
+    from hpo_astro.workers import config_from_study
+
+    cfg = config_from_study(
+        storage, study, artifacts=artifacts, heartbeat_interval=heartbeat, grace_period=grace_period
+    )
+    _execute(cfg, threads, worker=index if index is not None else 1 + os.getpid() % 100_000)
+
+
+@app.command("storage-proxy")
+def storage_proxy_command(
+    storage: Annotated[str, typer.Option("--storage", help="The storage the proxy serves.")] = "sqlite:///optuna.db",
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 13000,
+) -> None:
+    """Serve a storage to many workers through Optuna's gRPC proxy (workers use --storage grpc://HOST:PORT)."""
+    import warnings
+
+    from optuna.storages import run_grpc_proxy_server
+
+    from hpo_astro.storage import open_storage
+
+    backend = open_storage(storage, heartbeat_interval=None)
+    console.print(f"serving {storage} at grpc://{host}:{port} (Ctrl-C to stop)", highlight=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.suppress(KeyboardInterrupt):
+            run_grpc_proxy_server(backend, host=host, port=port)
+
+
+def _execute(cfg: StudyConfig, threads: int | None, worker: int = 0) -> None:
+    """Run `cfg` with a live display; Ctrl-C / SIGTERM print the command that resumes."""
+    import shlex
+    import sys
+
+    from hpo_astro.study import RunEvents, StudyFailed, run_study
+    from hpo_astro.workers import run_workers
+
     resume = "hpo-astro " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     display = _RunDisplay(cfg)
+    events = RunEvents(display.start, display.epoch, display.trial_end, display.wait)
     try:
         with display:
-            result = run_study(cfg, RunEvents(display.start, display.epoch, display.trial_end))
+            if worker:
+                import torch
+
+                torch.set_num_threads(threads or torch.get_num_threads())
+                result = run_study(cfg, events, worker=worker)
+            else:
+                result = run_workers(cfg, events, threads=threads)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: the running trial was marked failed; resume with: {resume}", markup=False)
+        err_console.print(
+            f"interrupted: the running trial was checkpointed and re-queued; resume with: {resume}", markup=False
+        )
         raise typer.Exit(130) from None
     except StudyFailed as exc:
         err_console.print(f"error: {exc}", markup=False)
@@ -289,7 +369,7 @@ def run_command(
     best = _best(result.study)
     console.print(
         f"study {result.study.study_name!r}: {result.finished}/{result.target} finished trials"
-        f" ({result.ran} run now); best value {best}",
+        f" ({result.ran} run by this process); best value {best}",
         highlight=False,
     )
 
@@ -334,6 +414,9 @@ class _RunDisplay:
 
     def epoch(self, number: int, state: TrainState) -> None:
         self.progress.update(self.task, current=f"trial {number} epoch {state.epoch}/{state.max_epochs}")
+
+    def wait(self, running: int) -> None:
+        self.progress.update(self.task, current=f"waiting for {running} running trial(s) elsewhere")
 
     def trial_end(self, study: optuna.Study, trial: FrozenTrial, finished: int) -> None:
         value = "" if trial.value is None else f" value {trial.value:.4f}"
@@ -383,6 +466,141 @@ def status_command(
         if row.best_params:
             params = " ".join(f"{k}={v}" for k, v in row.best_params.items())
             console.print(f"best params of {row.name}: {params}", highlight=False)
+
+
+StorageOpt = Annotated[str, typer.Option("--storage", help="Optuna storage URL.")]
+StudiesOpt = Annotated[
+    list[str] | None, typer.Option("--study", help="A study to include, repeatable (default: every study).")
+]
+StudyDataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="The studies' data file, when it is no longer where the study recorded it."),
+]
+
+
+def _note(message: str) -> None:
+    err_console.print(message, markup=False, highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    storage: StorageOpt = "sqlite:///optuna.db",
+    study: StudiesOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    data: StudyDataOpt = None,
+) -> None:
+    """Evaluate each study's best trial on train/val/test: the paper's final table, plus ROC AUC, precision, recall,
+    F1, FPR at 5% FNR, wall time and trials used. Cached in the store: a second run is instant."""
+    from hpo_astro.report.compare import check_format, compare_studies, render, rich_table, write_output
+
+    check_format(fmt)
+    comparison = compare_studies(storage, study, data, events=_note)
+    for _, why in comparison.skipped:
+        _note(f"skipped: {why}")
+    if out is not None:
+        write_output(out, render(comparison, fmt))
+        console.print(f"wrote {out}")
+    elif fmt == "table":
+        console.print(rich_table(comparison))
+    else:
+        typer.echo(render(comparison, fmt), nl=False)
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Option("--out", help="Directory for index.html and one page per study.")],
+    storage: StorageOpt = "sqlite:///optuna.db",
+    study: StudiesOpt = None,
+    png: Annotated[bool, typer.Option("--png", help="Also write every figure as a PNG (kaleido + Chrome).")] = False,
+    data: StudyDataOpt = None,
+) -> None:
+    """Write a self-contained HTML report (interactive Plotly, works offline): the paper's figures per study,
+    cross-study overlays, Optuna's plots, each best model's confusion matrix and misclassified cutouts."""
+    from hpo_astro.report.html import build_report
+
+    report = build_report(storage, out, study, data=data, png=png, events=_note)
+    for _, why in report.skipped:
+        _note(f"skipped: {why}")
+    images = f" and {len(report.images)} PNG images" if report.images else ""
+    console.print(f"wrote {len(report.pages)} pages{images} to {out}/; open {out / 'index.html'}")
+
+
+@app.command("export")
+def export_command(
+    study: Annotated[str, typer.Option("--study", help="The study whose best model to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for model.pt and model.json.")],
+    storage: StorageOpt = "sqlite:///optuna.db",
+    data: StudyDataOpt = None,
+) -> None:
+    """Export a study's best model: weights, hyperparameters and preprocessing (channels, scaling, threshold)."""
+    from hpo_astro.export import export_best
+
+    exported = export_best(storage, study, out, data, events=_note)
+    t = exported.evaluation.test
+    console.print(
+        f"exported trial #{exported.manifest['study']['trial']} of study {study!r} to {out}/: test accuracy "
+        f"{t['accuracy']:.4f}, ROC AUC {t['roc_auc']:.4f}, FPR@5%FNR {t['fpr_at_5fnr']:.4f}",
+        highlight=False,
+    )
+    if exported.matches_cache is False:
+        _note("warning: these metrics differ from the ones `compare` cached for this trial (another device?)")
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Option("--model", help="A directory written by `hpo-astro export` (or train).")],
+    data: Annotated[Path, typer.Option("--data", help="ExRomana file (labelled) or a list of records to score.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV of index,label,score,prediction.")] = Path("scores.csv"),
+    split: Annotated[
+        str, typer.Option("--split", help="all, or train/val/test: that split of a labelled file, as in training.")
+    ] = "all",
+) -> None:
+    """Score cutouts with an exported model, without the study store; print metrics when labels are present."""
+    from hpo_astro.export import predict, write_scores
+
+    prediction = predict(model, data, split)
+    write_scores(prediction, out)
+    n, n_real = len(prediction.scores), int(prediction.predictions.sum())
+    console.print(
+        f"scored {n} cutouts of {data}{'' if split == 'all' else f' ({split} split)'} with {model} (channels "
+        f"{','.join(prediction.channels)}, threshold {prediction.threshold:g}): {n_real} real, {n - n_real} bogus; "
+        f"wrote {out}",
+        highlight=False,
+    )
+    if prediction.metrics is not None:
+        m = prediction.metrics
+        console.print(
+            f"metrics: loss {m.loss:.4f}  accuracy {m.accuracy:.4f}  ROC AUC {m.roc_auc:.4f}  precision "
+            f"{m.precision:.4f}  recall {m.recall:.4f}  F1 {m.f1:.4f}  FPR@5%FNR {m.fpr_at_5fnr:.4f}",
+            highlight=False,
+        )
+
+
+@app.command("dashboard")
+def dashboard_command(
+    storage: StorageOpt = "sqlite:///optuna.db",
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; 0.0.0.0 exposes it to the network.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8080,
+) -> None:
+    """Browse the study store with optuna-dashboard (every trial, its curves and attributes); Ctrl-C stops it."""
+    import optuna_dashboard
+
+    from hpo_astro.report.compare import open_existing_store
+
+    store = open_existing_store(storage)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"optuna-dashboard on {storage}: http://{shown}:{port}/ (Ctrl-C to stop)", highlight=False)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _note(f"warning: bound to {host}, reachable from other machines; optuna-dashboard has no authentication")
+    try:
+        optuna_dashboard.run_server(store, host=host, port=port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def main() -> None:

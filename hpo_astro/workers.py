@@ -40,11 +40,12 @@ def _child(cfg: StudyConfig, worker: int, threads: int) -> None:
         sys.exit(1)
 
 
-def run_workers(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
-    """Run `cfg.workers` processes on the study: this one (with the display) plus `workers - 1` children."""
+def run_workers(cfg: StudyConfig, events: RunEvents | None = None, threads: int | None = None) -> RunResult:
+    """Run `cfg.workers` processes on the study: this one (with the display) plus `workers - 1` children,
+    each with `threads` torch threads (default: the cores split between them)."""
     import torch
 
-    threads = threads_per_worker(cfg.workers)
+    threads = threads or threads_per_worker(cfg.workers)
     torch.set_num_threads(threads)
     if cfg.workers == 1:
         return run_study(cfg, events)

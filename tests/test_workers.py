@@ -264,3 +264,41 @@ def test_grpc_storage_proxy(tmp_path: Path, small_file: Path) -> None:
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
     direct = optuna.load_study(study_name="proxied", storage=f"sqlite:///{tmp_path / 'behind-proxy.db'}")
     assert len(direct.trials) == 2  # the trials landed in the database behind the proxy
+
+
+def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hpo_astro.cli import app
+
+    runner = CliRunner()
+    store = f"sqlite:///{tmp_path / 'cli.db'}"
+    config = _toml(tmp_path / "cli.toml", strategy="tpe", study="cli", max_epochs=1)
+    ran = runner.invoke(
+        app,
+        [
+            "run",
+            "--config",
+            str(config),
+            "--n-trials",
+            "4",
+            "--workers",
+            "2",
+            "--storage",
+            store,
+            "--data",
+            str(small_file),
+        ],
+    )
+    assert ran.exit_code == 0, ran.output
+    study = optuna.load_study(study_name="cli", storage=store)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    study.set_user_attr("n_trials", 6)  # more budget: a worker joins and does the rest
+    joined = runner.invoke(app, ["worker", "--study", "cli", "--storage", store, "--index", "3", "--threads", "1"])
+    assert joined.exit_code == 0, joined.output
+    assert "6/6 finished trials (2 run by this process)" in joined.stdout
+    missing = runner.invoke(app, ["worker", "--study", "nope", "--storage", store])
+    assert missing.exit_code == 2 and "no study named 'nope'" in missing.stderr
+    proxy = runner.invoke(app, ["storage-proxy", "--storage", "not a url"])
+    assert proxy.exit_code == 2 and "malformed storage URL" in proxy.stderr
