@@ -78,7 +78,7 @@ class OptunaPruning:
 
     def on_epoch_end(self, state: TrainState) -> None:
         if state.epoch > self.reported_until:
-            self.trial.report(_finite(getattr(state.last, self.metric)), state.epoch)
+            self.trial.report(_finite(getattr(state.last, self.metric), self.metric != "val_loss"), state.epoch)
         self.trial.set_user_attr("history", [asdict(h) for h in state.history])
         if self.on_epoch:
             self.on_epoch(self.trial.number, state)
@@ -110,8 +110,11 @@ class ArtifactCheckpoint:
             self.current = None
 
 
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else 1e9
+def _finite(value: float, maximize: bool) -> float:
+    """A NaN/inf metric (a diverged run, a one-class split) becomes the worst value, never the best."""
+    if math.isfinite(value):
+        return value
+    return 0.0 if maximize else 1e9  # accuracy and ROC AUC are >= 0; losses are finite and small when sane
 
 
 @dataclass
@@ -185,7 +188,9 @@ class Objective:
         if result.stop_reason == "pruned":
             checkpoint.remove()
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        value = _finite(getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")))
+        value = _finite(
+            getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
+        )
         self._keep_if_best(trial, value, result.model)
         return value, checkpoint
 

@@ -446,3 +446,12 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
     }
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
+
+
+def test_a_non_finite_metric_is_the_worst_value_never_the_best() -> None:
+    from hpo_astro.study import _finite
+
+    assert _finite(float("nan"), maximize=True) == 0.0
+    assert _finite(float("nan"), maximize=False) == 1e9
+    assert _finite(float("inf"), maximize=False) == 1e9
+    assert _finite(0.93, maximize=True) == 0.93
