@@ -1,0 +1,252 @@
+"""The best model of a study, exported and usable without the study store.
+
+`export_best` writes a model directory: `model.pt` (the state dict, loaded with `weights_only=True`) and
+`model.json` (hyperparameters, preprocessing: channels, plane names, ZScale, non-finite handling, decision
+threshold, split settings; the BCE pos_weight; the study and trial it came from; its train/val/test metrics).
+`predict` scores cutouts with such a directory (or one written by `hpo-astro train`): it reads an ExRomana file
+safely, preprocesses it exactly as training did (`hpo_astro.data.prepare.zscale` on the selected planes), writes
+`index,label,score,prediction` per cutout and computes the metrics when the file carries labels.
+
+Files to score: an ExRomana file (`{"TP": [...], "FP": [...]}`: labels known), or a plain list of records
+(`[{"sample": (64, 64, 4) array}, ...]`: unlabelled).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpo_astro import __version__
+from hpo_astro.data import exromana
+from hpo_astro.data.prepare import PrepConfig
+from hpo_astro.errors import UserError
+from hpo_astro.metrics import Metrics
+from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, save_model
+from hpo_astro.report.compare import (
+    Evaluation,
+    Events,
+    best_trial,
+    cached_evaluation,
+    evaluate_best,
+    load_studies,
+    open_existing_store,
+    same_metrics,
+    store_evaluation,
+    study_data,
+    umask,
+    write_output,
+)
+
+MANIFEST_FORMAT = "hpo-astro-model"
+MANIFEST_VERSION = 1
+ZSCALE_CONTRAST = 0.25  # hpo_astro.data.prepare.zscale's default, recorded in the manifest
+SPLIT_NAMES = ("all", "train", "val", "test")
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Exported:
+    directory: Path
+    manifest: dict[str, Any]
+    evaluation: Evaluation
+    matches_cache: bool | None  # equal to compare's cached numbers (None: nothing was cached)
+
+
+def export_best(
+    url: str, study_name: str, out: Path, data: Path | None = None, events: Events | None = None
+) -> Exported:
+    """Rebuild the study's best model (saved weights, else retraining with its stored seed), evaluate it and write
+    it to `out`. An existing `out` is replaced only when it holds an earlier export."""
+    (study,) = load_studies(open_existing_store(url), url, [study_name])
+    trial = best_trial(study)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
+        raise UserError(f"{out} exists and is not an exported model directory; choose another --out")
+    splits = study_data(study, data)
+    model, evaluation = evaluate_best(study, trial, splits, events)
+    fingerprint = study.user_attrs.get("data_fingerprint", splits.fingerprint)
+    cached = cached_evaluation(study, trial, fingerprint)
+    if cached is None:
+        store_evaluation(study, trial, fingerprint, evaluation)
+        matches = None
+    else:
+        matches = same_metrics(cached, evaluation)
+    attrs = study.user_attrs
+    prep = PrepConfig(channels=splits.channels)  # how study_data prepared the splits
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "hpo_astro_version": __version__,
+        "params": trial.user_attrs.get("params_full") or trial.params,
+        "in_channels": splits.in_channels,
+        "preprocessing": {
+            "channels": list(prep.channels),
+            "plane_names": list(prep.plane_names),
+            "scaling": "zscale",
+            "zscale_contrast": ZSCALE_CONTRAST,
+            "nonfinite": "excluded from the ZScale limits, then set to 0",
+            "threshold": float(evaluation.test.get("threshold", 0.5)),
+            "split_seed": prep.split_seed,
+            "split_fractions": list(prep.fractions),
+        },
+        "pos_weight": splits.pos_weight,
+        "data": {
+            "source": splits.source,
+            "fingerprint": splits.fingerprint,
+            "file_sha256": splits.info.get("file_sha256"),
+        },
+        "study": {
+            "name": study.study_name,
+            "strategy": attrs.get("strategy"),
+            "objective": attrs.get("objective"),
+            "direction": study.direction.name.lower(),
+            "trial": trial.number,
+            "value": trial.value,
+            "train_seed": trial.user_attrs.get("train_seed", attrs.get("seed", 0)),
+            "max_epochs": attrs.get("max_epochs"),
+            "model_source": evaluation.source,
+        },
+        "metrics": {"train": evaluation.train, "val": evaluation.val, "test": evaluation.test},
+    }
+    _write_directory(out, model.cpu(), manifest)
+    return Exported(out, manifest, evaluation, matches)
+
+
+def _write_directory(out: Path, model: torch.nn.Module, manifest: dict[str, Any]) -> None:
+    """Write into a temporary sibling directory, then swap it into place: never a half-written export."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_model(tmp, model, manifest)
+        tmp.chmod(0o777 & ~umask())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- predict --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cutouts:
+    samples: np.ndarray  # (N, 64, 64, 4) float32, planes last, as stored
+    labels: np.ndarray | None  # (N,) 1 = real, 0 = bogus; None when the file has no labels
+
+
+def load_cutouts(path: Path) -> Cutouts:
+    """An ExRomana file (labelled) or a plain list of ExRomana records (unlabelled), read without running code."""
+    raw = exromana.read_raw(path)
+    if isinstance(raw, list | tuple):
+        if not raw:
+            raise UserError(f"{path}: the file holds no records")
+        # Check the records as the ExRomana validator does, with placeholder labels it needs both classes for.
+        data = exromana.validate({"TP": list(raw), "FP": [raw[0]]}, source=str(path))
+        return Cutouts(data.samples[: len(raw)], None)
+    data = exromana.validate(raw, source=str(path))
+    return Cutouts(data.samples, data.labels)
+
+
+def load_exported(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"model directory not found: {directory}")
+    missing = [name for name in (MANIFEST_FILE, WEIGHTS_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise UserError(f"{directory} is not an exported model: {', '.join(missing)} missing (see `hpo-astro export`)")
+    try:
+        return load_model(directory)
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{directory}/{MANIFEST_FILE} is not a valid model manifest: {exc}") from None
+    except (RuntimeError, OSError, EOFError) as exc:  # torch: wrong shapes or a corrupt / unsafe weights file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load the weights in {directory}/{WEIGHTS_FILE}: {reason}") from None
+
+
+@dataclass
+class Prediction:
+    indices: np.ndarray  # positions of the scored records in the file
+    labels: np.ndarray | None
+    scores: np.ndarray  # sigmoid of the logit: the probability of "real"
+    predictions: np.ndarray  # 1 = real, 0 = bogus, at the manifest's threshold
+    threshold: float
+    channels: tuple[str, ...]
+    metrics: Metrics | None  # when labels are known
+
+    def csv_text(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        header = (
+            ["index", "label", "score", "prediction"] if self.labels is not None else ["index", "score", "prediction"]
+        )
+        writer.writerow(header)
+        for k, (i, score, pred) in enumerate(zip(self.indices, self.scores, self.predictions, strict=True)):
+            label = [int(self.labels[k])] if self.labels is not None else []
+            writer.writerow([int(i), *label, f"{score:.6f}", int(pred)])
+        return buffer.getvalue()
+
+
+def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
+    """Score the cutouts of `data_path` (or one split of it, as training split it) with an exported model."""
+    from hpo_astro.data.prepare import stratified_split, zscale
+    from hpo_astro.train import evaluate, predict_logits
+
+    if split not in SPLIT_NAMES:
+        raise UserError(f"unknown split {split!r}; known: {', '.join(SPLIT_NAMES)}")
+    model, manifest = load_exported(model_dir)
+    prep_info = manifest.get("preprocessing") or {}
+    try:
+        prep = PrepConfig(
+            channels=tuple(prep_info.get("channels") or ("scorr",)),
+            plane_names=tuple(prep_info.get("plane_names") or exromana.PLANE_NAMES),
+            split_seed=int(prep_info.get("split_seed", 0)),
+            fractions=tuple(prep_info.get("split_fractions") or (0.70, 0.15, 0.15)),  # type: ignore[arg-type]
+        )
+    except UserError as exc:
+        raise UserError(f"{model_dir}/{MANIFEST_FILE}: {exc}") from None
+    threshold = float(prep_info.get("threshold", 0.5))
+    cutouts = load_cutouts(data_path)
+    indices = np.arange(len(cutouts.samples))
+    if split != "all":
+        if cutouts.labels is None:
+            raise UserError(f"--split {split} needs a labelled ExRomana file; {data_path} has no labels")
+        indices = stratified_split(cutouts.labels, prep.split_seed, prep.fractions)[
+            ("train", "val", "test").index(split)
+        ]
+    planes = np.moveaxis(cutouts.samples[indices][..., prep.plane_indices], -1, 1)  # (N, C, 64, 64)
+    x = torch.from_numpy(np.ascontiguousarray(zscale(planes)[0]))
+    if x.shape[1] != int(manifest["in_channels"]):
+        raise UserError(
+            f"{model_dir}/{MANIFEST_FILE}: in_channels {manifest['in_channels']} disagrees with its "
+            f"{x.shape[1]} channel(s) {','.join(prep.channels)}"
+        )
+    scores = torch.sigmoid(predict_logits(model, x)).numpy()
+    labels = None if cutouts.labels is None else cutouts.labels[indices]
+    metrics = None
+    if labels is not None:
+        y = torch.from_numpy(labels.astype(np.float32))
+        metrics = evaluate(model, x, y, float(manifest.get("pos_weight", 1.0)), threshold=threshold)
+    return Prediction(
+        indices, labels, scores, (scores >= threshold).astype(np.int64), threshold, prep.channels, metrics
+    )
+
+
+def write_scores(prediction: Prediction, out: Path) -> Path:
+    return write_output(out, prediction.csv_text())

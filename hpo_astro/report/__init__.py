@@ -1,0 +1,2 @@
+"""Results of studies: the comparison table (`compare`), the paper's figures as Plotly (`figures`) and the
+self-contained HTML report (`html`). The best model's export and scoring live in `hpo_astro.export`."""

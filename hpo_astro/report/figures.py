@@ -1,0 +1,326 @@
+"""The paper's figures as interactive Plotly figures, built from the trials in the study store.
+
+Per study (SPEC §1): (a) the improvement time series (per-trial validation accuracy and loss, running best),
+(b) the distributions of validation loss and accuracy over trials, (c) the per-epoch train/val loss and accuracy
+curves of all trials coloured by trial order (blue early, yellow late, as the paper). Across studies: the running
+best against trial number and against cumulative trial time. Per best model: its test confusion matrix. And
+Optuna's own visualisations, each with a note instead of a figure when it cannot be drawn.
+
+A trial's validation loss and accuracy are those of its best epoch (lowest validation loss, weights restored);
+running bests are over complete trials (pruned trials are drawn, marked, but never count as a best).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+ORDER_SCALE = "Viridis"  # trial order: blue early, yellow late
+TEMPLATE = "plotly_white"
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete and pruned trials in trial order."""
+    return sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
+
+
+def _val(trial: FrozenTrial, name: str) -> float | None:
+    value = (trial.user_attrs.get("val_metrics") or {}).get(name)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _running(values: Sequence[float | None], maximize: bool) -> list[float | None]:
+    out: list[float | None] = []
+    best: float | None = None
+    for v in values:
+        if v is not None:
+            best = v if best is None else (max(best, v) if maximize else min(best, v))
+        out.append(best)
+    return out
+
+
+def improvement_figure(study: optuna.Study) -> go.Figure:
+    """(a) Per-trial validation accuracy and loss against trial number, with the running best of each."""
+    trials = finished_trials(study)
+    numbers = [t.number for t in trials]
+    complete = [t.state == TrialState.COMPLETE for t in trials]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=("Validation accuracy", "Validation loss"),
+    )
+    for row, name, maximize in ((1, "accuracy", True), (2, "loss", False)):
+        values = [_val(t, name) for t in trials]
+        for done, label, symbol in ((True, "complete", "circle"), (False, "pruned", "x")):
+            idx = [i for i, c in enumerate(complete) if c == done and values[i] is not None]
+            if idx:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[numbers[i] for i in idx],
+                        y=[values[i] for i in idx],
+                        mode="markers",
+                        marker={"symbol": symbol, "size": 7, "color": "#1f77b4" if done else "#aaaaaa"},
+                        name=f"val {name}, {label} trial",
+                        legendgroup=name,
+                    ),
+                    row=row,
+                    col=1,
+                )
+        best = _running([v if c else None for v, c in zip(values, complete, strict=True)], maximize)
+        fig.add_trace(
+            go.Scatter(
+                x=numbers,
+                y=best,
+                mode="lines",
+                line={"shape": "hv", "color": "#d62728", "width": 2},
+                name=f"running best val {name}",
+                legendgroup=name,
+            ),
+            row=row,
+            col=1,
+        )
+    fig.update_xaxes(title_text="trial", row=2, col=1)
+    fig.update_yaxes(title_text="accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="loss", row=2, col=1)
+    fig.update_layout(template=TEMPLATE, height=620, title=f"{study.study_name}: improvement time series")
+    return fig
+
+
+def distributions_figure(study: optuna.Study) -> go.Figure:
+    """(b) Histograms of the validation loss and accuracy of all finished trials."""
+    trials = finished_trials(study)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Validation loss", "Validation accuracy"))
+    for col, name, color in ((1, "loss", "#ff7f0e"), (2, "accuracy", "#1f77b4")):
+        values = [v for t in trials if (v := _val(t, name)) is not None]
+        fig.add_trace(go.Histogram(x=values, nbinsx=30, marker_color=color, name=f"val {name}"), row=1, col=col)
+        fig.update_xaxes(title_text=name, row=1, col=col)
+    fig.update_yaxes(title_text="trials", row=1, col=1)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=420,
+        showlegend=False,
+        bargap=0.05,
+        title=f"{study.study_name}: distributions over {len(trials)} finished trials",
+    )
+    return fig
+
+
+CURVES = (("train_loss", 1, 1), ("val_loss", 1, 2), ("train_accuracy", 2, 1), ("val_accuracy", 2, 2))
+
+
+def curves_figure(study: optuna.Study) -> go.Figure:
+    """(c) Per-epoch train/val loss and accuracy of every finished trial, coloured by trial order."""
+    trials = [t for t in finished_trials(study) if t.user_attrs.get("history")]
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        shared_xaxes=True,
+        vertical_spacing=0.1,
+        subplot_titles=("Train loss", "Validation loss", "Train accuracy", "Validation accuracy"),
+    )
+    n = len(trials)
+    colors = sample_colorscale(ORDER_SCALE, [i / max(n - 1, 1) for i in range(n)]) if n else []
+    for trial, color in zip(trials, colors, strict=True):
+        history = trial.user_attrs["history"]
+        epochs = [h["epoch"] for h in history]
+        for key, row, col in CURVES:
+            fig.add_trace(
+                go.Scatter(
+                    x=epochs,
+                    y=[h.get(key) for h in history],
+                    mode="lines",
+                    line={"color": color, "width": 1},
+                    opacity=0.8,
+                    name=f"trial {trial.number}",
+                    legendgroup=str(trial.number),
+                    showlegend=False,
+                    hovertemplate=f"trial {trial.number}<br>epoch %{{x}}<br>{key} %{{y:.4f}}<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
+    if n:  # a colour bar for trial order
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                showlegend=False,
+                hoverinfo="skip",
+                marker={
+                    "colorscale": ORDER_SCALE,
+                    "cmin": trials[0].number,
+                    "cmax": trials[-1].number,
+                    "color": [trials[0].number],
+                    "showscale": True,
+                    "colorbar": {"title": {"text": "trial"}},
+                },
+            ),
+            row=1,
+            col=1,
+        )
+    for col in (1, 2):
+        fig.update_xaxes(title_text="epoch", row=2, col=col)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=680,
+        title=f"{study.study_name}: per-epoch curves of {n} trials (blue early, yellow late)",
+    )
+    return fig
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A study's running best objective value after each complete trial."""
+
+    study: str
+    objective: str
+    trials: list[int]  # trial numbers
+    minutes: list[float]  # cumulative duration of all the study's trials up to this one, in minutes
+    best: list[float]
+
+
+def search_progress(study: optuna.Study) -> Progress:
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    elapsed, best = 0.0, None
+    numbers, minutes, bests = [], [], []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if trial.duration is not None:
+            elapsed += trial.duration.total_seconds()
+        if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
+            best = trial.value if best is None else (max(best, trial.value) if maximize else min(best, trial.value))
+        if best is not None and trial.state in FINISHED:
+            numbers.append(trial.number)
+            minutes.append(elapsed / 60)
+            bests.append(best)
+    return Progress(study.study_name, study.user_attrs.get("objective", "objective"), numbers, minutes, bests)
+
+
+def overlay_figure(progress: Sequence[Progress], by: str) -> go.Figure:
+    """Running best of every study against trial number (`by="trial"`) or cumulative trial time (`"time"`)."""
+    fig = go.Figure()
+    for p in progress:
+        fig.add_trace(
+            go.Scatter(
+                x=p.trials if by == "trial" else p.minutes,
+                y=p.best,
+                mode="lines+markers",
+                line={"shape": "hv"},
+                marker={"size": 4},
+                name=f"{p.study} ({p.objective})",
+            )
+        )
+    xlabel = "trial" if by == "trial" else "cumulative trial time (min)"
+    fig.update_layout(
+        template=TEMPLATE,
+        height=460,
+        title=f"Running best objective value vs {'trial number' if by == 'trial' else 'cumulative trial time'}",
+        xaxis_title=xlabel,
+        yaxis_title="best validation objective so far",
+    )
+    return fig
+
+
+def confusion_counts(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """[[TN, FP], [FN, TP]]: rows are the true class (bogus, real), columns the prediction."""
+    labels = np.asarray(labels).astype(bool)
+    predicted = np.asarray(scores) >= threshold
+    return np.array(
+        [
+            [int((~labels & ~predicted).sum()), int((~labels & predicted).sum())],
+            [int((labels & ~predicted).sum()), int((labels & predicted).sum())],
+        ]
+    )
+
+
+def confusion_figure(labels: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> go.Figure:
+    counts = confusion_counts(labels, scores, threshold)
+    fig = go.Figure(
+        go.Heatmap(
+            z=counts,
+            x=["predicted bogus", "predicted real"],
+            y=["bogus (FP)", "real (TP)"],
+            colorscale="Blues",
+            texttemplate="%{z}",
+            textfont={"size": 18},
+            showscale=False,
+            hovertemplate="%{y}, %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text="true class")
+    fig.update_layout(template=TEMPLATE, height=380, width=520, title=title)
+    return fig
+
+
+@dataclass(frozen=True)
+class OptunaPlot:
+    key: str
+    title: str
+    figure: go.Figure | None
+    note: str  # why it could not be drawn, or Optuna's warning about it
+
+
+OPTUNA_PLOTS = (
+    ("history", "Optimisation history", "plot_optimization_history"),
+    ("importances", "Parameter importances (fANOVA)", "plot_param_importances"),
+    ("parallel", "Parallel coordinates", "plot_parallel_coordinate"),
+    ("intermediate", "Intermediate values (objective per epoch)", "plot_intermediate_values"),
+)
+
+
+@contextmanager
+def _optuna_notes(notes: list[str]) -> Iterator[None]:
+    """Collect Optuna's warnings (Python warnings and its logger) into `notes` instead of printing them."""
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    logger = logging.getLogger("optuna")
+    handler = Collect(level=logging.WARNING)
+    logger.addHandler(handler)
+    optuna.logging.disable_default_handler()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        notes.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        optuna.logging.enable_default_handler()
+
+
+def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
+    """Optuna's own visualisations; a plot that cannot be drawn (e.g. too few trials) becomes a note."""
+    import optuna.visualization as vis
+
+    plots = []
+    for key, title, name in OPTUNA_PLOTS:
+        notes: list[str] = []
+        figure: go.Figure | None = None
+        with _optuna_notes(notes):
+            try:
+                figure = getattr(vis, name)(study)
+            except Exception as exc:  # any failure of a plot must not stop the report
+                notes.append(f"{type(exc).__name__}: {exc}")
+        if figure is not None and not figure.data:
+            figure = None
+            notes.append("nothing to draw")
+        if figure is not None:
+            figure.update_layout(template=TEMPLATE, title=f"{study.study_name}: {title}")
+        plots.append(OptunaPlot(key, title, figure, " ".join(dict.fromkeys(n.strip() for n in notes if n.strip()))))
+    return plots

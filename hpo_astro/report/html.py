@@ -1,0 +1,372 @@
+"""The HTML report: an index page and one page per study, self-contained (plotly.js inline once per page, images
+as data URIs, no external URL), so the directory can be opened offline or mailed as is.
+
+`--png` also writes every figure as a static PNG with kaleido, which needs a Chrome/Chromium browser; without one
+the report refuses with one line before doing any work.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import optuna
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from hpo_astro.errors import UserError
+from hpo_astro.report import figures
+from hpo_astro.report.compare import (
+    METRIC_NAMES,
+    NOTES,
+    SPLITS,
+    Events,
+    NoCompletedTrial,
+    StudyResult,
+    compare_study,
+    format_duration,
+    load_studies,
+    open_existing_store,
+    state_counts,
+    study_data,
+    table_rows,
+    write_output,
+)
+
+if TYPE_CHECKING:
+    from hpo_astro.data.prepare import DataSplits
+
+GALLERY_LIMIT = 40  # misclassified cutouts shown per best model, most confident errors first
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+nav { font-size: 0.9em; margin-bottom: 1em; } nav a { margin-right: 0.8em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.note { color: #8a5a00; background: #fff8e6; padding: 0.4em 0.7em; border-left: 3px solid #e0a800; }
+.muted { color: #666; font-size: 0.9em; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.6em; }
+.gallery figure { margin: 0; font-size: 0.8em; text-align: center; }
+.gallery img { image-rendering: pixelated; border: 1px solid #999; }
+"""
+
+
+@dataclass
+class Report:
+    directory: Path
+    pages: list[Path]
+    images: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _StudyEntry:
+    study: optuna.Study
+    slug: str
+    result: StudyResult | None  # None: no completed trial, so no best model
+    note: str
+    data: DataSplits | None
+
+
+# --- static images ----------------------------------------------------------------------------------------------
+
+
+def check_png_export() -> None:
+    """Refuse `--png` at once, with one line, when kaleido or the browser it drives is missing."""
+    try:
+        pio.to_image(go.Figure(), format="png", width=20, height=20)
+    except Exception as exc:  # plotly: kaleido not installed; kaleido: no Chrome; choreographer's own errors
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(
+            f"--png cannot write images: {reason} (static images need the kaleido package and the Chrome/Chromium "
+            "browser it drives: pip install kaleido, then plotly_get_chrome; or leave out --png)"
+        ) from None
+
+
+def _write_png(fig: go.Figure, path: Path) -> Path:
+    width, height = int(fig.layout.width or 1100), int(fig.layout.height or 500)
+    return write_output(path, pio.to_image(fig, format="png", width=width, height=height))
+
+
+# --- building blocks ------------------------------------------------------------------------------------------
+
+
+def _slug(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "study"
+    slug, i = base, 2
+    while slug in taken:
+        slug, i = f"{base}-{i}", i + 1
+    taken.add(slug)
+    return slug
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _figure_html(fig: go.Figure) -> str:
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, config=PLOTLY_CONFIG)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _page(title: str, nav: str, body: str) -> str:
+    from plotly.offline import get_plotlyjs
+
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n"
+        f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n'
+        f"<nav>{nav}</nav>\n<h1>{_e(title)}</h1>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def cutout_data_uri(planes: np.ndarray, scale: int = 2) -> str:
+    """A (C, H, W) cutout in [0, 1] as a grayscale PNG data URI, planes side by side."""
+    from PIL import Image
+
+    gap = np.ones((planes.shape[1], 2), dtype=np.float32)
+    row = np.concatenate([p for plane in planes for p in (plane, gap)][:-1], axis=1)
+    pixels = (np.clip(np.nan_to_num(row), 0.0, 1.0) * 255).astype(np.uint8)
+    image = Image.fromarray(pixels, mode="L")
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def misclassified(labels: np.ndarray, scores: np.ndarray, threshold: float, limit: int = GALLERY_LIMIT) -> np.ndarray:
+    """Indices of wrongly classified samples, most confident errors first."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    wrong = np.flatnonzero((scores >= threshold) != labels)
+    confidence = np.abs(scores[wrong] - labels[wrong])
+    return wrong[np.argsort(-confidence, kind="stable")][:limit]
+
+
+def _gallery(entry: _StudyEntry) -> str:
+    assert entry.result is not None and entry.data is not None
+    labels = entry.data.y_test.numpy()
+    scores = np.asarray(entry.result.evaluation.test_scores)
+    threshold = float(entry.result.evaluation.test.get("threshold", 0.5))
+    shown = misclassified(labels, scores, threshold)
+    n_wrong = int(((scores >= threshold) != labels.astype(bool)).sum())
+    intro = (
+        f'<p class="muted">{n_wrong} of {len(labels)} test cutouts misclassified at threshold {threshold:g}; '
+        f"showing {'all' if len(shown) == n_wrong else f'the first {len(shown)}'}, most confident errors first. "
+        "Planes shown: "
+        f"{_e(', '.join(entry.data.channels))} (ZScale-scaled, as the model sees them).</p>"
+    )
+    if not len(shown):
+        return intro
+    items = []
+    for i in shown:
+        truth = "real" if labels[i] > 0.5 else "bogus"
+        caption = f"test #{i}: {truth}, score {scores[i]:.3f}"
+        items.append(
+            f'<figure><img src="{cutout_data_uri(entry.data.x_test[i].numpy())}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>"
+        )
+    return intro + '<div class="gallery">' + "".join(items) + "</div>"
+
+
+# --- pages ----------------------------------------------------------------------------------------------------
+
+
+class _Figures:
+    """Figure HTML for a page, remembering each figure for `--png`."""
+
+    def __init__(self, page: str, keep: bool) -> None:
+        self.page, self.keep = page, keep
+        self.saved: list[tuple[str, go.Figure]] = []
+
+    def __call__(self, key: str, fig: go.Figure) -> str:
+        if self.keep:
+            self.saved.append((f"{self.page}-{key}", fig))
+        return _figure_html(fig)
+
+
+def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
+    study = entry.study
+    attrs = study.user_attrs
+    counts = state_counts(study)
+    facts = [
+        ("strategy", attrs.get("strategy", "?")),
+        ("objective", f"{attrs.get('objective', '?')} ({study.direction.name.lower()}d)"),
+        ("trials", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (target {attrs.get('n_trials', '?')})"),
+        ("pruner", attrs.get("pruner", "?")),
+        ("seed", attrs.get("seed", "?")),
+        ("max epochs", attrs.get("max_epochs") or "t_max"),
+        (
+            "data",
+            f"{attrs.get('data_source', '?')} (fingerprint {attrs.get('data_fingerprint', '?')}, "
+            f"channels {','.join(attrs.get('channels') or [])})",
+        ),
+    ]
+    parts = [_table(["study", study.study_name], facts)]
+    result = entry.result
+    if result is not None:
+        ev = result.evaluation
+        parts.append(f"<h2>Best configuration: trial #{result.best_trial}</h2>")
+        parts.append(
+            f'<p class="muted">objective {_e(result.objective)} = {result.best_value:.4f}; model '
+            f"{'rebuilt from its saved weights' if ev.source == 'weights' else 'retrained with its stored seed'}"
+            f"{'' if ev.reproduced is not False else ' (its validation metrics differ from the trial record!)'}; "
+            f"search: {result.stats.n_finished} finished trials, "
+            f"{format_duration(result.stats.wall_time_sum_s)} of trial time, within 1% of the final best after "
+            f"{result.stats.trials_to_within or 'n/a'} trials.</p>"
+        )
+        parts.append(_table(["hyperparameter", "value"], list(result.params.items())))
+        rows = [[split, *(f"{getattr(ev, split)[m]:.4f}" for m in METRIC_NAMES)] for split in SPLITS]
+        parts.append(_table(["split", *METRIC_NAMES], rows))
+    else:
+        parts.append(f'<p class="note">{_e(entry.note)}; its best-model sections are left out.</p>')
+    parts += [
+        "<h2>(a) Improvement time series</h2>",
+        figs("improvement", figures.improvement_figure(study)),
+        "<h2>(b) Distributions over trials</h2>",
+        figs("distributions", figures.distributions_figure(study)),
+        "<h2>(c) Per-epoch curves of all trials</h2>",
+        figs("curves", figures.curves_figure(study)),
+        "<h2>Optuna's visualisations</h2>",
+    ]
+    for plot in figures.optuna_plots(study):
+        parts.append(f"<h3>{_e(plot.title)}</h3>")
+        if plot.figure is None:
+            parts.append(f'<p class="note">not drawn: {_e(plot.note or "no data")}</p>')
+        else:
+            if plot.note:
+                parts.append(f'<p class="note">Optuna: {_e(plot.note)}</p>')
+            parts.append(figs(plot.key, plot.figure))
+    if result is not None and entry.data is not None:
+        threshold = float(result.evaluation.test.get("threshold", 0.5))
+        confusion = figures.confusion_figure(
+            entry.data.y_test.numpy(),
+            np.asarray(result.evaluation.test_scores),
+            threshold,
+            f"{study.study_name}: test confusion matrix (trial #{result.best_trial})",
+        )
+        parts += ["<h2>Best model on the test split</h2>", figs("confusion", confusion)]
+        parts += ["<h3>Misclassified test cutouts</h3>", _gallery(entry)]
+    return _page(f"Study {study.study_name}", nav, "\n".join(parts))
+
+
+def _index_page(
+    entries: Sequence[_StudyEntry],
+    skipped: Sequence[tuple[str, str]],
+    nav: str,
+    overlays: Sequence[str],
+    store: str,
+    images: Sequence[str],
+) -> str:
+    results = [e.result for e in entries if e.result is not None]
+    parts = [f'<p class="muted">study store {_e(store)}; generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>']
+    parts.append("<h2>Final table: best configuration of each study</h2>")
+    if results:
+        rows = table_rows(results)
+        parts.append(_table(["", *(r.study for r in results)], rows))
+        parts.append('<ul class="muted">' + "".join(f"<li>{_e(n)}</li>" for n in NOTES) + "</ul>")
+    else:
+        parts.append('<p class="note">no study has a completed trial, so there is no best model to evaluate.</p>')
+    notes = [e.note for e in entries if e.result is None] + [why for _, why in skipped]
+    parts += [f'<p class="note">{_e(n)}</p>' for n in notes]
+    parts += ["<h2>Running best across studies</h2>", *overlays, "<h2>Studies</h2><ul>"]
+    for e in entries:
+        best = f"best {e.result.best_value:.4f} (trial #{e.result.best_trial})" if e.result else e.note
+        parts.append(
+            f'<li><a href="study-{_e(e.slug)}.html">{_e(e.study.study_name)}</a> '
+            f"({_e(e.study.user_attrs.get('strategy', '?'))}): {_e(best)}</li>"
+        )
+    parts.append("</ul>")
+    if images:
+        parts.append("<h2>Static images</h2><ul>")
+        parts += [f'<li><a href="{_e(p)}">{_e(p)}</a></li>' for p in images]
+        parts.append("</ul>")
+    return _page("hpo-astro report", nav, "\n".join(parts))
+
+
+def _display_url(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def build_report(
+    url: str,
+    out: Path,
+    names: Sequence[str] | None = None,
+    data: Path | None = None,
+    png: bool = False,
+    events: Events | None = None,
+) -> Report:
+    """Write index.html and study-<name>.html for the selected studies (all by default) into `out`.
+
+    A study without finished trials is an error when named and skipped otherwise; a study whose trials were all
+    pruned gets its figures without the best-model sections. The best models' test metrics come from `compare`
+    (cached in the store, evaluated now when not)."""
+    if png:
+        check_png_export()
+    studies = load_studies(open_existing_store(url), url, names)
+    entries: list[_StudyEntry] = []
+    skipped: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    memo: dict = {}
+    for study in studies:
+        if not figures.finished_trials(study):
+            held = ", ".join(f"{n} {s}" for s, n in state_counts(study).items()) or "no trials"
+            why = f"study {study.study_name!r} has no finished trial ({held}): nothing to draw"
+            if names:
+                raise UserError(why)
+            skipped.append((study.study_name, why))
+            continue
+        try:
+            result, note = compare_study(study, data, events, memo), ""
+            splits = study_data(study, data, memo)
+        except NoCompletedTrial as exc:
+            result, note, splits = None, str(exc), None
+        entries.append(_StudyEntry(study, _slug(study.study_name, taken), result, note, splits))
+    if not entries:
+        raise UserError("nothing to report: " + "; ".join(why for _, why in skipped))
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
+    nav = '<a href="index.html">index</a>' + "".join(
+        f'<a href="study-{_e(e.slug)}.html">{_e(e.study.study_name)}</a>' for e in entries
+    )
+    pages: list[Path] = []
+    saved: list[tuple[str, go.Figure]] = []
+    for entry in entries:
+        figs = _Figures(entry.slug, png)
+        pages.append(write_output(out / f"study-{entry.slug}.html", _study_page(entry, nav, figs)))
+        saved += figs.saved
+    figs = _Figures("index", png)
+    progress = [figures.search_progress(e.study) for e in entries]
+    overlays = [
+        figs("overlay-trials", figures.overlay_figure(progress, "trial")),
+        figs("overlay-time", figures.overlay_figure(progress, "time")),
+    ]
+    saved += figs.saved
+    listed = [f"png/{name}.png" for name, _ in saved]
+    index_html = _index_page(entries, skipped, nav, overlays, _display_url(url), listed)
+    images = [_write_png(fig, out / "png" / f"{name}.png") for name, fig in saved] if png else []
+    index = write_output(out / "index.html", index_html)
+    return Report(out, [index, *pages], images, skipped)

@@ -1,0 +1,169 @@
+"""export and predict: the exported model is the one `compare` evaluated, it is usable without the study store, and
+`predict` on the test split reproduces `compare`'s test metrics; bad input is refused with one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from test_report import _one_line_error, invoke, shared_template
+
+from hpo_astro.data import exromana
+from hpo_astro.data.prepare import PrepConfig, load_splits, stratified_split
+from hpo_astro.model import load_model
+from hpo_astro.train import evaluate
+
+
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory: pytest.TempPathFactory, small_file: Path) -> Path:
+    return shared_template(tmp_path_factory, small_file)
+
+
+@pytest.fixture
+def store(template_store: Path, tmp_path: Path) -> str:
+    db = tmp_path / "optuna.db"
+    with sqlite3.connect(template_store) as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    return f"sqlite:///{db}"
+
+
+def _compare(store: str, name: str) -> dict:
+    result = invoke("compare", "--storage", store, "--study", name, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["studies"][0]
+
+
+def _export(store: str, name: str, out: Path) -> dict:
+    result = invoke("export", "--storage", store, "--study", name, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "exported trial #" in result.stdout
+    return json.loads((out / "model.json").read_text())
+
+
+def test_table_numbers_equal_an_independent_evaluation_of_the_exported_model(
+    store: str, tmp_path: Path, small_file: Path
+) -> None:
+    row = _compare(store, "tpe")
+    manifest = _export(store, "tpe", tmp_path / "model")
+    best = optuna.load_study(study_name="tpe", storage=store).best_trial
+    assert manifest["params"] == best.user_attrs["params_full"] and manifest["study"]["trial"] == best.number
+    prep = manifest["preprocessing"]
+    assert prep["channels"] == ["scorr"] and prep["scaling"] == "zscale" and prep["threshold"] == 0.5
+    # Independently: load the exported files with the plain model loader and evaluate on freshly loaded splits.
+    model, _ = load_model(tmp_path / "model")
+    data = load_splits(small_file, PrepConfig(channels=tuple(prep["channels"])))
+    assert manifest["pos_weight"] == pytest.approx(data.pos_weight)
+    for split in ("train", "val", "test"):
+        metrics = evaluate(model, *data.split(split), data.pos_weight, threshold=prep["threshold"]).as_dict()
+        for name in ("loss", "accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr"):
+            assert row[f"{split}_{name}"] == pytest.approx(metrics[name], rel=1e-6, abs=1e-9), (split, name)
+
+
+def _test_split_file(small_file: Path, path: Path) -> Path:
+    """The test split's records alone, in an ExRomana file of their own."""
+    data = exromana.load(small_file)
+    _, _, test = stratified_split(data.labels, seed=0)
+    records = {"TP": [], "FP": []}
+    for i in test:
+        records["TP" if data.labels[i] else "FP"].append({"sample": data.samples[i]})
+    return exromana.save(records, path)
+
+
+def test_predict_on_the_test_split_reproduces_compares_test_metrics(
+    store: str, tmp_path: Path, small_file: Path
+) -> None:
+    row = _compare(store, "random")
+    _export(store, "random", tmp_path / "model")
+    test_file = _test_split_file(small_file, tmp_path / "test.npy")
+    scores_csv = tmp_path / "scores.csv"
+    result = invoke("predict", "--model", tmp_path / "model", "--data", test_file, "--out", scores_csv)
+    assert result.exit_code == 0, result.output
+    printed = dict(re.findall(r"(loss|accuracy|ROC AUC|F1|FPR@5%FNR) (\d\.\d{4})", result.stdout))
+    assert printed["accuracy"] == f"{row['test_accuracy']:.4f}" and printed["ROC AUC"] == f"{row['test_roc_auc']:.4f}"
+    assert printed["loss"] == f"{row['test_loss']:.4f}" and printed["FPR@5%FNR"] == f"{row['test_fpr_at_5fnr']:.4f}"
+    with scores_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["index", "label", "score", "prediction"]
+    labels = np.array([int(r["label"]) for r in rows])
+    predictions = np.array([int(r["prediction"]) for r in rows])
+    scores = np.array([float(r["score"]) for r in rows])
+    assert len(rows) == len(exromana.load(test_file).labels)
+    assert np.array_equal(predictions, (scores >= 0.5).astype(int))
+    assert (predictions == labels).mean() == pytest.approx(row["test_accuracy"])
+    # --split test picks the same cutouts out of the full file
+    again = invoke(
+        "predict", "--model", tmp_path / "model", "--data", small_file, "--split", "test", "--out", tmp_path / "s.csv"
+    )
+    assert again.exit_code == 0, again.output
+    assert again.stdout.split("metrics:")[1] == result.stdout.split("metrics:")[1]
+
+
+def test_predict_scores_unlabelled_cutouts(store: str, tmp_path: Path, small_records: dict) -> None:
+    _export(store, "tpe", tmp_path / "model")
+    unlabelled = tmp_path / "new.npy"
+    cutouts = [{"sample": r["sample"]} for r in small_records["FP"][:5] + small_records["TP"][:3]]
+    unlabelled.write_bytes(pickle.dumps(cutouts))  # a plain list of records: no classes, so no labels
+    out = tmp_path / "new.csv"
+    result = invoke("predict", "--model", tmp_path / "model", "--data", unlabelled, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "scored 8 cutouts" in result.stdout and "metrics:" not in result.stdout
+    lines = out.read_text().splitlines()
+    assert lines[0] == "index,score,prediction" and len(lines) == 9 and lines[1].startswith("0,")
+
+
+def test_export_replaces_an_earlier_export_only(store: str, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    _export(store, "random", out)
+    first = (out / "model.pt").read_bytes()
+    _export(store, "random", out)  # overwriting an earlier export is fine, and gives the same weights
+    assert (out / "model.pt").read_bytes() == first
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    _one_line_error(invoke("export", "--storage", store, "--study", "random", "--out", busy), "not an exported model")
+    assert (busy / "notes.txt").read_text() == "mine"
+
+
+def test_export_refuses_a_study_without_completed_trials(store: str, tmp_path: Path) -> None:
+    result = invoke("export", "--storage", store, "--study", "pruned-only", "--out", tmp_path / "m")
+    _one_line_error(result, "study 'pruned-only' has no completed trial (2 pruned, 1 fail)")
+    _one_line_error(invoke("export", "--storage", store, "--study", "nope", "--out", tmp_path / "m"), "no study named")
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_from_a_moved_data_file(store: str, tmp_path: Path, small_file: Path) -> None:
+    optuna.load_study(study_name="tpe", storage=store).set_user_attr("data_source", str(tmp_path / "gone.npy"))
+    _one_line_error(invoke("export", "--storage", store, "--study", "tpe", "--out", tmp_path / "m"), "--data PATH")
+    result = invoke("export", "--storage", store, "--study", "tpe", "--out", tmp_path / "m", "--data", small_file)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["data"]["source"] == str(small_file)
+
+
+def test_predict_bad_input(store: str, tmp_path: Path, small_file: Path) -> None:
+    model = tmp_path / "model"
+    _export(store, "tpe", model)
+    _one_line_error(invoke("predict", "--model", tmp_path / "none", "--data", small_file), "model directory not found")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(invoke("predict", "--model", empty, "--data", small_file), "model.json, model.pt missing")
+    _one_line_error(invoke("predict", "--model", model, "--data", small_file, "--split", "dev"), "unknown split 'dev'")
+    _one_line_error(invoke("predict", "--model", model, "--data", tmp_path / "no.npy"), "data file not found")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{not json")
+    (broken / "model.pt").write_bytes(b"")
+    _one_line_error(invoke("predict", "--model", broken, "--data", small_file), "not a valid model manifest")
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    manifest = json.loads((model / "model.json").read_text())
+    manifest["params"]["fc_width"] = 256 if manifest["params"]["fc_width"] != 256 else 32
+    (mismatched / "model.json").write_text(json.dumps(manifest))
+    (mismatched / "model.pt").write_bytes((model / "model.pt").read_bytes())
+    _one_line_error(invoke("predict", "--model", mismatched, "--data", small_file), "cannot load the weights")
