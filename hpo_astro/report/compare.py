@@ -190,12 +190,27 @@ def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None 
 
 
 def load_trial_model(study: optuna.Study, trial: FrozenTrial) -> nn.Module | None:
-    """The trial's saved best-epoch model, or None when it has none.
+    """The trial's saved best-epoch weights (the study keeps those of its best trial, see `hpo_astro.study`),
+    or None when this trial has none or the file is gone; weights load with `weights_only=True`."""
+    import torch
 
-    Trials do not save weights yet, so this returns None and callers retrain the trial (`retrain_trial`). The
-    crash-safety issue will make it load the trial's best-weights artifact.
-    """
-    return None
+    from hpo_astro.model import build_model
+    from hpo_astro.storage import artifact_store
+    from hpo_astro.study import BEST_WEIGHTS_ATTR
+
+    saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
+    params = trial.user_attrs.get("params_full")
+    directory = study.user_attrs.get("artifacts")
+    if not saved or saved.get("trial") != trial.number or not params or not directory:
+        return None
+    try:
+        with artifact_store(Path(directory)).open_reader(saved["artifact_id"]) as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        model = build_model(params, in_channels=len(study.user_attrs.get("channels", ["scorr"])))
+        model.load_state_dict(state)
+    except Exception:  # missing, unreadable or mismatched weights: fall back to retraining
+        return None
+    return model.eval()
 
 
 def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> nn.Module:
