@@ -173,7 +173,10 @@ def default_data_path(n: int = DEFAULT_SIM_N, seed: int = DEFAULT_SIM_SEED) -> P
     """The simulated data set used when no --data is given: generated once, then reused."""
     from hpo_astro.data import simulate
 
-    path = cache_dir() / f"exromana-sim-n{n}-seed{seed}-v{simulate.SIMULATOR_VERSION}.npy"
+    # The name carries the simulator version and a hash of its default settings: a changed simulator never
+    # serves a stale cached file.
+    settings = hashlib.sha256(f"{simulate.SIMULATOR_VERSION}:{simulate.SimConfig()!r}".encode()).hexdigest()[:8]
+    path = cache_dir() / f"exromana-sim-n{n}-seed{seed}-{settings}.npy"
     if not path.exists():
         exromana.save(simulate.simulate_records(n=n, seed=seed), path)
     return path

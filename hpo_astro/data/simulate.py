@@ -43,12 +43,12 @@ FP_KINDS: tuple[str, ...] = (
 SIMULATOR_VERSION = 1  # bump whenever the output for a given (n, seed, config) changes
 
 SIZE = 64  # cutout side in pixels
-_PAD = 16  # canvas margin: keeps FFT wrap-around and the recentring shift out of the cutout
+_PAD = 8  # canvas margin: room for the recentring shift, keeps most FFT wrap-around out of the cutout
 _CANVAS = SIZE + 2 * _PAD
 _CENTRE = _PAD + SIZE // 2  # nominal candidate position on the canvas (pixel 32 of the cutout)
 _CHUNK = 256  # records per vectorised batch; fixed so that results do not depend on memory settings
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-_ALIASES = (-2, -1, 0, 1, 2)  # spectral aliases summed when sampling point sources (enough for FWHM >= 1 px)
+_ALIASES = (-1, 0, 1)  # spectral aliases summed when sampling point sources (enough for FWHM >= 1.2 px)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class SimConfig:
     ref_noise_ratio: tuple[float, float] = (0.25, 0.5)  # ref noise / sci noise: the coadd is deeper
     saturation: float = 60000.0  # counts; the science image clips here
     registration_sd: float = 0.04  # px, per-axis astrometric error of every subtraction
+    astrometric_sigma: float = 0.05  # px, registration noise the significance allows for (ZOGY S_corr)
     psf_mismatch_sd: float = 0.015  # relative PSF-matching error of every subtraction
     # Static scene (present in sci and ref, cancels in diff up to the errors above).
     field_star_density: float = 4e-4  # stars per px^2 of canvas
@@ -74,22 +75,24 @@ class SimConfig:
     host_snr: tuple[float, float] = (20.0, 600.0)  # (log) point-source-equivalent SNR of the whole galaxy
     host_scale: tuple[float, float] = (1.2, 6.0)  # px, exponential-disk scale length
     # Real transients.
-    tp_kind_weights: tuple[float, ...] = (0.45, 0.3, 0.15, 0.1)  # in TP_KINDS order
-    tp_snr: tuple[float, float] = (4.0, 100.0)  # (log)
+    tp_kind_weights: tuple[float, ...] = (0.25, 0.2, 0.15, 0.4)  # in TP_KINDS order
+    tp_snr: tuple[float, float] = (5.0, 100.0)  # (log) most transients
+    tp_faint_fraction: float = 0.06  # the rest are faint, drawn uniformly in tp_faint_snr: the hard ones
+    tp_faint_snr: tuple[float, float] = (3.0, 6.0)
     variable_base_snr: tuple[float, float] = (10.0, 400.0)  # (log) quiescent star under a variable
     host_offset: tuple[float, float] = (1.5, 8.0)  # px, host_transient: transient-to-nucleus distance
     # Bogus detections.
-    fp_kind_weights: tuple[float, ...] = (0.24, 0.16, 0.05, 0.06, 0.12, 0.08, 0.08, 0.09, 0.12)  # FP_KINDS order
+    fp_kind_weights: tuple[float, ...] = (0.45, 0.05, 0.02, 0.05, 0.09, 0.12, 0.08, 0.08, 0.06)  # FP_KINDS order
     fp_snr: tuple[float, float] = (4.5, 40.0)  # (log) significance of extended artefacts and dipoles
     sharp_snr: tuple[float, float] = (5.0, 80.0)  # (log) significance of cosmic rays and hot pixels
     noise_peak_snr_min: float = 4.0  # noise peaks are conditioned on scorr = min + Exp(scale)
     noise_peak_snr_scale: float = 0.8
-    dipole_offset: tuple[float, float] = (0.15, 1.5)  # px, misregistration of the dipole's star
-    dipole_flux_sd: float = 0.05  # relative flux mismatch of the dipole's star (variability, bad zero point)
+    dipole_offset: tuple[float, float] = (0.2, 1.3)  # px, misregistration of the dipole's star
+    dipole_flux_sd: float = 0.03  # relative flux mismatch of the dipole's star (variability, bad zero point)
     dipole_global_fraction: float = 0.5  # share of dipoles from a whole-image misregistration (vs one star)
-    cr_psf_like_fraction: float = 0.2  # share of cosmic rays that are compact blobs rather than tracks
+    cr_psf_like_fraction: float = 0.15  # share of cosmic rays that are compact blobs rather than tracks
     cr_blob_sigma: tuple[float, float] = (0.4, 0.9)  # px
-    cr_track_length: tuple[float, float] = (4.0, 15.0)  # px
+    cr_track_length: tuple[float, float] = (5.0, 16.0)  # px
     bright_peak_ratio: tuple[float, float] = (1.2, 30.0)  # (log) star peak / saturation level
     bright_mismatch: tuple[float, float] = (0.03, 0.12)  # relative PSF mismatch around bright stars
     ghost_radius: tuple[float, float] = (4.0, 12.0)  # px
@@ -99,7 +102,7 @@ class SimConfig:
     offchip_nan_prob: float = 0.4  # off-chip pixels are NaN (else exactly 0) with this probability
     # Cutout placement.
     recentre_radius: int = 3  # px: the cutout is centred on the scorr maximum within this radius
-    center_jitter: int = 1  # px: then shifted by up to this many pixels per axis
+    center_jitter: int = 2  # px: then shifted by up to this many pixels per axis
 
     def __post_init__(self) -> None:
         if len(self.tp_kind_weights) != len(TP_KINDS):
@@ -165,8 +168,9 @@ def _sum_sq(h_hat: np.ndarray) -> np.ndarray:
 class _Batch:
     """State of one chunk of records on the padded canvas, filled in by the per-kind functions."""
 
-    def __init__(self, m: int, cfg: SimConfig, rng: np.random.Generator) -> None:
-        self.m, self.cfg, self.rng = m, cfg, rng
+    def __init__(self, kinds: np.ndarray, cfg: SimConfig, rng: np.random.Generator) -> None:
+        m = len(kinds)
+        self.kinds, self.m, self.cfg, self.rng = kinds, m, cfg, rng
         n = _CANVAS
         self.fy = np.fft.fftfreq(n)[:, None]  # cycles per pixel, rfft2 layout
         self.fx = np.fft.rfftfreq(n)[None, :]
@@ -179,6 +183,9 @@ class _Batch:
         self.sky_r = self.sky * rng.uniform(0.6, 1.6, m)  # the coadd's own background pedestal
         self.ratio = _uniform(rng, cfg.ref_noise_ratio, m)
         self.eps = rng.normal(0.0, cfg.psf_mismatch_sd, m)
+        # PSF matching fails worst around bright stars (their wings, the PSF model's weakest part).
+        bright = np.flatnonzero(kinds == "bright_star_residual")
+        self.eps[bright] = rng.choice([-1.0, 1.0], len(bright)) * _uniform(rng, cfg.bright_mismatch, len(bright))
         self.ref_shift = rng.normal(0.0, cfg.registration_sd, (m, 2))  # (dx, dy) of ref vs sci
         # Image components.
         shape_hat = (m, n, n // 2 + 1)
@@ -196,42 +203,48 @@ class _Batch:
         self.bleed_len = np.zeros(m)
         self.bleed_xy = np.zeros((m, 2))
         self.snr = np.full(m, np.nan)
+        self.detail = np.full(m, "", dtype=object)  # sub-type, e.g. the cosmic-ray morphology
         self.flux = np.zeros(m)
+        self._pipeline_filters()
 
     # Transfer functions and kernels ---------------------------------------------------------------------
     def gauss_tf(self, sigma: np.ndarray) -> np.ndarray:
         """Fourier transform of unit-flux Gaussians of width sigma (one per record)."""
         return np.exp(-2.0 * np.pi**2 * sigma[:, None, None] ** 2 * self.f2)
 
-
     def shift_tf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Fourier transform of deltas at (x, y): a phase ramp, exact for sub-pixel positions."""
         return np.exp(-2j * np.pi * (self.fx * x[:, None, None] + self.fy * y[:, None, None]))
 
-    def kernels(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Matched PSF width T and the matching-kernel widths (sci, ref) for records idx.
+    def _pipeline_filters(self) -> None:
+        """Transfer functions of the subtraction for every record, computed once.
 
-        Both images are convolved to a common PSF slightly broader than the worse seeing; the reference is
-        matched to T (1 + eps) instead of T, the PSF-matching error that leaves rings around bright stars.
+        Both images are convolved to a common Gaussian PSF of width T, slightly broader than the worse
+        seeing; the reference is matched to T (1 + eps) instead of T, the PSF-matching error that leaves rings
+        around bright stars. The matched filter is P = the common PSF; each image reaches the significance
+        through K * P. `sq_*` are the transforms of (K * P)^2, which carry variance maps into the filtered
+        image's variance; `sigma_f` is the sky-limited noise of the filtered difference.
         """
-        s, r, e = self.sig_s[idx], self.sig_r[idx], self.eps[idx]
+        s, r, e = self.sig_s, self.sig_r, self.eps
         t = np.maximum(s, r) * (1.0 + 2.0 * np.abs(e)) + 0.05
-        ks = np.sqrt(np.maximum(t**2 - s**2, 0.0))
-        kr = np.sqrt(np.maximum((t * (1.0 + e)) ** 2 - r**2, 0.0))
-        return t, ks, kr
+        self.k_sci = self.gauss_tf(np.sqrt(np.maximum(t**2 - s**2, 0.0)))
+        self.k_ref = self.gauss_tf(np.sqrt(np.maximum((t * (1.0 + e)) ** 2 - r**2, 0.0)))
+        self.p = self.gauss_tf(t)
+        self.h_sci, self.h_ref = self.k_sci * self.p, self.k_ref * self.p
+        shape = (_CANVAS, _CANVAS)
+        self.sq_sci = np.fft.rfft2(np.fft.irfft2(self.h_sci, s=shape) ** 2)
+        self.sq_ref = np.fft.rfft2(np.fft.irfft2(self.h_ref, s=shape) ** 2)
+        self.sigma_f = np.sqrt(self.sky * _sum_sq(self.h_sci) + self.ratio**2 * self.sky * _sum_sq(self.h_ref))
 
-    def filters(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Transfer functions of the pipeline for records idx: the matched filter P (the common PSF) and the
-        two filters each image goes through before significance, K_sci * P and K_ref * P."""
-        t, ks, kr = self.kernels(idx)
-        p = self.gauss_tf(t)
-        return p, self.gauss_tf(ks) * p, self.gauss_tf(kr) * p
-
-    def sigma_filtered(self, idx: np.ndarray) -> np.ndarray:
-        """Sky-limited noise of the matched-filtered difference image (white noise through K * P)."""
-        _, hs, hr = self.filters(idx)
-        sky = self.sky[idx]
-        return np.sqrt(sky * _sum_sq(hs) + self.ratio[idx] ** 2 * sky * _sum_sq(hr))
+    def value_at(self, spectrum: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """irfft2(spectrum) evaluated at one flat pixel index per record, without a full inverse FFT."""
+        n = _CANVAS
+        py, px = np.divmod(at, n)
+        weight = np.full(n // 2 + 1, 2.0)
+        weight[0] = weight[-1] = 1.0  # columns without a mirrored partner (n is even)
+        row = np.exp(2j * np.pi * self.fy[None, :, 0] * py[:, None])  # (k, n)
+        col = weight * np.exp(2j * np.pi * self.fx[0][None, :] * px[:, None])  # (k, n//2+1)
+        return np.einsum("kyx,ky,kx->k", spectrum, row, col).real / n**2
 
     # Rendering ------------------------------------------------------------------------------------------
     def points_hat(self, flux: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -248,13 +261,23 @@ class _Batch:
         col = sum(np.exp(s2 * (fx - a) ** 2 - 2j * np.pi * (fx - a) * x[:, :, None]) for a in _ALIASES)
         return np.matmul(flux[:, None, :] * row, col)  # (k, n, J) @ (k, J, n//2+1)
 
-    def add_pair(self, idx: np.ndarray, flux_s: np.ndarray, flux_r: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Static point sources seen by both images; the reference copy carries the registration error."""
-        self.sci_hat[idx] += self.points_hat(flux_s, x, y, self.sig_s[idx])
+    def pair_hat(
+        self, idx: np.ndarray, flux_s: np.ndarray, flux_r: np.ndarray, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Spectra (sci, ref) of static point sources; the reference copy carries the registration error."""
         dx, dy = self.ref_shift[idx, 0], self.ref_shift[idx, 1]
         if np.ndim(x) == 2:
             dx, dy = dx[:, None], dy[:, None]
-        self.ref_hat[idx] += self.points_hat(flux_r, x + dx, y + dy, self.sig_r[idx])
+        return (
+            self.points_hat(flux_s, x, y, self.sig_s[idx]),
+            self.points_hat(flux_r, x + dx, y + dy, self.sig_r[idx]),
+        )
+
+    def add_pair(self, idx: np.ndarray, flux_s: np.ndarray, flux_r: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Add static point sources to both images."""
+        sci, ref = self.pair_hat(idx, flux_s, flux_r, x, y)
+        self.sci_hat[idx] += sci
+        self.ref_hat[idx] += ref
 
     def scale_to_snr(
         self,
@@ -263,27 +286,51 @@ class _Batch:
         xy: np.ndarray,
         sci_hat: np.ndarray | None = None,
         ref_hat: np.ndarray | None = None,
-        sci_real: np.ndarray | None = None,
+        sci_light: np.ndarray | None = None,
+        sci_pix: np.ndarray | None = None,
         radius: float = 3.0,
-    ) -> np.ndarray:
-        """Factor that brings a unit-amplitude signal to the target matched-filter significance.
+        under: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Amplitude that gives a unit signal the target significance, and the significance it reaches.
 
-        The signal's noise-free filtered difference image is computed exactly as the pipeline does, and its
-        maximum within `radius` of xy is compared with the sky-limited filtered noise.
+        The signal's noise-free filtered difference image is computed as the pipeline does; at its maximum
+        within `radius` of xy, the significance of amplitude f is f a / sqrt(s2 + f v + f^2 g), with a the
+        unit response, s2 the sky variance, v the signal's own Poisson variance (light only, not detector
+        artefacts) and g its astrometric variance. Solving for f is a quadratic. Signals whose astrometric
+        term caps the significance below the target (tiny dipoles) are made as bright as that cap allows.
+        All unit images are non-negative, so their variance maps are the images themselves. `under` are the
+        (sci, ref) spectra of a static source beneath the signal: it adds its Poisson noise to s2.
         """
-        _, hs, hr = self.filters(idx)
-        fhat = np.zeros((len(idx), _CANVAS, _CANVAS // 2 + 1), complex)
-        if sci_real is not None:
-            fhat += np.fft.rfft2(sci_real)
+        shape = (_CANVAS, _CANVAS)
+        k = len(idx)
+        light = np.zeros((k, _CANVAS, _CANVAS // 2 + 1), complex)
         if sci_hat is not None:
-            fhat += sci_hat
-        fhat *= hs
-        if ref_hat is not None:
-            fhat -= ref_hat * hr
-        filtered = np.fft.irfft2(fhat, s=(_CANVAS, _CANVAS))
+            light += sci_hat
+        if sci_light is not None:
+            light += np.fft.rfft2(sci_light)
+        sci_f = (light + np.fft.rfft2(sci_pix) if sci_pix is not None else light) * self.h_sci[idx]
+        ref_f = ref_hat * self.h_ref[idx] if ref_hat is not None else np.zeros_like(sci_f)
+        filtered = np.fft.irfft2(sci_f - ref_f, s=shape)
         near = (self.xx - xy[:, 0, None, None]) ** 2 + (self.yy - xy[:, 1, None, None]) ** 2 <= radius**2
-        peak = np.where(near, filtered, -np.inf).max(axis=(1, 2)) / self.sigma_filtered(idx)
-        return target / np.maximum(peak, 1e-12)
+        at = np.where(near, filtered, -np.inf).reshape(k, -1).argmax(axis=1)
+        a = np.maximum(filtered.reshape(k, -1)[np.arange(k), at], 1e-12)
+        g = np.zeros(k)
+        for contribution in (sci_f, ref_f):
+            for freq in (self.fx, self.fy):
+                g += self.value_at(2j * np.pi * freq * contribution, at) ** 2
+        g *= self.cfg.astrometric_sigma**2
+        var_hat = light * self.sq_sci[idx]
+        if ref_hat is not None:
+            var_hat += self.ratio[idx, None, None] ** 2 * ref_hat * self.sq_ref[idx]
+        v = np.maximum(self.value_at(var_hat, at), 0.0)
+        s2 = self.sigma_f[idx] ** 2
+        if under is not None:
+            static = under[0] * self.sq_sci[idx] + self.ratio[idx, None, None] ** 2 * under[1] * self.sq_ref[idx]
+            s2 = s2 + np.maximum(self.value_at(static, at), 0.0)
+        quad = np.maximum(a**2 - target**2 * g, 0.05 * a**2)  # > 0: capped where the target is unreachable
+        flux = (target**2 * v + np.sqrt(target**4 * v**2 + 4 * quad * target**2 * s2)) / (2 * quad)
+        reached = flux * a / np.sqrt(s2 + flux * v + flux**2 * g)
+        return flux, reached
 
     def jittered_centre(self, k: int, r: float = 0.5) -> np.ndarray:
         """Sub-pixel candidate positions within r px (per axis) of the nominal centre, shape (k, 2)."""
@@ -294,13 +341,20 @@ class _Batch:
 # Real transients
 
 
+def _tp_snr(b: _Batch, k: int) -> np.ndarray:
+    """Injected significance: log-uniform for most transients, uniform near the detection limit for some."""
+    cfg = b.cfg
+    faint = b.rng.random(k) < cfg.tp_faint_fraction
+    return np.where(faint, _uniform(b.rng, cfg.tp_faint_snr, k), _loguniform(b.rng, cfg.tp_snr, k))
+
+
 def _tp_point(b: _Batch, idx: np.ndarray, host: str) -> None:
     """A new point source at the centre, in sci only; host: 'none', 'offset' (SN in a galaxy) or 'nuclear'."""
     k, rng, cfg = len(idx), b.rng, b.cfg
     xy = b.jittered_centre(k)
-    snr = _loguniform(rng, cfg.tp_snr, k)
+    snr = _tp_snr(b, k)
     unit = b.points_hat(np.ones(k), xy[:, 0], xy[:, 1], b.sig_s[idx])
-    flux = b.scale_to_snr(idx, snr, xy, sci_hat=unit)
+    flux, snr = b.scale_to_snr(idx, snr, xy, sci_hat=unit)
     b.sci_hat[idx] += flux[:, None, None] * unit
     b.snr[idx], b.flux[idx] = snr, flux
     if host != "none":
@@ -327,10 +381,12 @@ def _tp_variable_star(b: _Batch, idx: np.ndarray) -> None:
     k, rng, cfg = len(idx), b.rng, b.cfg
     xy = b.jittered_centre(k)
     base = _flux_for_snr(_loguniform(rng, cfg.variable_base_snr, k), b.sig_s[idx], b.sky[idx])
-    b.add_pair(idx, base, base, xy[:, 0], xy[:, 1])
-    snr = _loguniform(rng, cfg.tp_snr, k)
+    star = b.pair_hat(idx, base, base, xy[:, 0], xy[:, 1])
+    b.sci_hat[idx] += star[0]
+    b.ref_hat[idx] += star[1]
+    snr = _tp_snr(b, k)
     unit = b.points_hat(np.ones(k), xy[:, 0], xy[:, 1], b.sig_s[idx])
-    flux = b.scale_to_snr(idx, snr, xy, sci_hat=unit)
+    flux, snr = b.scale_to_snr(idx, snr, xy, sci_hat=unit, under=star)
     b.sci_hat[idx] += flux[:, None, None] * unit
     b.snr[idx], b.flux[idx] = snr, flux
 
@@ -356,13 +412,16 @@ def _fp_dipole(b: _Batch, idx: np.ndarray) -> None:
     s_unit = b.points_hat(np.ones(k), xy[:, 0], xy[:, 1], b.sig_s[idx])
     r_unit = b.points_hat(ratio, ref_xy[:, 0], ref_xy[:, 1], b.sig_r[idx])
     snr = _loguniform(rng, cfg.fp_snr, k)
-    flux = b.scale_to_snr(idx, snr, xy, sci_hat=s_unit, ref_hat=r_unit, radius=4.0)
+    flux, snr = b.scale_to_snr(idx, snr, xy, sci_hat=s_unit, ref_hat=r_unit, radius=4.0)
     b.sci_hat[idx] += flux[:, None, None] * s_unit
     b.ref_hat[idx] += flux[:, None, None] * r_unit
     b.snr[idx] = snr
 
 
-def _cosmic_ray_shapes(b: _Batch, k: int) -> np.ndarray:
+_CR_SHAPES = ("pixel", "cluster", "track", "blob")
+
+
+def _cosmic_ray_shapes(b: _Batch, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit-peak cosmic-ray images (sci only, not PSF-convolved): single pixels, small clusters, short
     tracks, and compact blobs close to the PSF width (the hard ones)."""
     rng, cfg = b.rng, b.cfg
@@ -394,19 +453,20 @@ def _cosmic_ray_shapes(b: _Batch, k: int) -> np.ndarray:
         s = _uniform(rng, cfg.cr_blob_sigma, len(sel))[:, None, None]
         r2 = (b.xx - xy[sel, 0, None, None]) ** 2 + (b.yy - xy[sel, 1, None, None]) ** 2
         img[sel] = np.exp(-0.5 * r2 / s**2)
-    return img
+    return img, kind
 
 
 def _cr_mix(psf_like: float) -> np.ndarray:
-    rest = (1.0 - psf_like) * np.array([0.2, 0.2, 0.6])
+    rest = (1.0 - psf_like) * np.array([0.1, 0.2, 0.7])
     return np.append(rest, psf_like)
 
 
 def _fp_cosmic_ray(b: _Batch, idx: np.ndarray) -> None:
     k = len(idx)
-    img = _cosmic_ray_shapes(b, k)
+    img, shape = _cosmic_ray_shapes(b, k)
+    b.detail[idx] = np.asarray(_CR_SHAPES)[shape]
     snr = _loguniform(b.rng, b.cfg.sharp_snr, k)
-    amp = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_real=img)
+    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
     b.sci_pix[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
 
@@ -420,7 +480,7 @@ def _fp_hot_pixel(b: _Batch, idx: np.ndarray) -> None:
     pair = rng.random(k) < 0.3
     img[ar[pair], _CENTRE + 1, _CENTRE] = rng.uniform(0.3, 1.0, pair.sum())
     snr = _loguniform(rng, b.cfg.sharp_snr, k)
-    amp = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_real=img)
+    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
     b.sci_pix[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
 
@@ -436,7 +496,7 @@ def _fp_bad_column(b: _Batch, idx: np.ndarray) -> None:
     img = (b.xx[None] == col[:, None, None]) & in_rows
     img = img * rng.uniform(0.8, 1.2, (k, _CANVAS, 1))  # the offset varies a little along the column
     snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_real=img)
+    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
     b.sci_pix[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
 
@@ -444,7 +504,6 @@ def _fp_bad_column(b: _Batch, idx: np.ndarray) -> None:
 def _fp_bright_star(b: _Batch, idx: np.ndarray) -> None:
     """A saturated star: clipped core and bleed trail in sci, imperfect PSF matching in the wings."""
     k, rng, cfg = len(idx), b.rng, b.cfg
-    b.eps[idx] = rng.choice([-1.0, 1.0], k) * _uniform(rng, cfg.bright_mismatch, k)
     r, phi = rng.uniform(0.0, 2.5, k), rng.uniform(0, 2 * np.pi, k)
     xy = _CENTRE + np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
     peak_ratio = _loguniform(rng, cfg.bright_peak_ratio, k)
@@ -469,7 +528,7 @@ def _fp_trail(b: _Batch, idx: np.ndarray) -> None:
     )
     img = np.exp(-0.5 * (across / s) ** 2) / (np.sqrt(2 * np.pi) * s) * glint
     snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp = b.scale_to_snr(idx, snr, xy, sci_real=img)
+    amp, snr = b.scale_to_snr(idx, snr, xy, sci_light=img)
     b.sci_light[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
 
@@ -486,7 +545,7 @@ def _fp_ghost(b: _Batch, idx: np.ndarray) -> None:
     r = np.hypot(b.xx - cx[:, None, None], b.yy - cy[:, None, None])
     img = np.exp(-0.5 * ((r - radius) / width) ** 2) + fill * 0.5 * (1 - np.tanh((r - radius) / width))
     snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_real=img)
+    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_light=img)
     b.sci_light[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
 
@@ -509,7 +568,7 @@ def _fp_edge(b: _Batch, idx: np.ndarray) -> None:
     width = rng.uniform(1.0, 3.0, k)[:, None, None]
     img = np.where(inside >= 0, np.exp(-inside / width), 0.0)
     snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_real=img)
+    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
     b.sci_pix[idx] += amp[:, None, None] * img
     b.snr[idx] = snr
 
@@ -597,10 +656,9 @@ def _condition_noise(
     """Make the filtered difference at cond_xy equal cond_u sigma by the Gaussian conditioning update
     (Matheron's rule): the result is an exact draw of noise that produced a peak of that significance."""
     var_s, var_r, sci_true, ref_true = (a[idx] for a in truth)
-    _, hs, hr = b.filters(idx)
     shift = b.shift_tf(b.cond_xy[idx, 0], b.cond_xy[idx, 1])
-    w_s = np.fft.irfft2(hs * shift, s=(_CANVAS, _CANVAS))  # the filter K_s * P centred on the peak
-    w_r = np.fft.irfft2(hr * shift, s=(_CANVAS, _CANVAS))
+    w_s = np.fft.irfft2(b.h_sci[idx] * shift, s=(_CANVAS, _CANVAS))  # the filter K_s * P centred on the peak
+    w_r = np.fft.irfft2(b.h_ref[idx] * shift, s=(_CANVAS, _CANVAS))
     axes = (1, 2)
     variance = (var_s * w_s**2).sum(axes) + (var_r * w_r**2).sum(axes)
     current = (w_s * (n_s[idx] + sci_true)).sum(axes) - (w_r * (n_r[idx] + ref_true)).sum(axes)
@@ -631,17 +689,21 @@ def _render(b: _Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         sci[j, max(y0 - half, 0) : y0 + half + 1, x0] = cfg.saturation
     ref = sky_r + ref_true + n_r
 
-    everyone = np.arange(m)
-    t, ks, kr = b.kernels(everyone)
-    p, hs, hr = b.filters(everyone)
-    diff_hat = np.fft.rfft2(sci - sky) * b.gauss_tf(ks) - np.fft.rfft2(ref - sky_r) * b.gauss_tf(kr)
-    diff = np.fft.irfft2(diff_hat, s=shape)
-    filtered = np.fft.irfft2(diff_hat * p, s=shape)
+    sci_hat, ref_hat = np.fft.rfft2(sci - sky), np.fft.rfft2(ref - sky_r)
+    diff = np.fft.irfft2(sci_hat * b.k_sci - ref_hat * b.k_ref, s=shape)
+    sci_f, ref_f = sci_hat * b.h_sci, ref_hat * b.h_ref  # each image's contribution to the filtered diff
+    filtered = np.fft.irfft2(sci_f - ref_f, s=shape)
     # Variance of the filtered image: each (independent-pixel) variance map through the squared filter.
-    sq_s = np.fft.rfft2(np.fft.irfft2(hs, s=shape) ** 2)
-    sq_r = np.fft.rfft2(np.fft.irfft2(hr, s=shape) ** 2)
-    var_f = np.fft.irfft2(np.fft.rfft2(np.minimum(var_s, cfg.saturation)) * sq_s + np.fft.rfft2(var_r) * sq_r, s=shape)
-    scorr = filtered / np.sqrt(np.maximum(var_f, 1e-6 * b.sky.min()))
+    var_hat = np.fft.rfft2(np.minimum(var_s, cfg.saturation)) * b.sq_sci + np.fft.rfft2(var_r) * b.sq_ref
+    var_f = np.fft.irfft2(var_hat, s=shape)
+    # ZOGY's astrometric term: a registration error of sigma_ast shifts each contribution by its gradient,
+    # so steep, bright static sources get extra variance and leave no significant dipole.
+    var_ast = np.zeros_like(var_f)
+    for contribution in (sci_f, ref_f):
+        for freq in (b.fx, b.fy):
+            var_ast += np.fft.irfft2(2j * np.pi * freq * contribution, s=shape) ** 2
+    var_ast *= cfg.astrometric_sigma**2
+    scorr = filtered / np.sqrt(np.maximum(var_f + var_ast, 1e-6 * b.sky.min()))
     return sci, ref, diff, scorr
 
 
@@ -658,11 +720,14 @@ def _cut(b: _Batch, planes: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndar
         off[has_off] = _half_plane(b, b.off_dir[has_off]) > b.off_dist[has_off, None, None]
     nan_fill = (b.off_dir >= 0) & (rng.random(m) < cfg.offchip_nan_prob)
 
-    rad = cfg.recentre_radius
-    win = stack[:, _CENTRE - rad : _CENTRE + rad + 1, _CENTRE - rad : _CENTRE + rad + 1, 3]
-    win = np.where(off[:, _CENTRE - rad : _CENTRE + rad + 1, _CENTRE - rad : _CENTRE + rad + 1], -np.inf, win)
+    # Around a saturated star the detection is wherever its residual ring peaks: search further out.
+    radius = np.full(m, cfg.recentre_radius)
+    radius[b.kinds == "bright_star_residual"] = max(cfg.recentre_radius, _PAD - cfg.center_jitter)
+    rad = int(radius.max())
+    box = np.s_[_CENTRE - rad : _CENTRE + rad + 1, _CENTRE - rad : _CENTRE + rad + 1]
     oy, ox = np.mgrid[-rad : rad + 1, -rad : rad + 1]
-    win = np.where(oy**2 + ox**2 <= rad**2, win, -np.inf)
+    inside = (oy**2 + ox**2)[None] <= radius[:, None, None] ** 2
+    win = np.where(inside & ~off[(slice(None), *box)], stack[(slice(None), *box, 3)], -np.inf)
     best = win.reshape(m, -1).argmax(axis=1)
     jit = rng.integers(-cfg.center_jitter, cfg.center_jitter + 1, (m, 2))
     y0 = _CENTRE + oy.ravel()[best] - SIZE // 2 + jit[:, 0]
@@ -685,8 +750,8 @@ def _central_peak(scorr: np.ndarray, half: int = 2) -> float:
 
 
 def _simulate_chunk(kinds: list[str], cfg: SimConfig, rng: np.random.Generator) -> list[dict]:
-    b = _Batch(len(kinds), cfg, rng)
     kinds_arr = np.asarray(kinds)
+    b = _Batch(kinds_arr, cfg, rng)
     for kind in (*TP_KINDS, *FP_KINDS):  # fixed order: the stream of random numbers is reproducible
         idx = np.flatnonzero(kinds_arr == kind)
         if len(idx):
@@ -704,6 +769,7 @@ def _simulate_chunk(kinds: list[str], cfg: SimConfig, rng: np.random.Generator) 
             {
                 "sample": sample,
                 "kind": str(kind),
+                "detail": str(b.detail[j]),
                 "snr": snr,
                 "scorr_peak": peak,
                 "flux": float(b.flux[j]),
@@ -736,7 +802,10 @@ def simulate_records(
     n_tp = round(n * tp_fraction)
     kinds = [
         kind
-        for kind_set, weights, count in ((TP_KINDS, cfg.tp_kind_weights, n_tp), (FP_KINDS, cfg.fp_kind_weights, n - n_tp))
+        for kind_set, weights, count in (
+            (TP_KINDS, cfg.tp_kind_weights, n_tp),
+            (FP_KINDS, cfg.fp_kind_weights, n - n_tp),
+        )
         for kind, c in zip(kind_set, _apportion(count, weights), strict=True)
         for _ in range(c)
     ]
