@@ -364,13 +364,26 @@ def _fail_stale(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
-def _requeue(study: optuna.Study, trial_id: int | None) -> None:
-    """Re-queue an interrupted trial with its parameters and checkpoint (what the heartbeat does for dead ones)."""
-    if trial_id is None:
-        return
-    trial = study._storage.get_trial(trial_id)
-    if trial.state == TrialState.FAIL and "params_full" in trial.user_attrs:
-        retry_callback()(study, trial)
+def _requeue(study: optuna.Study, trial_id: int | None, before: int, alone: bool) -> None:
+    """After Ctrl-C / SIGTERM: fail the interrupted trial if Optuna has not, and re-queue it with its parameters
+    and checkpoint (what the heartbeat does for a dead process). Interrupted while the sampler was still
+    choosing, the trial is not known by id yet; a process that runs alone can still tell it is the newest
+    running trial without a `worker` attribute. Otherwise the heartbeat fails it after the grace period."""
+    storage = study._storage
+    candidates = [trial_id] if trial_id is not None else []
+    if trial_id is None and alone:
+        candidates = [
+            t._trial_id
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number >= before and "worker" not in t.user_attrs
+        ]
+    for candidate in candidates:
+        trial = storage.get_trial(candidate)
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_state_values(candidate, state=TrialState.FAIL)
+            trial = storage.get_trial(candidate)
+        if trial.state == TrialState.FAIL and "params_full" in trial.user_attrs:
+            retry_callback()(study, trial)
 
 
 def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0) -> RunResult:
@@ -406,7 +419,7 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             except KeyboardInterrupt:
-                _requeue(study, objective.current_trial_id)
+                _requeue(study, objective.current_trial_id, before, alone=cfg.workers == 1 and worker == 0)
                 raise
             trials = study.get_trials(deepcopy=False)
             mine = [t for t in trials if t._trial_id == objective.current_trial_id]
