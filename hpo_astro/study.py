@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import signal
@@ -357,11 +358,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    if optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optuna.storages.fail_stale_trials(study)
+def _fail_stale(study: optuna.Study, grace_period: float) -> None:
+    """Fail trials whose process died: Optuna's heartbeat check, plus trials that died before their first
+    heartbeat (killed while the sampler was choosing: no heartbeat row, so Optuna never sees them stale)."""
+    if not optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+    limit = datetime.timedelta(seconds=max(4 * grace_period, 60))
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "worker" not in t.user_attrs and t.datetime_start and now - t.datetime_start > limit:
+            with contextlib.suppress(Exception):  # another worker may fail it first
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
 
 
 def _requeue(study: optuna.Study, trial_id: int | None, before: int, alone: bool) -> None:
@@ -401,7 +411,7 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0
     ran = failures = 0
     with _sigterm_as_interrupt():
         while True:
-            _fail_stale(study)
+            _fail_stale(study, cfg.grace_period)
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
