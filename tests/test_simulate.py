@@ -111,7 +111,8 @@ def test_deterministic_by_seed(records: dict[str, list[dict]]) -> None:
         assert a["sample"].tobytes() == b["sample"].tobytes()  # bit-identical, NaNs included
         assert {k: v for k, v in a.items() if k != "sample"} == {k: v for k, v in b.items() if k != "sample"}
     other = simulate_records(n=N, seed=1)
-    assert any(a["sample"].tobytes() != b["sample"].tobytes() for a, b in zip(_all(records), _all(other), strict=True))
+    pairs = zip(_all(records), _all(other), strict=True)
+    assert any(a["sample"].tobytes() != b["sample"].tobytes() for a, b in pairs)
 
 
 def test_config_changes_output() -> None:
@@ -189,7 +190,8 @@ def test_dipoles_have_a_negative_lobe(records: dict[str, list[dict]]) -> None:
 def test_sci_only_artefacts_are_absent_from_the_reference() -> None:
     # An empty field (no stars, no galaxies) so that only the artefact can stand out.
     weights = (0.0, 1.0, 1.0) + (0.0,) * 6  # cosmic rays and hot pixels
-    cfg = SimConfig(fp_kind_weights=weights, field_star_density=0.0, random_host_fraction=0.0, offchip_fraction=0.0)
+    empty = {"field_star_density": 0.0, "random_host_fraction": 0.0, "offchip_fraction": 0.0}
+    cfg = SimConfig(fp_kind_weights=weights, **empty)
     recs = simulate_records(n=16, seed=5, tp_fraction=0.0, config=cfg)["FP"]
     assert {r["kind"] for r in recs} == {"cosmic_ray", "hot_pixel"}
     box = np.s_[C - 4 : C + 5, C - 4 : C + 5]
