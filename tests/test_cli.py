@@ -12,17 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_npy_object
-from typer.testing import CliRunner
+from conftest import assert_refused, invoke, write_npy_object
 
-from hpo_astro.cli import app
 from hpo_astro.data import exromana
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_data_synth_is_deterministic(tmp_path: Path) -> None:
@@ -126,14 +118,6 @@ BAD_FILE_MESSAGES = {
 }
 
 
-def _assert_clean_failure(result, message: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0]
-    assert "Traceback" not in result.output
-
-
 @pytest.mark.parametrize("kind", list(BAD_FILE_MESSAGES))
 @pytest.mark.parametrize("command", ["train", "info"])
 def test_bad_data_files(kind: str, command: str, tmp_path: Path, small_file: Path, isolated_cache: Path) -> None:
@@ -144,7 +128,7 @@ def test_bad_data_files(kind: str, command: str, tmp_path: Path, small_file: Pat
     else:
         result = invoke("data", "info", path, "--gallery", tmp_path / "g.png")
         assert not (tmp_path / "g.png").exists()
-    _assert_clean_failure(result, BAD_FILE_MESSAGES[kind])
+    assert_refused(result, BAD_FILE_MESSAGES[kind])
     assert not (tmp_path / "pwned").exists()
     assert not [p for p in isolated_cache.rglob("*") if p.is_file()]  # nothing half-written to the cache
 
@@ -170,7 +154,7 @@ def test_bad_train_options(args: list[str], message: str, small_file: Path, tmp_
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
     result = invoke("train", "--data", small_file, "--out", tmp_path / "run", *args)
-    _assert_clean_failure(result, message)
+    assert_refused(result, message)
     assert not (tmp_path / "run").exists()
 
 
@@ -179,7 +163,7 @@ def test_download_without_network_is_one_line(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     result = invoke("data", "download", "--url", f"http://127.0.0.1:{port}/x.npy", "--out", tmp_path / "x.npy")
-    _assert_clean_failure(result, "cannot download")
+    assert_refused(result, "cannot download")
     assert list(tmp_path.iterdir()) == []
 
 

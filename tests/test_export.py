@@ -7,31 +7,17 @@ import csv
 import json
 import pickle
 import re
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from test_report import _one_line_error, invoke, shared_template
+from conftest import assert_refused, invoke
 
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig, load_splits, stratified_split
 from hpo_astro.model import load_model
 from hpo_astro.train import evaluate
-
-
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory: pytest.TempPathFactory, small_file: Path) -> Path:
-    return shared_template(tmp_path_factory, small_file)
-
-
-@pytest.fixture
-def store(template_store: Path, tmp_path: Path) -> str:
-    db = tmp_path / "optuna.db"
-    with sqlite3.connect(template_store) as source, sqlite3.connect(db) as copy:
-        source.backup(copy)
-    return f"sqlite:///{db}"
 
 
 def _compare(store: str, name: str) -> dict:
@@ -127,20 +113,20 @@ def test_export_replaces_an_earlier_export_only(store: str, tmp_path: Path) -> N
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    _one_line_error(invoke("export", "--storage", store, "--study", "random", "--out", busy), "not an exported model")
+    assert_refused(invoke("export", "--storage", store, "--study", "random", "--out", busy), "not an exported model")
     assert (busy / "notes.txt").read_text() == "mine"
 
 
 def test_export_refuses_a_study_without_completed_trials(store: str, tmp_path: Path) -> None:
     result = invoke("export", "--storage", store, "--study", "pruned-only", "--out", tmp_path / "m")
-    _one_line_error(result, "study 'pruned-only' has no completed trial (2 pruned, 1 fail)")
-    _one_line_error(invoke("export", "--storage", store, "--study", "nope", "--out", tmp_path / "m"), "no study named")
+    assert_refused(result, "study 'pruned-only' has no completed trial (2 pruned, 1 fail)")
+    assert_refused(invoke("export", "--storage", store, "--study", "nope", "--out", tmp_path / "m"), "no study named")
     assert not (tmp_path / "m").exists()
 
 
 def test_export_from_a_moved_data_file(store: str, tmp_path: Path, small_file: Path) -> None:
     optuna.load_study(study_name="tpe", storage=store).set_user_attr("data_source", str(tmp_path / "gone.npy"))
-    _one_line_error(invoke("export", "--storage", store, "--study", "tpe", "--out", tmp_path / "m"), "--data PATH")
+    assert_refused(invoke("export", "--storage", store, "--study", "tpe", "--out", tmp_path / "m"), "--data PATH")
     result = invoke("export", "--storage", store, "--study", "tpe", "--out", tmp_path / "m", "--data", small_file)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "m" / "model.json").read_text())["data"]["source"] == str(small_file)
@@ -149,21 +135,21 @@ def test_export_from_a_moved_data_file(store: str, tmp_path: Path, small_file: P
 def test_predict_bad_input(store: str, tmp_path: Path, small_file: Path) -> None:
     model = tmp_path / "model"
     _export(store, "tpe", model)
-    _one_line_error(invoke("predict", "--model", tmp_path / "none", "--data", small_file), "model directory not found")
+    assert_refused(invoke("predict", "--model", tmp_path / "none", "--data", small_file), "model directory not found")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(invoke("predict", "--model", empty, "--data", small_file), "model.json, model.pt missing")
-    _one_line_error(invoke("predict", "--model", model, "--data", small_file, "--split", "dev"), "unknown split 'dev'")
-    _one_line_error(invoke("predict", "--model", model, "--data", tmp_path / "no.npy"), "data file not found")
+    assert_refused(invoke("predict", "--model", empty, "--data", small_file), "model.json, model.pt missing")
+    assert_refused(invoke("predict", "--model", model, "--data", small_file, "--split", "dev"), "unknown split 'dev'")
+    assert_refused(invoke("predict", "--model", model, "--data", tmp_path / "no.npy"), "data file not found")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.json").write_text("{not json")
     (broken / "model.pt").write_bytes(b"")
-    _one_line_error(invoke("predict", "--model", broken, "--data", small_file), "not a valid model manifest")
+    assert_refused(invoke("predict", "--model", broken, "--data", small_file), "not a valid model manifest")
     mismatched = tmp_path / "mismatched"
     mismatched.mkdir()
     manifest = json.loads((model / "model.json").read_text())
     manifest["params"]["fc_width"] = 256 if manifest["params"]["fc_width"] != 256 else 32
     (mismatched / "model.json").write_text(json.dumps(manifest))
     (mismatched / "model.pt").write_bytes((model / "model.pt").read_bytes())
-    _one_line_error(invoke("predict", "--model", mismatched, "--data", small_file), "cannot load the weights")
+    assert_refused(invoke("predict", "--model", mismatched, "--data", small_file), "cannot load the weights")

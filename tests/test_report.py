@@ -5,77 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-from typer.testing import CliRunner
+from conftest import GOOD_STUDIES, assert_refused, invoke
 
-from hpo_astro import study as study_module
-from hpo_astro.cli import app
-from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import PrepConfig, load_splits
 from hpo_astro.report import compare, figures
-from hpo_astro.space import SearchSpace
-from hpo_astro.study import run_study
 from hpo_astro.train import evaluate, train
-
-runner = CliRunner()
-SPACE = {  # the smallest models: these tests are about results, not about training
-    "conv_layers": [1],
-    "fc_width": [32, 64],
-    "lr": [1e-3, 1e-2],
-    "batch_size": [64],
-    "activation": ["ReLU", "GELU"],
-}
-GOOD = ("random", "tpe")  # studies with complete trials; "pruned-only" has only pruned and failed ones
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def make_store(db: Path, data: Path) -> str:
-    """Two small real studies (1 epoch per trial) and one whose trials were all pruned or failed."""
-    url = f"sqlite:///{db}"
-    space = SearchSpace.from_dict(SPACE)
-    for name, seed in zip(GOOD, (0, 1), strict=True):
-        run_study(StudyConfig(strategy=name, storage=url, data=data, max_epochs=1, n_trials=3, space=space, seed=seed))
-    with pytest.MonkeyPatch.context() as mp:  # a pruner that prunes every trial after its first epoch
-        mp.setattr(study_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
-        cfg = StudyConfig(study="pruned-only", storage=url, data=data, max_epochs=2, n_trials=2, space=space)
-        run_study(cfg)
-    failed = optuna.load_study(study_name="pruned-only", storage=url)
-    failed.tell(failed.ask(), state=TrialState.FAIL)
-    return url
-
-
-def shared_template(tmp_path_factory: pytest.TempPathFactory, small_file: Path) -> Path:
-    """The store of `make_store`, built once per test session (this module and test_export share it)."""
-    db = tmp_path_factory.getbasetemp() / "report-template" / "template.db"
-    if not db.exists():
-        db.parent.mkdir()
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("HPO_ASTRO_CACHE", str(tmp_path_factory.mktemp("cache")))
-            make_store(db, small_file)
-    return db
-
-
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory: pytest.TempPathFactory, small_file: Path) -> Path:
-    return shared_template(tmp_path_factory, small_file)
-
-
-@pytest.fixture
-def store(template_store: Path, tmp_path: Path) -> str:
-    """A fresh copy of the template store per test (compare writes its cache into the store)."""
-    db = tmp_path / "optuna.db"
-    with sqlite3.connect(template_store) as source, sqlite3.connect(db) as copy:
-        source.backup(copy)  # a consistent copy, whatever the journal mode
-    return f"sqlite:///{db}"
 
 
 def _json(store: str, *extra: object) -> dict:
@@ -90,7 +29,7 @@ def _json(store: str, *extra: object) -> dict:
 def test_compare_evaluates_the_best_trial_on_every_split(store: str, small_file: Path) -> None:
     """The table's numbers equal an independent retraining of the best trial, evaluated here."""
     table = _json(store)
-    assert [row["study"] for row in table["studies"]] == list(GOOD)
+    assert [row["study"] for row in table["studies"]] == list(GOOD_STUDIES)
     data = load_splits(small_file, PrepConfig())
     for row in table["studies"]:
         study = optuna.load_study(study_name=row["study"], storage=store)
@@ -208,15 +147,9 @@ def test_search_stats_count_failed_and_pruned_apart(store: str) -> None:
 # --- refusals -------------------------------------------------------------------------------------------------
 
 
-def _one_line_error(result, message: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr and result.stderr.startswith("error:"), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
-
-
 def test_study_with_only_pruned_or_failed_trials(store: str, tmp_path: Path) -> None:
     named = invoke("compare", "--storage", store, "--study", "pruned-only")
-    _one_line_error(named, "study 'pruned-only' has no completed trial (2 pruned, 1 fail)")
+    assert_refused(named, "study 'pruned-only' has no completed trial (2 pruned, 1 fail)")
     everything = invoke("compare", "--storage", store, "--format", "csv")
     assert everything.exit_code == 0, everything.output
     assert "skipped: study 'pruned-only' has no completed trial" in everything.stderr
@@ -234,12 +167,12 @@ def test_empty_store_and_missing_store(tmp_path: Path) -> None:
         ["report", "--out", tmp_path / "r"],
         ["export", "--study", "x", "--out", tmp_path / "m"],
     ):
-        _one_line_error(invoke(*command, "--storage", f"sqlite:///{missing}"), "no study store at")
+        assert_refused(invoke(*command, "--storage", f"sqlite:///{missing}"), "no study store at")
     assert not missing.exists()  # reading results never creates a store
     empty = tmp_path / "empty.db"
     optuna.storages.RDBStorage(f"sqlite:///{empty}")
-    _one_line_error(invoke("compare", "--storage", f"sqlite:///{empty}"), "no studies in")
-    _one_line_error(invoke("report", "--storage", f"sqlite:///{empty}", "--out", tmp_path / "r"), "no studies in")
+    assert_refused(invoke("compare", "--storage", f"sqlite:///{empty}"), "no studies in")
+    assert_refused(invoke("report", "--storage", f"sqlite:///{empty}", "--out", tmp_path / "r"), "no studies in")
     assert not (tmp_path / "r").exists()
 
 
@@ -254,21 +187,21 @@ def test_empty_store_and_missing_store(tmp_path: Path) -> None:
 )
 def test_bad_input(args: list[str], message: str, store: str) -> None:
     storage = [] if "--storage" in args else ["--storage", store]
-    _one_line_error(invoke(*args, *storage), message)
+    assert_refused(invoke(*args, *storage), message)
 
 
 def test_moved_data_file_is_refused_or_given(store: str, tmp_path: Path, small_file: Path) -> None:
     study = optuna.load_study(study_name="tpe", storage=store)
     study.set_user_attr("data_source", str(tmp_path / "gone.npy"))
-    _one_line_error(invoke("compare", "--storage", store, "--study", "tpe"), "pass --data PATH")
+    assert_refused(invoke("compare", "--storage", store, "--study", "tpe"), "pass --data PATH")
     other = tmp_path / "other.npy"
     from hpo_astro.data import exromana, simulate
 
     exromana.save(simulate.simulate_records(n=60, seed=1), other)
-    _one_line_error(invoke("compare", "--storage", store, "--study", "tpe", "--data", other), "fingerprint")
+    assert_refused(invoke("compare", "--storage", store, "--study", "tpe", "--data", other), "fingerprint")
     ok = invoke("compare", "--storage", store, "--study", "tpe", "--data", small_file)
     assert ok.exit_code == 0, ok.output
-    _one_line_error(invoke("report", "--storage", store, "--study", "tpe", "--out", tmp_path / "r"), "--data PATH")
+    assert_refused(invoke("report", "--storage", store, "--study", "tpe", "--out", tmp_path / "r"), "--data PATH")
     report = invoke("report", "--storage", store, "--study", "tpe", "--out", tmp_path / "r", "--data", small_file)
     assert report.exit_code == 0 and "Misclassified test cutouts" in (tmp_path / "r" / "study-tpe.html").read_text()
 
@@ -296,7 +229,7 @@ def test_report_html_has_every_figure_and_no_external_url(store: str, tmp_path: 
         assert f'href="study-{name}.html"' in index
     assert index.count('class="plotly-graph-div"') == 2  # running best vs trial number, vs trial time
     assert "Final test accuracy" in index
-    for name in GOOD:
+    for name in GOOD_STUDIES:
         page = pages[f"study-{name}.html"]
         for heading in (
             "(a) Improvement time series",
@@ -350,7 +283,7 @@ def test_png_without_a_browser_is_one_clear_line(store: str, tmp_path: Path, mon
 
     monkeypatch.setattr(pio, "to_image", no_chrome)
     result = invoke("report", "--storage", store, "--out", tmp_path / "r", "--png")
-    _one_line_error(result, "--png cannot write images: Kaleido requires Google Chrome to be installed.")
+    assert_refused(result, "--png cannot write images: Kaleido requires Google Chrome to be installed.")
     assert not (tmp_path / "r").exists()  # refused before any work
 
 
@@ -386,9 +319,9 @@ def test_dashboard_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
     import optuna_dashboard
 
     monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **k: pytest.fail("must not start"))
-    _one_line_error(invoke("dashboard", "--storage", f"sqlite:///{tmp_path / 'none.db'}"), "no study store at")
+    assert_refused(invoke("dashboard", "--storage", f"sqlite:///{tmp_path / 'none.db'}"), "no study store at")
     bad_port = invoke("dashboard", "--storage", store, "--port", 0)
-    assert bad_port.exit_code == 2 and "--port" in bad_port.stderr
+    assert_refused(bad_port, "--port")
 
 
 # --- scripts/reproduce_paper.sh ------------------------------------------------------------------------------

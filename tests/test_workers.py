@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import assert_refused, invoke
 from optuna.trial import TrialState
 
 from hpo_astro.config import StudyConfig
@@ -267,39 +268,18 @@ def test_grpc_storage_proxy(tmp_path: Path, small_file: Path) -> None:
 
 
 def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path) -> None:
-    from typer.testing import CliRunner
-
-    from hpo_astro.cli import app
-
-    runner = CliRunner()
     store = f"sqlite:///{tmp_path / 'cli.db'}"
     config = _toml(tmp_path / "cli.toml", strategy="tpe", study="cli", max_epochs=6)
-    ran = runner.invoke(
-        app,
-        [
-            "run",
-            "--config",
-            str(config),
-            "--n-trials",
-            "8",
-            "--workers",
-            "2",
-            "--storage",
-            store,
-            "--data",
-            str(small_file),
-        ],
-    )
+    ran = invoke("run", "--config", config, "--n-trials", 8, "--workers", 2, "--storage", store, "--data", small_file)
     assert ran.exit_code == 0, ran.output
     study = optuna.load_study(study_name="cli", storage=store)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
     # the second process starts seconds late (spawn, imports): it may take fewer trials, never none
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
     study.set_user_attr("n_trials", 10)  # more budget: a worker joins and does the rest
-    joined = runner.invoke(app, ["worker", "--study", "cli", "--storage", store, "--index", "3", "--threads", "1"])
+    joined = invoke("worker", "--study", "cli", "--storage", store, "--index", 3, "--threads", 1)
     assert joined.exit_code == 0, joined.output
     assert "10/10 finished trials (2 run by this process)" in joined.stdout
-    missing = runner.invoke(app, ["worker", "--study", "nope", "--storage", store])
-    assert missing.exit_code == 2 and "no study named 'nope'" in missing.stderr
-    proxy = runner.invoke(app, ["storage-proxy", "--storage", "not a url"])
-    assert proxy.exit_code == 2 and "malformed storage URL" in proxy.stderr
+    missing = invoke("worker", "--study", "nope", "--storage", store)
+    assert_refused(missing, "no study named 'nope'")
+    assert_refused(invoke("storage-proxy", "--storage", "not a url"), "malformed storage URL")

@@ -353,6 +353,31 @@ class _Batch:
         reached = flux * a / np.sqrt(s2 + flux * v + flux**2 * g)
         return flux, reached
 
+    def add_artefact(
+        self,
+        idx: np.ndarray,
+        img: np.ndarray,
+        snr_range: tuple[float, float],
+        xy: np.ndarray | None = None,
+        *,
+        light: bool = False,
+    ) -> None:
+        """Add unit images `img` to the science frame at a log-uniform significance drawn from `snr_range`.
+
+        `light` images are photons (their Poisson noise counts); the others are detector effects on pixel values.
+        `xy` is where the significance is measured (default: the nominal centre).
+        """
+        k = len(idx)
+        snr = _loguniform(self.rng, snr_range, k)
+        xy = np.full((k, 2), float(_CENTRE)) if xy is None else xy
+        if light:
+            amp, snr = self.scale_to_snr(idx, snr, xy, sci_light=img)
+            self.sci_light[idx] += amp[:, None, None] * img
+        else:
+            amp, snr = self.scale_to_snr(idx, snr, xy, sci_pix=img)
+            self.sci_pix[idx] += amp[:, None, None] * img
+        self.snr[idx] = snr
+
     def jittered_centre(self, k: int, r: float = 0.5) -> np.ndarray:
         """Sub-pixel candidate positions within r px (per axis) of the nominal centre, shape (k, 2)."""
         return _CENTRE + self.rng.uniform(-r, r, (k, 2))
@@ -487,10 +512,7 @@ def _fp_cosmic_ray(b: _Batch, idx: np.ndarray) -> None:
     k = len(idx)
     img, shape = _cosmic_ray_shapes(b, k)
     b.detail[idx] = np.asarray(_CR_SHAPES)[shape]
-    snr = _loguniform(b.rng, b.cfg.sharp_snr, k)
-    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
-    b.sci_pix[idx] += amp[:, None, None] * img
-    b.snr[idx] = snr
+    b.add_artefact(idx, img, b.cfg.sharp_snr)
 
 
 def _fp_hot_pixel(b: _Batch, idx: np.ndarray) -> None:
@@ -501,10 +523,7 @@ def _fp_hot_pixel(b: _Batch, idx: np.ndarray) -> None:
     img[ar, _CENTRE, _CENTRE] = 1.0
     pair = rng.random(k) < 0.3
     img[ar[pair], _CENTRE + 1, _CENTRE] = rng.uniform(0.3, 1.0, pair.sum())
-    snr = _loguniform(rng, b.cfg.sharp_snr, k)
-    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
-    b.sci_pix[idx] += amp[:, None, None] * img
-    b.snr[idx] = snr
+    b.add_artefact(idx, img, b.cfg.sharp_snr)
 
 
 def _fp_bad_column(b: _Batch, idx: np.ndarray) -> None:
@@ -517,10 +536,7 @@ def _fp_bad_column(b: _Batch, idx: np.ndarray) -> None:
     in_rows = np.where(up[:, None, None], rows >= start, rows <= 2 * _CENTRE - start)
     img = (b.xx[None] == col[:, None, None]) & in_rows
     img = img * rng.uniform(0.8, 1.2, (k, _CANVAS, 1))  # the offset varies a little along the column
-    snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
-    b.sci_pix[idx] += amp[:, None, None] * img
-    b.snr[idx] = snr
+    b.add_artefact(idx, img, b.cfg.fp_snr)
 
 
 def _fp_bright_star(b: _Batch, idx: np.ndarray) -> None:
@@ -549,10 +565,7 @@ def _fp_trail(b: _Batch, idx: np.ndarray) -> None:
         2 * np.pi * along / rng.uniform(4, 20, (k, 1, 1)) + rng.uniform(0, 2 * np.pi, (k, 1, 1))
     )
     img = np.exp(-0.5 * (across / s) ** 2) / (np.sqrt(2 * np.pi) * s) * glint
-    snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp, snr = b.scale_to_snr(idx, snr, xy, sci_light=img)
-    b.sci_light[idx] += amp[:, None, None] * img
-    b.snr[idx] = snr
+    b.add_artefact(idx, img, b.cfg.fp_snr, xy, light=True)
 
 
 def _fp_ghost(b: _Batch, idx: np.ndarray) -> None:
@@ -566,10 +579,7 @@ def _fp_ghost(b: _Batch, idx: np.ndarray) -> None:
     cy = _CENTRE + radius[:, 0, 0] * np.sin(phi)
     r = np.hypot(b.xx - cx[:, None, None], b.yy - cy[:, None, None])
     img = np.exp(-0.5 * ((r - radius) / width) ** 2) + fill * 0.5 * (1 - np.tanh((r - radius) / width))
-    snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_light=img)
-    b.sci_light[idx] += amp[:, None, None] * img
-    b.snr[idx] = snr
+    b.add_artefact(idx, img, b.cfg.fp_snr, light=True)
 
 
 def _half_plane(b: _Batch, direction: np.ndarray) -> np.ndarray:
@@ -589,10 +599,7 @@ def _fp_edge(b: _Batch, idx: np.ndarray) -> None:
     inside = dist[:, None, None] - _half_plane(b, direction)  # px from the edge, positive on the chip
     width = rng.uniform(1.0, 3.0, k)[:, None, None]
     img = np.where(inside >= 0, np.exp(-inside / width), 0.0)
-    snr = _loguniform(rng, b.cfg.fp_snr, k)
-    amp, snr = b.scale_to_snr(idx, snr, np.full((k, 2), float(_CENTRE)), sci_pix=img)
-    b.sci_pix[idx] += amp[:, None, None] * img
-    b.snr[idx] = snr
+    b.add_artefact(idx, img, b.cfg.fp_snr)
 
 
 def _fp_noise_peak(b: _Batch, idx: np.ndarray) -> None:
