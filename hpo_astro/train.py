@@ -187,12 +187,16 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """The model's logits for `x`, on `x`'s device; batches go to the model's device, wherever `x` lives (a model
+    trained on the GPU can be evaluated on CPU tensors and vice versa)."""
     model.eval()
-    return torch.cat([model(x[i : i + batch]).squeeze(1) for i in range(0, len(x), batch)])
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i : i + batch].to(device)).squeeze(1).to(x.device) for i in range(0, len(x), batch)])
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pos_weight: float, threshold: float = 0.5) -> Metrics:
     logits = predict_logits(model, x)
+    y = y.to(logits.device)
     loss = nn.functional.binary_cross_entropy_with_logits(
         logits, y, pos_weight=torch.tensor(pos_weight, device=logits.device)
     ).item()

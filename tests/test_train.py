@@ -87,7 +87,8 @@ def test_result_records_everything() -> None:
     result = train(DEFAULT_PARAMS, _noise_splits(32), max_epochs=2, seed=0)
     summary = result.summary()
     assert summary["n_params"] == result.n_params > 0 and summary["wall_time"] > 0
-    assert summary["device"] == "cpu" and summary["best_epoch"] in (1, 2)
+    assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # "auto": the GPU when there is one
+    assert summary["best_epoch"] in (1, 2)
     epoch = summary["history"][0]
     assert set(epoch) == {
         "epoch",
@@ -171,3 +172,18 @@ def test_a_checkpoint_taken_at_the_stopping_epoch_does_not_train_further() -> No
     first = train(DEFAULT_PARAMS, data, callbacks=[Keep()], max_epochs=3, seed=0)
     again = train(DEFAULT_PARAMS, data, max_epochs=3, seed=0, resume=saved["ckpt"])
     assert len(again.history) == len(first.history) == 3
+
+
+def test_device_is_honoured_and_evaluation_follows_the_model() -> None:
+    """`device="cpu"` trains on the CPU even where CUDA exists; `evaluate` takes inputs on any device and moves
+    them to the model's (a GPU-trained model evaluated on CPU tensors, as `compare` and scripts do)."""
+    data = _noise_splits(32)
+    on_cpu = train(DEFAULT_PARAMS, data, max_epochs=1, seed=0, device="cpu")
+    assert on_cpu.device == "cpu" and next(on_cpu.model.parameters()).device.type == "cpu"
+    auto = train(DEFAULT_PARAMS, data, max_epochs=1, seed=0)
+    metrics = evaluate(auto.model, data.x_val.cpu(), data.y_val.cpu(), data.pos_weight)
+    assert metrics.loss == pytest.approx(auto.history[-1].val_loss, rel=1e-4)
+    if torch.cuda.is_available():
+        assert next(auto.model.parameters()).device.type == "cuda"
+        moved = evaluate(on_cpu.model, data.x_val.cuda(), data.y_val.cuda(), data.pos_weight)
+        assert moved.loss == pytest.approx(on_cpu.history[-1].val_loss, rel=1e-4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,8 +18,10 @@ import pytest
 from conftest import assert_refused, invoke
 from optuna.trial import TrialState
 
+from hpo_astro import workers
 from hpo_astro.config import StudyConfig
 from hpo_astro.space import SearchSpace
+from hpo_astro.study import RunEvents
 from hpo_astro.workers import config_from_study, run_workers, threads_per_worker
 
 # Small, quick architectures: a trial of a few epochs takes about a second on the small data set.
@@ -171,9 +174,26 @@ def test_sigterm_checkpoints_and_requeues(tmp_path: Path, small_file: Path) -> N
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
 
 
+def _wait_for_other_workers(study: optuna.Study, n: int, timeout: float = 180.0) -> None:
+    """Block until trials of `n` processes other than this one are in the store.
+
+    Children are spawned (a fresh interpreter that imports torch: seconds), while a trial on a fast machine (a GPU)
+    takes well under a second: without holding this process back, it could finish the whole budget alone and the
+    test would prove nothing about parallel workers."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        others = {t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False)} - {me, None}
+        if len(others) >= n:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"only {len(others)} of {n} worker processes started a trial in {timeout:.0f} s")
+
+
 def _parallel(
     storage: str, small_file: Path, study: str, workers: int, n_trials: int, artifacts: Path | None = None
 ) -> optuna.Study:
+    """`workers` processes on one study, this one held back until the others have each started a trial."""
     cfg = StudyConfig(
         strategy="random",
         study=study,
@@ -185,7 +205,8 @@ def _parallel(
         workers=workers,
         artifacts=artifacts,
     )
-    result = run_workers(cfg)
+    events = RunEvents(on_start=lambda study, finished, target: _wait_for_other_workers(study, workers - 1))
+    result = run_workers(cfg, events)
     assert result.finished == n_trials
     return result.study
 
@@ -198,6 +219,7 @@ def test_four_workers_on_one_sqlite_file(tmp_path: Path, small_file: Path, capfd
         t for t in trials if t.state == TrialState.FAIL and "Surplus" not in t.user_attrs.get("fail_reason", "")
     ]
     assert len({t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}) >= 3  # really parallel
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
     out, err = capfd.readouterr()
     assert "database is locked" not in out + err
     # worker seeds differ (seed + worker index), so parallel workers do not repeat each other's draws
@@ -245,7 +267,6 @@ def test_journal_file_storage_with_two_workers(tmp_path: Path, small_file: Path)
 
 
 def test_grpc_storage_proxy(tmp_path: Path, small_file: Path) -> None:
-    import socket
     import threading
 
     from optuna.storages import run_grpc_proxy_server
@@ -267,15 +288,24 @@ def test_grpc_storage_proxy(tmp_path: Path, small_file: Path) -> None:
     assert len(direct.trials) == 2  # the trials landed in the database behind the proxy
 
 
-def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path) -> None:
+def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = f"sqlite:///{tmp_path / 'cli.db'}"
     config = _toml(tmp_path / "cli.toml", strategy="tpe", study="cli", max_epochs=6)
+    gate = workers._FirstTrialGate.on_start  # hold this process until the spawned one has a trial (see above)
+
+    def on_start(self: workers._FirstTrialGate, study: optuna.Study, finished: int, target: int) -> None:
+        gate(self, study, finished, target)
+        _wait_for_other_workers(study, 1)
+
+    monkeypatch.setattr(workers._FirstTrialGate, "on_start", on_start)
     ran = invoke("run", "--config", config, "--n-trials", 8, "--workers", 2, "--storage", store, "--data", small_file)
     assert ran.exit_code == 0, ran.output
     study = optuna.load_study(study_name="cli", storage=store)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
-    # the second process starts seconds late (spawn, imports): it may take fewer trials, never none
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    # the spawned worker ran trials (all 8, on a fast machine, while this one was held back)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    assert len({t.user_attrs["worker"] for t in study.trials} - {me}) == 1
+    monkeypatch.undo()
     study.set_user_attr("n_trials", 10)  # more budget: a worker joins and does the rest
     joined = invoke("worker", "--study", "cli", "--storage", store, "--index", 3, "--threads", 1)
     assert joined.exit_code == 0, joined.output
