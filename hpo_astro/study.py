@@ -96,13 +96,13 @@ class ArtifactCheckpoint:
 
     def on_epoch_end(self, state: TrainState) -> None:
         artifact_id = f"{_checkpoint_prefix(self.trial.study)}{uuid.uuid4()}"
-        with tempfile.TemporaryFile() as fh:
+        with _interrupts.deferred(), tempfile.TemporaryFile() as fh:
             torch.save(state.checkpoint(), fh)
             fh.seek(0)
             self.store.write(artifact_id, fh)
-        self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
-        self.remove()
-        self.current = artifact_id
+            self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
+            self.remove()
+            self.current = artifact_id
 
     def remove(self) -> None:
         if self.current:
@@ -217,16 +217,17 @@ class Objective:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         if best is not None and not (value > best["value"] if maximize else value < best["value"]):
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"trial-{trial.number}-weights.pt"
-            torch.save(model.state_dict(), path)
-            artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.store, file_path=str(path), study_or_trial=trial
-            )
-        study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
-        if best is not None:
-            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
-                self.store.remove(best["artifact_id"])
+        with _interrupts.deferred():
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"trial-{trial.number}-weights.pt"
+                torch.save(model.state_dict(), path)
+                artifact_id = optuna.artifacts.upload_artifact(
+                    artifact_store=self.store, file_path=str(path), study_or_trial=trial
+                )
+            study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
+            if best is not None:
+                with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                    self.store.remove(best["artifact_id"])
 
 
 # --- create / resume ----------------------------------------------------------------------------------------
@@ -340,22 +341,53 @@ def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int
     return cfg.n_trials
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (preemption, `kill`) takes the Ctrl-C path: checkpoint kept, trial failed and re-queued."""
+class _Interrupts:
+    """Ctrl-C and SIGTERM as KeyboardInterrupt, held back while a checkpoint or the best weights are written.
 
-    def handler(signum: int, frame: object) -> None:
+    An exception raised in the middle of `torch.save` comes out as a RuntimeError from its zip writer, which the
+    study would record as an ordinary failed trial and carry on: the signal would be lost. Inside `deferred()` a
+    signal is remembered and raised when the block ends, so what was being written is complete or not started.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.depth:
+            self.pending = signum
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0 and self.pending is not None:
+                signum, self.pending = self.pending, None
+                raise KeyboardInterrupt(f"signal {signum}")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Route SIGINT and SIGTERM (preemption, `kill`) here: the Ctrl-C path keeps the checkpoint, fails the trial
+        and re-queues it. Outside the main thread signals are left alone."""
+        try:
+            previous = {sig: signal.signal(sig, self.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            self.pending = None
+
+
+_interrupts = _Interrupts()
 
 
 def _fail_stale(study: optuna.Study, grace_period: float) -> None:
@@ -409,7 +441,7 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0
     if events.on_start:
         events.on_start(study, finished, target)
     ran = failures = 0
-    with _sigterm_as_interrupt():
+    with _interrupts.installed():
         while True:
             _fail_stale(study, cfg.grace_period)
             trials = study.get_trials(deepcopy=False)

@@ -301,6 +301,57 @@ def test_ctrl_c_marks_the_trial_failed_and_the_same_command_resumes(tmp_path: Pa
     assert _count(db, "COMPLETE") + _count(db, "PRUNED") == 3 and _count(db, "RUNNING") == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
+    sig: signal.Signals, tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal landing inside `torch.save` used to come out of its zip writer as a RuntimeError: the trial was
+    recorded as an ordinary failure and the run carried on (exit 0), the signal lost. It must stop the run with the
+    checkpoint whole, the trial failed and re-queued, and the same call must then finish the budget from it."""
+    import tempfile
+
+    real = tempfile.TemporaryFile
+    fired: list[bool] = []
+
+    class SignalOnSecondCheckpoint:  # the file torch.save writes epoch 2's checkpoint into
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.file = real(*args, **kwargs)
+            self.writes = 0
+
+        def write(self, data: bytes) -> int:
+            self.writes += 1
+            if len(checkpoints) == 2 and self.writes == 2 and not fired:
+                fired.append(True)
+                os.kill(os.getpid(), sig)  # delivered here, in the middle of the zip writer
+            return self.file.write(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.file, name)
+
+        def __enter__(self) -> SignalOnSecondCheckpoint:
+            checkpoints.append(self)
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+    checkpoints: list[SignalOnSecondCheckpoint] = []
+    monkeypatch.setattr(study_module.tempfile, "TemporaryFile", SignalOnSecondCheckpoint)
+    cfg = _cfg(tmp_path, small_file, n_trials=2, max_epochs=4, space=SearchSpace.from_dict({"conv_layers": [1]}))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg)
+    assert fired
+    monkeypatch.undo()
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]  # failed and re-queued
+    assert failed.user_attrs["checkpoint"]["epoch"] == 2  # the checkpoint being written when the signal came
+    result = run_study(cfg)
+    retry = [t for t in result.study.trials if t.system_attrs.get("retry_history")]
+    assert len(retry) == 1 and retry[0].user_attrs["resumed_from_epoch"] == 2
+    assert result.finished == 2 and len(result.study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+
 def _count(db: Path, state: str) -> int:
     with sqlite3.connect(db) as con:
         try:
