@@ -212,9 +212,9 @@ def _parallel(
 
 
 def test_four_workers_on_one_sqlite_file(tmp_path: Path, small_file: Path, capfd: pytest.CaptureFixture) -> None:
-    study = _parallel(f"sqlite:///{tmp_path / 'four.db'}", small_file, "four", workers=4, n_trials=16)
+    study = _parallel(f"sqlite:///{tmp_path / 'four.db'}", small_file, "four", workers=4, n_trials=12)
     trials = study.trials
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 16
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 12
     assert not [
         t for t in trials if t.state == TrialState.FAIL and "Surplus" not in t.user_attrs.get("fail_reason", "")
     ]
@@ -290,7 +290,7 @@ def test_grpc_storage_proxy(tmp_path: Path, small_file: Path) -> None:
 
 def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = f"sqlite:///{tmp_path / 'cli.db'}"
-    config = _toml(tmp_path / "cli.toml", strategy="tpe", study="cli", max_epochs=6)
+    config = _toml(tmp_path / "cli.toml", strategy="tpe", study="cli", max_epochs=3)
     gate = workers._FirstTrialGate.on_start  # hold this process until the spawned one has a trial (see above)
 
     def on_start(self: workers._FirstTrialGate, study: optuna.Study, finished: int, target: int) -> None:
