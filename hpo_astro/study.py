@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import math
 import os
 import signal
@@ -51,6 +52,19 @@ CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of t
 BEST_WEIGHTS_ATTR = "best_weights"  # study user attr: {"trial", "artifact_id", "value"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Ctrl-C and SIGTERM are expected ways to stop: Optuna's failed-trial warning keeps its line (which trial,
+    which parameters) but not a traceback. Real errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
 
 
 class StudyFailed(Exception):
