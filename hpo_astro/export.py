@@ -74,7 +74,7 @@ def export_best(
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
         raise UserError(f"{out} exists and is not an exported model directory; choose another --out")
     splits = study_data(study, data)
-    model, evaluation = evaluate_best(study, trial, splits, events)
+    model, evaluation = evaluate_best(study, trial, splits, events, url)
     fingerprint = study.user_attrs.get("data_fingerprint", splits.fingerprint)
     cached = cached_evaluation(study, trial, fingerprint)
     if cached is None:

@@ -157,6 +157,15 @@ def artifact_dir(url: str, override: str | os.PathLike | None = None) -> Path:
     return Path("hpo-astro-artifacts")
 
 
+def find_artifact_dir(recorded: str | None, url: str | None = None) -> Path | None:
+    """A study's artifact folder, for reading: the one it recorded when that exists, else the default one for
+    `url` (a SQLite or journal file copied to another machine together with its `<file>.artifacts/` folder)."""
+    for candidate in (recorded, artifact_dir(url) if url else None):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
 def artifact_store(directory: Path) -> optuna.artifacts.FileSystemArtifactStore:
     directory.mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(str(directory))

@@ -81,6 +81,31 @@ def test_compare_retrains_when_the_saved_weights_are_gone(store: str, tmp_path: 
     assert row["model_source"] == "retrained" and row["reproduced"] is True
 
 
+def test_a_store_copied_with_its_artifacts_folder_still_finds_the_weights(
+    store: str, tmp_path: Path, result_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store copied from a cluster to a laptop together with `<file>.artifacts/`: the path the study recorded
+    is gone, the weights beside the store are used (no retraining), and nothing is created at the old path."""
+    import shutil
+
+    shutil.copytree(result_template.with_name(result_template.name + ".artifacts"), tmp_path / "optuna.db.artifacts")
+    study = optuna.load_study(study_name="tpe", storage=store)
+    gone = tmp_path / "cluster" / "scratch" / "optuna.db.artifacts"
+    study.set_user_attr("artifacts", str(gone))
+    assert compare.load_trial_model(study, study.best_trial) is None  # without the store's location
+    assert compare.load_trial_model(study, study.best_trial, store) is not None
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the saved weights must be found")
+
+    monkeypatch.setattr(compare, "retrain_trial", no_training)
+    for command in (["compare", "--format", "json"], ["export", "--out", tmp_path / "model"]):
+        result = invoke(*command, "--storage", store, "--study", "tpe")
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["study"]["trial"] == study.best_trial.number
+    assert not gone.exists() and not (tmp_path / "cluster").exists()
+
+
 def test_the_cache_is_keyed_by_trial_and_data_fingerprint(store: str) -> None:
     _json(store)
     study = optuna.load_study(study_name="random", storage=store)

@@ -189,22 +189,23 @@ def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None 
 # --- the best trial's model and its evaluation ----------------------------------------------------------------
 
 
-def load_trial_model(study: optuna.Study, trial: FrozenTrial) -> nn.Module | None:
+def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = None) -> nn.Module | None:
     """The trial's saved best-epoch weights (the study keeps those of its best trial, see `hpo_astro.study`),
-    or None when this trial has none or the file is gone; weights load with `weights_only=True`."""
+    or None when this trial has none or the file is gone; weights load with `weights_only=True`. The weights are
+    looked for where the study recorded its artifacts, then beside the store at `url` (a store copied elsewhere)."""
     import torch
 
     from hpo_astro.model import build_model
-    from hpo_astro.storage import artifact_store
+    from hpo_astro.storage import find_artifact_dir
     from hpo_astro.study import BEST_WEIGHTS_ATTR
 
     saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
     params = trial.user_attrs.get("params_full")
-    directory = study.user_attrs.get("artifacts")
-    if not saved or saved.get("trial") != trial.number or not params or not directory:
+    directory = find_artifact_dir(study.user_attrs.get("artifacts"), url)
+    if not saved or saved.get("trial") != trial.number or not params or directory is None:
         return None
     try:
-        with artifact_store(Path(directory)).open_reader(saved["artifact_id"]) as fh:
+        with optuna.artifacts.FileSystemArtifactStore(str(directory)).open_reader(saved["artifact_id"]) as fh:
             state = torch.load(fh, map_location="cpu", weights_only=True)
         model = build_model(params, in_channels=len(study.user_attrs.get("channels", ["scorr"])))
         model.load_state_dict(state)
@@ -260,11 +261,11 @@ def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, sourc
 
 
 def evaluate_best(
-    study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None
+    study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None, url: str | None = None
 ) -> tuple[nn.Module, Evaluation]:
     """Rebuild the trial's model (saved weights, else retraining) and evaluate it."""
     start = time.perf_counter()
-    model = load_trial_model(study, trial)
+    model = load_trial_model(study, trial, url)
     source = "weights"
     if model is None:
         if events:
@@ -362,7 +363,11 @@ class Comparison:
 
 
 def compare_study(
-    study: optuna.Study, data: Path | None = None, events: Events | None = None, memo: dict | None = None
+    study: optuna.Study,
+    data: Path | None = None,
+    events: Events | None = None,
+    memo: dict | None = None,
+    url: str | None = None,
 ) -> StudyResult:
     """Evaluate one study's best trial (from the cache when it holds it) and summarise its search."""
     trial = best_trial(study)
@@ -371,7 +376,7 @@ def compare_study(
     evaluation = cached_evaluation(study, trial, fingerprint)
     if evaluation is None:
         splits = study_data(study, data, memo)
-        _, evaluation = evaluate_best(study, trial, splits, events)
+        _, evaluation = evaluate_best(study, trial, splits, events, url)
         store_evaluation(study, trial, fingerprint, evaluation)
         if events and evaluation.reproduced is False:
             events(
@@ -403,7 +408,7 @@ def compare_studies(
     memo: dict = {}
     for study in studies:
         try:
-            results.append(compare_study(study, data, events, memo))
+            results.append(compare_study(study, data, events, memo, url))
         except NoCompletedTrial as exc:
             if names:
                 raise

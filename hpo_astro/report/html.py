@@ -336,7 +336,7 @@ def build_report(
             skipped.append((study.study_name, why))
             continue
         try:
-            result, note = compare_study(study, data, events, memo), ""
+            result, note = compare_study(study, data, events, memo, url), ""
             splits = study_data(study, data, memo)
         except NoCompletedTrial as exc:
             result, note, splits = None, str(exc), None
