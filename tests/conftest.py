@@ -24,12 +24,34 @@ from hpo_astro.study import run_study
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session")
+def shared_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("prepared")
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own empty cache, so no test sees another's simulated data or tensors."""
+def test_cache(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_prepared: Path,
+) -> Path:
+    """Every test gets its own cache directory, so no test sees another's simulated data.
+
+    Preprocessed tensors (`prepared/`) are shared across the session unless the test asks for `isolated_cache`:
+    their file names are content hashes (data file + settings) written atomically, so sharing them changes no
+    result, and ZScale of the same small files is not recomputed for each of the ~100 tests that train on them."""
     cache = tmp_path_factory.mktemp("cache")
+    if "isolated_cache" not in request.fixturenames:
+        (cache / "prepared").symlink_to(shared_prepared, target_is_directory=True)
     monkeypatch.setenv("HPO_ASTRO_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def isolated_cache(test_cache: Path) -> Path:
+    """A cache that starts empty and is this test's alone, for tests that look at what is written to it."""
+    return test_cache
 
 
 @pytest.fixture(scope="session")
