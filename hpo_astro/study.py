@@ -186,9 +186,15 @@ class Objective:
         checkpoint = ArtifactCheckpoint(trial, self.store, inherited)
         reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve
         callbacks = [OptunaPruning(trial, self.cfg.metric, self.on_epoch, max(reported, default=0)), checkpoint]
-        result = train(
-            params, self.data, callbacks=callbacks, max_epochs=self.cfg.max_epochs, seed=self.cfg.seed, resume=resume
-        )
+        with _interrupts.allowed():
+            result = train(
+                params,
+                self.data,
+                callbacks=callbacks,
+                max_epochs=self.cfg.max_epochs,
+                seed=self.cfg.seed,
+                resume=resume,
+            )
         for key, value in {
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
@@ -356,11 +362,13 @@ def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int
 
 
 class _Interrupts:
-    """Ctrl-C and SIGTERM as KeyboardInterrupt, held back while a checkpoint or the best weights are written.
+    """Ctrl-C and SIGTERM as KeyboardInterrupt, raised only where stopping is safe.
 
-    An exception raised in the middle of `torch.save` comes out as a RuntimeError from its zip writer, which the
-    study would record as an ordinary failed trial and carry on: the signal would be lost. Inside `deferred()` a
-    signal is remembered and raised when the block ends, so what was being written is complete or not started.
+    Raised at an arbitrary point, an interrupt can do harm: inside `torch.save` it comes out of the zip writer as a
+    RuntimeError (an ordinary failed trial, and the run carries on: the signal is lost); between Optuna starting a
+    trial's heartbeat thread and entering its `with` block it leaves that thread running forever (the process never
+    exits). So during a trial signals are deferred (`deferred()`: remembered, raised when the block ends) except
+    inside training (`allowed()`), and inside training again while a checkpoint or the best weights are written.
     """
 
     def __init__(self) -> None:
@@ -373,6 +381,11 @@ class _Interrupts:
             return
         raise KeyboardInterrupt(f"signal {signum}")
 
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
+
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
         self.depth += 1
@@ -380,9 +393,18 @@ class _Interrupts:
             yield
         finally:
             self.depth -= 1
-            if self.depth == 0 and self.pending is not None:
-                signum, self.pending = self.pending, None
-                raise KeyboardInterrupt(f"signal {signum}")
+            if self.depth == 0:
+                self.raise_pending()
+
+    @contextlib.contextmanager
+    def allowed(self) -> Iterator[None]:
+        """Signals act at once inside (a signal deferred until now is raised on entry)."""
+        saved, self.depth = self.depth, 0
+        try:
+            self.raise_pending()
+            yield
+        finally:
+            self.depth = saved
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -398,7 +420,7 @@ class _Interrupts:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
-            self.pending = None
+            self.depth, self.pending = 0, None
 
 
 _interrupts = _Interrupts()
@@ -438,7 +460,8 @@ def _requeue(study: optuna.Study, trial_id: int | None, before: int, alone: bool
         if trial.state == TrialState.RUNNING:
             storage.set_trial_state_values(candidate, state=TrialState.FAIL)
             trial = storage.get_trial(candidate)
-        if trial.state == TrialState.FAIL and "params_full" in trial.user_attrs:
+        interrupted = "fail_reason" not in trial.user_attrs  # an ordinary error records its reason
+        if trial.state == TrialState.FAIL and "params_full" in trial.user_attrs and interrupted:
             retry_callback()(study, trial)
 
 
@@ -473,7 +496,8 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0
             before = len(trials)
             objective.current_trial_id = None
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+                with _interrupts.deferred():  # signals act inside training only (see _Interrupts)
+                    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             except KeyboardInterrupt:
                 _requeue(study, objective.current_trial_id, before, alone=cfg.workers == 1 and worker == 0)
                 raise

@@ -353,6 +353,34 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
     assert result.finished == 2 and len(result.study.get_trials(states=(TrialState.COMPLETE,))) == 2
 
 
+def test_a_signal_while_the_sampler_chooses_waits_for_training(
+    tmp_path: Path, small_file: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside training, signals are deferred: one arriving while the sampler chooses (or while Optuna starts the
+    trial's heartbeat thread) takes effect when training starts, so the trial is failed and re-queued with its
+    parameters, and no heartbeat thread is left running (one left behind kept the process from ever exiting)."""
+    import threading
+
+    class SignalWhileChoosing(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):  # type: ignore[no-untyped-def]
+            if trial.number == 1 and name == "conv_layers":
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().sample_independent(study, trial, name, distribution)
+
+    monkeypatch.setattr(study_module, "make_sampler", lambda cfg, worker=0: SignalWhileChoosing(seed=0))
+    cfg = _cfg(tmp_path, small_file, n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg)
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[2].params == study.trials[1].params  # chosen in full, then re-queued
+    assert "fail_reason" not in study.trials[1].user_attrs  # an interrupt, not an error
+    heartbeats = [t for t in threading.enumerate() if "heartbeat" in str(getattr(t, "_target", "")).lower()]
+    assert not heartbeats
+    monkeypatch.undo()
+    assert run_study(cfg).finished == 3
+
+
 def _count(db: Path, state: str) -> int:
     with sqlite3.connect(db) as con:
         try:
