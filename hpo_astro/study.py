@@ -237,17 +237,16 @@ class Objective:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         if best is not None and not (value > best["value"] if maximize else value < best["value"]):
             return
-        with _interrupts.deferred():
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"trial-{trial.number}-weights.pt"
-                torch.save(model.state_dict(), path)
-                artifact_id = optuna.artifacts.upload_artifact(
-                    artifact_store=self.store, file_path=str(path), study_or_trial=trial
-                )
-            study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
-            if best is not None:
-                with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
-                    self.store.remove(best["artifact_id"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number}-weights.pt"
+            torch.save(model.state_dict(), path)
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.store, file_path=str(path), study_or_trial=trial
+            )
+        study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
+        if best is not None:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                self.store.remove(best["artifact_id"])
 
 
 # --- create / resume ----------------------------------------------------------------------------------------
@@ -368,7 +367,8 @@ class _Interrupts:
     RuntimeError (an ordinary failed trial, and the run carries on: the signal is lost); between Optuna starting a
     trial's heartbeat thread and entering its `with` block it leaves that thread running forever (the process never
     exits). So during a trial signals are deferred (`deferred()`: remembered, raised when the block ends) except
-    inside training (`allowed()`), and inside training again while a checkpoint or the best weights are written.
+    inside training (`allowed()`), and inside training again while an epoch's checkpoint is written. (The best
+    weights are saved after training, where signals are already deferred.)
     """
 
     def __init__(self) -> None:
@@ -442,27 +442,20 @@ def _fail_stale(study: optuna.Study, grace_period: float) -> None:
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
 
 
-def _requeue(study: optuna.Study, trial_id: int | None, before: int, alone: bool) -> None:
+def _requeue(study: optuna.Study, trial_id: int | None) -> None:
     """After Ctrl-C / SIGTERM: fail the interrupted trial if Optuna has not, and re-queue it with its parameters
-    and checkpoint (what the heartbeat does for a dead process). Interrupted while the sampler was still
-    choosing, the trial is not known by id yet; a process that runs alone can still tell it is the newest
-    running trial without a `worker` attribute. Otherwise the heartbeat fails it after the grace period."""
+    and checkpoint (what the heartbeat does for a dead process). Signals are deferred until training starts (see
+    `_Interrupts`), so an interrupted trial always has its id and its full parameters."""
+    if trial_id is None:
+        return
     storage = study._storage
-    candidates = [trial_id] if trial_id is not None else []
-    if trial_id is None and alone:
-        candidates = [
-            t._trial_id
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.number >= before and "worker" not in t.user_attrs
-        ]
-    for candidate in candidates:
-        trial = storage.get_trial(candidate)
-        if trial.state == TrialState.RUNNING:
-            storage.set_trial_state_values(candidate, state=TrialState.FAIL)
-            trial = storage.get_trial(candidate)
-        interrupted = "fail_reason" not in trial.user_attrs  # an ordinary error records its reason
-        if trial.state == TrialState.FAIL and "params_full" in trial.user_attrs and interrupted:
-            retry_callback()(study, trial)
+    trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        trial = storage.get_trial(trial_id)
+    interrupted = "fail_reason" not in trial.user_attrs  # an ordinary error records its reason
+    if trial.state == TrialState.FAIL and "params_full" in trial.user_attrs and interrupted:
+        retry_callback()(study, trial)
 
 
 def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0) -> RunResult:
@@ -499,7 +492,7 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0
                 with _interrupts.deferred():  # signals act inside training only (see _Interrupts)
                     study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             except KeyboardInterrupt:
-                _requeue(study, objective.current_trial_id, before, alone=cfg.workers == 1 and worker == 0)
+                _requeue(study, objective.current_trial_id)
                 raise
             trials = study.get_trials(deepcopy=False)
             mine = [t for t in trials if t._trial_id == objective.current_trial_id]
