@@ -30,7 +30,7 @@ def shared_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def test_cache(
+def per_test_cache(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
@@ -49,9 +49,9 @@ def test_cache(
 
 
 @pytest.fixture
-def isolated_cache(test_cache: Path) -> Path:
+def isolated_cache(per_test_cache: Path) -> Path:
     """A cache that starts empty and is this test's alone, for tests that look at what is written to it."""
-    return test_cache
+    return per_test_cache
 
 
 @pytest.fixture(scope="session")
