@@ -206,7 +206,7 @@ class Prediction:
 def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
     """Score the cutouts of `data_path` (or one split of it, as training split it) with an exported model."""
     from hpo_astro.data.prepare import stratified_split, zscale
-    from hpo_astro.train import evaluate, predict_logits
+    from hpo_astro.train import metrics_from_logits, predict_logits
 
     if split not in SPLIT_NAMES:
         raise UserError(f"unknown split {split!r}; known: {', '.join(SPLIT_NAMES)}")
@@ -237,12 +237,13 @@ def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
             f"{model_dir}/{MANIFEST_FILE}: in_channels {manifest['in_channels']} disagrees with its "
             f"{x.shape[1]} channel(s) {','.join(prep.channels)}"
         )
-    scores = torch.sigmoid(predict_logits(model, x)).numpy()
+    logits = predict_logits(model, x)
+    scores = torch.sigmoid(logits).numpy()
     labels = None if cutouts.labels is None else cutouts.labels[indices]
     metrics = None
     if labels is not None:
         y = torch.from_numpy(labels.astype(np.float32))
-        metrics = evaluate(model, x, y, float(manifest.get("pos_weight", 1.0)), threshold=threshold)
+        metrics = metrics_from_logits(logits, y, float(manifest.get("pos_weight", 1.0)), threshold=threshold)
     return Prediction(
         indices, labels, scores, (scores >= threshold).astype(np.int64), threshold, prep.channels, metrics
     )

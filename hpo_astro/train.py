@@ -195,7 +195,11 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pos_weight: float, threshold: float = 0.5) -> Metrics:
-    logits = predict_logits(model, x)
+    return metrics_from_logits(predict_logits(model, x), y, pos_weight, threshold)
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, pos_weight: float, threshold: float = 0.5) -> Metrics:
+    """The metrics of `evaluate`, from logits already computed (callers that also need the scores)."""
     y = y.to(logits.device)
     loss = nn.functional.binary_cross_entropy_with_logits(
         logits, y, pos_weight=torch.tensor(pos_weight, device=logits.device)

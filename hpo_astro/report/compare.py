@@ -246,12 +246,17 @@ def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, sourc
     """Metrics on train, val and test, on CPU, as `hpo_astro.train.evaluate` computes them during training."""
     import torch
 
-    from hpo_astro.train import evaluate, predict_logits
+    from hpo_astro.train import metrics_from_logits, predict_logits
 
     model = model.cpu().eval()
     data = data.to("cpu")
-    metrics = {split: evaluate(model, *data.split(split), data.pos_weight).as_dict() for split in SPLITS}
-    scores = torch.sigmoid(predict_logits(model, data.x_test)).tolist()
+    metrics, scores = {}, []
+    for split in SPLITS:
+        x, y = data.split(split)
+        logits = predict_logits(model, x)
+        metrics[split] = metrics_from_logits(logits, y, data.pos_weight).as_dict()
+        if split == "test":
+            scores = torch.sigmoid(logits).tolist()
     stored = trial.user_attrs.get("val_metrics")
     reproduced = None
     if stored:
