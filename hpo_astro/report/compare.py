@@ -166,7 +166,7 @@ def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None 
         path: Path | None = Path(data)
     elif source and Path(source).is_file():
         path = Path(source)
-    elif source and not Path(source).name.startswith("exromana-sim-"):
+    elif source and attrs.get("data") is not None:  # recorded as None: the default simulated set
         raise UserError(
             f"data file {source} of study {study.study_name!r} not found; pass --data PATH to the file it was run on"
         )
