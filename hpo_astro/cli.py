@@ -588,7 +588,7 @@ def dashboard_command(
     """Browse the study store with optuna-dashboard (every trial, its curves and attributes); Ctrl-C stops it."""
     import optuna_dashboard
 
-    from hpo_astro.report.compare import open_existing_store
+    from hpo_astro.storage import open_existing_store
 
     store = open_existing_store(storage)
     shown = f"[{host}]" if ":" in host else host

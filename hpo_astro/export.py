@@ -38,13 +38,13 @@ from hpo_astro.report.compare import (
     cached_evaluation,
     evaluate_best,
     load_studies,
-    open_existing_store,
     same_metrics,
     store_evaluation,
     study_data,
     umask,
     write_output,
 )
+from hpo_astro.storage import open_existing_store
 
 MANIFEST_FORMAT = "hpo-astro-model"
 MANIFEST_VERSION = 1

@@ -44,6 +44,31 @@ def open_storage(
     return _rdb(url, heartbeat_interval, grace_period)
 
 
+def store_file(url: str) -> Path | None:
+    """The local file behind a SQLite or journal URL; None for a server, in-memory SQLite or a malformed URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # open_storage words the error
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(parsed.database)
+    return None
+
+
+def open_existing_store(url: str) -> optuna.storages.BaseStorage:
+    """Open a study store to read results. A SQLite or journal file that does not exist is an error: a command
+    that only reads never creates a store."""
+    file = store_file(url)
+    if file is not None and not file.is_file():
+        raise UserError(f"no study store at {file}: run `hpo-astro run` first, or pass --storage URL")
+    return open_storage(url)
+
+
 def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> optuna.storages.RDBStorage:
     from sqlalchemy import event
     from sqlalchemy.engine import make_url

@@ -38,7 +38,7 @@ from hpo_astro.errors import UserError
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
-from hpo_astro.storage import artifact_dir, artifact_store, open_storage, retry_callback
+from hpo_astro.storage import artifact_dir, artifact_store, open_storage, retry_callback, store_file
 from hpo_astro.strategies import make_pruner, make_sampler
 from hpo_astro.train import TrainState, train
 
@@ -545,8 +545,12 @@ class StudyStatus:
 
 
 def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]:
-    storage = open_storage(storage_url, heartbeat_interval=None)
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    file = store_file(storage_url)
+    if file is not None and not file.is_file():
+        storage, summaries = None, []  # no store, no studies; a status query never creates one
+    else:
+        storage = open_storage(storage_url, heartbeat_interval=None)
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     names = [s.study_name for s in summaries]
     if name is not None:
         if name not in names:

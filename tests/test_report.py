@@ -193,7 +193,8 @@ def test_empty_store_and_missing_store(tmp_path: Path) -> None:
         ["export", "--study", "x", "--out", tmp_path / "m"],
     ):
         assert_refused(invoke(*command, "--storage", f"sqlite:///{missing}"), "no study store at")
-    assert not missing.exists()  # reading results never creates a store
+        assert_refused(invoke(*command, "--storage", f"journal:{tmp_path / 'missing.log'}"), "no study store at")
+    assert not missing.exists() and not (tmp_path / "missing.log").exists()  # reading never creates a store
     empty = tmp_path / "empty.db"
     optuna.storages.RDBStorage(f"sqlite:///{empty}")
     assert_refused(invoke("compare", "--storage", f"sqlite:///{empty}"), "no studies in")

@@ -480,6 +480,7 @@ def test_status_of_an_empty_or_missing_study(tmp_path: Path) -> None:
     assert empty.exit_code == 0 and "no studies" in empty.stdout
     missing = invoke("status", "--storage", store, "--study", "nope")
     assert_refused(missing, "no study named 'nope'")
+    assert not (tmp_path / "optuna.db").exists()  # a status query never creates the store
 
 
 def test_paper_study_files_load() -> None:

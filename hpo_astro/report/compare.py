@@ -35,6 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
+from hpo_astro.storage import open_existing_store
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -59,25 +60,6 @@ class NoCompletedTrial(UserError):
 
 
 # --- the store and its studies ----------------------------------------------------------------------------------
-
-
-def open_existing_store(url: str) -> optuna.storages.BaseStorage:
-    """Open a study store to read results. A SQLite file that does not exist is an error (never created)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    from hpo_astro.study import open_storage
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        parsed = None  # open_storage words the error
-    sqlite_file = (
-        parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-    )
-    if sqlite_file and not Path(parsed.database).is_file():
-        raise UserError(f"no study store at {parsed.database}: run `hpo-astro run` first, or pass --storage URL")
-    return open_storage(url)
 
 
 def load_studies(storage: optuna.storages.BaseStorage, url: str, names: Sequence[str] | None) -> list[optuna.Study]:

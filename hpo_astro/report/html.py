@@ -34,12 +34,12 @@ from hpo_astro.report.compare import (
     compare_study,
     format_duration,
     load_studies,
-    open_existing_store,
     state_counts,
     study_data,
     table_rows,
     write_output,
 )
+from hpo_astro.storage import open_existing_store
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits
