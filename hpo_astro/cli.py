@@ -298,23 +298,18 @@ def run_command(
 def worker_command(
     study: Annotated[str, typer.Option("--study", help="The study to join (it must exist in the store).")],
     storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL.")] = "sqlite:///optuna.db",
-    index: Annotated[
-        int | None, typer.Option("--index", min=0, help="Worker index: offsets the sampler seed (default: from pid).")
-    ] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     artifacts: ArtifactsOpt = None,
     heartbeat: HeartbeatOpt = None,
     grace_period: GraceOpt = None,
 ) -> None:
     """Join an existing study from another shell or machine, with the configuration it recorded."""
-    import os
-
     from hpo_astro.workers import config_from_study
 
     cfg = config_from_study(
         storage, study, artifacts=artifacts, heartbeat_interval=heartbeat, grace_period=grace_period
     )
-    _execute(cfg, threads, worker=index if index is not None else 1 + os.getpid() % 100_000)
+    _execute(cfg, threads, joined=True)
 
 
 @app.command("storage-proxy")
@@ -338,7 +333,7 @@ def storage_proxy_command(
             run_grpc_proxy_server(backend, host=host, port=port)
 
 
-def _execute(cfg: StudyConfig, threads: int | None, worker: int = 0) -> None:
+def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False) -> None:
     """Run `cfg` with a live display; Ctrl-C / SIGTERM print the command that resumes."""
     import shlex
     import sys
@@ -351,11 +346,11 @@ def _execute(cfg: StudyConfig, threads: int | None, worker: int = 0) -> None:
     events = RunEvents(display.start, display.epoch, display.trial_end, display.wait)
     try:
         with display:
-            if worker:
+            if joined:  # one process joining a study: it never starts workers of its own
                 import torch
 
                 torch.set_num_threads(threads or torch.get_num_threads())
-                result = run_study(cfg, events, worker=worker)
+                result = run_study(cfg, events)
             else:
                 result = run_workers(cfg, events, threads=threads)
     except KeyboardInterrupt:

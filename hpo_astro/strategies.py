@@ -11,6 +11,7 @@ from optuna.samplers import BaseSampler
 from hpo_astro.config import StudyConfig
 from hpo_astro.errors import UserError
 from hpo_astro.samplers import AblationSampler
+from hpo_astro.samplers.trial_seeded import TrialSeededSampler
 
 GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
 
@@ -47,20 +48,21 @@ STRATEGIES: dict[str, Callable[[StudyConfig], BaseSampler]] = {
 }
 
 
-# Samplers whose plan must be identical in every worker (their state lives in the store). The others get
-# seed + worker index, so that parallel workers do not propose the same configurations.
-SHARED_SEED = {"ablation", "grid"}
+# Samplers whose plan lives in the store (trial system attributes) and must be identical in every process: they
+# are built once with the study's seed. The stochastic ones are rebuilt for every trial with a seed derived from the
+# study's seed and its progress (`TrialSeededSampler`), so a resumed study or a second process never repeats them.
+SHARED_PLAN = {"ablation", "grid"}
 
 
-def make_sampler(cfg: StudyConfig, worker: int = 0) -> BaseSampler:
-    """The strategy's sampler; worker `i` of a parallel run gets seed + i for the stochastic samplers."""
+def make_sampler(cfg: StudyConfig) -> BaseSampler:
+    """The strategy's sampler (see `SHARED_PLAN` for how each is seeded)."""
     try:
         factory = STRATEGIES[cfg.strategy]
     except KeyError:
         raise UserError(f"unknown strategy {cfg.strategy!r}; known: {', '.join(STRATEGIES)}") from None
-    if worker and cfg.strategy not in SHARED_SEED:
-        cfg = dataclasses.replace(cfg, seed=cfg.seed + worker)
-    return factory(cfg)
+    if cfg.strategy in SHARED_PLAN:
+        return factory(cfg)
+    return TrialSeededSampler(lambda seed: factory(dataclasses.replace(cfg, seed=seed)), cfg.seed)
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:

@@ -336,12 +336,10 @@ class RunResult:
     ran: int  # trials run by this call
 
 
-def prepare_run(
-    cfg: StudyConfig, worker: int = 0
-) -> tuple[DataSplits, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+def prepare_run(cfg: StudyConfig) -> tuple[DataSplits, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     """Everything that can refuse bad input, done before the store is touched."""
     cfg.validate()
-    sampler = make_sampler(cfg, worker=worker)
+    sampler = make_sampler(cfg)
     pruner = make_pruner(cfg)
     data = load_splits(cfg.data, PrepConfig(channels=cfg.channels))
     return data, sampler, pruner
@@ -458,10 +456,10 @@ def _requeue(study: optuna.Study, trial_id: int | None) -> None:
         retry_callback()(study, trial)
 
 
-def run_study(cfg: StudyConfig, events: RunEvents | None = None, worker: int = 0) -> RunResult:
+def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
     """Create or resume the study and run trials until it holds `target` finished trials."""
     events = events or RunEvents()
-    data, sampler, pruner = prepare_run(cfg, worker)
+    data, sampler, pruner = prepare_run(cfg)
     storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
     study = create_or_resume(cfg, storage, study_attrs(cfg, data), sampler, pruner)
     target = target_trials(cfg, sampler)

@@ -32,7 +32,7 @@ def _child(cfg: StudyConfig, worker: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     try:
-        run_study(cfg, worker=worker)
+        run_study(cfg)
     except KeyboardInterrupt:
         sys.exit(130)
     except (StudyFailed, UserError) as exc:
@@ -59,7 +59,7 @@ def run_workers(cfg: StudyConfig, events: RunEvents | None = None, threads: int 
             child = context.Process(target=_child, args=(cfg, worker, threads), name=f"hpo-astro-worker-{worker}")
             children.append(child)
         first.children = children
-        return run_study(cfg, first.events(), worker=0)
+        return run_study(cfg, first.events())
     except BaseException:
         for child in children:
             if child.is_alive():

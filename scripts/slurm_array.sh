@@ -23,4 +23,4 @@ set -euo pipefail
 : "${HPO_ARTIFACTS:=/shared/fs/hpo-astro-artifacts}"         # must be visible from every node
 
 exec hpo-astro worker --study "$HPO_STUDY" --storage "$HPO_STORAGE" --artifacts "$HPO_ARTIFACTS" \
-    --index "${SLURM_ARRAY_TASK_ID:-0}" --threads "${SLURM_CPUS_PER_TASK:-1}"
+    --threads "${SLURM_CPUS_PER_TASK:-1}"

@@ -139,21 +139,21 @@ def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_fi
 
     cfg = _cfg(tmp_path, small_file, strategy="bayesian", n_trials=13, space=SearchSpace.from_dict(SMALL_SPACE))
     sampler = make_sampler(cfg)
-    assert isinstance(sampler, optuna.samplers.GPSampler)
+    assert isinstance(sampler.inner, optuna.samplers.GPSampler)
     original = study_module.make_sampler
-    study_module.make_sampler = lambda _cfg, worker=0: sampler
+    study_module.make_sampler = lambda _cfg: sampler
     try:
         run_study(cfg)
     finally:
         study_module.make_sampler = original
-    assert sampler._gprs_cache_list is not None  # the GP surrogate was fitted for trials 11-13
+    assert sampler.inner._gprs_cache_list is not None  # the GP surrogate was fitted for trials 11-13
 
 
 def test_genetic_population_size_is_used(tmp_path: Path, small_file: Path) -> None:
     from hpo_astro.strategies import make_sampler
 
     sampler = make_sampler(_cfg(tmp_path, small_file, strategy="genetic", population_size=7))
-    assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler._population_size == 7
+    assert isinstance(sampler.inner, optuna.samplers.NSGAIISampler) and sampler.inner._population_size == 7
 
 
 def test_grid_refuses_the_full_paper_space(tmp_path: Path, small_file: Path) -> None:
@@ -196,6 +196,61 @@ def test_budget_can_be_extended(tmp_path: Path, small_file: Path, fake_training:
     run_study(_cfg(tmp_path, small_file, n_trials=2))
     result = run_study(_cfg(tmp_path, small_file, n_trials=4))
     assert result.finished == 4 and result.study.user_attrs["n_trials"] == 4
+
+
+def _configs(study: optuna.Study) -> list[tuple]:
+    """The configurations of a study's finished trials, in trial order."""
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return [tuple(sorted(t.params.items())) for t in finished]
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian"])
+def test_a_resumed_study_continues_the_search_instead_of_repeating_it(
+    strategy: str, tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    """`run -n 1`, then `-n 2`, `-n 3`, `-n 4`: each process starts from the same seed, yet proposes new
+    configurations, the very ones one uninterrupted `-n 4` run proposes (one worker: reproducible)."""
+    for n in (1, 2, 3, 4):
+        stepped = run_study(_cfg(tmp_path, small_file, strategy=strategy, study="stepped", n_trials=n)).study
+    whole = run_study(_cfg(tmp_path, small_file, strategy=strategy, study="whole", n_trials=4)).study
+    assert len(set(_configs(stepped))) == 4  # the paper space: four draws never collide by chance here
+    assert _configs(stepped) == _configs(whole)
+
+
+def test_an_interrupted_random_study_resumes_with_the_uninterrupted_configurations(
+    tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    """SIGTERM/Ctrl-C mid-trial twice, resuming each time: the finished trials are the same configurations, in the
+    same order, as a run that was never interrupted; none is repeated."""
+    cfg = _cfg(tmp_path, small_file, study="interrupted", n_trials=5)
+    for when in (1, 3):
+
+        def interrupt(number: int, state: TrainState, when: int = when) -> None:
+            if number == when and state.epoch == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_study(cfg, RunEvents(on_epoch=interrupt))
+    interrupted = run_study(cfg).study
+    whole = run_study(_cfg(tmp_path, small_file, study="whole", n_trials=5)).study
+    assert len(set(_configs(interrupted))) == 5
+    assert _configs(interrupted) == _configs(whole)
+
+
+def test_trial_seeds_follow_the_study_not_the_process() -> None:
+    from hpo_astro.samplers.trial_seeded import TrialSeededSampler, derive_seed
+
+    study = optuna.create_study(sampler=TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=3))
+    study.enqueue_trial({"x": 0.5})  # fixed parameters: not a draw, so it takes no seed index
+    draws = []
+    for _ in range(3):
+        trial = study.ask()
+        draws.append(trial.suggest_float("x", 0, 1))
+        study.tell(trial, 0.0)
+    expected = [optuna.samplers.RandomSampler(seed=derive_seed(3, k)) for k in range(2)]
+    fresh = [optuna.create_study(sampler=s).ask().suggest_float("x", 0, 1) for s in expected]
+    assert draws == [0.5, *fresh]
+    assert derive_seed(3, 0) != derive_seed(3, 1) != derive_seed(4, 1)
 
 
 # --- pruning --------------------------------------------------------------------------------------------------
@@ -367,7 +422,7 @@ def test_a_signal_while_the_sampler_chooses_waits_for_training(
                 os.kill(os.getpid(), signal.SIGINT)
             return super().sample_independent(study, trial, name, distribution)
 
-    monkeypatch.setattr(study_module, "make_sampler", lambda cfg, worker=0: SignalWhileChoosing(seed=0))
+    monkeypatch.setattr(study_module, "make_sampler", lambda cfg: SignalWhileChoosing(seed=0))
     cfg = _cfg(tmp_path, small_file, n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE))
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg)

@@ -222,7 +222,7 @@ def test_four_workers_on_one_sqlite_file(tmp_path: Path, small_file: Path, capfd
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     out, err = capfd.readouterr()
     assert "database is locked" not in out + err
-    # worker seeds differ (seed + worker index), so parallel workers do not repeat each other's draws
+    # each trial's sampler seed derives from the study's progress, so parallel workers do not repeat each other
     assert len({tuple(sorted(t.params.items())) for t in trials}) > 4
 
 
@@ -252,7 +252,7 @@ def test_a_joining_worker_rebuilds_the_configuration(tmp_path: Path, small_file:
     assert cfg.space == SearchSpace.from_dict(FAST_SPACE) and cfg.data == small_file
     from hpo_astro.study import run_study
 
-    result = run_study(cfg, worker=7)
+    result = run_study(cfg)
     assert result.finished == 3
     from hpo_astro.errors import UserError
 
