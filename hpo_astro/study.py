@@ -48,6 +48,9 @@ MAX_CONSECUTIVE_FAILURES = 3
 POLL_SECONDS = 1.0
 # Study attributes that must agree when a run resumes a stored study.
 IDENTITY_ATTRS = ("strategy", "space", "objective", "data_fingerprint")
+# Written after every other attribute of the recorded configuration: a study without it was interrupted while being
+# created (the attributes are committed one by one) and counts as not yet created.
+COMPLETE_ATTR = "hpo_astro_version"
 CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
 BEST_WEIGHTS_ATTR = "best_weights"  # study user attr: {"trial", "artifact_id", "value"}
 
@@ -259,7 +262,6 @@ def study_attrs(cfg: StudyConfig, data: DataSplits) -> dict[str, Any]:
         "objective": cfg.objective,
         "data_fingerprint": data.fingerprint,
         "n_trials": cfg.n_trials,
-        "hpo_astro_version": __version__,
         "pruner": cfg.pruner,
         "seed": cfg.seed,
         "max_epochs": cfg.max_epochs,
@@ -270,6 +272,7 @@ def study_attrs(cfg: StudyConfig, data: DataSplits) -> dict[str, Any]:
         "greedy": cfg.greedy,
         "population_size": cfg.population_size,
         "artifacts": str(artifact_dir(cfg.storage, cfg.artifacts).resolve()),
+        COMPLETE_ATTR: __version__,  # last: see COMPLETE_ATTR
     }
 
 
@@ -280,7 +283,10 @@ def create_or_resume(
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
 ) -> optuna.Study:
-    """Load the study named `cfg.study_name`, or create it; refuse one whose identity differs."""
+    """Load the study named `cfg.study_name`, or create it; refuse one whose identity differs.
+
+    The configuration is recorded attribute by attribute with `COMPLETE_ATTR` last, so a study whose creation was
+    interrupted (Ctrl-C, kill -9) lacks it: it is completed here, not compared, and the same command resumes it."""
     try:
         study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
@@ -291,7 +297,12 @@ def create_or_resume(
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
             study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
     stored = study.user_attrs
-    if stored:
+    if COMPLETE_ATTR not in stored and study.get_trials(deepcopy=False):
+        raise UserError(
+            f"study {cfg.study_name!r} in the store has trials but no hpo-astro configuration (made by another "
+            "program?); use another --study name"
+        )
+    if COMPLETE_ATTR in stored:
         for key in IDENTITY_ATTRS:
             if stored.get(key) != _jsonable(attrs[key]):
                 raise UserError(

@@ -18,8 +18,8 @@ import optuna
 from hpo_astro.config import StudyConfig
 from hpo_astro.errors import UserError
 from hpo_astro.space import SearchSpace
-from hpo_astro.storage import open_storage
-from hpo_astro.study import RunEvents, RunResult, StudyFailed, run_study
+from hpo_astro.storage import open_existing_store
+from hpo_astro.study import COMPLETE_ATTR, RunEvents, RunResult, StudyFailed, run_study
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
@@ -93,7 +93,7 @@ class _FirstTrialGate:
 
 def config_from_study(storage_url: str, study_name: str, **overrides: object) -> StudyConfig:
     """Rebuild a study's configuration from what it recorded in the store (for `hpo-astro worker`)."""
-    storage = open_storage(storage_url, heartbeat_interval=None)
+    storage = open_existing_store(storage_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -102,8 +102,13 @@ def config_from_study(storage_url: str, study_name: str, **overrides: object) ->
             f"no study named {study_name!r} in {storage_url}" + (f"; studies: {', '.join(names)}" if names else "")
         ) from None
     attrs = study.user_attrs
-    if "strategy" not in attrs:
-        raise UserError(f"study {study_name!r} was not made by hpo-astro (no recorded configuration)")
+    if COMPLETE_ATTR not in attrs:
+        if study.get_trials(deepcopy=False) or not attrs:
+            raise UserError(f"study {study_name!r} was not made by hpo-astro (no recorded configuration)")
+        raise UserError(
+            f"study {study_name!r} was interrupted while being created; re-run the `hpo-astro run` command that "
+            "created it (it resumes), then join it"
+        )
     cfg = StudyConfig(
         strategy=attrs["strategy"],
         n_trials=attrs["n_trials"],

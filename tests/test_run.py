@@ -472,6 +472,48 @@ def test_a_mismatched_study_is_refused(
     assert _digest(tmp_path / "optuna.db") == before
 
 
+@pytest.mark.parametrize("written", [0, 1, 3, 8])
+def test_a_study_interrupted_while_its_configuration_is_written_resumes(
+    written: int, tmp_path: Path, small_file: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after `written` of the study's attributes are committed: the half-written study is not "a different
+    study": `worker` says how to finish it, and re-running the same command completes and runs it."""
+    store = _store(tmp_path)
+    args = ["run", "--n-trials", 2, "--data", small_file, "--max-epochs", 1, "--storage", store]
+    calls = []
+    original = optuna.Study.set_user_attr
+
+    def interrupted(self: optuna.Study, key: str, value: object) -> None:
+        if len(calls) == written:
+            raise KeyboardInterrupt
+        calls.append(key)
+        original(self, key, value)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(optuna.Study, "set_user_attr", interrupted)
+        first = invoke(*args)
+    assert first.exit_code == 130 and "resume with" in first.stderr
+    study = optuna.load_study(study_name="random", storage=store)
+    assert len(study.user_attrs) == written and not study.trials
+    expected = "interrupted while being created" if written else "no recorded configuration"
+    assert_refused(invoke("worker", "--study", "random", "--storage", store), expected)
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "2/2 finished trials" in again.stdout
+    assert invoke(*args).exit_code == 0  # and the completed study is recognised as the same one
+
+
+def test_a_foreign_study_with_trials_is_not_adopted(tmp_path: Path, small_file: Path) -> None:
+    store = _store(tmp_path)
+    foreign = optuna.create_study(study_name="random", storage=store, direction="maximize")
+    foreign.set_user_attr("owner", "someone else")
+    foreign.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    result = invoke("run", "--n-trials", 3, "--data", small_file, "--max-epochs", 1, "--storage", store)
+    assert_refused(result, "no hpo-astro configuration")
+    after = optuna.load_study(study_name="random", storage=store)
+    assert after.user_attrs == {"owner": "someone else"} and len(after.trials) == 2
+
+
 BAD_CONFIGS = {
     "unknown key": ('strategy = "random"\nn_trails = 3\n', "unknown key(s) n_trails"),
     "unknown hyperparameter": ("[space]\ndepth = [1, 2]\n", "unknown hyperparameter 'depth'"),
