@@ -170,7 +170,9 @@ def train_command(
     data: DataOpt = None,
     channels: ChannelsOpt = None,
     max_epochs: Annotated[int | None, typer.Option("--max-epochs", min=1, help="Cap epochs below t_max.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Training seed (init, shuffling, dropout).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=2**32 - 1, help="Training seed (init, shuffling, dropout).")
+    ] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for weights and config.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
@@ -281,7 +283,7 @@ def run_command(
         study=study,
         storage=storage,
         data=data,
-        channels=parse_channels(channels) if channels else None,
+        channels=parse_channels(channels) if channels is not None else None,
         max_epochs=max_epochs,
         pruner=pruner,
         objective=objective,

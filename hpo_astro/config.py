@@ -20,6 +20,7 @@ OBJECTIVES = {  # name -> (per-epoch metric, direction)
     "roc_auc": ("val_roc_auc", "maximize"),
 }
 PRUNERS = ("none", "median", "hyperband", "successive-halving")
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds
 
 
 @dataclass
@@ -70,6 +71,8 @@ class StudyConfig:
             raise UserError(f"unknown pruner {self.pruner!r}; known: {', '.join(PRUNERS)}")
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be between 0 and {MAX_SEED} (2**32 - 1), got {self.seed}")
         if self.population_size < 2:
             raise UserError(f"population_size must be at least 2, got {self.population_size}")
         if self.max_epochs is not None and self.max_epochs < 1:

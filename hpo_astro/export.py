@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -125,8 +126,11 @@ def export_best(
 
 def _write_directory(out: Path, model: torch.nn.Module, manifest: dict[str, Any]) -> None:
     """Write into a temporary sibling directory, then swap it into place: never a half-written export."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
     try:
         save_model(tmp, model, manifest)
         tmp.chmod(0o777 & ~umask())
@@ -138,6 +142,8 @@ def _write_directory(out: Path, model: torch.nn.Module, manifest: dict[str, Any]
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+    except OSError as exc:
+        raise UserError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -175,7 +181,7 @@ def load_exported(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         return load_model(directory)
     except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{directory}/{MANIFEST_FILE} is not a valid model manifest: {exc}") from None
-    except (RuntimeError, OSError, EOFError) as exc:  # torch: wrong shapes or a corrupt / unsafe weights file
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:  # wrong shapes, corrupt or unsafe file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load the weights in {directory}/{WEIGHTS_FILE}: {reason}") from None
 

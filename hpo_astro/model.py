@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from hpo_astro.errors import UserError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "ReLU": nn.ReLU,
@@ -72,10 +75,21 @@ def save_model(directory: str | Path, model: nn.Module, manifest: Mapping[str, A
         if key not in manifest:
             raise ValueError(f"manifest needs {key!r}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), directory / WEIGHTS_FILE)
+        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    except (OSError, RuntimeError) as exc:  # not a directory, not writable, disk full (torch's zip writer: Runtime)
+        raise UserError(f"cannot write the model to {directory}: {_reason(exc)}") from None
     return directory
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message (OSError: its strerror), for a one-line report."""
+    if getattr(exc, "strerror", None):
+        return str(exc.strerror)  # type: ignore[attr-defined]
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -83,6 +97,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     directory = Path(directory)
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     model = build_model(manifest["params"], in_channels=int(manifest["in_channels"]))
-    state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+    with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them: one line
+        warnings.simplefilter("ignore")
+        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), manifest

@@ -48,6 +48,24 @@ DEFAULT_PARAMS: dict[str, Value] = {
     "early_stop_patience": 5,
 }
 
+# What each value means, checked before any store is opened: a value the model or the optimiser cannot take (a
+# negative learning rate, a dropout of 1.5, seven halvings of a 64-pixel cutout) is refused with one line instead of
+# failing every trial. Integers are (min, max) inclusive; floats are (min, max, whether max itself is allowed).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "conv_layers": (1, 6),  # each block halves the 64x64 cutout: 6 blocks leave 1x1
+    "conv_kernel_size": (1, 64),
+    "fc_layers": (1, 20),
+    "fc_width": (1, 8192),
+    "batch_size": (1, 65536),
+    "t_max": (1, 100_000),
+    "early_stop_patience": (1, 100_000),
+}
+FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "dropout_rate": (0.0, 1.0, False),  # a probability below 1: dropout 1 zeroes every activation
+    "lr": (0.0, 10.0, True),  # must be > 0, see _check_value
+    "weight_decay": (0.0, 10.0, True),
+}
+
 ARCHITECTURE_PARAMS = (
     "conv_layers",
     "conv_kernel_size",
@@ -146,7 +164,7 @@ def _coerce(name: str, value: Any) -> Value:
     if isinstance(value, bool):
         raise UserError(f"value {value!r} of {name!r} must be a number or a string")
     if isinstance(value, int | float):
-        return value
+        return _check_value(name, value)
     if isinstance(value, str):
         for known in PAPER_SPACE[name]:
             if isinstance(known, str) and known.lower() == value.lower():
@@ -154,10 +172,33 @@ def _coerce(name: str, value: Any) -> Value:
         if isinstance(PAPER_SPACE[name][0], str):
             raise UserError(f"unknown value {value!r} for {name!r}; known: {', '.join(map(str, PAPER_SPACE[name]))}")
         try:
-            return _number(value)
+            number = _number(value)
         except ValueError:
             raise UserError(f"value {value!r} of {name!r} is not a number") from None
+        return _check_value(name, number)
     raise UserError(f"value {value!r} of {name!r} must be a number or a string")
+
+
+def _check_value(name: str, value: int | float) -> int | float:
+    """Refuse a number `name` cannot mean (see INT_RANGES and FLOAT_RANGES); integral floats become ints."""
+    if not math.isfinite(value):
+        raise UserError(f"{name} = {value} is not a finite number")
+    if name in INT_RANGES:
+        low, high = INT_RANGES[name]
+        if value != int(value):
+            raise UserError(f"{name} = {value} must be a whole number")
+        if not low <= value <= high:
+            raise UserError(f"{name} = {value} is out of range: it must be between {low} and {high}")
+        return int(value)
+    low_f, high_f, high_included = FLOAT_RANGES[name]
+    positive = name == "lr"
+    too_low = value <= low_f if positive else value < low_f
+    too_high = value > high_f if high_included else value >= high_f
+    if too_low or too_high:
+        lower = f"> {low_f:g}" if positive else f">= {low_f:g}"
+        upper = f"<= {high_f:g}" if high_included else f"< {high_f:g}"
+        raise UserError(f"{name} = {value} is out of range: it must be {lower} and {upper}")
+    return float(value)
 
 
 def _number(text: str) -> int | float:

@@ -145,6 +145,8 @@ def test_bad_data_files(kind: str, command: str, tmp_path: Path, small_file: Pat
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--device", "meta"], "unsupported device 'meta'"),
         (["--device", "cuda:0"], "CUDA is not available"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**40)], "--seed"),
     ],
 )
 def test_bad_train_options(args: list[str], message: str, small_file: Path, tmp_path: Path) -> None:

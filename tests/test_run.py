@@ -522,6 +522,14 @@ BAD_CONFIGS = {
     "bad toml": ("strategy = \n", "invalid TOML"),
     "bad type": ('n_trials = "ten"\n', "n_trials must be a int"),
     "bad baseline": ('strategy = "ablation"\n[baseline]\nlr = 0.5\n', "lr=0.5 is outside the search space"),
+    "negative lr": ("[space]\nlr = [-1.0]\n", "lr = -1.0 is out of range"),
+    "zero batch": ("[space]\nbatch_size = [0, 64]\n", "batch_size = 0 is out of range"),
+    "dropout above 1": ("[space]\ndropout_rate = [1.5]\n", "dropout_rate = 1.5 is out of range"),
+    "too many conv layers": ("[space]\nconv_layers = [9]\n", "conv_layers = 9 is out of range"),
+    "fractional batch": ("[space]\nbatch_size = [16.5]\n", "must be a whole number"),
+    "nan lr": ("[space]\nlr = [nan]\n", "not a finite number"),
+    "negative seed": ("seed = -1\n", "seed must be between 0 and 4294967295"),
+    "huge seed": ("seed = 1099511627776\n", "seed must be between 0 and 4294967295"),
 }
 
 
@@ -544,6 +552,9 @@ def test_bad_study_files(kind: str, tmp_path: Path, small_file: Path) -> None:
         (["--n-trials", "0"], "--n-trials must be positive"),
         (["--n-trials", "-3"], "--n-trials must be positive"),
         (["--config", "missing.toml"], "study file not found"),
+        (["--seed", "-1"], "seed must be between 0 and"),
+        (["--seed", str(2**40)], "seed must be between 0 and"),
+        (["--channels", ""], "--channels needs at least one name"),
         (["--storage", "not a url"], "malformed storage URL"),
         (["--storage", "sqlite:///{tmp}/no/such/dir/x.db"], "storage directory does not exist"),
         (["--storage", "sqlite:///{tmp}/file.txt/x.db"], "storage directory does not exist"),

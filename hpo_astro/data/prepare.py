@@ -155,6 +155,29 @@ def stratified_split(
     return train, val, test
 
 
+def check_splits(
+    labels: np.ndarray, parts: tuple[np.ndarray, ...], fractions: tuple[float, float, float], source: str
+) -> None:
+    """Every split needs both classes (the metrics and early stopping need them): refuse a file too small for that,
+    before any study store is opened, naming how many records of each class would do."""
+    for name, idx in zip(("train", "val", "test"), parts, strict=True):
+        present = set(np.unique(labels[idx]).tolist())
+        if present != {0, 1}:
+            # the smallest class size that stratified_split cuts into three non-empty parts
+            need = next(
+                n
+                for n in range(3, 100_000)
+                if min(round(fractions[0] * n), round(fractions[1] * n)) >= 1
+                and round(fractions[0] * n) + round(fractions[1] * n) < n
+            )
+            counts = {cls: int((labels == cls).sum()) for cls in (1, 0)}
+            raise UserError(
+                f"{source}: too few records to split: the {name} split gets no "
+                f"{'TP' if 1 not in present else 'FP'} record (file: {counts[1]} TP, {counts[0]} FP); at least "
+                f"{need} records of each class are needed"
+            )
+
+
 def fingerprint(file_sha256: str, config: PrepConfig) -> str:
     """A short hash of the file's content and the preprocessing settings."""
     payload = json.dumps({"file": file_sha256, "prep": asdict(config), "version": PREPROCESS_VERSION}, sort_keys=True)
@@ -210,6 +233,7 @@ def load_splits(path: str | os.PathLike | None = None, config: PrepConfig | None
         with exromana.atomic_write(cached) as fh:
             np.savez(fh, x=x, labels=labels, n_nonfinite=np.int64(n_bad))
     train, val, test = stratified_split(labels, config.split_seed, config.fractions)
+    check_splits(labels, (train, val, test), config.fractions, str(path))
     xt = torch.from_numpy(np.ascontiguousarray(x))
     yt = torch.from_numpy(labels.astype(np.float32))
     return DataSplits(
