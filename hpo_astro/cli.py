@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from hpo_astro.errors import UserError
+from hpo_astro.errors import UserError, write_fault
 
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors answer at once
     import optuna
@@ -40,12 +40,17 @@ class _Group(TyperGroup):
         except _UsageError as exc:
             command = exc.ctx.command_path if getattr(exc, "ctx", None) else ctx.command_path
             _fail(f"{exc.format_message()} (see '{command} --help')")
+        except Exception as exc:  # a full disk or a failing store anywhere: one line too, never a traceback
+            reason = write_fault(exc)
+            if reason is None:
+                raise
+            _fail(f"cannot write: {reason}; free some space and re-run the same command", code=1)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     message = " ".join(message.split())
     err_console.print(f"error: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 app = typer.Typer(
@@ -360,9 +365,8 @@ def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False) -> Non
             f"interrupted: the running trial was checkpointed and re-queued; resume with: {resume}", markup=False
         )
         raise typer.Exit(130) from None
-    except StudyFailed as exc:
-        err_console.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
+    except StudyFailed as exc:  # WriteFailed included: exit 1, the run resumes once there is space
+        _fail(str(exc), code=1)
     best = _best(result.study)
     console.print(
         f"study {result.study.study_name!r}: {result.finished}/{result.target} finished trials"

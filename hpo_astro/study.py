@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_astro import __version__
 from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
-from hpo_astro.errors import UserError
+from hpo_astro.errors import UserError, write_fault
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
@@ -58,11 +58,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class _NoInterruptTraceback(logging.Filter):
-    """Ctrl-C and SIGTERM are expected ways to stop: Optuna's failed-trial warning keeps its line (which trial,
-    which parameters) but not a traceback. Real errors keep theirs."""
+    """Ctrl-C, SIGTERM and a full disk are expected ways to stop: Optuna's failed-trial warning keeps its line (which
+    trial, which parameters) but not a traceback. Real errors keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, KeyboardInterrupt) or write_fault(error) is not None):
             record.exc_info = None
         return True
 
@@ -72,6 +73,11 @@ logging.getLogger("optuna.study._optimize").addFilter(_NoInterruptTraceback())
 
 class StudyFailed(Exception):
     """Several trials in a row failed: something is wrong beyond one configuration (a bug, the device)."""
+
+
+class WriteFailed(StudyFailed):
+    """A checkpoint, the best weights or the study store could not be written (disk full, quota, I/O error). Not the
+    configuration's fault: the run stops and the trial is re-queued, so re-running the same command resumes."""
 
 
 class _SurplusTrial(Exception):
@@ -143,6 +149,7 @@ class Objective:
     store: optuna.artifacts.FileSystemArtifactStore
     on_epoch: Callable[[int, TrainState], None] | None = None
     current_trial_id: int | None = field(default=None, init=False)
+    write_failure: str | None = field(default=None, init=False)  # set when a trial failed for want of disk
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current_trial_id = trial._trial_id
@@ -156,6 +163,9 @@ class Objective:
             self._drop(trial)
             raise
         except Exception as exc:  # recorded on the trial, which Optuna then marks failed
+            self.write_failure = write_fault(exc)
+            if self.write_failure is not None:
+                raise  # the disk's fault: the checkpoint stays for the retry (see run_study)
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             self._drop(trial)
             raise
@@ -496,13 +506,22 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
                 time.sleep(POLL_SECONDS)
                 continue
             before = len(trials)
-            objective.current_trial_id = None
+            objective.current_trial_id = objective.write_failure = None
             try:
                 with _interrupts.deferred():  # signals act inside training only (see _Interrupts)
                     study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             except KeyboardInterrupt:
                 _requeue(study, objective.current_trial_id)
                 raise
+            except Exception as exc:  # the store itself failed while Optuna recorded the trial
+                reason = write_fault(exc)
+                if reason is None:
+                    raise
+                raise WriteFailed(f"cannot write the study store: {reason}; {_RESUME_HINT}") from None
+            if objective.write_failure is not None:
+                with contextlib.suppress(Exception):  # the store may be full too: the heartbeat re-queues it later
+                    _requeue(study, objective.current_trial_id)
+                raise WriteFailed(f"cannot write: {objective.write_failure}; {_RESUME_HINT}")
             trials = study.get_trials(deepcopy=False)
             mine = [t for t in trials if t._trial_id == objective.current_trial_id]
             if not mine:
@@ -523,6 +542,9 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
                 raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
     _remove_orphan_checkpoints(study, Path(study.user_attrs["artifacts"]))
     return RunResult(study, target, finished, ran)
+
+
+_RESUME_HINT = "the trial was re-queued; free some space and re-run the same command to resume"
 
 
 def _remove_orphan_checkpoints(study: optuna.Study, directory: Path) -> None:

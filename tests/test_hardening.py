@@ -60,3 +60,76 @@ def test_export_out_below_a_file(store: str, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = invoke("export", "--study", "tpe", "--out", tmp_path / "file" / "model", "--storage", store)
     assert_refused(result, "cannot write the model")
+
+
+# --- a full disk ----------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_same_command_resumes(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third checkpoint write fails with ENOSPC: the run stops (it does not burn the budget on failures), the
+    trial is re-queued with its last whole checkpoint, and once there is space the same command ends with exactly
+    the budget."""
+    from test_run import fake_train
+
+    from hpo_astro import study as study_module
+
+    monkeypatch.setattr(study_module, "train", fake_train)
+    store = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["run", "-n", 3, "--data", small_file, "--max-epochs", 3, "--storage", store, "--study", "full"]
+    writes = []
+    original = optuna.artifacts.FileSystemArtifactStore.write
+
+    def full_disk(self: optuna.artifacts.FileSystemArtifactStore, artifact_id: str, content_body: object) -> None:
+        writes.append(artifact_id)
+        if len(writes) == 5:  # trial 0: 3 checkpoints + its best weights; trial 1: its first checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, artifact_id, content_body)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(optuna.artifacts.FileSystemArtifactStore, "write", full_disk)
+        result = invoke(*args)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write: No space left on device"), result.stderr
+    assert "re-run the same command" in lines[0] and "Traceback" not in result.output
+    study = optuna.load_study(study_name="full", storage=store)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[2].params == study.trials[1].params
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    study = optuna.load_study(study_name="full", storage=store)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert study.trials[2].state == TrialState.COMPLETE
+
+
+def test_a_real_write_limit_never_gives_a_traceback(tmp_path: Path, small_file: Path) -> None:
+    """The operating system refuses writes beyond 1 MB (RLIMIT_FSIZE, as a full disk refuses them): whichever write
+    fails first (the store's journal, a checkpoint), `run` ends with one `error:` line, and without the limit the
+    same command ends with exactly the budget."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from hpo_astro.data.prepare import load_splits
+
+    load_splits(small_file)  # the preprocessed tensors are cached before the limit applies
+
+    def limit_writes() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    store = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = [sys.executable, "-m", "hpo_astro.cli", "run", "-n", 2, "--data", small_file, "--max-epochs", 2]
+    command = [str(c) for c in [*command, "--storage", store, "--study", "limited"]]
+    limited = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_writes, timeout=300)
+    assert limited.returncode == 1, limited.stderr
+    assert "Traceback" not in limited.stderr
+    errors = [line for line in limited.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot write" in errors[0], limited.stderr
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="limited", storage=store)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
