@@ -133,3 +133,38 @@ def test_a_real_write_limit_never_gives_a_traceback(tmp_path: Path, small_file: 
     assert again.returncode == 0, again.stderr
     study = optuna.load_study(study_name="limited", storage=store)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+
+
+# --- two commands on one study --------------------------------------------------------------------------------
+
+
+def test_two_run_commands_on_one_study_at_once_do_not_repeat_each_other(tmp_path: Path, small_file: Path) -> None:
+    """Two `hpo-astro run` processes started together with the same seed: each trial's sampler seed follows the
+    study's progress, so every configuration differs (one process seed, as before, gave each process the same draws).
+    """
+    import subprocess
+    import sys
+
+    from hpo_astro.data.prepare import load_splits
+
+    load_splits(small_file)  # both processes find the tensors cached
+    study_file = tmp_path / "cheap.toml"
+    study_file.write_text(
+        'strategy = "random"\nn_trials = 10\nmax_epochs = 2\n[space]\nconv_layers = [1]\nfc_layers = [1]\n'
+        "batch_size = [256]\nlr = [1e-1, 1e-2, 1e-3, 1e-4]\nweight_decay = [1e-2, 1e-3, 1e-4, 1e-5]\n"
+        'dropout_rate = [0.0, 0.05, 0.1, 0.2, 0.3]\nactivation = ["ReLU", "LeakyReLU", "GELU", "Tanh"]\n'
+    )
+    store = f"sqlite:///{tmp_path / 'optuna.db'}"
+    invoke("run", "--config", study_file, "--data", small_file, "--storage", store, "-n", 1)  # the schema exists
+    command = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", study_file, "--data", small_file]
+    command = [str(c) for c in [*command, "--storage", store]]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err.decode()
+    study = optuna.load_study(study_name="random", storage=store)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 10
+    ran_by = {t.user_attrs["worker"] for t in finished}
+    assert len(ran_by) == 3  # the first command, then both concurrent ones ran trials
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 10
