@@ -86,13 +86,21 @@ GraceOpt = Annotated[
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option("--out", help="Where to write the .npy file.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="File to write: X.npz writes the project's non-pickle format (samples + labels); X.npy writes "
+            "exactly the ExRomana format (a NumPy pickle of {'TP': [...], 'FP': [...]}), for compatibility.",
+        ),
+    ],
     n: Annotated[int, typer.Option("--n", min=2, help="Number of records.")] = 4676,
-    seed: Annotated[int, typer.Option("--seed", help="Simulation seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Simulation seed.")] = 0,
 ) -> None:
-    """Write a simulated data set in exactly the ExRomana file format."""
+    """Write a simulated data set (.npz, or the exact ExRomana format for .npy)."""
     from hpo_astro.data import exromana, simulate
 
+    _refuse_directory(out)  # before simulating: the write would only fail at the very end
     start = time.perf_counter()
     records = simulate.simulate_records(n=n, seed=seed)
     exromana.save(records, out)
@@ -100,6 +108,31 @@ def data_synth(
         f"wrote {out}: {len(records['TP'])} TP + {len(records['FP'])} FP records "
         f"in {time.perf_counter() - start:.1f} s (sha256 {exromana.sha256_file(out)[:16]}…)"
     )
+
+
+def _refuse_directory(path: Path) -> None:
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+
+
+@data_app.command("convert")
+def data_convert(
+    src: Annotated[Path, typer.Argument(help="Any supported data file: ExRomana .npy, a bare pickle, or .npz.")],
+    out: Annotated[Path, typer.Option("--out", help="The .npz file to write.")],
+) -> None:
+    """Read a data file safely, validate it and write it in the project's non-pickle .npz format."""
+    from hpo_astro.data import exromana
+
+    if out.suffix.lower() != ".npz":
+        raise UserError(f"--out must end in .npz (the non-pickle format), got {out}")
+    _refuse_directory(out)
+    if out.exists() and src.exists() and out.samefile(src):
+        raise UserError(f"--out {out} is the source file; write the converted file elsewhere")
+    data = exromana.load(src)
+    exromana.save_npz(data.samples, data.labels, out)
+    counts = data.counts
+    console.print(f"converted {src} -> {out}: {counts['TP']} TP + {counts['FP']} FP records")
+    console.print(f"sha256 {exromana.sha256_file(out)}")
 
 
 @data_app.command("download")
@@ -134,7 +167,7 @@ def data_download(
 
 @data_app.command("info")
 def data_info(
-    path: Annotated[Path, typer.Argument(help="ExRomana .npy file.")],
+    path: Annotated[Path, typer.Argument(help="Data file: ExRomana .npy (or a bare pickle) or .npz.")],
     gallery: Annotated[
         Path | None, typer.Option("--gallery", help="PNG to write (default: <file>.gallery.png).")
     ] = None,
@@ -145,6 +178,8 @@ def data_info(
 
     from hpo_astro.data import exromana, inspect
 
+    if gallery is not None:
+        _refuse_directory(gallery)
     data = exromana.load(path)
     counts = data.counts
     total = sum(counts.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -92,8 +93,9 @@ def _bad_files(tmp: Path, small_file: Path) -> dict[str, Path]:
         "not exromana": numeric,
         "wrong shape": write_npy_object(tmp / "shape.npy", {"TP": [{"sample": np.zeros((32, 32, 4))}], "FP": [good]}),
         "no sample": write_npy_object(tmp / "nosample.npy", {"TP": [good], "FP": [{"cutout": 1}]}),
-        "all nan": write_npy_object(
-            tmp / "nan.npy", {"TP": [good, good], "FP": [good, {"sample": np.full((64, 64, 4), np.nan)}]}
+        "all nan": write_npy_object(  # each record its own cutout: a file may not reuse one
+            tmp / "nan.npy",
+            {"TP": [good, copy.deepcopy(good)], "FP": [copy.deepcopy(good), {"sample": np.full((64, 64, 4), np.nan)}]},
         ),
         "malicious": evil,
     }

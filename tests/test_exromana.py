@@ -33,14 +33,17 @@ def test_round_trip_is_the_exromana_format(tmp_path: Path, small_records: dict) 
 
 def test_extra_record_keys_are_ignored(tmp_path: Path) -> None:
     rec = {"sample": np.zeros((64, 64, 4)), "candid": 123, "meta": {"a": [1.5, "x"]}}
-    data = exromana.load(write_npy_object(tmp_path / "x.npy", {"TP": [rec], "FP": [dict(rec)]}))
+    other = {**rec, "sample": np.ones((64, 64, 4))}  # its own cutout: a file may not reuse one
+    data = exromana.load(write_npy_object(tmp_path / "x.npy", {"TP": [rec], "FP": [other]}))
     assert data.samples.dtype == np.float32 and data.counts == {"TP": 1, "FP": 1}
 
 
 def test_bare_pickle_is_read_too(tmp_path: Path) -> None:
-    rec = {"sample": np.ones((64, 64, 4), dtype=np.float64)}
+    def rec() -> dict:
+        return {"sample": np.ones((64, 64, 4), dtype=np.float64)}
+
     path = tmp_path / "x.pkl"
-    path.write_bytes(pickle.dumps({"TP": [rec], "FP": [rec]}, protocol=4))
+    path.write_bytes(pickle.dumps({"TP": [rec()], "FP": [rec()]}, protocol=4))
     assert exromana.load(path).samples.shape == (2, 64, 64, 4)
 
 

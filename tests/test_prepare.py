@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,8 @@ def test_load_splits_is_deterministic_and_cached(small_file: Path, isolated_cach
 def test_all_nan_cutout_is_refused_and_nothing_is_cached(tmp_path: Path, isolated_cache: Path) -> None:
     good = {"sample": np.random.default_rng(0).normal(size=(64, 64, 4))}
     bad = {"sample": np.full((64, 64, 4), np.nan)}
-    path = write_npy_object(tmp_path / "x.npy", {"TP": [good, good], "FP": [good, bad]})
+    records = {"TP": [good, copy.deepcopy(good)], "FP": [copy.deepcopy(good), bad]}  # a file may not reuse a cutout
+    path = write_npy_object(tmp_path / "x.npy", records)
     with pytest.raises(UserError, match="no finite pixel"):
         load_splits(path)
     assert not any(p.is_file() for p in isolated_cache.rglob("*"))

@@ -1,61 +1,90 @@
-"""The ExRomana file: a NumPy pickle of ``{"TP": [rec, ...], "FP": [rec, ...]}`` (SPEC §3).
+"""ExRomana data files: the ExRomana pickle format (SPEC §3) and the project's own non-pickle `.npz` format.
 
-Reading never executes code from the file: the pickle stream is decoded by an Unpickler whose
-`find_class` admits only the few NumPy reconstructors needed for arrays, so any other global (``os.system``,
-``builtins.eval``, ...) is refused before it can be called. Writing is atomic (temporary file + rename).
+The ExRomana file is `np.save` of ``{"TP": [rec, ...], "FP": [rec, ...]}``: a NumPy pickle. It is read by
+`safe_pickle`, a restricted pickle reader that never calls anything the file names and bounds every allocation
+by the size of the file (the standard Unpickler, even with an allow-list of NumPy globals, lets a forged dtype
+state turn file bytes into pointers). The `.npz` format (`samples` (N, 64, 64, 4) float32, `labels` (N,) int8,
+a `format` marker) holds no pickle at all and is what the project writes; each member's `.npy` header is checked
+against the member's size before anything is allocated. `load` tells the formats apart by content. Every write
+is atomic (temporary file beside the target, renamed into place).
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import hashlib
+import io
+import math
 import os
-import pickle
+import re
+import struct
 import tempfile
-from collections.abc import Callable
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from numpy.lib import format as npy_format
 
+from hpo_astro.data import safe_pickle
+from hpo_astro.data.safe_pickle import UnsafePickleError
 from hpo_astro.errors import UserError
+
+__all__ = [
+    "CLASSES",
+    "CUTOUT_SHAPE",
+    "PLANE_NAMES",
+    "ExRomanaSet",
+    "UnsafePickleError",
+    "atomic_write",
+    "download",
+    "load",
+    "max_records",
+    "read_raw",
+    "save",
+    "save_npz",
+    "sha256_file",
+    "validate",
+]
 
 CLASSES = ("TP", "FP")  # TP = real transient (label 1), FP = bogus (label 0)
 CUTOUT_SHAPE = (64, 64, 4)
 PLANE_NAMES = ("sci", "ref", "diff", "scorr")  # the usual ZTF order; names are labels, overridable
 OFFICIAL_URL = "https://sites.astro.caltech.edu/~aam/exromana_training_samples.npy"
 
-# Globals a NumPy object-array pickle needs, and nothing else. `_reconstruct` builds an empty ndarray of a
-# class that itself goes through find_class, so only plain ndarrays can appear.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.dtypes", "Float32DType"),
-    ("numpy.dtypes", "Float64DType"),
-    ("numpy.dtypes", "ObjectDType"),
-}
+MAX_RECORDS_ENV = "HPO_ASTRO_MAX_RECORDS"
+DEFAULT_MAX_RECORDS = 100_000  # the real file has 4,676; the limit bounds what a file can make us allocate
+NPZ_FORMAT = b"hpo-astro/exromana-npz/1"  # stored as the uint8 member `format`, so a reader knows the layout
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
+_MAX_NPY_HEADER = 10_000  # NumPy's own default `max_header_size`
+_PLAIN_DESCR = re.compile(r"[<>|=]?(f2|f4|f8|i1|i2|i4|i8|u1|u2|u4|u8|b1)")
+_READ_CHUNK = 1 << 24
 
 
-class UnsafePickleError(UserError):
-    """The file's pickle refers to something other than arrays, dicts, lists, strings and numbers."""
+def max_records() -> int:
+    """The most records a file may hold: $HPO_ASTRO_MAX_RECORDS, default 100,000."""
+    text = os.environ.get(MAX_RECORDS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_RECORDS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{MAX_RECORDS_ENV} must be a positive integer, got {text!r}")
+    return value
 
 
-class _AllowListUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise UnsafePickleError(
-            f"refusing to load: the file's pickle references {module}.{name}, which is not an array, dict, "
-            "list, string or number (nothing from the file was executed)"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("refusing to load: the file's pickle uses persistent ids")
+def _too_many(source: str, n: int, limit: int) -> UserError:
+    return UserError(
+        f"{source}: holds {n} records, more than the limit of {limit} (raise it with {MAX_RECORDS_ENV}=N "
+        "if the file is trusted and memory allows)"
+    )
 
 
 @dataclass(frozen=True)
@@ -71,62 +100,267 @@ class ExRomanaSet:
         return {"TP": n_tp, "FP": len(self.labels) - n_tp}
 
 
-def safe_unpickle(stream: BinaryIO) -> Any:
-    try:
-        return _AllowListUnpickler(stream).load()
-    except UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise UserError(f"not a readable pickle (truncated or corrupt): {exc}") from None
+def _as_float32(samples: np.ndarray) -> np.ndarray:
+    # Values beyond float32's range (1e300 in a float64 file) become inf on purpose: they are then non-finite
+    # pixels, excluded from the ZScale limits and counted, as the README promises; no warning is wanted.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return samples.astype(np.float32, copy=False)
+
+
+def _checked_set(samples: np.ndarray, labels: np.ndarray, source: str) -> ExRomanaSet:
+    """The checks every format shares: at least one record, both classes, labels 0/1, the record limit."""
+    if len(labels) == 0:
+        raise UserError(f"{source}: the file holds no records")
+    limit = max_records()
+    if len(labels) > limit:
+        raise _too_many(source, len(labels), limit)
+    if samples.shape != (len(labels), *CUTOUT_SHAPE):
+        raise UserError(f"{source}: samples have shape {samples.shape}, expected ({len(labels)}, 64, 64, 4)")
+    if not ((labels == 0) | (labels == 1)).all():
+        raise UserError(f"{source}: labels must be 1 (TP) or 0 (FP)")
+    present = set(np.unique(labels).tolist())
+    if len(present) < 2:
+        only = "TP" if 1 in present else "FP"
+        raise UserError(f"{source}: both TP and FP records are needed, found only {only}")
+    return ExRomanaSet(_as_float32(samples), labels.astype(np.int64))
+
+
+# --- reading ------------------------------------------------------------------------------------------------
 
 
 def read_raw(path: str | os.PathLike) -> Any:
-    """Read the object stored in an ExRomana-style file (a `.npy` object array or a bare pickle)."""
+    """Read what a data file holds, without running anything from it.
+
+    An ExRomana `.npy` (or a bare pickle) gives the stored object: the ``{"TP": [...], "FP": [...]}`` dict, or a
+    plain list of records for unlabelled files. An `.npz` file gives an `ExRomanaSet` (already checked), which
+    `validate` passes through.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
-    with path.open("rb") as fh:
-        head = fh.read(6)
-        fh.seek(0)
-        if head == b"\x93NUMPY":
-            return _read_npy_object(fh, path)
-        if head[:1] == b"\x80":
-            return safe_unpickle(fh)
-    raise UserError(f"{path}: not an ExRomana file (neither a NumPy .npy file nor a pickle)")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            fh.seek(0)
+            if head.startswith(_NPY_MAGIC):
+                return _read_npy_object(fh, path)
+            if head[:1] == b"\x80":
+                return _unpickle(fh, path)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head.startswith(_ZIP_MAGICS):
+        return _read_npz(path)
+    raise UserError(f"{path}: not an ExRomana file (neither a NumPy .npy/.npz file nor a pickle)")
+
+
+def _unpickle(fh: BinaryIO, path: Path) -> Any:
+    try:
+        return safe_pickle.load(fh)
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{path}: {exc}") from None
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    descr: object
+    fortran_order: bool
+    shape: tuple[int, ...]
+    size: int  # bytes from the magic string to the end of the header: where the data starts
+
+
+def _read_npy_header(fh: BinaryIO, available: int, where: str) -> _NpyHeader:
+    """Parse a `.npy` header from `fh` without trusting it: its length is checked against `available` (the bytes
+    the file or zip member holds) before it is read, and its dict must have exactly NumPy's three keys."""
+
+    def corrupt(why: str) -> UserError:
+        return UserError(f"{where}: corrupt .npy header: {why}")
+
+    prefix = fh.read(8)
+    if len(prefix) < 8 or not prefix.startswith(_NPY_MAGIC):
+        raise corrupt("no NumPy magic string")
+    version = (prefix[6], prefix[7])
+    if version == (1, 0):
+        length_format = "<H"
+    elif version in ((2, 0), (3, 0)):
+        length_format = "<I"
+    else:
+        raise corrupt(f"unknown format version {version[0]}.{version[1]}")
+    length_bytes = fh.read(struct.calcsize(length_format))
+    if len(length_bytes) != struct.calcsize(length_format):
+        raise corrupt("the file ends inside the header")
+    length = struct.unpack(length_format, length_bytes)[0]
+    size = 8 + len(length_bytes) + length
+    if length > _MAX_NPY_HEADER:
+        raise corrupt(f"the header declares {length} bytes (NumPy accepts at most {_MAX_NPY_HEADER})")
+    if size > available:
+        raise corrupt(f"the header declares {length} bytes but the file ends before")
+    raw = fh.read(length)
+    if len(raw) != length:
+        raise corrupt("the file ends inside the header")
+    try:
+        header = ast.literal_eval(raw.decode("utf-8" if version == (3, 0) else "latin-1"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise corrupt("the header is not a Python literal") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise corrupt("the header is not a dict of descr, fortran_order and shape")
+    shape, fortran = header["shape"], header["fortran_order"]
+    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):  # bool is not a size
+        raise corrupt("the shape is not a tuple of non-negative integers")
+    if len(shape) > 32:
+        raise corrupt(f"{len(shape)} dimensions")
+    if not isinstance(fortran, bool):
+        raise corrupt("fortran_order is not a boolean")
+    return _NpyHeader(header["descr"], fortran, shape, size)
+
+
+def _describe_descr(descr: object) -> str:
+    return repr(descr)[:60] if isinstance(descr, str) else f"a {type(descr).__name__} dtype description"
 
 
 def _read_npy_object(fh: BinaryIO, path: Path) -> Any:
-    try:
-        version = npy_format.read_magic(fh)
-        reader = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-        shape, _fortran, dtype = reader(fh)
-    except (ValueError, OSError, SyntaxError) as exc:
-        raise UserError(f"{path}: corrupt .npy header: {exc}") from None
-    if dtype != np.dtype(object) or shape != ():
+    available = os.fstat(fh.fileno()).st_size
+    header = _read_npy_header(fh, available, str(path))
+    if not (isinstance(header.descr, str) and re.fullmatch(r"[<>|=]?O", header.descr) and header.shape == ()):
         raise UserError(
-            f"{path}: not an ExRomana file: holds a {dtype} array of shape {shape}, expected a pickled dict"
+            f"{path}: not an ExRomana file: holds a {_describe_descr(header.descr)} array of shape "
+            f"{header.shape if len(header.shape) <= 8 else '(...)'}, expected a pickled dict"
         )
-    obj = safe_unpickle(fh)
-    # np.save stores a 0-d object array; its single element is the dict.
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-        obj = obj.item()
-    return obj
+    # np.save stores a 0-d object array: the reader turns that wrapper into its single element, the dict.
+    return _unpickle(fh, path)
+
+
+class _ClampedFile:
+    """A read-only file whose `read(n)` never asks for more than the file holds: zipfile trusts sizes from the
+    archive's directory, and a buffered read allocates the size it is asked for before reading."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._size = os.fstat(fh.fileno()).st_size
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = max(0, self._size - self._fh.tell())
+        return self._fh.read(left if n is None or n < 0 else min(n, left))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
+def _read_member(
+    zf: zipfile.ZipFile, name: str, path: Path, check_shape: Callable[[tuple[int, ...]], None]
+) -> np.ndarray:
+    """One `.npy` member of an `.npz`, refused unless its header is plain and its size is exactly what the header
+    declares, so a crafted header or a zip bomb allocates no more than the member really holds."""
+    where = f"{path}: member {name}"
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise UserError(f"{path}: not an ExRomana .npz file: no {name!r} member") from None
+    if info.flag_bits & 0x1:
+        raise UserError(f"{where} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise UserError(f"{where} uses an unsupported compression method ({info.compress_type})")
+    with zf.open(info) as member:
+        header = _read_npy_header(member, info.file_size, where)
+        if not (isinstance(header.descr, str) and _PLAIN_DESCR.fullmatch(header.descr)):
+            raise UserError(f"{where}: dtype {_describe_descr(header.descr)} is not a plain numeric type")
+        dtype = np.dtype(header.descr)
+        check_shape(header.shape)
+        nbytes = math.prod(header.shape) * dtype.itemsize
+        if info.file_size != header.size + nbytes:
+            raise UserError(
+                f"{where}: holds {info.file_size} bytes, but its header declares {header.size + nbytes}"
+            )
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        done = 0
+        while done < nbytes:
+            chunk = member.read(min(_READ_CHUNK, nbytes - done))
+            if not chunk:
+                raise UserError(f"{where}: the file ends early (truncated)")
+            buffer[done : done + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            done += len(chunk)
+    order = "F" if header.fortran_order else "C"
+    if dtype.kind == "b":
+        return (buffer != 0).reshape(header.shape, order=order)  # any non-zero byte is True
+    return buffer.view(dtype).reshape(header.shape, order=order)
+
+
+def _read_npz(path: Path) -> ExRomanaSet:
+    limit = max_records()
+    source = str(path)
+
+    def label_shape(shape: tuple[int, ...]) -> None:
+        if len(shape) != 1:
+            raise UserError(f"{source}: labels have shape {shape}, expected (N,)")
+        if shape[0] > limit:
+            raise _too_many(source, shape[0], limit)
+
+    try:
+        with path.open("rb") as raw, zipfile.ZipFile(_ClampedFile(raw)) as zf:  # type: ignore[arg-type]
+            names = set(zf.namelist())
+            if "format.npy" in names:
+                marker = _read_member(zf, "format.npy", path, _marker_shape(source))
+                if marker.dtype != np.uint8 or marker.tobytes() != NPZ_FORMAT:
+                    raise UserError(f"{source}: unknown .npz format marker (expected {NPZ_FORMAT.decode()})")
+            labels = _read_member(zf, "labels.npy", path, label_shape)
+            if labels.dtype.kind not in "iub":
+                raise UserError(f"{source}: labels have dtype {labels.dtype}, expected integers")
+            n = len(labels)
+
+            def sample_shape(shape: tuple[int, ...]) -> None:
+                if shape != (n, *CUTOUT_SHAPE):
+                    raise UserError(f"{source}: samples have shape {shape}, expected ({n}, 64, 64, 4) for {n} labels")
+
+            samples = _read_member(zf, "samples.npy", path, sample_shape)
+            if samples.dtype.kind not in "fiu":
+                raise UserError(f"{source}: samples have dtype {samples.dtype}, expected a numeric array")
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError, struct.error) as exc:
+        raise UserError(f"{source}: not a readable .npz file (truncated or corrupt): {exc}") from None
+    except NotImplementedError as exc:  # zipfile: a compression method or feature it does not support
+        raise UserError(f"{source}: unsupported .npz file: {exc}") from None
+    except MemoryError:
+        raise UserError(f"{source}: not enough memory to read the file") from None
+    return _checked_set(samples, labels, source)
+
+
+def _marker_shape(source: str) -> Callable[[tuple[int, ...]], None]:
+    def check(shape: tuple[int, ...]) -> None:
+        if len(shape) != 1 or shape[0] > 256:
+            raise UserError(f"{source}: unknown .npz format marker")
+
+    return check
 
 
 def validate(obj: Any, source: str = "data") -> ExRomanaSet:
-    """Check the structure of an ExRomana dict and stack it into arrays. Raises UserError naming the record."""
+    """Check the structure of an ExRomana dict and stack it into arrays. Raises UserError naming the record.
+
+    An `ExRomanaSet` (what `read_raw` gives for an `.npz` file) is checked and returned as it is."""
+    if isinstance(obj, ExRomanaSet):
+        return _checked_set(obj.samples, obj.labels, source)
     if not isinstance(obj, dict):
         raise UserError(f"{source}: not an ExRomana file: expected a dict with 'TP' and 'FP', got {type(obj).__name__}")
     missing = [c for c in CLASSES if c not in obj]
     if missing:
         raise UserError(f"{source}: not an ExRomana file: missing key(s) {', '.join(missing)}")
+    for cls in CLASSES:
+        if not isinstance(obj[cls], list | tuple):
+            raise UserError(f"{source}: {cls} must be a list of records, got {type(obj[cls]).__name__}")
+    total, limit = len(obj["TP"]) + len(obj["FP"]), max_records()
+    if total > limit:  # before stacking: that allocates 64 KiB per record
+        raise _too_many(source, total, limit)
     samples: list[np.ndarray] = []
     labels: list[int] = []
     for cls in CLASSES:
-        records = obj[cls]
-        if not isinstance(records, list | tuple):
-            raise UserError(f"{source}: {cls} must be a list of records, got {type(records).__name__}")
-        for i, rec in enumerate(records):
+        for i, rec in enumerate(obj[cls]):
             where = f"{source}: {cls}[{i}]"
             if not isinstance(rec, dict):
                 raise UserError(f"{where} is a {type(rec).__name__}, expected a dict with a 'sample'")
@@ -134,11 +368,11 @@ def validate(obj: Any, source: str = "data") -> ExRomanaSet:
                 raise UserError(f"{where} has no 'sample'")
             sample = rec["sample"]
             if not isinstance(sample, np.ndarray) or sample.shape != CUTOUT_SHAPE:
-                shape = getattr(sample, "shape", type(sample).__name__)
+                shape = sample.shape if isinstance(sample, np.ndarray) else type(sample).__name__
                 raise UserError(f"{where}: 'sample' has shape {shape}, expected {CUTOUT_SHAPE}")
-            if not np.issubdtype(sample.dtype, np.floating) and not np.issubdtype(sample.dtype, np.integer):
+            if sample.dtype.kind not in "fiu":
                 raise UserError(f"{where}: 'sample' has dtype {sample.dtype}, expected a numeric array")
-            samples.append(sample.astype(np.float32, copy=False))
+            samples.append(_as_float32(sample))
             labels.append(1 if cls == "TP" else 0)
     if not samples:
         raise UserError(f"{source}: the file holds no records")
@@ -148,38 +382,87 @@ def validate(obj: Any, source: str = "data") -> ExRomanaSet:
 
 
 def load(path: str | os.PathLike) -> ExRomanaSet:
-    """Load and validate an ExRomana file safely."""
+    """Load and validate a data file safely: ExRomana `.npy` (or a bare pickle of the same dict) or `.npz`."""
     return validate(read_raw(path), source=str(path))
 
 
+# --- writing ------------------------------------------------------------------------------------------------
+
+
 def save(records: dict[str, list[dict]], path: str | os.PathLike) -> Path:
-    """Write records in exactly the ExRomana format (``np.save`` of a dict), atomically."""
+    """Write records atomically: in exactly the ExRomana format (``np.save`` of the dict, a pickle) when `path`
+    ends in `.npy`, which exists for compatibility with the real data set; as the project's `.npz` otherwise."""
     path = Path(path)
-    validate(records, source="records")
+    data = validate(records, source="records")
+    if path.suffix.lower() != ".npy":
+        return save_npz(data.samples, data.labels, path)
     with atomic_write(path) as fh:
         np.save(fh, np.asarray(records, dtype=object), allow_pickle=True)
     return path
 
 
-class atomic_write:
-    """Write to a temporary file beside `path` and rename it into place only if the block succeeds."""
+def save_npz(samples: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write the non-pickle format atomically: `samples` (N, 64, 64, 4) float32, `labels` (N,) int8 (1 = TP,
+    0 = FP) and the `format` marker, with `np.savez` (uncompressed, so sizes are what the headers declare)."""
+    path = Path(path)
+    samples, labels = np.asarray(samples), np.asarray(labels)
+    if samples.dtype.kind not in "fiu":
+        raise UserError(f"samples have dtype {samples.dtype}, expected a numeric array")
+    if labels.ndim != 1 or labels.dtype.kind not in "iub":
+        raise UserError(f"labels must be a 1-d integer array, got {labels.dtype} of shape {labels.shape}")
+    data = _checked_set(samples, labels, "data to save")
+    with atomic_write(path) as fh:
+        np.savez(
+            fh,
+            samples=np.ascontiguousarray(data.samples, dtype=np.float32),
+            labels=data.labels.astype(np.int8),
+            format=np.frombuffer(NPZ_FORMAT, dtype=np.uint8),
+        )
+    return path
 
-    def __init__(self, path: Path) -> None:
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class atomic_write:
+    """Write to a temporary file beside `path` and rename it into place only if the block succeeds.
+
+    The temporary file never outlives the block: it is removed when the block, the close (a full disk shows up
+    there, when buffers are flushed) or the rename fails. An OSError becomes one UserError line,
+    ``cannot write PATH: reason``; other exceptions from the block propagate unchanged."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
     def __enter__(self) -> BinaryIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        if self.path.is_dir():  # before any work: os.replace would only fail at the very end
+            raise UserError(f"cannot write {self.path}: it is a directory")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        except OSError as exc:
+            raise UserError(f"cannot write {self.path}: {_reason(exc)}") from None
         self._tmp = Path(tmp)
         self._fh = os.fdopen(fd, "wb")
         return self._fh
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._fh.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        committed = False
+        error = exc
+        try:
+            self._fh.close()
+            if exc is None:
+                os.replace(self._tmp, self.path)
+                committed = True
+        except OSError as err:
+            error = error or err  # the block's own error, if any, says more than the close that followed it
+        finally:
+            if not committed:
+                with contextlib.suppress(OSError):
+                    self._tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write {self.path}: {_reason(error)}") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -206,8 +489,13 @@ def download(
 
     out = Path(out)
     part = out.with_name(out.name + ".part")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    have = part.stat().st_size if part.exists() else 0
+    if out.is_dir():
+        raise UserError(f"cannot write {out}: it is a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        have = part.stat().st_size if part.is_file() else 0
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {_reason(exc)}") from None
     request = urllib.request.Request(url, headers={"User-Agent": "hpo-astro"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -231,7 +519,7 @@ def download(
                 have = 0
             length = response.headers.get("Content-Length")
             total = have + int(length) if length else None
-            with part.open("ab" if resumed else "wb") as fh:
+            with _opened_for_writing(part, "ab" if resumed else "wb") as fh:
                 done = have
                 if progress:
                     progress(done, total)
@@ -250,5 +538,18 @@ def download(
     except UserError as exc:
         part.unlink(missing_ok=True)
         raise UserError(f"downloaded file is not a valid ExRomana file: {exc}") from None
-    os.replace(part, out)
+    try:
+        os.replace(part, out)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {_reason(exc)}") from None
     return out
+
+
+@contextlib.contextmanager
+def _opened_for_writing(path: Path, mode: str) -> Iterator[BinaryIO]:
+    """`open`, with OSError (while opening, writing or closing: a full disk) as one UserError line."""
+    try:
+        with path.open(mode) as fh:
+            yield fh  # type: ignore[misc]
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {_reason(exc)}") from None

@@ -133,7 +133,8 @@ def zscale(cutouts: np.ndarray, contrast: float = 0.25) -> tuple[np.ndarray, int
             vmin, vmax = interval.get_limits(values)
         if not np.isfinite(vmin) or not np.isfinite(vmax) or vmax <= vmin:
             continue  # flat cutout: all zeros
-        scaled = np.clip((img - vmin) / (vmax - vmin), 0.0, 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf pixels and extreme values: clipped, then masked
+            scaled = np.clip((img - vmin) / (vmax - vmin), 0.0, 1.0)
         out[i] = np.where(ok, scaled, 0.0)
     return out.reshape(cutouts.shape), n_bad
 
@@ -199,7 +200,8 @@ def default_data_path(n: int = DEFAULT_SIM_N, seed: int = DEFAULT_SIM_SEED) -> P
     # The name carries the simulator version and a hash of its default settings: a changed simulator never
     # serves a stale cached file.
     settings = hashlib.sha256(f"{simulate.SIMULATOR_VERSION}:{simulate.SimConfig()!r}".encode()).hexdigest()[:8]
-    path = cache_dir() / f"exromana-sim-n{n}-seed{seed}-{settings}.npy"
+    # The project's own non-pickle .npz format: the cache is read back on every run, so it carries no pickle.
+    path = cache_dir() / f"exromana-sim-n{n}-seed{seed}-{settings}.npz"
     if not path.exists():
         exromana.save(simulate.simulate_records(n=n, seed=seed), path)
     return path
@@ -230,8 +232,11 @@ def load_splits(path: str | os.PathLike | None = None, config: PrepConfig | None
         planes = np.moveaxis(data.samples[..., config.plane_indices], -1, 1)  # (N, C, 64, 64)
         x, n_bad = zscale(planes)
         labels = data.labels
-        with exromana.atomic_write(cached) as fh:
-            np.savez(fh, x=x, labels=labels, n_nonfinite=np.int64(n_bad))
+        try:
+            with exromana.atomic_write(cached) as fh:
+                np.savez(fh, x=x, labels=labels, n_nonfinite=np.int64(n_bad))
+        except UserError:
+            pass  # the cache only saves time: an unwritable cache directory must not stop the run
     train, val, test = stratified_split(labels, config.split_seed, config.fractions)
     check_splits(labels, (train, val, test), config.fractions, str(path))
     xt = torch.from_numpy(np.ascontiguousarray(x))
