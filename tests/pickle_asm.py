@@ -24,7 +24,10 @@ def integer(n: int) -> bytes:
         return b"K" + bytes([n])
     if 0 <= n < 65536:
         return b"M" + struct.pack("<H", n)
-    return b"J" + struct.pack("<i", n)
+    if -(1 << 31) <= n < 1 << 31:
+        return b"J" + struct.pack("<i", n)
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)  # LONG1
+    return b"\x8a" + bytes([len(raw)]) + raw
 
 
 def text(s: str) -> bytes:

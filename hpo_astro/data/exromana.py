@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from hpo_astro.data import safe_pickle
 from hpo_astro.data.safe_pickle import UnsafePickleError
@@ -403,7 +404,7 @@ def save(records: dict[str, list[dict]], path: str | os.PathLike) -> Path:
 
 def save_npz(samples: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> Path:
     """Write the non-pickle format atomically: `samples` (N, 64, 64, 4) float32, `labels` (N,) int8 (1 = TP,
-    0 = FP) and the `format` marker, with `np.savez` (uncompressed, so sizes are what the headers declare)."""
+    0 = FP) and the uint8 `format` marker, as an uncompressed `.npz` (`np.load(path)` reads it too)."""
     path = Path(path)
     samples, labels = np.asarray(samples), np.asarray(labels)
     if samples.dtype.kind not in "fiu":
@@ -411,13 +412,20 @@ def save_npz(samples: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -
     if labels.ndim != 1 or labels.dtype.kind not in "iub":
         raise UserError(f"labels must be a 1-d integer array, got {labels.dtype} of shape {labels.shape}")
     data = _checked_set(samples, labels, "data to save")
-    with atomic_write(path) as fh:
-        np.savez(
-            fh,
-            samples=np.ascontiguousarray(data.samples, dtype=np.float32),
-            labels=data.labels.astype(np.int8),
-            format=np.frombuffer(NPZ_FORMAT, dtype=np.uint8),
-        )
+    members = {
+        "format": np.frombuffer(NPZ_FORMAT, dtype=np.uint8),
+        "labels": data.labels.astype(np.int8),
+        "samples": np.ascontiguousarray(data.samples, dtype=np.float32),
+    }
+    with atomic_write(path) as fh, zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED) as zf:
+        for name, array in members.items():
+            # What np.savez writes, but with a fixed timestamp and system: the same data gives the same bytes, so
+            # the file's SHA-256 (part of the data fingerprint) is reproducible on every machine.
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            with zf.open(info, mode="w", force_zip64=True) as member:
+                npy_format.write_array(member, array, allow_pickle=False)
     return path
 
 
