@@ -42,9 +42,23 @@ class _Group(TyperGroup):
             _fail(f"{exc.format_message()} (see '{command} --help')")
         except Exception as exc:  # a full disk or a failing store anywhere: one line too, never a traceback
             reason = write_fault(exc)
-            if reason is None:
+            if reason is not None:
+                _fail(f"cannot write: {reason}; free some space and re-run the same command", code=1)
+            if not _store_fault(exc):
                 raise
-            _fail(f"cannot write: {reason}; free some space and re-run the same command", code=1)
+            _fail(f"the study store failed: {' '.join(str(getattr(exc, 'orig', None) or exc).split()[:40])}")
+
+
+def _store_fault(exc: BaseException) -> bool:
+    """A database error past the checks made when the store was opened (a page damaged after its integrity check,
+    a lock held past the busy timeout): bad input, one line. sqlalchemy is looked up only if already loaded."""
+    import sqlite3
+    import sys
+
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    return isinstance(exc, sqlite3.DatabaseError) or (
+        sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.DatabaseError)
+    )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -624,19 +638,19 @@ def dashboard_command(
     """Browse the study store with optuna-dashboard (every trial, its curves and attributes); Ctrl-C stops it."""
     import optuna_dashboard
 
-    from hpo_astro.storage import open_existing_store
+    from hpo_astro.storage import read_store
 
-    store = open_existing_store(storage)
-    shown = f"[{host}]" if ":" in host else host
-    console.print(f"optuna-dashboard on {storage}: http://{shown}:{port}/ (Ctrl-C to stop)", highlight=False)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        _note(f"warning: bound to {host}, reachable from other machines; optuna-dashboard has no authentication")
-    try:
-        optuna_dashboard.run_server(store, host=host, port=port)
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    with read_store(storage) as store:  # read-only: the dashboard's own writes (notes, ...) are refused
+        shown = f"[{host}]" if ":" in host else host
+        console.print(f"optuna-dashboard on {storage}: http://{shown}:{port}/ (Ctrl-C to stop)", highlight=False)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            _note(f"warning: bound to {host}, reachable from other machines; optuna-dashboard has no authentication")
+        try:
+            optuna_dashboard.run_server(store, host=host, port=port)
+        except KeyboardInterrupt:
+            pass
+        except OSError as exc:
+            raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def main() -> None:

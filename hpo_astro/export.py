@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,7 +45,10 @@ from hpo_astro.report.compare import (
     umask,
     write_output,
 )
-from hpo_astro.storage import open_existing_store
+from hpo_astro.storage import read_store
+
+if TYPE_CHECKING:
+    import optuna
 
 MANIFEST_FORMAT = "hpo-astro-model"
 MANIFEST_VERSION = 1
@@ -69,7 +72,12 @@ def export_best(
 ) -> Exported:
     """Rebuild the study's best model (saved weights, else retraining with its stored seed), evaluate it and write
     it to `out`. An existing `out` is replaced only when it holds an earlier export."""
-    (study,) = load_studies(open_existing_store(url), url, [study_name])
+    with read_store(url) as storage:  # read-only; compare's cache is written through a separate handle
+        (study,) = load_studies(storage, url, [study_name])
+        return _export_best(study, url, out, data, events)
+
+
+def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, events: Events | None) -> Exported:
     trial = best_trial(study)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
@@ -79,7 +87,7 @@ def export_best(
     fingerprint = study.user_attrs.get("data_fingerprint", splits.fingerprint)
     cached = cached_evaluation(study, trial, fingerprint)
     if cached is None:
-        store_evaluation(study, trial, fingerprint, evaluation)
+        store_evaluation(study, trial, fingerprint, evaluation, url)
         matches = None
     else:
         matches = same_metrics(cached, evaluation)

@@ -5,40 +5,98 @@ URLs:
   a trial whose process died is failed after `grace_period` seconds and re-queued with the same parameters;
   SQLite runs in WAL mode with a long busy timeout, so concurrent workers wait instead of failing with
   "database is locked";
-* `journal:PATH` -> Optuna's `JournalStorage` on a log file (shared file systems; no heartbeat in Optuna);
+* `journal:PATH` -> Optuna's `JournalStorage` on a log file (shared file systems). Optuna has no heartbeat there:
+  `fail_dead_trials` fails and re-queues a trial whose worker process on this machine is gone;
 * `grpc://HOST:PORT` -> Optuna's `GrpcStorageProxy` to a `hpo-astro storage-proxy` server (many workers).
+
+Two ways in: `open_storage` for the commands that write (run, worker, storage-proxy), which refuses to turn
+another program's file into a study store; `open_existing_store` (or `read_store`) for those that only read
+(status, compare, report, export, dashboard), which opens a SQLite file read-only and leaves it byte-identical.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import datetime
+import fcntl
+import json
 import os
+import random
+import socket
+import sqlite3
+import time
 import warnings
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 DEFAULT_HEARTBEAT = 10  # seconds between heartbeats of a running trial
 DEFAULT_GRACE = 30  # seconds without heartbeat after which a running trial counts as dead
 MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
 SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Tables every Optuna RDB store has; a reader needs these, and `run` refuses a database holding none of Optuna's.
+REQUIRED_TABLES = frozenset({"studies", "trials", "version_info"})
+OPTUNA_TABLES = REQUIRED_TABLES | {
+    "study_directions",
+    "study_user_attributes",
+    "study_system_attributes",
+    "trial_user_attributes",
+    "trial_system_attributes",
+    "trial_params",
+    "trial_values",
+    "trial_intermediate_values",
+    "trial_heartbeats",
+    "alembic_version",
+}
+JOURNAL_PROBE = 1 << 20  # bytes read to find a journal's first line (a create-study record: a few hundred bytes)
+CREATE_ATTEMPTS = 5  # first opens of a new SQLite store racing to create the schema: the loser retries
+WORKER_ATTR = "worker"  # trial user attr "{hostname}:{pid}" of the process running it (set by the objective)
+WORKER_START_ATTR = "worker_start"  # trial user attr: process_token() of that process, so a reused pid is told apart
+
+# Read-only SQLite handles -> (file, whether its -wal file existed before we opened it), for close_store.
+_read_handles: weakref.WeakKeyDictionary[Any, tuple[Path, bool]] = weakref.WeakKeyDictionary()
+
+
+class _Retry(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry, without the dead worker's identity: the queued copy would otherwise carry the dead process's
+    `worker` until the next worker overwrites it, and `fail_dead_trials` would fail it again meanwhile."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (WORKER_ATTR, WORKER_START_ATTR)}
+        super().__call__(study, trial)
 
 
 def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     """Re-queue a dead trial with its parameters, user attributes (its checkpoint) and intermediate values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+        return _Retry(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+
+
+# --- opening a store to write -----------------------------------------------------------------------------------
 
 
 def open_storage(
     url: str, heartbeat_interval: int | None = DEFAULT_HEARTBEAT, grace_period: int | None = DEFAULT_GRACE
 ) -> optuna.storages.BaseStorage:
-    """Open an Optuna storage; a bad, unreachable or unwritable one is a UserError and nothing is written."""
+    """Open an Optuna storage to run studies in, creating it when it does not exist. A bad, unreachable,
+    unwritable or damaged store, or a file that is not an Optuna store (another program's database, a text file),
+    is a UserError and nothing is written. An empty (0-byte) file, what `touch optuna.db` makes, becomes a store."""
     if url.startswith("journal:"):
-        return _journal(url.removeprefix("journal:"))
+        return _journal(url.removeprefix("journal:"), create=True)
     if url.startswith("grpc://"):
         return _grpc(url)
     return _rdb(url, heartbeat_interval, grace_period)
@@ -60,31 +118,35 @@ def store_file(url: str) -> Path | None:
     return None
 
 
-def open_existing_store(url: str) -> optuna.storages.BaseStorage:
-    """Open a study store to read results. A SQLite or journal file that does not exist is an error: a command
-    that only reads never creates a store."""
-    file = store_file(url)
-    if file is not None and not file.is_file():
-        raise UserError(f"no study store at {file}: run `hpo-astro run` first, or pass --storage URL")
-    return open_storage(url)
-
-
-def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> optuna.storages.RDBStorage:
-    from sqlalchemy import event
+def _parse(url: str) -> URL:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise UserError(
             f"malformed storage URL {url!r}; expected e.g. sqlite:///optuna.db, postgresql://user@host/db, "
             "journal:optuna.log or grpc://host:port"
         ) from None
+
+
+def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> optuna.storages.RDBStorage:
+    from sqlalchemy import event
+
+    parsed = _parse(url)
     sqlite = parsed.get_backend_name() == "sqlite"
+    file = store_file(url) if sqlite else None
     engine_kwargs: dict[str, Any] = {}
-    if sqlite and parsed.database not in (None, "", ":memory:"):
-        _check_writable(Path(parsed.database))
+    if file is not None:
+        _check_writable(file)
+        if file.exists():
+            had_wal = _wal_file(file).exists()
+            try:
+                _sqlite_tables(file, new_store_ok=True)  # refuses another program's database before any write
+            except UserError:
+                _remove_read_leftovers(file, had_wal)
+                raise
     if sqlite:
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     heartbeat: dict[str, Any] = {}
@@ -94,28 +156,76 @@ def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> 
             "grace_period": grace_period or 3 * heartbeat_interval,
             "heartbeat_stale_trial_callback": retry_callback(),
         }
-    try:
-        if sqlite:
-            _enable_wal(url, engine_kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except ImportError as exc:
-        raise UserError(f"storage URL {url!r} needs a database driver that is not installed: {exc}") from None
-    except UserError:
-        raise
-    except Exception as exc:  # sqlalchemy OperationalError and friends: unreachable or unusable database
-        reason = " ".join(str(getattr(exc, "orig", exc)).split())
-        raise UserError(f"cannot open storage {url!r}: {reason}") from None
+
+    def build() -> optuna.storages.RDBStorage:
+        with _creation_lock(file):
+            if sqlite:
+                _enable_wal(url, engine_kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+    storage = _construct(url, build, attempts=CREATE_ATTEMPTS if sqlite else 1)
     if sqlite:
         event.listen(storage.engine, "connect", _sqlite_pragmas)
     return storage
+
+
+@contextlib.contextmanager
+def _creation_lock(file: Path | None) -> Iterator[None]:
+    """Serialise the opening of SQLite stores in one directory across processes, so that first opens of a new store
+    do not race to create its schema: an flock on the directory itself (no lock file is left behind). Where the
+    file system has no flock, the retries in `_construct` take over."""
+    if file is None:
+        yield
+        return
+    try:
+        fd = os.open(file.parent if str(file.parent) else ".", os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _construct(url: str, build: Any, attempts: int = 1) -> Any:
+    """Build an RDBStorage; its errors become one-line UserErrors. A new SQLite store opened by several processes
+    at once (without `_creation_lock`): each checks that the tables are missing, then creates them, and all but one
+    fail with "table ... already exists", a duplicate version row, or "database is locked" (a read snapshot that
+    cannot become a write): the schema is complete by then, so the losers retry."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return build()
+        except ImportError as exc:
+            raise UserError(f"storage URL {url!r} needs a database driver that is not installed: {exc}") from None
+        except UserError:
+            raise
+        except (OperationalError, IntegrityError) as exc:
+            racing = isinstance(exc, IntegrityError) or "already exists" in str(exc) or "locked" in str(exc)
+            if not racing or attempt == attempts - 1:
+                raise UserError(f"cannot open storage {url!r}: {_reason(exc)}") from None
+            time.sleep(random.uniform(0.05, 0.3))
+        except Exception as exc:  # sqlalchemy errors and friends: unreachable, unusable or damaged database
+            raise UserError(f"cannot open storage {url!r}: {_reason(exc)}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
 def _check_writable(path: Path) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise UserError(f"storage directory does not exist: {directory}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"storage {path} is not a file")
     if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(directory, os.W_OK)):
         raise UserError(f"storage is not writable: {path}")
 
@@ -139,15 +249,101 @@ def _enable_wal(url: str, engine_kwargs: dict[str, Any]) -> None:
         engine.dispose()
 
 
-def _journal(path: str) -> optuna.storages.BaseStorage:
+# --- what a file is, read without writing -----------------------------------------------------------------------
+
+
+def _sqlite_tables(path: Path, new_store_ok: bool = False) -> tuple[set[str], str]:
+    """The tables of the SQLite file at `path` and the URI parameter that reads it ("mode=ro", or "immutable=1"
+    where the file's directory is read-only so that a WAL database cannot be opened with mode=ro), through a
+    read-only connection, after an integrity check. Anything but an Optuna store is a UserError; with
+    `new_store_ok` (run) a 0-byte file or a database without any table is accepted as a store to create.
+
+    A read-only connection to a WAL database creates its -wal/-shm files: the caller removes them (see
+    `_remove_read_leftovers`)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise UserError(f"cannot read the study store {path}: {exc.strerror or exc}") from None
+    if not header:
+        if new_store_ok:
+            return set(), "mode=ro"
+        raise UserError(f"{path} is not an Optuna study store (an empty file): run `hpo-astro run` first")
+    if header != SQLITE_MAGIC:
+        raise UserError(f"{path} is not an Optuna study store (not a SQLite database)")
+    uri = "file:" + quote(os.path.abspath(path))
+    failure: sqlite3.Error | None = None
+    for param in ("mode=ro", "immutable=1"):
+        try:
+            connection = sqlite3.connect(f"{uri}?{param}", uri=True, timeout=SQLITE_BUSY_TIMEOUT)
+        except sqlite3.Error as exc:
+            failure = exc
+            continue
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
+        except sqlite3.OperationalError as exc:
+            failure = exc
+            if _cannot_open_read_only(exc):
+                continue  # a WAL database on a read-only directory or medium: read it as immutable
+            raise UserError(f"cannot read the study store {path}: {_reason(exc)}") from None
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"the study store {path} is damaged: {_reason(exc)}") from None
+        finally:
+            connection.close()
+        if problems != ["ok"]:
+            raise UserError(f"the study store {path} is damaged: {' '.join(problems)}")
+        if not tables >= REQUIRED_TABLES and not (new_store_ok and (not tables or tables & OPTUNA_TABLES)):
+            # (a database holding some of Optuna's tables: another run is creating the schema right now)
+            held = ", ".join(sorted(tables)[:5]) or "no tables"
+            raise UserError(f"{path} is not an Optuna study store (a SQLite database holding {held})")
+        return tables, param
+    raise UserError(f"cannot read the study store {path}: {_reason(failure) if failure else 'unknown error'}")
+
+
+def _cannot_open_read_only(exc: sqlite3.Error) -> bool:
+    message = str(exc).lower()
+    return "unable to open" in message or "readonly" in message or "read-only" in message
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a file that is not an Optuna journal (one JSON object with an "op_code" per line), from a bounded
+    read of its first line; an empty file is an empty journal (Optuna creates one before its first record)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(JOURNAL_PROBE)
+    except OSError as exc:
+        raise UserError(f"cannot read the journal {path}: {exc.strerror or exc}") from None
+    if not head:
+        return
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        first = None
+    if not isinstance(first, dict) or "op_code" not in first:
+        raise UserError(f"{path} is not an Optuna study store (not an Optuna journal file)")
+
+
+def _journal(path: str, create: bool) -> optuna.storages.BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if not path:
         raise UserError("journal storage needs a path: journal:PATH")
-    _check_writable(Path(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return JournalStorage(JournalFileBackend(path))
+    file = Path(path)
+    if create:
+        _check_writable(file)
+    elif not file.is_file():
+        raise UserError(f"no study store at {file}: run `hpo-astro run` first, or pass --storage URL")
+    if file.exists():
+        _check_journal(file)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return JournalStorage(JournalFileBackend(path))
+    except OSError as exc:
+        raise UserError(f"cannot open the journal {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # a line that is not JSON, a record Optuna cannot replay
+        raise UserError(f"the journal {path} is damaged: {_reason(exc)}") from None
 
 
 def _grpc(url: str) -> optuna.storages.BaseStorage:
@@ -168,6 +364,210 @@ def _grpc(url: str) -> optuna.storages.BaseStorage:
         raise UserError(f"gRPC storage needs grpcio: pip install 'hpo-astro[grpc]' ({exc})") from None
     except Exception as exc:
         raise UserError(f"cannot reach the storage proxy at {url}: {exc}") from None
+
+
+# --- opening a store to read ------------------------------------------------------------------------------------
+
+
+def open_existing_store(url: str) -> optuna.storages.BaseStorage:
+    """Open a study store to read results, without writing to it: a SQLite file through a read-only connection
+    (its journal mode left alone, no heartbeat, no tables created), after checking that it is an Optuna store;
+    a journal file after checking that it is one. A missing file is an error: a command that only reads never
+    creates a store. Pass the handle to `close_store` when done (or use `read_store`)."""
+    if url.startswith("journal:"):
+        return _journal(url.removeprefix("journal:"), create=False)
+    if url.startswith("grpc://"):
+        return _grpc(url)
+    parsed = _parse(url)
+    file = store_file(url)
+    if file is None:  # a database server: never create tables in it
+        return _construct(url, lambda: optuna.storages.RDBStorage(url, skip_table_creation=True))
+    if not file.is_file():
+        raise UserError(f"no study store at {file}: run `hpo-astro run` first, or pass --storage URL")
+    had_wal = _wal_file(file).exists()
+    try:
+        _, param = _sqlite_tables(file)
+        key, value = param.split("=")
+        read_only = parsed.set(database="file:" + quote(os.path.abspath(file)), query={key: value, "uri": "true"})
+        ro_url = read_only.render_as_string(hide_password=False)
+        storage = _construct(
+            url,
+            lambda: optuna.storages.RDBStorage(
+                ro_url,
+                engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}},
+                skip_table_creation=True,
+            ),
+        )
+    except BaseException:
+        _remove_read_leftovers(file, had_wal)
+        raise
+    _read_handles[storage] = (file, had_wal)
+    return storage
+
+
+def close_store(storage: optuna.storages.BaseStorage) -> None:
+    """Close a store's connections; for a SQLite file opened by `open_existing_store`, also remove the -wal/-shm
+    files that reading a WAL database created, so the directory is left as it was."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        with contextlib.suppress(Exception):
+            storage.remove_session()  # type: ignore[attr-defined]
+        engine.dispose()
+    opened = _read_handles.pop(storage, None)
+    if opened is not None:
+        _remove_read_leftovers(*opened)
+
+
+@contextlib.contextmanager
+def read_store(url: str) -> Iterator[optuna.storages.BaseStorage]:
+    """`open_existing_store` for the duration of a `with` block."""
+    storage = open_existing_store(url)
+    try:
+        yield storage
+    finally:
+        close_store(storage)
+
+
+def _wal_file(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _remove_read_leftovers(path: Path, had_wal: bool) -> None:
+    """A read-only connection to a WAL database creates -wal and -shm files and, unable to checkpoint, leaves them
+    when it closes. A plain connection that reads nothing and closes as the last one deletes them (its checkpoint
+    of an empty log writes nothing). While another process has the database open, it is not the last and the files
+    stay: they are that process's."""
+    sidecars = [_wal_file(path), path.with_name(path.name + "-shm")]
+    if had_wal or not any(p.exists() for p in sidecars):
+        return
+    with contextlib.suppress(sqlite3.Error, OSError):
+        connection = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=rw", uri=True, timeout=5)
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            connection.close()
+
+
+def is_read_only(path: Path) -> bool:
+    """Whether a store file is read-only for our purposes: no write permission bit on it or on its directory (a
+    user's chmod is honoured even by root, whom the kernel would let write), not writable by us, or on a read-only
+    mount."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        mode, dir_mode, flags = path.stat().st_mode, directory.stat().st_mode, os.statvfs(directory).f_flag
+    except OSError:
+        return True
+    return (
+        not mode & 0o222
+        or not dir_mode & 0o222
+        or bool(flags & os.ST_RDONLY)
+        or not os.access(path, os.W_OK)
+        or not os.access(directory, os.W_OK)
+    )
+
+
+def writable_store(url: str) -> optuna.storages.BaseStorage | None:
+    """A short-lived handle to write to an existing, valid store (the compare cache), or None when the store or its
+    file system is read-only or it cannot be opened for writing. It never creates tables or switches the journal
+    mode. Close it with `close_store`."""
+    file = store_file(url)
+    if file is not None and (not file.is_file() or is_read_only(file)):
+        return None
+    try:
+        if url.startswith("journal:"):
+            return _journal(url.removeprefix("journal:"), create=False)
+        if url.startswith("grpc://"):
+            return _grpc(url)
+        kwargs: dict[str, Any] = {}
+        if file is not None:
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+        return _construct(url, lambda: optuna.storages.RDBStorage(url, skip_table_creation=True, **kwargs))
+    except UserError:
+        return None
+
+
+# --- dead trials without a heartbeat ----------------------------------------------------------------------------
+
+
+def process_token(pid: int | None = None) -> str | None:
+    """The start time of process `pid` (default: this one) in clock ticks since boot, from /proc/<pid>/stat
+    (field 22), as a string: with the pid it identifies a process, so a pid reused by a new process is not taken
+    for the worker that died. None where /proc is not available (not Linux) or the process is gone."""
+    try:
+        stat = Path(f"/proc/{os.getpid() if pid is None else pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()[19]  # fields after "(comm)" start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _local_worker_dead(worker: object, token: object, host: str) -> bool:
+    """Whether `worker` ("{hostname}:{pid}") names a process of this machine that is gone: no such pid, a zombie,
+    or a pid now held by a process started at another time than the recorded `token`."""
+    if not isinstance(worker, str) or ":" not in worker:
+        return False
+    name, _, pid_text = worker.rpartition(":")
+    if name != host or not pid_text.isdigit() or int(pid_text) <= 0:
+        return False  # another machine's worker: only a heartbeat can tell
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    if _process_state(pid) == "Z":
+        return True  # killed, not yet reaped by its parent
+    current = process_token(pid)
+    return isinstance(token, str) and current is not None and current != token
+
+
+def fail_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
+    """Fail the running trials whose process died, and re-queue those worth retrying (with their parameters and
+    checkpoint, as `retry_callback` does); returns the numbers of the trials failed here.
+
+    * With a heartbeat (RDB stores): Optuna's check of stale heartbeats.
+    * Without one (journal files, the gRPC proxy, `--heartbeat 0`): a trial whose `worker` is a process of this
+      machine that no longer exists (or whose pid now belongs to a younger process). Trials of other machines are
+      left alone: only a heartbeat can tell that a remote process died.
+    * Either way, a trial without a `worker` (killed before its objective started, e.g. while the sampler chose)
+      once it is older than max(4 x grace period, 60 s); it is re-queued only if it got its full parameters.
+    """
+    storage = study._storage
+    heartbeat = optuna.storages._heartbeat.is_heartbeat_enabled(storage)
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+    limit = datetime.timedelta(seconds=max(4 * grace_period, 60))
+    now, host = datetime.datetime.now(), socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if WORKER_ATTR not in attrs:
+            dead = trial.datetime_start is not None and now - trial.datetime_start > limit
+        else:
+            dead = not heartbeat and _local_worker_dead(attrs[WORKER_ATTR], attrs.get(WORKER_START_ATTR), host)
+        if not dead:
+            continue
+        try:
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+            continue  # another worker failed it first (and re-queues it)
+        failed.append(trial.number)
+        if "params_full" in attrs:
+            retry_callback()(study, storage.get_trial(trial._trial_id))
+    return failed
+
+
+# --- artifacts --------------------------------------------------------------------------------------------------
 
 
 def artifact_dir(url: str, override: str | os.PathLike | None = None) -> Path:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
 import os
@@ -21,7 +20,6 @@ import socket
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +36,15 @@ from hpo_astro.errors import UserError, write_fault
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
-from hpo_astro.storage import artifact_dir, artifact_store, open_storage, retry_callback, store_file
+from hpo_astro.storage import (
+    artifact_dir,
+    artifact_store,
+    fail_dead_trials,
+    open_storage,
+    read_store,
+    retry_callback,
+    store_file,
+)
 from hpo_astro.strategies import make_pruner, make_sampler
 from hpo_astro.train import TrainState, train
 
@@ -446,19 +452,9 @@ _interrupts = _Interrupts()
 
 
 def _fail_stale(study: optuna.Study, grace_period: float) -> None:
-    """Fail trials whose process died: Optuna's heartbeat check, plus trials that died before their first
-    heartbeat (killed while the sampler was choosing: no heartbeat row, so Optuna never sees them stale)."""
-    if not optuna.storages._heartbeat.is_heartbeat_enabled(study._storage):
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.storages.fail_stale_trials(study)
-    limit = datetime.timedelta(seconds=max(4 * grace_period, 60))
-    now = datetime.datetime.now()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "worker" not in t.user_attrs and t.datetime_start and now - t.datetime_start > limit:
-            with contextlib.suppress(Exception):  # another worker may fail it first
-                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    """Fail and re-queue trials whose process died (heartbeat, or a dead local process on stores without one):
+    see `hpo_astro.storage.fail_dead_trials`."""
+    fail_dead_trials(study, grace_period)
 
 
 def _requeue(study: optuna.Study, trial_id: int | None) -> None:
@@ -577,37 +573,35 @@ class StudyStatus:
 
 def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]:
     file = store_file(storage_url)
-    if file is not None and not file.is_file():
-        storage, summaries = None, []  # no store, no studies; a status query never creates one
-    else:
-        storage = open_storage(storage_url, heartbeat_interval=None)
-        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
-    names = [s.study_name for s in summaries]
-    if name is not None:
-        if name not in names:
-            raise UserError(
-                f"no study named {name!r} in {storage_url}" + (f"; studies: {', '.join(names)}" if names else "")
+    missing = file is not None and not file.exists()  # no store, no studies: a status query never creates one
+    with contextlib.nullcontext() if missing else read_store(storage_url) as storage:  # read-only: never writes
+        summaries = [] if storage is None else optuna.get_all_study_summaries(storage, include_best_trial=False)
+        names = [s.study_name for s in summaries]
+        if name is not None:
+            if name not in names:
+                raise UserError(
+                    f"no study named {name!r} in {storage_url}" + (f"; studies: {', '.join(names)}" if names else "")
+                )
+            names = [name]
+        out = []
+        for study_name in names:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            trials = study.get_trials(deepcopy=False)
+            counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+            try:
+                best = study.best_trial
+            except ValueError:
+                best = None
+            out.append(
+                StudyStatus(
+                    name=study_name,
+                    strategy=study.user_attrs.get("strategy", "?"),
+                    direction=study.direction.name.lower(),
+                    target=study.user_attrs.get("n_trials"),
+                    counts={k: v for k, v in counts.items() if v},
+                    best_value=best.value if best else None,
+                    best_params=best.params if best else None,
+                    best_trial=best.number if best else None,
+                )
             )
-        names = [name]
-    out = []
-    for study_name in names:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-        try:
-            best = study.best_trial
-        except ValueError:
-            best = None
-        out.append(
-            StudyStatus(
-                name=study_name,
-                strategy=study.user_attrs.get("strategy", "?"),
-                direction=study.direction.name.lower(),
-                target=study.user_attrs.get("n_trials"),
-                counts={k: v for k, v in counts.items() if v},
-                best_value=best.value if best else None,
-                best_params=best.params if best else None,
-                best_trial=best.number if best else None,
-            )
-        )
     return out

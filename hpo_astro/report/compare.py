@@ -5,7 +5,9 @@ it has them (`load_trial_model`), else by retraining its full configuration (`pa
 stored seed and the study's epoch cap, which reproduces the trial exactly because training is deterministic for
 a seed. The model is evaluated on CPU on the three splits; the test split is read only here (the report and the
 export reuse this code). Each evaluation is cached in the study store (study user attribute `compare_cache`,
-keyed by trial number and data fingerprint), so a second `compare` is instant and gives the same numbers.
+keyed by trial number and data fingerprint), so a second `compare` is instant and gives the same numbers. The
+store is read through a read-only handle; the cache is written through a separate short-lived writable one, and
+not at all when the store or its file system is read-only.
 
 Definitions used in the table (also printed under the Markdown table):
 
@@ -35,7 +37,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
-from hpo_astro.storage import open_existing_store
+from hpo_astro.storage import close_store, read_store, writable_store
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -291,10 +293,27 @@ def cached_evaluation(study: optuna.Study, trial: FrozenTrial, fingerprint: str)
         return None
 
 
-def store_evaluation(study: optuna.Study, trial: FrozenTrial, fingerprint: str, evaluation: Evaluation) -> None:
-    cache = dict(study.user_attrs.get(CACHE_ATTR) or {})
-    cache[cache_key(trial, fingerprint)] = {"version": CACHE_VERSION, **asdict(evaluation)}
-    study.set_user_attr(CACHE_ATTR, cache)
+def store_evaluation(
+    study: optuna.Study, trial: FrozenTrial, fingerprint: str, evaluation: Evaluation, url: str | None = None
+) -> bool:
+    """Cache the evaluation in the study's user attributes at `url`. The study was loaded through a read-only
+    handle, so this writes through a separate short-lived writable one; a read-only store (or file system), or no
+    `url`, is skipped quietly: the cache only saves time. Returns whether it was written."""
+    import sqlalchemy.exc
+
+    storage = writable_store(url) if url else None
+    if storage is None:
+        return False
+    try:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        cache = dict(storage.get_study_user_attrs(study_id).get(CACHE_ATTR) or {})  # fresh: others may have added
+        cache[cache_key(trial, fingerprint)] = {"version": CACHE_VERSION, **asdict(evaluation)}
+        storage.set_study_user_attr(study_id, CACHE_ATTR, cache)
+        return True
+    except (sqlalchemy.exc.SQLAlchemyError, OSError, KeyError):  # e.g. a file system that refuses the write
+        return False
+    finally:
+        close_store(storage)
 
 
 # --- comparing studies ------------------------------------------------------------------------------------------
@@ -364,7 +383,7 @@ def compare_study(
     if evaluation is None:
         splits = study_data(study, data, memo)
         _, evaluation = evaluate_best(study, trial, splits, events, url)
-        store_evaluation(study, trial, fingerprint, evaluation)
+        store_evaluation(study, trial, fingerprint, evaluation, url)
         if events and evaluation.reproduced is False:
             events(
                 f"warning: study {study.study_name!r}: the rebuilt model's validation metrics differ from those "
@@ -389,17 +408,17 @@ def compare_studies(
 ) -> Comparison:
     """Evaluate every selected study's best trial. A study without a completed trial is an error when named,
     and is skipped (listed in `skipped`) when all studies are compared; nothing left to compare is an error."""
-    studies = load_studies(open_existing_store(url), url, names)
     results: list[StudyResult] = []
     skipped: list[tuple[str, str]] = []
     memo: dict = {}
-    for study in studies:
-        try:
-            results.append(compare_study(study, data, events, memo, url))
-        except NoCompletedTrial as exc:
-            if names:
-                raise
-            skipped.append((study.study_name, str(exc)))
+    with read_store(url) as storage:  # read-only; the cache is written through a separate handle
+        for study in load_studies(storage, url, names):
+            try:
+                results.append(compare_study(study, data, events, memo, url))
+            except NoCompletedTrial as exc:
+                if names:
+                    raise
+                skipped.append((study.study_name, str(exc)))
     if not results:
         raise UserError("nothing to compare: " + "; ".join(why for _, why in skipped))
     return Comparison(results, skipped)

@@ -39,7 +39,7 @@ from hpo_astro.report.compare import (
     table_rows,
     write_output,
 )
-from hpo_astro.storage import open_existing_store
+from hpo_astro.storage import close_store, open_existing_store
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits
@@ -322,7 +322,23 @@ def build_report(
     (cached in the store, evaluated now when not)."""
     if png:
         check_png_export()
-    studies = load_studies(open_existing_store(url), url, names)
+    storage = open_existing_store(url)  # read-only; compare's cache is written through a separate handle
+    try:
+        return _build_report(storage, url, out, names, data, png, events)
+    finally:
+        close_store(storage)
+
+
+def _build_report(
+    storage: optuna.storages.BaseStorage,
+    url: str,
+    out: Path,
+    names: Sequence[str] | None,
+    data: Path | None,
+    png: bool,
+    events: Events | None,
+) -> Report:
+    studies = load_studies(storage, url, names)
     entries: list[_StudyEntry] = []
     skipped: list[tuple[str, str]] = []
     taken: set[str] = set()
