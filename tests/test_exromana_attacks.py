@@ -265,6 +265,21 @@ def test_one_blob_of_raw_data_rebuilt_into_many_arrays_is_refused(tmp_path: Path
     _refused(path, "data of one array", exromana.UnsafePickleError)
 
 
+def test_one_text_encoded_into_many_blobs_is_refused(tmp_path: Path) -> None:
+    """Protocol 2 writes bytes as _codecs.encode(text, 'latin1'): each call makes fresh bytes, so one memoised
+    text must not feed many arrays either."""
+    text = np.zeros((64, 64, 4)).tobytes().decode("latin-1")
+    encode = asm.global_("_codecs", "encode") + asm.put(1)
+    args = asm.text(text) + asm.text("latin1") + asm.TUPLE2 + asm.put(2)
+    first = asm.array((64, 64, 4), asm.dtype("f8") + asm.put(3), encode + args + asm.REDUCE)
+    again = asm.array((64, 64, 4), asm.get(3), asm.get(1) + asm.get(2) + asm.REDUCE)
+    records = [asm.dict_of([(asm.text("sample"), first)])] + [asm.dict_of([(asm.text("sample"), again)])] * N_REUSE
+    ops = asm.dict_of([(asm.text("TP"), asm.list_of(records)), (asm.text("FP"), asm.EMPTY_LIST)])
+    path = _write(tmp_path / "x.pkl", asm.PROTO2 + ops + asm.STOP)
+    assert _peak_bytes(lambda: exromana.load(path)) < 8 << 20
+    _refused(path, "data of one array", exromana.UnsafePickleError)
+
+
 def test_shared_containers_without_arrays_are_fine(tmp_path: Path) -> None:
     # Python's pickler memoises any object seen twice: shared metadata is legitimate, only arrays are bounded.
     meta = {"survey": "ZTF", "bands": ["g", "r"]}

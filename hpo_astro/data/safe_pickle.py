@@ -472,6 +472,8 @@ class _Machine:
         elif func.kind == _ENCODE:
             if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
                 raise _Corrupt("_codecs.encode with arguments other than (text, 'latin1')")
+            # Each call makes fresh bytes: the text may be used once, or it would feed any number of arrays.
+            self.consume(args[0], len(args[0]), "(bytes from text)")
             self.push(args[0].encode("latin-1"))
         elif func.kind == _BYTES:
             if args:
@@ -494,15 +496,19 @@ class _Machine:
             raw = data
         else:
             raise _Corrupt(f"{what} has data of type {type(data).__name__}, expected bytes")
-        if len(raw) > self.limits.shared_raw_bytes:
-            # One blob of raw data makes one array: a file may not turn one cutout into thousands.
-            if id(data) in self.used_raw:
-                raise UnsafePickleError(
-                    f"refusing to load: the file uses the data of one array {what} more than once, which would "
-                    f"multiply its memory {_NOTHING_RAN}"
-                )
-            self.used_raw[id(data)] = data
+        self.consume(data, len(raw), what)
         return raw
+
+    def consume(self, data: object, size: int, what: str) -> None:
+        """One blob of raw data makes one array: a file may not turn one cutout into thousands."""
+        if size <= self.limits.shared_raw_bytes:
+            return
+        if id(data) in self.used_raw:
+            raise UnsafePickleError(
+                f"refusing to load: the file uses the data of one array {what} more than once, which would "
+                f"multiply its memory {_NOTHING_RAN}"
+            )
+        self.used_raw[id(data)] = data
 
     def scalar(self, args: tuple) -> Any:
         if len(args) != 2:
