@@ -37,10 +37,13 @@ from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
 from hpo_astro.storage import (
+    WORKER_ATTR,
+    WORKER_START_ATTR,
     artifact_dir,
     artifact_store,
     fail_dead_trials,
     open_storage,
+    process_token,
     read_store,
     retry_callback,
     store_file,
@@ -188,6 +191,9 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ArtifactCheckpoint]:
         storage = trial.study._storage
+        # Who runs the trial, first: on a store without heartbeat (journal) this is how a dead process is recognised.
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(WORKER_START_ATTR, process_token())
         if storage.get_trial_system_attrs(trial._trial_id).get(EXHAUSTED_KEY):
             raise _SurplusTrial("the sampler's plan is exhausted")
         ahead = [
@@ -200,7 +206,6 @@ class Objective:
         sampled = {name: trial.suggest_categorical(name, list(values)) for name, values in self.cfg.space.items()}
         params = {**DEFAULT_PARAMS, **(self.cfg.baseline or {}), **sampled}
         trial.set_user_attr("params_full", params)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         resume, inherited = self._inherited_checkpoint(trial, params)
         checkpoint = ArtifactCheckpoint(trial, self.store, inherited)
         reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve
