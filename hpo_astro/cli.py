@@ -79,7 +79,7 @@ app.add_typer(data_app, name="data")
 
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", help="ExRomana .npy file; default: the simulated set, generated once and cached."),
+    typer.Option("--data", help="Data file (.npz, or ExRomana .npy); default: the simulated set, cached once."),
 ]
 ChannelsOpt = Annotated[
     str | None,
