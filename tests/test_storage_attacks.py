@@ -461,3 +461,28 @@ def test_a_run_killed_on_a_journal_store_resumes_to_exactly_the_budget(tmp_path:
     assert trials[0].state == TrialState.FAIL
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
+
+
+def test_a_store_that_mode_ro_cannot_open_is_read_as_immutable(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WAL database in a directory the user cannot write (a read-only medium, another user's folder): SQLite's
+    mode=ro needs to create the -shm file there and fails ("attempt to write a readonly database"), so it is read
+    with immutable=1. Simulated by failing mode=ro connections (as root the kernel would let mode=ro through)."""
+    real_connect = sqlite3.connect
+
+    class NoModeRo(sqlite3.Connection):
+        def execute(self, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    def connect(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if "mode=ro" in str(database):
+            return real_connect(database, *args, factory=NoModeRo, **kwargs)  # type: ignore[misc]
+        return real_connect(database, *args, **kwargs)  # type: ignore[misc]
+
+    monkeypatch.setattr(storage_module.sqlite3, "connect", connect)
+    db = Path(store.removeprefix("sqlite:///"))
+    before = _snapshot(db)
+    with read_store(store) as storage:
+        assert storage.engine.url.query["immutable"] == "1"  # type: ignore[attr-defined]
+        monkeypatch.undo()
+        assert len(optuna.load_study(study_name="tpe", storage=storage).trials) == 3
+    assert _snapshot(db) == before
