@@ -165,6 +165,7 @@ def test_run_refuses_another_programs_database_a_text_file_and_a_damaged_store(
         before = _snapshot(db)
         result = invoke("run", "--n-trials", 1, "--data", small_file, "--max-epochs", 1, "--storage", f"sqlite:///{db}")
         assert_refused(result, messages[kind])
+        assert_refused(invoke("storage-proxy", "--storage", f"sqlite:///{db}"), messages[kind])  # it serves writers
         assert _snapshot(db) == before, kind
 
 
