@@ -542,9 +542,11 @@ def compare_command(
 ) -> None:
     """Evaluate each study's best trial on train/val/test: the paper's final table, plus ROC AUC, precision, recall,
     F1, FPR at 5% FNR, wall time and trials used. Cached in the store: a second run is instant."""
-    from hpo_astro.report.compare import check_format, compare_studies, render, rich_table, write_output
+    from hpo_astro.report.compare import check_format, check_output, compare_studies, render, rich_table, write_output
 
     check_format(fmt)
+    if out is not None:
+        check_output(out)
     comparison = compare_studies(storage, study, data, events=_note)
     for _, why in comparison.skipped:
         _note(f"skipped: {why}")

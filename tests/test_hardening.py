@@ -168,3 +168,12 @@ def test_two_run_commands_on_one_study_at_once_do_not_repeat_each_other(tmp_path
     ran_by = {t.user_attrs["worker"] for t in finished}
     assert len(ran_by) == 3  # the first command, then both concurrent ones ran trials
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 10
+
+
+@pytest.mark.parametrize("where", ["a directory", "below a file"])
+def test_compare_checks_its_output_before_evaluating_or_caching(where: str, store: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path if where == "a directory" else tmp_path / "file" / "table.csv"
+    result = invoke("compare", "--storage", store, "--format", "csv", "--out", out)
+    assert_refused(result, f"cannot write {out}")
+    assert "compare_cache" not in optuna.load_study(study_name="tpe", storage=store).user_attrs

@@ -307,7 +307,7 @@ def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path, monke
     assert len({t.user_attrs["worker"] for t in study.trials} - {me}) == 1
     monkeypatch.undo()
     study.set_user_attr("n_trials", 10)  # more budget: a worker joins and does the rest
-    joined = invoke("worker", "--study", "cli", "--storage", store, "--index", 3, "--threads", 1)
+    joined = invoke("worker", "--study", "cli", "--storage", store, "--threads", 1)
     assert joined.exit_code == 0, joined.output
     assert "10/10 finished trials (2 run by this process)" in joined.stdout
     missing = invoke("worker", "--study", "nope", "--storage", store)

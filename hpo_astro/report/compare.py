@@ -549,6 +549,16 @@ def umask() -> int:
     return mask
 
 
+def check_output(path: Path) -> None:
+    """Refuse an output file that cannot be written before any work is done (and before anything is cached)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: {existing} is not a writable directory")
+
+
 def write_output(path: Path, data: str | bytes) -> Path:
     """Write an output file for the user atomically, with the permissions a new file of theirs gets."""
     from hpo_astro.data.exromana import atomic_write
