@@ -29,10 +29,10 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro import __version__
 from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import UserError, write_fault
+from hpo_astro.record import StudyRecord
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
@@ -55,11 +55,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_SECONDS = 1.0
-# Study attributes that must agree when a run resumes a stored study.
-IDENTITY_ATTRS = ("strategy", "space", "objective", "data_fingerprint")
-# Written after every other attribute of the recorded configuration: a study without it was interrupted while being
-# created (the attributes are committed one by one) and counts as not yet created.
-COMPLETE_ATTR = "hpo_astro_version"
 CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
 BEST_WEIGHTS_ATTR = "best_weights"  # study user attr: {"trial", "artifact_id", "value"}
 
@@ -276,70 +271,49 @@ class Objective:
 # --- create / resume ----------------------------------------------------------------------------------------
 
 
-def study_attrs(cfg: StudyConfig, data: DataSplits) -> dict[str, Any]:
-    return {
-        "strategy": cfg.strategy,
-        "space": cfg.space.to_dict(),
-        "objective": cfg.objective,
-        "data_fingerprint": data.fingerprint,
-        "n_trials": cfg.n_trials,
-        "pruner": cfg.pruner,
-        "seed": cfg.seed,
-        "max_epochs": cfg.max_epochs,
-        "channels": list(data.channels),
-        "data_source": data.source,
-        "data": None if cfg.data is None else str(cfg.data),  # None: the default simulated set
-        "baseline": cfg.baseline,
-        "greedy": cfg.greedy,
-        "population_size": cfg.population_size,
-        "artifacts": str(artifact_dir(cfg.storage, cfg.artifacts).resolve()),
-        COMPLETE_ATTR: __version__,  # last: see COMPLETE_ATTR
-    }
+def study_record(cfg: StudyConfig, data: DataSplits) -> StudyRecord:
+    return StudyRecord.from_run(
+        cfg, data.fingerprint, data.channels, data.source, artifact_dir(cfg.storage, cfg.artifacts)
+    )
 
 
 def create_or_resume(
     cfg: StudyConfig,
     storage: optuna.storages.BaseStorage,
-    attrs: dict[str, Any],
+    record: StudyRecord,
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
 ) -> optuna.Study:
     """Load the study named `cfg.study_name`, or create it; refuse one whose identity differs.
 
-    The configuration is recorded attribute by attribute with `COMPLETE_ATTR` last, so a study whose creation was
-    interrupted (Ctrl-C, kill -9) lacks it: it is completed here, not compared, and the same command resumes it."""
-    try:
-        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
-    except KeyError:
-        try:
-            study = optuna.create_study(
-                study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner, direction=cfg.direction
-            )
-        except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
-            study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
-    stored = study.user_attrs
-    if COMPLETE_ATTR not in stored and study.get_trials(deepcopy=False):
+    The record is written attribute by attribute with its version last (see `hpo_astro.record`), so a study whose
+    creation was interrupted (Ctrl-C, kill -9) has no whole record: it is completed here, not compared, and the same
+    command resumes it."""
+    study = optuna.create_study(  # load_if_exists: also when another worker creates it at the same moment
+        study_name=cfg.study_name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction=cfg.direction,
+        load_if_exists=True,
+    )
+    current = study.user_attrs
+    stored = StudyRecord.from_attrs(current)
+    if stored is None and study.get_trials(deepcopy=False):
         raise UserError(
             f"study {cfg.study_name!r} in the store has trials but no hpo-astro configuration (made by another "
             "program?); use another --study name"
         )
-    if COMPLETE_ATTR in stored:
-        for key in IDENTITY_ATTRS:
-            if stored.get(key) != _jsonable(attrs[key]):
-                raise UserError(
-                    f"study {cfg.study_name!r} in the store was made with a different {key.replace('_', ' ')} "
-                    f"({_short(stored.get(key))} vs {_short(attrs[key])}); use another --study name"
-                )
-    for key, value in attrs.items():
-        if stored.get(key) != _jsonable(value):
+    if stored is not None and (differences := stored.differences(record)):
+        key = differences[0]
+        raise UserError(
+            f"study {cfg.study_name!r} in the store was made with a different {key.replace('_', ' ')} "
+            f"({_short(getattr(stored, key))} vs {_short(getattr(record, key))}); use another --study name"
+        )
+    for key, value in record.to_attrs().items():
+        if current.get(key) != value:
             study.set_user_attr(key, value)
     return study
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value, default=str))
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -483,7 +457,7 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
     events = events or RunEvents()
     data, sampler, pruner = prepare_run(cfg)
     storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
-    study = create_or_resume(cfg, storage, study_attrs(cfg, data), sampler, pruner)
+    study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs["artifacts"]))
     objective = Objective(cfg, data, target, store, events.on_epoch)

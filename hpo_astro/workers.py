@@ -11,15 +11,14 @@ import multiprocessing
 import os
 import signal
 import sys
-from pathlib import Path
 
 import optuna
 
 from hpo_astro.config import StudyConfig
 from hpo_astro.errors import UserError
-from hpo_astro.space import SearchSpace
+from hpo_astro.record import StudyRecord
 from hpo_astro.storage import open_existing_store
-from hpo_astro.study import COMPLETE_ATTR, RunEvents, RunResult, StudyFailed, run_study
+from hpo_astro.study import RunEvents, RunResult, StudyFailed, run_study
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
@@ -101,29 +100,13 @@ def config_from_study(storage_url: str, study_name: str, **overrides: object) ->
         raise UserError(
             f"no study named {study_name!r} in {storage_url}" + (f"; studies: {', '.join(names)}" if names else "")
         ) from None
-    attrs = study.user_attrs
-    if COMPLETE_ATTR not in attrs:
-        if study.get_trials(deepcopy=False) or not attrs:
+    record = StudyRecord.from_attrs(study.user_attrs)
+    if record is None:
+        if study.get_trials(deepcopy=False) or not study.user_attrs:
             raise UserError(f"study {study_name!r} was not made by hpo-astro (no recorded configuration)")
         raise UserError(
             f"study {study_name!r} was interrupted while being created; re-run the `hpo-astro run` command that "
             "created it (it resumes), then join it"
         )
-    cfg = StudyConfig(
-        strategy=attrs["strategy"],
-        n_trials=attrs["n_trials"],
-        study=study_name,
-        storage=storage_url,
-        space=SearchSpace.from_dict(attrs["space"]),
-        baseline=attrs.get("baseline"),
-        greedy=bool(attrs.get("greedy", False)),
-        population_size=int(attrs.get("population_size", 10)),
-        pruner=attrs.get("pruner", "none"),
-        objective=attrs["objective"],
-        seed=int(attrs.get("seed", 0)),
-        data=Path(attrs["data"]) if attrs.get("data") else None,
-        channels=tuple(attrs.get("channels", ("scorr",))),
-        max_epochs=attrs.get("max_epochs"),
-        artifacts=Path(attrs["artifacts"]) if attrs.get("artifacts") else None,
-    )
+    cfg = record.to_config(storage_url, study_name)
     return cfg.merged(**overrides)

@@ -1,0 +1,61 @@
+"""The study record: one schema for the study's user attributes, round-tripped through the store."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+
+from hpo_astro.config import StudyConfig
+from hpo_astro.record import VERSION_KEY, StudyRecord
+from hpo_astro.space import SearchSpace
+
+
+def _config(tmp_path: Path) -> StudyConfig:
+    """Every recorded field away from its default."""
+    return StudyConfig(
+        strategy="ablation",
+        n_trials=7,
+        study="s",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        space=SearchSpace.from_dict({"lr": [1e-3, 1e-2], "batch_size": [16, 64]}),
+        baseline={"lr": 1e-2, "batch_size": 16},
+        greedy=True,
+        population_size=6,
+        pruner="median",
+        objective="roc_auc",
+        seed=11,
+        data=tmp_path / "data.npz",
+        channels=("diff", "scorr"),
+        max_epochs=4,
+        artifacts=tmp_path / "artifacts",
+    )
+
+
+def test_every_field_round_trips_through_the_store(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    record = StudyRecord.from_run(cfg, "f" * 16, cfg.channels, str(cfg.data), cfg.artifacts)
+    study = optuna.create_study(storage=cfg.storage, study_name="s")
+    for key, value in record.to_attrs().items():
+        study.set_user_attr(key, value)
+    stored = StudyRecord.from_attrs(optuna.load_study(study_name="s", storage=cfg.storage).user_attrs)
+    assert stored == dataclasses.replace(record, artifacts=str(cfg.artifacts.resolve()))
+    assert stored.to_config(cfg.storage, "s") == cfg
+    assert list(record.to_attrs())[-1] == VERSION_KEY  # written last: marks the record whole
+
+
+def test_a_record_without_its_version_is_not_whole(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    attrs = StudyRecord.from_run(cfg, "f" * 16, cfg.channels, "", cfg.artifacts).to_attrs()
+    assert StudyRecord.from_attrs(attrs) is not None
+    assert StudyRecord.from_attrs({k: v for k, v in attrs.items() if k != VERSION_KEY}) is None
+    assert StudyRecord.from_attrs({"owner": "another program"}) is None
+
+
+def test_differences_name_the_identity_fields_only(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    record = StudyRecord.from_run(cfg, "f" * 16, cfg.channels, "", cfg.artifacts)
+    assert record.differences(dataclasses.replace(record, n_trials=99, seed=3)) == []
+    other = dataclasses.replace(record, objective="loss", data_fingerprint="0" * 16)
+    assert record.differences(other) == ["objective", "data_fingerprint"]
