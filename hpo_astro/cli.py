@@ -35,8 +35,8 @@ class _Group(TyperGroup):
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except UserError as exc:
-            _fail(str(exc))
+        except UserError as exc:  # bad input: exit 2; a write the machine refused (CannotWrite): exit 1
+            _fail(str(exc), code=getattr(exc, "exit_code", 2))
         except _UsageError as exc:
             command = exc.ctx.command_path if getattr(exc, "ctx", None) else ctx.command_path
             _fail(f"{exc.format_message()} (see '{command} --help')")
@@ -542,7 +542,8 @@ def compare_command(
 ) -> None:
     """Evaluate each study's best trial on train/val/test: the paper's final table, plus ROC AUC, precision, recall,
     F1, FPR at 5% FNR, wall time and trials used. Cached in the store: a second run is instant."""
-    from hpo_astro.report.compare import check_format, check_output, compare_studies, render, rich_table, write_output
+    from hpo_astro.io import check_output, write_output
+    from hpo_astro.report.compare import check_format, compare_studies, render, rich_table
 
     check_format(fmt)
     if out is not None:

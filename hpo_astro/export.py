@@ -30,6 +30,7 @@ from hpo_astro import __version__
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
+from hpo_astro.io import umask, write_output
 from hpo_astro.metrics import Metrics
 from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, save_model
 from hpo_astro.report.compare import (
@@ -42,8 +43,6 @@ from hpo_astro.report.compare import (
     same_metrics,
     store_evaluation,
     study_data,
-    umask,
-    write_output,
 )
 from hpo_astro.storage import read_store
 

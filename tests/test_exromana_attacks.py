@@ -27,6 +27,7 @@ from conftest import assert_refused, invoke
 from hpo_astro.data import exromana, safe_pickle
 from hpo_astro.data.prepare import zscale
 from hpo_astro.errors import UserError
+from hpo_astro.io import atomic_write
 
 NOTHING_RAN = "nothing from the file was executed"
 
@@ -634,7 +635,7 @@ def _leftovers(directory: Path) -> list[str]:
 def test_atomic_write_to_a_directory(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.mkdir()
-    with pytest.raises(UserError, match=r"cannot write .*out: it is a directory"), exromana.atomic_write(target) as fh:
+    with pytest.raises(UserError, match=r"cannot write .*out: it is a directory"), atomic_write(target) as fh:
         fh.write(b"x")
     assert _leftovers(tmp_path) == [] and target.is_dir()
 
@@ -648,7 +649,7 @@ def test_atomic_write_when_the_rename_fails(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(os, "replace", full_disk)
     with (
         pytest.raises(UserError, match=r"cannot write .*x.bin: No space left on device"),
-        exromana.atomic_write(target) as fh,
+        atomic_write(target) as fh,
     ):
         fh.write(b"new")
     assert _leftovers(tmp_path) == [] and target.read_bytes() == b"old"
@@ -658,7 +659,7 @@ def test_atomic_write_when_the_rename_fails(tmp_path: Path, monkeypatch: pytest.
 def test_atomic_write_when_the_block_fails(tmp_path: Path, error: Exception) -> None:
     target = tmp_path / "x.bin"
     expected = UserError if isinstance(error, OSError) else ValueError
-    with pytest.raises(expected), exromana.atomic_write(target) as fh:
+    with pytest.raises(expected), atomic_write(target) as fh:
         fh.write(b"partial")
         raise error
     assert list(tmp_path.iterdir()) == []
@@ -666,7 +667,7 @@ def test_atomic_write_when_the_block_fails(tmp_path: Path, error: Exception) -> 
 
 def test_atomic_write_when_the_close_fails(tmp_path: Path) -> None:
     target = tmp_path / "x.bin"
-    writer = exromana.atomic_write(target)
+    writer = atomic_write(target)
     fh = writer.__enter__()
     fh.write(b"data")
     real_close = fh.close
@@ -710,7 +711,7 @@ def test_unwritable_cache_does_not_stop_load_splits(
         def __exit__(self, *args: object) -> None:
             pass
 
-    monkeypatch.setattr(prepare.exromana, "atomic_write", Unwritable)
+    monkeypatch.setattr(prepare, "atomic_write", Unwritable)
     splits = prepare.load_splits(small_file)
     assert len(splits.y_train) + len(splits.y_val) + len(splits.y_test) == 240
     assert not (isolated_cache / "prepared").exists() or not any((isolated_cache / "prepared").iterdir())

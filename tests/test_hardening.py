@@ -177,3 +177,23 @@ def test_compare_checks_its_output_before_evaluating_or_caching(where: str, stor
     result = invoke("compare", "--storage", store, "--format", "csv", "--out", out)
     assert_refused(result, f"cannot write {out}")
     assert "compare_cache" not in optuna.load_study(study_name="tpe", storage=store).user_attrs
+
+
+def test_an_output_the_full_disk_refuses_is_exit_1_a_bad_path_exit_2(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cannot write` has two causes: the user's path (exit 2, as any bad input) or the machine (exit 1)."""
+    import hpo_astro.io
+
+    (tmp_path / "file").write_text("x")
+    assert_refused(invoke("compare", "--storage", store, "--out", tmp_path / "file" / "t.csv"), "cannot write")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hpo_astro.io.os, "replace", full)
+    result = invoke("compare", "--storage", store, "--format", "csv", "--out", tmp_path / "t.csv")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write")
+    assert "No space left on device" in result.stderr and "Traceback" not in result.output
+    assert not list(tmp_path.glob(".t.csv.*.part"))

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from numpy.lib import format as npy_format
 from hpo_astro.data import safe_pickle
 from hpo_astro.data.safe_pickle import UnsafePickleError
 from hpo_astro.errors import UserError
+from hpo_astro.io import atomic_write, os_reason
 
 __all__ = [
     "CLASSES",
@@ -40,7 +40,6 @@ __all__ = [
     "PLANE_NAMES",
     "ExRomanaSet",
     "UnsafePickleError",
-    "atomic_write",
     "download",
     "load",
     "max_records",
@@ -276,9 +275,7 @@ def _read_member(
         check_shape(header.shape)
         nbytes = math.prod(header.shape) * dtype.itemsize
         if info.file_size != header.size + nbytes:
-            raise UserError(
-                f"{where}: holds {info.file_size} bytes, but its header declares {header.size + nbytes}"
-            )
+            raise UserError(f"{where}: holds {info.file_size} bytes, but its header declares {header.size + nbytes}")
         buffer = np.empty(nbytes, dtype=np.uint8)
         done = 0
         while done < nbytes:
@@ -429,50 +426,6 @@ def save_npz(samples: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -
     return path
 
 
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-class atomic_write:
-    """Write to a temporary file beside `path` and rename it into place only if the block succeeds.
-
-    The temporary file never outlives the block: it is removed when the block, the close (a full disk shows up
-    there, when buffers are flushed) or the rename fails. An OSError becomes one UserError line,
-    ``cannot write PATH: reason``; other exceptions from the block propagate unchanged."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> BinaryIO:
-        if self.path.is_dir():  # before any work: os.replace would only fail at the very end
-            raise UserError(f"cannot write {self.path}: it is a directory")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        except OSError as exc:
-            raise UserError(f"cannot write {self.path}: {_reason(exc)}") from None
-        self._tmp = Path(tmp)
-        self._fh = os.fdopen(fd, "wb")
-        return self._fh
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        committed = False
-        error = exc
-        try:
-            self._fh.close()
-            if exc is None:
-                os.replace(self._tmp, self.path)
-                committed = True
-        except OSError as err:
-            error = error or err  # the block's own error, if any, says more than the close that followed it
-        finally:
-            if not committed:
-                with contextlib.suppress(OSError):
-                    self._tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise UserError(f"cannot write {self.path}: {_reason(error)}") from None
-
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -503,7 +456,7 @@ def download(
         out.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.is_file() else 0
     except OSError as exc:
-        raise UserError(f"cannot write {out}: {_reason(exc)}") from None
+        raise UserError(f"cannot write {out}: {os_reason(exc)}") from None
     request = urllib.request.Request(url, headers={"User-Agent": "hpo-astro"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -549,7 +502,7 @@ def download(
     try:
         os.replace(part, out)
     except OSError as exc:
-        raise UserError(f"cannot write {out}: {_reason(exc)}") from None
+        raise UserError(f"cannot write {out}: {os_reason(exc)}") from None
     return out
 
 
@@ -560,4 +513,4 @@ def _opened_for_writing(path: Path, mode: str) -> Iterator[BinaryIO]:
         with path.open(mode) as fh:
             yield fh  # type: ignore[misc]
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {_reason(exc)}") from None
+        raise UserError(f"cannot write {path}: {os_reason(exc)}") from None

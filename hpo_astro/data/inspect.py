@@ -9,8 +9,9 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from hpo_astro.data.exromana import PLANE_NAMES, ExRomanaSet, atomic_write
+from hpo_astro.data.exromana import PLANE_NAMES, ExRomanaSet
 from hpo_astro.data.prepare import zscale
+from hpo_astro.io import atomic_write
 
 
 def plane_statistics(data: ExRomanaSet, plane_names: tuple[str, ...] = PLANE_NAMES) -> list[dict]:

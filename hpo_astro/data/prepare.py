@@ -18,6 +18,7 @@ import torch
 
 from hpo_astro.data import exromana
 from hpo_astro.errors import UserError
+from hpo_astro.io import atomic_write
 
 PREPROCESS_VERSION = 1  # bump when the preprocessing changes, so cached tensors and fingerprints change too
 DEFAULT_CHANNELS = ("scorr",)  # the paper's single grayscale channel
@@ -233,7 +234,7 @@ def load_splits(path: str | os.PathLike | None = None, config: PrepConfig | None
         x, n_bad = zscale(planes)
         labels = data.labels
         try:
-            with exromana.atomic_write(cached) as fh:
+            with atomic_write(cached) as fh:
                 np.savez(fh, x=x, labels=labels, n_nonfinite=np.int64(n_bad))
         except UserError:
             pass  # the cache only saves time: an unwritable cache directory must not stop the run

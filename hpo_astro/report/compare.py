@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -541,36 +540,6 @@ def render(comparison: Comparison, fmt: str) -> str:
         console.print(rich_table(comparison))
         return console.export_text()
     raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def check_output(path: Path) -> None:
-    """Refuse an output file that cannot be written before any work is done (and before anything is cached)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a directory")
-    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {path}: {existing} is not a writable directory")
-
-
-def write_output(path: Path, data: str | bytes) -> Path:
-    """Write an output file for the user atomically, with the permissions a new file of theirs gets."""
-    from hpo_astro.data.exromana import atomic_write
-
-    path = Path(path)
-    try:
-        with atomic_write(path) as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        path.chmod(0o666 & ~umask())
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
 
 
 def _json_ready(value: Any) -> Any:

@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from hpo_astro.errors import UserError
+from hpo_astro.io import write_output
 from hpo_astro.report import figures
 from hpo_astro.report.compare import (
     METRIC_NAMES,
@@ -37,7 +38,6 @@ from hpo_astro.report.compare import (
     state_counts,
     study_data,
     table_rows,
-    write_output,
 )
 from hpo_astro.storage import close_store, open_existing_store
 

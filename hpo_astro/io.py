@@ -1,0 +1,103 @@
+"""Writing files for the user: atomically (never half-written), with the permissions a new file of theirs gets, and
+with one clear line when it cannot be done.
+
+A path that cannot be written (a directory, no permission) is bad input: `UserError`, exit code 2. A write that the
+machine refuses (a full disk, a quota, an I/O error) is `CannotWrite`, exit code 1: the same command works again once
+there is space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from hpo_astro.errors import UserError, write_fault
+
+
+class CannotWrite(UserError):
+    """The machine refused a write (disk full, quota, I/O error): not the user's input; exit code 1."""
+
+    exit_code = 1
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's reason, for a one-line message."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _error(path: Path, exc: OSError) -> UserError:
+    reason = os_reason(exc)
+    kind = CannotWrite if write_fault(exc) is not None else UserError
+    return kind(f"cannot write {path}: {reason}")
+
+
+class atomic_write:
+    """Write to a temporary file beside `path` and rename it into place only if the block succeeds.
+
+    The temporary file never outlives the block: it is removed when the block, the close (a full disk shows up
+    there, when buffers are flushed) or the rename fails. An OSError becomes one line, ``cannot write PATH: reason``
+    (`UserError`, or `CannotWrite` for a full disk); other exceptions from the block propagate unchanged."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> BinaryIO:
+        if self.path.is_dir():  # before any work: os.replace would only fail at the very end
+            raise UserError(f"cannot write {self.path}: it is a directory")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        except OSError as exc:
+            raise _error(self.path, exc) from None
+        self._tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+        return self._fh
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        committed = False
+        error = exc
+        try:
+            self._fh.close()
+            if exc is None:
+                os.replace(self._tmp, self.path)
+                committed = True
+        except OSError as err:
+            error = error or err  # the block's own error, if any, says more than the close that followed it
+        finally:
+            if not committed:
+                with contextlib.suppress(OSError):
+                    self._tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _error(self.path, error) from None
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than two calls)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output file that cannot be written, before any work is done (and before anything is cached)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: {existing} is not a writable directory")
+
+
+def write_output(path: Path, data: str | bytes) -> Path:
+    """Write an output file for the user atomically, with the permissions a new file of theirs gets."""
+    path = Path(path)
+    with atomic_write(path) as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    try:
+        path.chmod(0o666 & ~umask())
+    except OSError as exc:
+        raise _error(path, exc) from None
+    return path
