@@ -1,25 +1,17 @@
-"""Shared fixtures and helpers: an isolated cache directory, small simulated data files, the CLI runner with its
-one-line-error check, and a small study store with real trials shared by the result tests."""
+"""Shared fixtures: an isolated cache directory, small simulated data files, a fast stand-in for training, and a small
+study store with real trials shared by the result tests (the helpers they use live in helpers.py)."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
 
-import numpy as np
-import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
-from typer.testing import CliRunner, Result
+from helpers import fake_train, make_result_store
 
 from hpo_astro import study as study_module
-from hpo_astro.cli import app
-from hpo_astro.config import StudyConfig
 from hpo_astro.data import exromana, simulate
-from hpo_astro.space import SearchSpace
-from hpo_astro.study import run_study
 
 torch.set_num_threads(2)
 
@@ -70,61 +62,6 @@ def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exromana.save(simulate.simulate_records(n=1000, seed=3), tmp_path_factory.mktemp("data") / "train.npy")
 
 
-def write_npy_object(path: Path, obj: object) -> Path:
-    np.save(path, np.asarray(obj, dtype=object), allow_pickle=True)
-    return path
-
-
-# --- the CLI ----------------------------------------------------------------------------------------------------
-
-runner = CliRunner()
-
-
-def invoke(*args: object) -> Result:
-    """Run `hpo-astro ARGS...` in-process; every argument is passed as a string."""
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_refused(result: Result, message: str | re.Pattern[str]) -> None:
-    """Bad input: exit code 2, exactly one `error: ...` line on stderr containing `message` (or matching it, for a
-    compiled pattern), and no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    if isinstance(message, re.Pattern):
-        assert message.search(lines[0]), result.stderr
-    else:
-        assert message in lines[0], result.stderr
-    assert "Traceback" not in result.output
-
-
-# --- a small store with real studies (compare, report, export, predict) -----------------------------------------
-
-RESULT_SPACE = {  # the smallest models: the result tests are about results, not about training
-    "conv_layers": [1],
-    "fc_width": [32, 64],
-    "lr": [1e-3, 1e-2],
-    "batch_size": [64],
-    "activation": ["ReLU", "GELU"],
-}
-GOOD_STUDIES = ("random", "tpe")  # studies with complete trials; "pruned-only" has only pruned and failed ones
-
-
-def make_result_store(db: Path, data: Path) -> str:
-    """Two small real studies (1 epoch per trial) and one whose trials were all pruned or failed."""
-    url = f"sqlite:///{db}"
-    space = SearchSpace.from_dict(RESULT_SPACE)
-    for name, seed in zip(GOOD_STUDIES, (0, 1), strict=True):
-        run_study(StudyConfig(strategy=name, storage=url, data=data, max_epochs=1, n_trials=3, space=space, seed=seed))
-    with pytest.MonkeyPatch.context() as mp:  # a pruner that prunes every trial after its first epoch
-        mp.setattr(study_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
-        cfg = StudyConfig(study="pruned-only", storage=url, data=data, max_epochs=2, n_trials=2, space=space)
-        run_study(cfg)
-    failed = optuna.load_study(study_name="pruned-only", storage=url)
-    failed.tell(failed.ask(), state=TrialState.FAIL)
-    return url
-
-
 @pytest.fixture(scope="session")
 def result_template(tmp_path_factory: pytest.TempPathFactory, small_file: Path) -> Path:
     """The store of `make_result_store`, built once per test session."""
@@ -142,3 +79,9 @@ def store(result_template: Path, tmp_path: Path) -> str:
     with sqlite3.connect(result_template) as source, sqlite3.connect(db) as copy:
         source.backup(copy)  # a consistent copy, whatever the journal mode
     return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials train in milliseconds (`helpers.fake_train`), for tests about budgets, samplers and pruning."""
+    monkeypatch.setattr(study_module, "train", fake_train)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_refused, invoke, write_npy_object
+from helpers import assert_refused, invoke, write_npy_object
 
 from hpo_astro.data import exromana
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import assert_refused, invoke
+from helpers import assert_refused, invoke
 
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig, load_splits, stratified_split

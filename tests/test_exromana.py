@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_npy_object
+from helpers import write_npy_object
 
 from hpo_astro.data import exromana
 from hpo_astro.errors import UserError

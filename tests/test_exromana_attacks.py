@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pickle_asm as asm
 import pytest
-from conftest import assert_refused, invoke
+from helpers import assert_refused, invoke
 
 from hpo_astro.data import exromana, safe_pickle
 from hpo_astro.data.prepare import zscale

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import assert_refused, invoke
+from helpers import assert_refused, fake_train, invoke
 from optuna.trial import TrialState
 
 from hpo_astro.data import exromana, simulate
@@ -71,8 +71,6 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_same_command_resumes(
     """The third checkpoint write fails with ENOSPC: the run stops (it does not burn the budget on failures), the
     trial is re-queued with its last whole checkpoint, and once there is space the same command ends with exactly
     the budget."""
-    from test_run import fake_train
-
     from hpo_astro import study as study_module
 
     monkeypatch.setattr(study_module, "train", fake_train)

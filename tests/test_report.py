@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import GOOD_STUDIES, assert_refused, invoke
+from helpers import GOOD_STUDIES, assert_refused, invoke
 
 from hpo_astro.data.prepare import PrepConfig, load_splits
 from hpo_astro.report import compare, figures

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import assert_refused, invoke
+from helpers import assert_refused, invoke
 from optuna.trial import TrialState
 
 from hpo_astro import study as study_module
 from hpo_astro.config import StudyConfig, load_config
-from hpo_astro.metrics import Metrics
 from hpo_astro.space import SearchSpace
 from hpo_astro.strategies import STRATEGIES, make_pruner
 from hpo_astro.study import RunEvents, run_study
-from hpo_astro.train import EpochMetrics, TrainResult, TrainState
+from hpo_astro.train import TrainState
 
 SMALL_SPACE = {"conv_layers": [1, 2], "fc_width": [32, 64], "lr": [1e-3, 1e-2], "activation": ["ReLU", "GELU"]}
 
@@ -37,53 +36,6 @@ def _grid_config(tmp_path: Path) -> Path:
     path = tmp_path / "grid.toml"
     path.write_text('strategy = "grid"\n[space]\nconv_layers = [1, 2]\nlr = [1e-3, 1e-2]\nfc_width = [32]\n')
     return path
-
-
-# --- a fast stand-in for the trainer, for tests about budgets, samplers and pruning -----------------------------
-
-
-def _fake_value(params: dict) -> float:
-    return 0.5 + 0.1 * int(params["conv_layers"]) - 20 * float(params["lr"]) + (params["activation"] == "GELU") * 0.05
-
-
-def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, resume=None, **_):
-    """Same contract as `hpo_astro.train.train`, with a one-weight model and scripted metrics (milliseconds)."""
-    import torch
-
-    epochs = min(int(params["t_max"]), max_epochs or 10**6)
-    model = torch.nn.Linear(1, 1)
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    state = TrainState(params, model, optimizer, scheduler, torch.Generator().manual_seed(seed), epochs)
-    if resume is not None:
-        state.restore(resume)
-    final = _fake_value(params)
-    while state.epoch < epochs and state.stop_reason is None:
-        epoch = state.epoch + 1
-        acc = final * epoch / epochs
-        state.history.append(EpochMetrics(epoch, 1 - acc, acc, 1 - acc, acc, acc, 1e-3, 0.0))
-        state.best_epoch = epoch
-        for cb in callbacks:
-            cb.on_epoch_end(state)
-    m = Metrics(1 - state.last.val_accuracy, state.last.val_accuracy, state.last.val_roc_auc, 1, 1, 1, 0)
-    return TrainResult(
-        dict(params),
-        state.history,
-        state.best_epoch,
-        state.stop_reason or "max_epochs",
-        1,
-        0.0,
-        "cpu",
-        seed,
-        m,
-        m,
-        model,
-    )
-
-
-@pytest.fixture
-def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(study_module, "train", fake_train)
 
 
 def _cfg(tmp_path: Path, small_file: Path, **kw: object) -> StudyConfig:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import assert_refused, invoke
+from helpers import assert_refused, invoke
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 

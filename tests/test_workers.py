@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import assert_refused, invoke
+from helpers import assert_refused, invoke
 from optuna.trial import TrialState
 
 from hpo_astro import workers

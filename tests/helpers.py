@@ -1,0 +1,118 @@
+"""Helpers shared by the tests (fixtures live in conftest.py): the CLI runner with its one-line-error check, small
+data files written as a user would, and a small study store with real trials."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner, Result
+
+from hpo_astro import study as study_module
+from hpo_astro.cli import app
+from hpo_astro.config import StudyConfig
+from hpo_astro.metrics import Metrics
+from hpo_astro.space import SearchSpace
+from hpo_astro.study import run_study
+from hpo_astro.train import EpochMetrics, TrainResult, TrainState
+
+
+def write_npy_object(path: Path, obj: object) -> Path:
+    np.save(path, np.asarray(obj, dtype=object), allow_pickle=True)
+    return path
+
+
+# --- the CLI ----------------------------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def invoke(*args: object) -> Result:
+    """Run `hpo-astro ARGS...` in-process; every argument is passed as a string."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_refused(result: Result, message: str | re.Pattern[str]) -> None:
+    """Bad input: exit code 2, exactly one `error: ...` line on stderr containing `message` (or matching it, for a
+    compiled pattern), and no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    if isinstance(message, re.Pattern):
+        assert message.search(lines[0]), result.stderr
+    else:
+        assert message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+# --- a small store with real studies (compare, report, export, predict) -----------------------------------------
+
+RESULT_SPACE = {  # the smallest models: the result tests are about results, not about training
+    "conv_layers": [1],
+    "fc_width": [32, 64],
+    "lr": [1e-3, 1e-2],
+    "batch_size": [64],
+    "activation": ["ReLU", "GELU"],
+}
+GOOD_STUDIES = ("random", "tpe")  # studies with complete trials; "pruned-only" has only pruned and failed ones
+
+
+def make_result_store(db: Path, data: Path) -> str:
+    """Two small real studies (1 epoch per trial) and one whose trials were all pruned or failed."""
+    url = f"sqlite:///{db}"
+    space = SearchSpace.from_dict(RESULT_SPACE)
+    for name, seed in zip(GOOD_STUDIES, (0, 1), strict=True):
+        run_study(StudyConfig(strategy=name, storage=url, data=data, max_epochs=1, n_trials=3, space=space, seed=seed))
+    with pytest.MonkeyPatch.context() as mp:  # a pruner that prunes every trial after its first epoch
+        mp.setattr(study_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
+        cfg = StudyConfig(study="pruned-only", storage=url, data=data, max_epochs=2, n_trials=2, space=space)
+        run_study(cfg)
+    failed = optuna.load_study(study_name="pruned-only", storage=url)
+    failed.tell(failed.ask(), state=TrialState.FAIL)
+    return url
+
+
+# --- a fast stand-in for the trainer, for tests about budgets, samplers and pruning -----------------------------
+
+
+def _fake_value(params: dict) -> float:
+    return 0.5 + 0.1 * int(params["conv_layers"]) - 20 * float(params["lr"]) + (params["activation"] == "GELU") * 0.05
+
+
+def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, resume=None, **_):
+    """Same contract as `hpo_astro.train.train`, with a one-weight model and scripted metrics (milliseconds)."""
+    import torch
+
+    epochs = min(int(params["t_max"]), max_epochs or 10**6)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    state = TrainState(params, model, optimizer, scheduler, torch.Generator().manual_seed(seed), epochs)
+    if resume is not None:
+        state.restore(resume)
+    final = _fake_value(params)
+    while state.epoch < epochs and state.stop_reason is None:
+        epoch = state.epoch + 1
+        acc = final * epoch / epochs
+        state.history.append(EpochMetrics(epoch, 1 - acc, acc, 1 - acc, acc, acc, 1e-3, 0.0))
+        state.best_epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+    m = Metrics(1 - state.last.val_accuracy, state.last.val_accuracy, state.last.val_roc_auc, 1, 1, 1, 0)
+    return TrainResult(
+        dict(params),
+        state.history,
+        state.best_epoch,
+        state.stop_reason or "max_epochs",
+        1,
+        0.0,
+        "cpu",
+        seed,
+        m,
+        m,
+        model,
+    )
