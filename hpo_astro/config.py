@@ -12,6 +12,7 @@ from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.errors import UserError
 from hpo_astro.space import SearchSpace
 from hpo_astro.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
+from hpo_astro.strategies import PRUNERS, STRATEGIES
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVES = {  # name -> (per-epoch metric, direction)
@@ -19,7 +20,6 @@ OBJECTIVES = {  # name -> (per-epoch metric, direction)
     "loss": ("val_loss", "minimize"),
     "roc_auc": ("val_roc_auc", "maximize"),
 }
-PRUNERS = ("none", "median", "hyperband", "successive-halving")
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds
 
 
@@ -59,8 +59,6 @@ class StudyConfig:
         return OBJECTIVES[self.objective][0]
 
     def validate(self) -> StudyConfig:
-        from hpo_astro.strategies import STRATEGIES
-
         if self.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.n_trials is None:

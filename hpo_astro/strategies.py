@@ -1,17 +1,22 @@
-"""Strategy name -> Optuna sampler. Adding a strategy is one entry in `STRATEGIES`."""
+"""Strategy name -> Optuna sampler, pruner name -> Optuna pruner. Adding one is one entry in `STRATEGIES` or
+`PRUNERS`; the study configuration validates names against these registries."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
+from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
-from hpo_astro.config import StudyConfig
 from hpo_astro.errors import UserError
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.trial_seeded import TrialSeededSampler
+
+if TYPE_CHECKING:  # config imports the registries; the reverse import is for type hints only
+    from hpo_astro.config import StudyConfig
 
 GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
 
@@ -65,15 +70,25 @@ def make_sampler(cfg: StudyConfig) -> BaseSampler:
     return TrialSeededSampler(lambda seed: factory(dataclasses.replace(cfg, seed=seed)), cfg.seed)
 
 
-def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
-    """Pruners work on epochs: each trial reports its objective metric after every epoch."""
-    max_epochs = cfg.max_epochs or max(int(v) for v in cfg.space.get("t_max", (100,)))
-    if cfg.pruner == "none":
-        return optuna.pruners.NopPruner()
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
-    if cfg.pruner == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    raise UserError(f"unknown pruner {cfg.pruner!r}")
+def _max_epochs(cfg: StudyConfig) -> int:
+    """The most epochs a trial can run: --max-epochs, else the largest t_max of the space."""
+    return cfg.max_epochs or max(int(v) for v in cfg.space.get("t_max", (100,)))
+
+
+# Pruners work on epochs: each trial reports its objective metric after every epoch.
+PRUNERS: dict[str, Callable[[StudyConfig], BasePruner]] = {
+    "none": lambda cfg: optuna.pruners.NopPruner(),
+    "median": lambda cfg: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    "hyperband": lambda cfg: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=_max_epochs(cfg), reduction_factor=3
+    ),
+    "successive-halving": lambda cfg: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+}
+
+
+def make_pruner(cfg: StudyConfig) -> BasePruner:
+    try:
+        factory = PRUNERS[cfg.pruner]
+    except KeyError:
+        raise UserError(f"unknown pruner {cfg.pruner!r}; known: {', '.join(PRUNERS)}") from None
+    return factory(cfg)
