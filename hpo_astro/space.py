@@ -15,7 +15,7 @@ from hpo_astro.errors import UserError
 
 Value = int | float | str
 
-# The paper's space (SPEC §1): 12 categorical hyperparameters, 11,059,200 combinations.
+# The reference study's space: 12 categorical hyperparameters, 11,059,200 combinations.
 PAPER_SPACE: dict[str, tuple[Value, ...]] = {
     "conv_layers": (1, 2, 3, 4),
     "conv_kernel_size": (3, 5, 7),

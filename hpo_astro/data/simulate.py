@@ -1,4 +1,5 @@
-"""A physically motivated simulator of ZTF-like real/bogus cutouts in the ExRomana format (SPEC §3).
+"""A physically motivated simulator of ZTF-like real/bogus cutouts in the ExRomana format
+(`{"TP": [rec, ...], "FP": [rec, ...]}`, each `rec["sample"]` a (64, 64, 4) float array).
 
 Every record is a 64x64 cutout with four planes (sci, ref, diff, scorr), built the way a difference-imaging
 pipeline builds them:

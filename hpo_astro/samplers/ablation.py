@@ -169,9 +169,6 @@ class AblationSampler(BaseSampler):
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         return len(self._finished_slots(trials)) == self.n_slots
 
-    def n_finished(self, trials: Sequence[FrozenTrial]) -> int:
-        return len(self._finished_slots(trials))
-
     def _mine(self, t: FrozenTrial) -> bool:
         return t.system_attrs.get(PLAN_KEY) == self._plan_id
 
