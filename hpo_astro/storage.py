@@ -195,7 +195,7 @@ def _construct(url: str, build: Any, attempts: int = 1) -> Any:
     at once (without `_creation_lock`): each checks that the tables are missing, then creates them, and all but one
     fail with "table ... already exists", a duplicate version row, or "database is locked" (a read snapshot that
     cannot become a write): the schema is complete by then, so the losers retry."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
     for attempt in range(attempts):
         try:
@@ -211,7 +211,7 @@ def _construct(url: str, build: Any, attempts: int = 1) -> Any:
             if not racing or attempt == attempts - 1:
                 raise UserError(f"cannot open storage {url!r}: {_reason(exc)}") from None
             time.sleep(random.uniform(0.05, 0.3))
-        except Exception as exc:  # sqlalchemy errors and friends: unreachable, unusable or damaged database
+        except (SQLAlchemyError, ValueError, RuntimeError) as exc:  # unreachable, unusable, damaged, too new
             raise UserError(f"cannot open storage {url!r}: {_reason(exc)}") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -342,7 +342,7 @@ def _journal(path: str, create: bool) -> optuna.storages.BaseStorage:
             return JournalStorage(JournalFileBackend(path))
     except OSError as exc:
         raise UserError(f"cannot open the journal {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # a line that is not JSON, a record Optuna cannot replay
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, a record Optuna cannot replay
         raise UserError(f"the journal {path} is damaged: {_reason(exc)}") from None
 
 
@@ -362,7 +362,7 @@ def _grpc(url: str) -> optuna.storages.BaseStorage:
         return proxy
     except ImportError as exc:
         raise UserError(f"gRPC storage needs grpcio: pip install 'hpo-astro[grpc]' ({exc})") from None
-    except Exception as exc:
+    except (ConnectionError, OSError, ValueError) as exc:  # wait_server_ready: ConnectionError on timeout
         raise UserError(f"cannot reach the storage proxy at {url}: {exc}") from None
 
 
