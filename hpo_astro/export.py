@@ -33,16 +33,17 @@ from hpo_astro.errors import UserError
 from hpo_astro.io import umask, write_output
 from hpo_astro.metrics import Metrics
 from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, save_model
-from hpo_astro.report.compare import (
+from hpo_astro.record import PARAMS_FULL_ATTR
+from hpo_astro.report.evaluate import (
     Evaluation,
     Events,
     best_trial,
-    cached_evaluation,
+    check_against_cache,
     evaluate_best,
     load_studies,
-    same_metrics,
-    store_evaluation,
     study_data,
+    study_record,
+    trial_seed,
 )
 from hpo_astro.storage import read_store
 
@@ -83,20 +84,14 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
         raise UserError(f"{out} exists and is not an exported model directory; choose another --out")
     splits = study_data(study, data)
     model, evaluation = evaluate_best(study, trial, splits, events, url)
-    fingerprint = study.user_attrs.get("data_fingerprint", splits.fingerprint)
-    cached = cached_evaluation(study, trial, fingerprint)
-    if cached is None:
-        store_evaluation(study, trial, fingerprint, evaluation, url)
-        matches = None
-    else:
-        matches = same_metrics(cached, evaluation)
-    attrs = study.user_attrs
+    matches = check_against_cache(study, trial, evaluation, url)  # compare's cache, through compare's own code
+    record = study_record(study)  # None for a study another program made: recorded as null
     prep = PrepConfig(channels=splits.channels)  # how study_data prepared the splits
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "hpo_astro_version": __version__,
-        "params": trial.user_attrs.get("params_full") or trial.params,
+        "params": trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params,
         "in_channels": splits.in_channels,
         "preprocessing": {
             "channels": list(prep.channels),
@@ -116,13 +111,13 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
         },
         "study": {
             "name": study.study_name,
-            "strategy": attrs.get("strategy"),
-            "objective": attrs.get("objective"),
+            "strategy": record.strategy if record is not None else None,
+            "objective": record.objective if record is not None else None,
             "direction": study.direction.name.lower(),
             "trial": trial.number,
             "value": trial.value,
-            "train_seed": trial.user_attrs.get("train_seed", attrs.get("seed", 0)),
-            "max_epochs": attrs.get("max_epochs"),
+            "train_seed": trial_seed(study, trial),
+            "max_epochs": record.max_epochs if record is not None else None,
             "model_source": evaluation.source,
         },
         "metrics": {"train": evaluation.train, "val": evaluation.val, "test": evaluation.test},

@@ -23,6 +23,14 @@ VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
 # Fields that must agree when a run resumes a stored study.
 IDENTITY = ("strategy", "space", "objective", "data_fingerprint")
 
+# Trial user attributes written by the search and read by `compare`, `report` and `export`: one name each, here.
+PARAMS_FULL_ATTR = "params_full"  # the trial's whole configuration (sampled values, baseline and defaults)
+TRAIN_SEED_ATTR = "train_seed"  # the seed it trained with: retraining with it gives the same model
+VAL_METRICS_ATTR = "val_metrics"  # Metrics.as_dict() of its best epoch on the validation split
+HISTORY_ATTR = "history"  # its per-epoch metrics (EpochMetrics as dicts)
+# Study user attribute: where the best trial's weights are, {"trial", "artifact_id", "value"}.
+BEST_WEIGHTS_ATTR = "best_weights"
+
 
 @dataclass(frozen=True)
 class StudyRecord:

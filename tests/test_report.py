@@ -14,6 +14,7 @@ from helpers import GOOD_STUDIES, assert_refused, invoke
 
 from hpo_astro.data.prepare import PrepConfig, load_splits
 from hpo_astro.report import compare, figures
+from hpo_astro.report import evaluate as report_eval
 from hpo_astro.train import evaluate, train
 
 
@@ -55,14 +56,14 @@ def test_compare_evaluates_the_best_trial_on_every_split(store: str, small_file:
 def test_a_second_compare_is_cached_and_identical(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     first = invoke("compare", "--storage", store, "--study", "random", "--study", "tpe", "--format", "csv")
     assert first.exit_code == 0
-    entry = optuna.load_study(study_name="random", storage=store).user_attrs[compare.CACHE_ATTR]
+    entry = optuna.load_study(study_name="random", storage=store).user_attrs[report_eval.CACHE_ATTR]
     assert len(entry) == 1
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached compare must not retrain")
 
-    monkeypatch.setattr(compare, "retrain_trial", no_training)
-    monkeypatch.setattr(compare, "study_data", no_training)  # not even the data is read
+    monkeypatch.setattr(report_eval, "retrain_trial", no_training)
+    monkeypatch.setattr(report_eval, "study_data", no_training)  # not even the data is read
     second = invoke("compare", "--storage", store, "--study", "random", "--study", "tpe", "--format", "csv")
     assert second.exit_code == 0, second.output
     assert second.stdout == first.stdout and "retraining" not in second.stderr
@@ -70,9 +71,9 @@ def test_a_second_compare_is_cached_and_identical(store: str, monkeypatch: pytes
 
 def test_compare_retrains_when_the_saved_weights_are_gone(store: str, tmp_path: Path) -> None:
     study = optuna.load_study(study_name="random", storage=store)
-    assert compare.load_trial_model(study, study.best_trial) is not None  # saved by the search
+    assert report_eval.load_trial_model(study, study.best_trial) is not None  # saved by the search
     study.set_user_attr("artifacts", str(tmp_path / "moved-away"))  # this copy of the store only
-    assert compare.load_trial_model(study, study.best_trial) is None
+    assert report_eval.load_trial_model(study, study.best_trial) is None
     result = invoke("compare", "--storage", store, "--study", "random", "--format", "json")
     assert result.exit_code == 0 and "retraining best trial" in result.stderr
     import json
@@ -92,13 +93,13 @@ def test_a_store_copied_with_its_artifacts_folder_still_finds_the_weights(
     study = optuna.load_study(study_name="tpe", storage=store)
     gone = tmp_path / "cluster" / "scratch" / "optuna.db.artifacts"
     study.set_user_attr("artifacts", str(gone))
-    assert compare.load_trial_model(study, study.best_trial) is None  # without the store's location
-    assert compare.load_trial_model(study, study.best_trial, store) is not None
+    assert report_eval.load_trial_model(study, study.best_trial) is None  # without the store's location
+    assert report_eval.load_trial_model(study, study.best_trial, store) is not None
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("the saved weights must be found")
 
-    monkeypatch.setattr(compare, "retrain_trial", no_training)
+    monkeypatch.setattr(report_eval, "retrain_trial", no_training)
     for command in (["compare", "--format", "json"], ["export", "--out", tmp_path / "model"]):
         result = invoke(*command, "--storage", store, "--study", "tpe")
         assert result.exit_code == 0, result.output
@@ -110,10 +111,10 @@ def test_the_cache_is_keyed_by_trial_and_data_fingerprint(store: str) -> None:
     _json(store)
     study = optuna.load_study(study_name="random", storage=store)
     key = f"{study.best_trial.number}:{study.user_attrs['data_fingerprint']}"
-    assert set(study.user_attrs[compare.CACHE_ATTR]) == {key}
-    cache = study.user_attrs[compare.CACHE_ATTR]
+    assert set(study.user_attrs[report_eval.CACHE_ATTR]) == {key}
+    cache = study.user_attrs[report_eval.CACHE_ATTR]
     cache[key]["test"]["accuracy"] = 0.123  # what the table shows comes from the cache
-    study.set_user_attr(compare.CACHE_ATTR, cache)
+    study.set_user_attr(report_eval.CACHE_ATTR, cache)
     assert _json(store)["studies"][0]["test_accuracy"] == 0.123
 
 

@@ -1,2 +1,3 @@
-"""Results of studies: the comparison table (`compare`), the paper's figures as Plotly (`figures`) and the
-self-contained HTML report (`html`). The best model's export and scoring live in `hpo_astro.export`."""
+"""Results of studies: each study's best model rebuilt and evaluated, with its cache in the store (`evaluate`), the
+comparison table (`compare`), the paper's figures as Plotly (`figures`) and the self-contained HTML report (`html`).
+The best model's export and scoring live in `hpo_astro.export`."""

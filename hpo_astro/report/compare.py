@@ -1,13 +1,8 @@
-"""The paper's final table done right: each study's best trial evaluated on train, val and test.
+"""The paper's final table done right: each study's best trial evaluated on train, val and test, with the search's
+statistics, rendered as a terminal table, Markdown, CSV or JSON.
 
-For every selected study the best (complete) trial's model is rebuilt, from the trial's saved best weights when
-it has them (`load_trial_model`), else by retraining its full configuration (`params_full`) with the trial's
-stored seed and the study's epoch cap, which reproduces the trial exactly because training is deterministic for
-a seed. The model is evaluated on CPU on the three splits; the test split is read only here (the report and the
-export reuse this code). Each evaluation is cached in the study store (study user attribute `compare_cache`,
-keyed by trial number and data fingerprint), so a second `compare` is instant and gives the same numbers. The
-store is read through a read-only handle; the cache is written through a separate short-lived writable one, and
-not at all when the store or its file system is read-only.
+The best trials' evaluations (rebuilt model, cache in the store) come from `hpo_astro.report.evaluate`; this module
+adds the search statistics, assembles one row per study and renders the table.
 
 Definitions used in the table (also printed under the Markdown table):
 
@@ -26,67 +21,38 @@ import csv
 import io
 import json
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from hpo_astro.errors import UserError
-from hpo_astro.storage import close_store, read_store, writable_store
+from hpo_astro.record import PARAMS_FULL_ATTR
+from hpo_astro.report.evaluate import (
+    CACHE_ATTR as CACHE_ATTR,  # re-exported: tests/test_storage_attacks.py reads compare.CACHE_ATTR
+)
+from hpo_astro.report.evaluate import (
+    SPLITS,
+    Evaluation,
+    Events,
+    NoCompletedTrial,
+    best_evaluation,
+    best_trial,
+    load_studies,
+    study_record,
+)
+from hpo_astro.storage import read_store
 
 if TYPE_CHECKING:
     from rich.table import Table
-    from torch import nn
 
-    from hpo_astro.data.prepare import DataSplits
-
-CACHE_ATTR = "compare_cache"
-CACHE_VERSION = 1  # bump when the evaluation changes, so stale cached numbers are recomputed
 WITHIN = 0.01  # "trials to within 1% of the final best"
 FORMATS = ("table", "markdown", "csv", "json")
-SPLITS = ("train", "val", "test")
 METRIC_NAMES = ("loss", "accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-Events = Callable[[str], None]
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class NoCompletedTrial(UserError):
-    """The study has no complete trial, so it has no best configuration to evaluate."""
-
-
-# --- the store and its studies ----------------------------------------------------------------------------------
-
-
-def load_studies(storage: optuna.storages.BaseStorage, url: str, names: Sequence[str] | None) -> list[optuna.Study]:
-    """The named studies (all of them when `names` is empty), in the order given; unknown names are errors."""
-    existing = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if not existing:
-        raise UserError(f"no studies in {url}: run `hpo-astro run` first")
-    wanted = list(dict.fromkeys(names)) if names else existing
-    for name in wanted:
-        if name not in existing:
-            raise UserError(f"no study named {name!r} in {url}; studies: {', '.join(existing)}")
-    return [optuna.load_study(study_name=name, storage=storage) for name in wanted]
-
-
-def state_counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    return {state.name.lower(): n for state in TrialState if (n := sum(t.state == state for t in trials))}
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial:
-    """Optuna's best complete trial; a study without one is a NoCompletedTrial error that says what it holds."""
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return study.best_trial
-    counts = state_counts(study)
-    held = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
-    raise NoCompletedTrial(f"study {study.study_name!r} has no completed trial ({held}): it has no best model")
 
 
 # --- search statistics ------------------------------------------------------------------------------------------
@@ -132,187 +98,6 @@ def search_stats(study: optuna.Study) -> SearchStats:
         wall_time_span_s=span.total_seconds() if span is not None else 0.0,
         trials_to_within=trials_to_within(values, study.direction == optuna.study.StudyDirection.MAXIMIZE),
     )
-
-
-# --- the data a study was run on ------------------------------------------------------------------------------
-
-
-def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None = None) -> DataSplits:
-    """The splits the study was run on (its `data_source` and channels, or `data` when the file moved),
-    refused unless their fingerprint is the study's."""
-    from hpo_astro.data.prepare import DEFAULT_CHANNELS, PrepConfig, load_splits
-
-    attrs = study.user_attrs
-    channels = tuple(attrs.get("channels") or DEFAULT_CHANNELS)
-    source = attrs.get("data_source")
-    if data is not None:
-        path: Path | None = Path(data)
-    elif source and Path(source).is_file():
-        path = Path(source)
-    elif source and attrs.get("data") is not None:  # recorded as None: the default simulated set
-        raise UserError(
-            f"data file {source} of study {study.study_name!r} not found; pass --data PATH to the file it was run on"
-        )
-    else:
-        path = None  # the default simulated set, regenerated identically when not cached
-    key = (str(path), channels)
-    memo = {} if memo is None else memo
-    if key not in memo:
-        memo[key] = load_splits(path, PrepConfig(channels=channels))
-    splits = memo[key]
-    expected = attrs.get("data_fingerprint")
-    if expected and splits.fingerprint != expected:
-        raise UserError(
-            f"study {study.study_name!r} was run on data with fingerprint {expected}, but {splits.source} "
-            f"(channels {','.join(channels)}) gives {splits.fingerprint}; pass --data PATH to the file it was run on"
-        )
-    return splits
-
-
-# --- the best trial's model and its evaluation ----------------------------------------------------------------
-
-
-def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = None) -> nn.Module | None:
-    """The trial's saved best-epoch weights (the study keeps those of its best trial, see `hpo_astro.study`),
-    or None when this trial has none or the file is gone; weights load with `weights_only=True`. The weights are
-    looked for where the study recorded its artifacts, then beside the store at `url` (a store copied elsewhere)."""
-    import torch
-
-    from hpo_astro.model import build_model
-    from hpo_astro.storage import find_artifact_dir
-    from hpo_astro.study import BEST_WEIGHTS_ATTR
-
-    saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
-    params = trial.user_attrs.get("params_full")
-    directory = find_artifact_dir(study.user_attrs.get("artifacts"), url)
-    if not saved or saved.get("trial") != trial.number or not params or directory is None:
-        return None
-    try:
-        with optuna.artifacts.FileSystemArtifactStore(str(directory)).open_reader(saved["artifact_id"]) as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=True)
-        model = build_model(params, in_channels=len(study.user_attrs.get("channels", ["scorr"])))
-        model.load_state_dict(state)
-    except Exception:  # missing, unreadable or mismatched weights: fall back to retraining
-        return None
-    return model.eval()
-
-
-def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> nn.Module:
-    """Retrain the trial's full configuration with its seed and the study's epoch cap: the same model, because
-    training is deterministic for a seed."""
-    from hpo_astro.train import train
-
-    params = trial.user_attrs.get("params_full")
-    if not params:
-        raise UserError(
-            f"trial {trial.number} of study {study.study_name!r} has no stored configuration (params_full): "
-            "it was run by an older hpo-astro and cannot be reproduced"
-        )
-    seed = int(trial.user_attrs.get("train_seed", study.user_attrs.get("seed", 0)))
-    return train(params, data, max_epochs=study.user_attrs.get("max_epochs"), seed=seed).model
-
-
-@dataclass
-class Evaluation:
-    """A best model's metrics on the three splits (Metrics.as_dict) and its test scores (sigmoid, test order)."""
-
-    train: dict[str, float]
-    val: dict[str, float]
-    test: dict[str, float]
-    test_scores: list[float]
-    source: str  # "weights" (the trial's saved weights) or "retrained"
-    reproduced: bool | None  # the validation metrics equal those the trial recorded (None: nothing recorded)
-    seconds: float  # time taken to rebuild and evaluate the model
-
-
-def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, source: str, seconds: float) -> Evaluation:
-    """Metrics on train, val and test, on CPU, as `hpo_astro.train.evaluate` computes them during training."""
-    import torch
-
-    from hpo_astro.train import metrics_from_logits, predict_logits
-
-    model = model.cpu().eval()
-    data = data.to("cpu")
-    metrics, scores = {}, []
-    for split in SPLITS:
-        x, y = data.split(split)
-        logits = predict_logits(model, x)
-        metrics[split] = metrics_from_logits(logits, y, data.pos_weight).as_dict()
-        if split == "test":
-            scores = torch.sigmoid(logits).tolist()
-    stored = trial.user_attrs.get("val_metrics")
-    reproduced = None
-    if stored:
-        # tolerance for evaluating on CPU what the trial evaluated on its device; a different model is far off
-        reproduced = all(_close(metrics["val"][k], stored.get(k), 1e-4) for k in ("loss", "accuracy", "roc_auc"))
-    return Evaluation(metrics["train"], metrics["val"], metrics["test"], scores, source, reproduced, seconds)
-
-
-def evaluate_best(
-    study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None, url: str | None = None
-) -> tuple[nn.Module, Evaluation]:
-    """Rebuild the trial's model (saved weights, else retraining) and evaluate it."""
-    start = time.perf_counter()
-    model = load_trial_model(study, trial, url)
-    source = "weights"
-    if model is None:
-        if events:
-            seed = trial.user_attrs.get("train_seed", study.user_attrs.get("seed", 0))
-            events(f"study {study.study_name!r}: retraining best trial #{trial.number} with its seed {seed}")
-        model, source = retrain_trial(study, trial, data), "retrained"
-    return model, evaluate_model(model, data, trial, source, time.perf_counter() - start)
-
-
-def _close(a: float, b: Any, tol: float = 1e-6) -> bool:
-    if not isinstance(b, int | float):
-        return False
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
-
-
-def same_metrics(a: Evaluation, b: Evaluation) -> bool:
-    """Equal train/val/test metrics (to rounding; NaN equals NaN)."""
-    return all(
-        _close(value, getattr(b, split).get(name)) for split in SPLITS for name, value in getattr(a, split).items()
-    )
-
-
-def cache_key(trial: FrozenTrial, fingerprint: str) -> str:
-    return f"{trial.number}:{fingerprint}"
-
-
-def cached_evaluation(study: optuna.Study, trial: FrozenTrial, fingerprint: str) -> Evaluation | None:
-    entry = (study.user_attrs.get(CACHE_ATTR) or {}).get(cache_key(trial, fingerprint))
-    if not isinstance(entry, dict) or entry.get("version") != CACHE_VERSION:
-        return None
-    try:
-        return Evaluation(**{f.name: entry[f.name] for f in fields(Evaluation)})
-    except (KeyError, TypeError):
-        return None
-
-
-def store_evaluation(
-    study: optuna.Study, trial: FrozenTrial, fingerprint: str, evaluation: Evaluation, url: str | None = None
-) -> bool:
-    """Cache the evaluation in the study's user attributes at `url`. The study was loaded through a read-only
-    handle, so this writes through a separate short-lived writable one; a read-only store (or file system), or no
-    `url`, is skipped quietly: the cache only saves time. Returns whether it was written."""
-    import sqlalchemy.exc
-
-    storage = writable_store(url) if url else None
-    if storage is None:
-        return False
-    try:
-        study_id = storage.get_study_id_from_name(study.study_name)
-        cache = dict(storage.get_study_user_attrs(study_id).get(CACHE_ATTR) or {})  # fresh: others may have added
-        cache[cache_key(trial, fingerprint)] = {"version": CACHE_VERSION, **asdict(evaluation)}
-        storage.set_study_user_attr(study_id, CACHE_ATTR, cache)
-        return True
-    except (sqlalchemy.exc.SQLAlchemyError, OSError, KeyError):  # e.g. a file system that refuses the write
-        return False
-    finally:
-        close_store(storage)
 
 
 # --- comparing studies ------------------------------------------------------------------------------------------
@@ -376,27 +161,17 @@ def compare_study(
 ) -> StudyResult:
     """Evaluate one study's best trial (from the cache when it holds it) and summarise its search."""
     trial = best_trial(study)
-    attrs = study.user_attrs
-    fingerprint = attrs.get("data_fingerprint", "")
-    evaluation = cached_evaluation(study, trial, fingerprint)
-    if evaluation is None:
-        splits = study_data(study, data, memo)
-        _, evaluation = evaluate_best(study, trial, splits, events, url)
-        store_evaluation(study, trial, fingerprint, evaluation, url)
-        if events and evaluation.reproduced is False:
-            events(
-                f"warning: study {study.study_name!r}: the rebuilt model's validation metrics differ from those "
-                f"recorded by trial #{trial.number} (was it trained on another device or torch version?)"
-            )
+    record = study_record(study)  # None for a study another program made: shown as "?"
+    evaluation = best_evaluation(study, trial, data, events, memo, url)
     return StudyResult(
         study=study.study_name,
-        strategy=attrs.get("strategy", "?"),
-        objective=attrs.get("objective", "?"),
+        strategy=record.strategy if record is not None else "?",
+        objective=record.objective if record is not None else "?",
         direction=study.direction.name.lower(),
         best_trial=trial.number,
         best_value=float(trial.value),
-        params=dict(trial.user_attrs.get("params_full") or trial.params),
-        data_fingerprint=fingerprint,
+        params=dict(trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params),
+        data_fingerprint=record.data_fingerprint if record is not None else "",
         evaluation=evaluation,
         stats=search_stats(study),
     )

@@ -26,6 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from hpo_astro.record import HISTORY_ATTR, VAL_METRICS_ATTR, StudyRecord
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ORDER_SCALE = "Viridis"  # trial order: blue early, yellow late
 TEMPLATE = "plotly_white"
@@ -37,7 +39,7 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _val(trial: FrozenTrial, name: str) -> float | None:
-    value = (trial.user_attrs.get("val_metrics") or {}).get(name)
+    value = (trial.user_attrs.get(VAL_METRICS_ATTR) or {}).get(name)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
@@ -124,7 +126,7 @@ CURVES = (("train_loss", 1, 1), ("val_loss", 1, 2), ("train_accuracy", 2, 1), ("
 
 def curves_figure(study: optuna.Study) -> go.Figure:
     """(c) Per-epoch train/val loss and accuracy of every finished trial, coloured by trial order."""
-    trials = [t for t in finished_trials(study) if t.user_attrs.get("history")]
+    trials = [t for t in finished_trials(study) if t.user_attrs.get(HISTORY_ATTR)]
     fig = make_subplots(
         rows=2,
         cols=2,
@@ -135,7 +137,7 @@ def curves_figure(study: optuna.Study) -> go.Figure:
     n = len(trials)
     colors = sample_colorscale(ORDER_SCALE, [i / max(n - 1, 1) for i in range(n)]) if n else []
     for trial, color in zip(trials, colors, strict=True):
-        history = trial.user_attrs["history"]
+        history = trial.user_attrs[HISTORY_ATTR]
         epochs = [h["epoch"] for h in history]
         for key, row, col in CURVES:
             fig.add_trace(
@@ -207,7 +209,9 @@ def search_progress(study: optuna.Study) -> Progress:
             numbers.append(trial.number)
             minutes.append(elapsed / 60)
             bests.append(best)
-    return Progress(study.study_name, study.user_attrs.get("objective", "objective"), numbers, minutes, bests)
+    record = StudyRecord.from_attrs(study.user_attrs)
+    objective = record.objective if record is not None else "objective"  # a study another program made
+    return Progress(study.study_name, objective, numbers, minutes, bests)
 
 
 def overlay_figure(progress: Sequence[Progress], by: str) -> go.Figure:

@@ -25,19 +25,15 @@ import plotly.io as pio
 from hpo_astro.errors import UserError
 from hpo_astro.io import write_output
 from hpo_astro.report import figures
-from hpo_astro.report.compare import (
-    METRIC_NAMES,
-    NOTES,
+from hpo_astro.report.compare import METRIC_NAMES, NOTES, StudyResult, compare_study, format_duration, table_rows
+from hpo_astro.report.evaluate import (
     SPLITS,
     Events,
     NoCompletedTrial,
-    StudyResult,
-    compare_study,
-    format_duration,
     load_studies,
     state_counts,
     study_data,
-    table_rows,
+    study_record,
 )
 from hpo_astro.storage import close_store, open_existing_store
 
@@ -201,20 +197,23 @@ class _Figures:
 
 def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
     study = entry.study
-    attrs = study.user_attrs
+    record = study_record(study)  # None for a study another program made: its facts show "?"
     counts = state_counts(study)
+    if record is None:
+        objective = target = pruner = seed = source = fingerprint = "?"
+        max_epochs, channels = None, []
+    else:
+        objective, target, pruner, seed = record.objective, record.n_trials, record.pruner, record.seed
+        source, fingerprint = record.data_source, record.data_fingerprint
+        max_epochs, channels = record.max_epochs, record.channels
     facts = [
-        ("strategy", attrs.get("strategy", "?")),
-        ("objective", f"{attrs.get('objective', '?')} ({study.direction.name.lower()}d)"),
-        ("trials", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (target {attrs.get('n_trials', '?')})"),
-        ("pruner", attrs.get("pruner", "?")),
-        ("seed", attrs.get("seed", "?")),
-        ("max epochs", attrs.get("max_epochs") or "t_max"),
-        (
-            "data",
-            f"{attrs.get('data_source', '?')} (fingerprint {attrs.get('data_fingerprint', '?')}, "
-            f"channels {','.join(attrs.get('channels') or [])})",
-        ),
+        ("strategy", record.strategy if record is not None else "?"),
+        ("objective", f"{objective} ({study.direction.name.lower()}d)"),
+        ("trials", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (target {target})"),
+        ("pruner", pruner),
+        ("seed", seed),
+        ("max epochs", max_epochs or "t_max"),
+        ("data", f"{source} (fingerprint {fingerprint}, channels {','.join(channels)})"),
     ]
     parts = [_table(["study", study.study_name], facts)]
     result = entry.result
@@ -286,9 +285,10 @@ def _index_page(
     parts += ["<h2>Running best across studies</h2>", *overlays, "<h2>Studies</h2><ul>"]
     for e in entries:
         best = f"best {e.result.best_value:.4f} (trial #{e.result.best_trial})" if e.result else e.note
+        record = study_record(e.study)
         parts.append(
             f'<li><a href="study-{_e(e.slug)}.html">{_e(e.study.study_name)}</a> '
-            f"({_e(e.study.user_attrs.get('strategy', '?'))}): {_e(best)}</li>"
+            f"({_e(record.strategy if record is not None else '?')}): {_e(best)}</li>"
         )
     parts.append("</ul>")
     if images:

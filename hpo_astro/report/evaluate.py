@@ -1,0 +1,327 @@
+"""A study's best model, rebuilt and evaluated on train, val and test: what `compare`, `report` and `export` share.
+
+The studies are read from the store through a read-only handle (`load_studies`). The best (complete) trial's model
+is rebuilt from the trial's saved best weights when it has them (`load_trial_model`), else by retraining its full
+configuration with the trial's stored seed and the study's epoch cap (`retrain_trial`), which reproduces the trial
+exactly because training is deterministic for a seed. It is evaluated on CPU on the three splits of the data the
+study was run on (`study_data`, refused unless its fingerprint is the study's); the test split is read only here.
+
+The evaluation cache: each evaluation is kept in the study store itself (study user attribute `compare_cache`, keyed
+by trial number and data fingerprint). That is what makes a second `compare`, `report` or `export` instant and gives
+them the same numbers, and it travels with the store when the store is copied to another machine. The cache is
+written through a separate short-lived writable handle, and not at all when the store or its file system is
+read-only.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo_astro.errors import UserError
+from hpo_astro.record import BEST_WEIGHTS_ATTR, PARAMS_FULL_ATTR, TRAIN_SEED_ATTR, VAL_METRICS_ATTR, StudyRecord
+from hpo_astro.storage import close_store, writable_store
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hpo_astro.data.prepare import DataSplits
+
+CACHE_ATTR = "compare_cache"
+CACHE_VERSION = 1  # bump when the evaluation changes, so stale cached numbers are recomputed
+SPLITS = ("train", "val", "test")
+Events = Callable[[str], None]  # where progress and warnings go (the CLI prints them on stderr)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class NoCompletedTrial(UserError):
+    """The study has no complete trial, so it has no best configuration to evaluate."""
+
+
+# --- the store and its studies ----------------------------------------------------------------------------------
+
+
+def load_studies(storage: optuna.storages.BaseStorage, url: str, names: Sequence[str] | None) -> list[optuna.Study]:
+    """The named studies (all of them when `names` is empty), in the order given; unknown names are errors."""
+    existing = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if not existing:
+        raise UserError(f"no studies in {url}: run `hpo-astro run` first")
+    wanted = list(dict.fromkeys(names)) if names else existing
+    for name in wanted:
+        if name not in existing:
+            raise UserError(f"no study named {name!r} in {url}; studies: {', '.join(existing)}")
+    return [optuna.load_study(study_name=name, storage=storage) for name in wanted]
+
+
+def study_record(study: optuna.Study) -> StudyRecord | None:
+    """The study's recorded configuration; None for a study another program made (callers show "?" then)."""
+    return StudyRecord.from_attrs(study.user_attrs)
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """How many trials the study holds in each state, by lower-case state name (states without trials left out)."""
+    trials = study.get_trials(deepcopy=False)
+    return {state.name.lower(): n for state in TrialState if (n := sum(t.state == state for t in trials))}
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """Optuna's best complete trial; a study without one is a NoCompletedTrial error that says what it holds."""
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return study.best_trial
+    counts = state_counts(study)
+    held = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
+    raise NoCompletedTrial(f"study {study.study_name!r} has no completed trial ({held}): it has no best model")
+
+
+def trial_seed(study: optuna.Study, trial: FrozenTrial) -> int:
+    """The seed the trial trained with (the study's seed for a trial that did not record its own)."""
+    record = study_record(study)
+    return int(trial.user_attrs.get(TRAIN_SEED_ATTR, record.seed if record is not None else 0))
+
+
+# --- the data a study was run on ------------------------------------------------------------------------------
+
+
+def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None = None) -> DataSplits:
+    """The splits the study was run on (its `data_source` and channels, or `data` when the file moved),
+    refused unless their fingerprint is the study's."""
+    from hpo_astro.data.prepare import DEFAULT_CHANNELS, PrepConfig, load_splits
+
+    record = study_record(study)
+    channels = tuple(record.channels if record is not None else DEFAULT_CHANNELS)
+    source = record.data_source if record is not None else None
+    if data is not None:
+        path: Path | None = Path(data)
+    elif source and Path(source).is_file():
+        path = Path(source)
+    elif source and record is not None and record.data is not None:  # recorded as None: the default simulated set
+        raise UserError(
+            f"data file {source} of study {study.study_name!r} not found; pass --data PATH to the file it was run on"
+        )
+    else:
+        path = None  # the default simulated set, regenerated identically when not cached
+    key = (str(path), channels)
+    memo = {} if memo is None else memo
+    if key not in memo:
+        memo[key] = load_splits(path, PrepConfig(channels=channels))
+    splits = memo[key]
+    expected = record.data_fingerprint if record is not None else None
+    if expected and splits.fingerprint != expected:
+        raise UserError(
+            f"study {study.study_name!r} was run on data with fingerprint {expected}, but {splits.source} "
+            f"(channels {','.join(channels)}) gives {splits.fingerprint}; pass --data PATH to the file it was run on"
+        )
+    return splits
+
+
+# --- the best trial's model -----------------------------------------------------------------------------------
+
+
+def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = None) -> nn.Module | None:
+    """The trial's saved best-epoch weights (the study keeps those of its best trial), or None when this trial has
+    none or the file is gone; weights load with `weights_only=True`. The weights are looked for where the study
+    recorded its artifacts, then beside the store at `url` (a store copied elsewhere)."""
+    import torch
+
+    from hpo_astro.data.prepare import DEFAULT_CHANNELS
+    from hpo_astro.model import build_model
+    from hpo_astro.storage import find_artifact_dir
+
+    record = study_record(study)
+    saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
+    params = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    directory = find_artifact_dir(record.artifacts if record is not None else None, url)
+    if not saved or saved.get("trial") != trial.number or not params or directory is None:
+        return None
+    channels = record.channels if record is not None else DEFAULT_CHANNELS
+    try:
+        with optuna.artifacts.FileSystemArtifactStore(str(directory)).open_reader(saved["artifact_id"]) as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+        model = build_model(params, in_channels=len(channels))
+        model.load_state_dict(state)
+    except (
+        optuna.artifacts.exceptions.ArtifactNotFound,  # the file is gone
+        OSError,  # unreadable
+        EOFError,  # truncated
+        pickle.UnpicklingError,  # not a plain state dict (weights_only refuses it)
+        RuntimeError,  # a damaged archive, or weights of another shape
+        KeyError,  # a pointer or configuration without a field it needs
+        ValueError,  # a configuration build_model does not know
+    ):  # all of these: fall back to retraining
+        return None
+    return model.eval()
+
+
+def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> nn.Module:
+    """Retrain the trial's full configuration with its seed and the study's epoch cap: the same model, because
+    training is deterministic for a seed."""
+    from hpo_astro.train import train
+
+    params = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    if not params:
+        raise UserError(
+            f"trial {trial.number} of study {study.study_name!r} has no stored configuration ({PARAMS_FULL_ATTR}): "
+            "it was run by an older hpo-astro and cannot be reproduced"
+        )
+    record = study_record(study)
+    max_epochs = record.max_epochs if record is not None else None
+    return train(params, data, max_epochs=max_epochs, seed=trial_seed(study, trial)).model
+
+
+# --- its evaluation -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """A best model's metrics on the three splits (Metrics.as_dict) and its test scores (sigmoid, test order)."""
+
+    train: dict[str, float]
+    val: dict[str, float]
+    test: dict[str, float]
+    test_scores: list[float]
+    source: str  # "weights" (the trial's saved weights) or "retrained"
+    reproduced: bool | None  # the validation metrics equal those the trial recorded (None: nothing recorded)
+    seconds: float  # time taken to rebuild and evaluate the model
+
+
+def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, source: str, seconds: float) -> Evaluation:
+    """Metrics on train, val and test, on CPU, as `hpo_astro.train.evaluate` computes them during training."""
+    import torch
+
+    from hpo_astro.train import metrics_from_logits, predict_logits
+
+    model = model.cpu().eval()
+    data = data.to("cpu")
+    metrics, scores = {}, []
+    for split in SPLITS:
+        x, y = data.split(split)
+        logits = predict_logits(model, x)
+        metrics[split] = metrics_from_logits(logits, y, data.pos_weight).as_dict()
+        if split == "test":
+            scores = torch.sigmoid(logits).tolist()
+    stored = trial.user_attrs.get(VAL_METRICS_ATTR)
+    reproduced = None
+    if stored:
+        # tolerance for evaluating on CPU what the trial evaluated on its device; a different model is far off
+        reproduced = all(_close(metrics["val"][k], stored.get(k), 1e-4) for k in ("loss", "accuracy", "roc_auc"))
+    return Evaluation(metrics["train"], metrics["val"], metrics["test"], scores, source, reproduced, seconds)
+
+
+def evaluate_best(
+    study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None, url: str | None = None
+) -> tuple[nn.Module, Evaluation]:
+    """Rebuild the trial's model (saved weights, else retraining) and evaluate it."""
+    start = time.perf_counter()
+    model = load_trial_model(study, trial, url)
+    source = "weights"
+    if model is None:
+        if events:
+            seed = trial_seed(study, trial)
+            events(f"study {study.study_name!r}: retraining best trial #{trial.number} with its seed {seed}")
+        model, source = retrain_trial(study, trial, data), "retrained"
+    return model, evaluate_model(model, data, trial, source, time.perf_counter() - start)
+
+
+def _close(a: float, b: Any, tol: float = 1e-6) -> bool:
+    if not isinstance(b, int | float):
+        return False
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+
+
+def same_metrics(a: Evaluation, b: Evaluation) -> bool:
+    """Equal train/val/test metrics (to rounding; NaN equals NaN)."""
+    return all(
+        _close(value, getattr(b, split).get(name)) for split in SPLITS for name, value in getattr(a, split).items()
+    )
+
+
+# --- the evaluation cache -------------------------------------------------------------------------------------
+
+
+def cache_key(trial: FrozenTrial, fingerprint: str) -> str:
+    return f"{trial.number}:{fingerprint}"
+
+
+def _cache_fingerprint(study: optuna.Study) -> str:
+    """The data half of the cache key: the study's recorded data fingerprint ("" when it recorded none)."""
+    record = study_record(study)
+    return record.data_fingerprint if record is not None else ""
+
+
+def cached_evaluation(study: optuna.Study, trial: FrozenTrial) -> Evaluation | None:
+    """The trial's cached evaluation on the study's data, or None when there is none (or one of an older version)."""
+    entry = (study.user_attrs.get(CACHE_ATTR) or {}).get(cache_key(trial, _cache_fingerprint(study)))
+    if not isinstance(entry, dict) or entry.get("version") != CACHE_VERSION:
+        return None
+    try:
+        return Evaluation(**{f.name: entry[f.name] for f in fields(Evaluation)})
+    except (KeyError, TypeError):
+        return None
+
+
+def store_evaluation(study: optuna.Study, trial: FrozenTrial, evaluation: Evaluation, url: str | None = None) -> bool:
+    """Cache the evaluation in the study's user attributes at `url`. The study was loaded through a read-only
+    handle, so this writes through a separate short-lived writable one; a read-only store (or file system), or no
+    `url`, is skipped quietly: the cache only saves time. Returns whether it was written."""
+    import sqlalchemy.exc
+
+    storage = writable_store(url) if url else None
+    if storage is None:
+        return False
+    try:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        cache = dict(storage.get_study_user_attrs(study_id).get(CACHE_ATTR) or {})  # fresh: others may have added
+        cache[cache_key(trial, _cache_fingerprint(study))] = {"version": CACHE_VERSION, **asdict(evaluation)}
+        storage.set_study_user_attr(study_id, CACHE_ATTR, cache)
+        return True
+    except (sqlalchemy.exc.SQLAlchemyError, OSError, KeyError):  # e.g. a file system that refuses the write
+        return False
+    finally:
+        close_store(storage)
+
+
+def best_evaluation(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    data: Path | None = None,
+    events: Events | None = None,
+    memo: dict | None = None,
+    url: str | None = None,
+) -> Evaluation:
+    """The trial's evaluation: from the cache when it holds it (no data read, no model rebuilt), else rebuilt,
+    evaluated and cached."""
+    evaluation = cached_evaluation(study, trial)
+    if evaluation is not None:
+        return evaluation
+    splits = study_data(study, data, memo)
+    _, evaluation = evaluate_best(study, trial, splits, events, url)
+    store_evaluation(study, trial, evaluation, url)
+    if events and evaluation.reproduced is False:
+        events(
+            f"warning: study {study.study_name!r}: the rebuilt model's validation metrics differ from those "
+            f"recorded by trial #{trial.number} (was it trained on another device or torch version?)"
+        )
+    return evaluation
+
+
+def check_against_cache(
+    study: optuna.Study, trial: FrozenTrial, evaluation: Evaluation, url: str | None
+) -> bool | None:
+    """For an evaluation made now (by `export`): whether it equals the cached one; None when nothing was cached,
+    and then it is cached, as `compare` would have."""
+    cached = cached_evaluation(study, trial)
+    if cached is None:
+        store_evaluation(study, trial, evaluation, url)
+        return None
+    return same_metrics(cached, evaluation)
