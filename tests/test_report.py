@@ -118,6 +118,27 @@ def test_the_cache_is_keyed_by_trial_and_data_fingerprint(store: str) -> None:
     assert _json(store)["studies"][0]["test_accuracy"] == 0.123
 
 
+def test_the_cache_keeps_only_the_current_best_trials_entry(store: str) -> None:
+    """A new best trial replaces the previous best's entry: the cache does not grow with every best there was."""
+    _json(store)
+    study = optuna.load_study(study_name="random", storage=store)
+    old, fingerprint = study.best_trial, study.user_attrs["data_fingerprint"]
+    assert set(study.user_attrs[report_eval.CACHE_ATTR]) == {f"{old.number}:{fingerprint}"}
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    study.add_trial(  # a better trial with the same configuration (retrained: the saved weights are the old best's)
+        optuna.trial.create_trial(
+            params=old.params,
+            distributions=old.distributions,
+            value=old.value + (1.0 if maximize else -1.0),
+            user_attrs={key: old.user_attrs[key] for key in ("params_full", "train_seed", "val_metrics")},
+        )
+    )
+    new = study.best_trial
+    assert new.number != old.number
+    assert _json(store)["studies"][0]["best_trial"] == new.number
+    assert set(study.user_attrs[report_eval.CACHE_ATTR]) == {f"{new.number}:{fingerprint}"}
+
+
 def test_markdown_table_is_shaped_like_the_papers(store: str, tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     result = invoke(

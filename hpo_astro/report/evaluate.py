@@ -8,9 +8,10 @@ study was run on (`study_data`, refused unless its fingerprint is the study's); 
 
 The evaluation cache: each evaluation is kept in the study store itself (study user attribute `compare_cache`, keyed
 by trial number and data fingerprint). That is what makes a second `compare`, `report` or `export` instant and gives
-them the same numbers, and it travels with the store when the store is copied to another machine. The cache is
-written through a separate short-lived writable handle, and not at all when the store or its file system is
-read-only.
+them the same numbers, and it travels with the store when the store is copied to another machine. It holds only the
+entries of the study's current best trial: a new best replaces the older entries, so the store does not grow with
+every best the study ever had (an entry carries the test scores, one float per test cutout). The cache is written
+through a separate short-lived writable handle, and not at all when the store or its file system is read-only.
 """
 
 from __future__ import annotations
@@ -250,6 +251,7 @@ def same_metrics(a: Evaluation, b: Evaluation) -> bool:
 
 
 def cache_key(trial: FrozenTrial, fingerprint: str) -> str:
+    """The trial number, then the data fingerprint: `store_evaluation` finds a trial's entries by the prefix."""
     return f"{trial.number}:{fingerprint}"
 
 
@@ -271,9 +273,10 @@ def cached_evaluation(study: optuna.Study, trial: FrozenTrial) -> Evaluation | N
 
 
 def store_evaluation(study: optuna.Study, trial: FrozenTrial, evaluation: Evaluation, url: str | None = None) -> bool:
-    """Cache the evaluation in the study's user attributes at `url`. The study was loaded through a read-only
-    handle, so this writes through a separate short-lived writable one; a read-only store (or file system), or no
-    `url`, is skipped quietly: the cache only saves time. Returns whether it was written."""
+    """Cache the evaluation of the study's best trial in the study's user attributes at `url`, in place of the
+    entries of any other trial. The study was loaded through a read-only handle, so this writes through a separate
+    short-lived writable one; a read-only store (or file system), or no `url`, is skipped quietly: the cache only
+    saves time. Returns whether it was written."""
     import sqlalchemy.exc
 
     storage = writable_store(url) if url else None
@@ -281,7 +284,12 @@ def store_evaluation(study: optuna.Study, trial: FrozenTrial, evaluation: Evalua
         return False
     try:
         study_id = storage.get_study_id_from_name(study.study_name)
-        cache = dict(storage.get_study_user_attrs(study_id).get(CACHE_ATTR) or {})  # fresh: others may have added
+        cache = storage.get_study_user_attrs(study_id).get(CACHE_ATTR)  # fresh: others may have added
+        cache = cache if isinstance(cache, dict) else {}
+        # Only the best trial's entries are kept: a new best replaces those of the previous one, so the cache does
+        # not grow with every best the study ever had.
+        own = f"{trial.number}:"
+        cache = {key: entry for key, entry in cache.items() if key.startswith(own)}
         cache[cache_key(trial, _cache_fingerprint(study))] = {"version": CACHE_VERSION, **asdict(evaluation)}
         storage.set_study_user_attr(study_id, CACHE_ATTR, cache)
         return True
