@@ -394,7 +394,7 @@ def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False) -> Non
     import shlex
     import sys
 
-    from hpo_astro.study import RunEvents, StudyFailed, run_study
+    from hpo_astro.run import RunEvents, StudyFailed, run_study
     from hpo_astro.workers import run_workers
 
     resume = "hpo-astro " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -3,7 +3,7 @@
 AdamW + BCEWithLogits (pos_weight balances the 2:1 real:bogus imbalance) + CosineAnnealingLR(T_max=t_max),
 at most t_max epochs (or `max_epochs` when smaller), whole splits held as tensors and indexed per batch.
 After every epoch the callbacks see a `TrainState` and may ask to stop; early stopping on validation loss is
-one such callback, Optuna pruning (in `hpo_astro.study`) another. The best-val-loss weights are restored.
+one such callback, Optuna pruning (in `hpo_astro.objective`) another. The best-val-loss weights are restored.
 """
 
 from __future__ import annotations

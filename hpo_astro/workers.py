@@ -17,8 +17,8 @@ import optuna
 from hpo_astro.config import StudyConfig
 from hpo_astro.errors import UserError
 from hpo_astro.record import StudyRecord
+from hpo_astro.run import RunEvents, RunResult, StudyFailed, run_study
 from hpo_astro.storage import open_existing_store
-from hpo_astro.study import RunEvents, RunResult, StudyFailed, run_study
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import fake_train, make_result_store
 
-from hpo_astro import study as study_module
+from hpo_astro import objective as objective_module
 from hpo_astro.data import exromana, simulate
 
 torch.set_num_threads(2)
@@ -84,4 +84,4 @@ def store(result_template: Path, tmp_path: Path) -> str:
 @pytest.fixture
 def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trials train in milliseconds (`helpers.fake_train`), for tests about budgets, samplers and pruning."""
-    monkeypatch.setattr(study_module, "train", fake_train)
+    monkeypatch.setattr(objective_module, "train", fake_train)

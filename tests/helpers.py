@@ -12,12 +12,12 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner, Result
 
-from hpo_astro import study as study_module
+from hpo_astro import run as run_module
 from hpo_astro.cli import app
 from hpo_astro.config import StudyConfig
 from hpo_astro.metrics import Metrics
+from hpo_astro.run import run_study
 from hpo_astro.space import SearchSpace
-from hpo_astro.study import run_study
 from hpo_astro.train import EpochMetrics, TrainResult, TrainState
 
 
@@ -68,7 +68,7 @@ def make_result_store(db: Path, data: Path) -> str:
     for name, seed in zip(GOOD_STUDIES, (0, 1), strict=True):
         run_study(StudyConfig(strategy=name, storage=url, data=data, max_epochs=1, n_trials=3, space=space, seed=seed))
     with pytest.MonkeyPatch.context() as mp:  # a pruner that prunes every trial after its first epoch
-        mp.setattr(study_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
+        mp.setattr(run_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
         cfg = StudyConfig(study="pruned-only", storage=url, data=data, max_epochs=2, n_trials=2, space=space)
         run_study(cfg)
     failed = optuna.load_study(study_name="pruned-only", storage=url)

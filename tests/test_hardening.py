@@ -71,9 +71,9 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_same_command_resumes(
     """The third checkpoint write fails with ENOSPC: the run stops (it does not burn the budget on failures), the
     trial is re-queued with its last whole checkpoint, and once there is space the same command ends with exactly
     the budget."""
-    from hpo_astro import study as study_module
+    from hpo_astro import objective as objective_module
 
-    monkeypatch.setattr(study_module, "train", fake_train)
+    monkeypatch.setattr(objective_module, "train", fake_train)
     store = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["run", "-n", 3, "--data", small_file, "--max-epochs", 3, "--storage", store, "--study", "full"]
     writes = []

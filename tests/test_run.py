@@ -18,11 +18,12 @@ import pytest
 from helpers import assert_refused, invoke
 from optuna.trial import TrialState
 
-from hpo_astro import study as study_module
+from hpo_astro import objective as objective_module
+from hpo_astro import run as run_module
 from hpo_astro.config import StudyConfig, load_config
+from hpo_astro.run import RunEvents, run_study
 from hpo_astro.space import SearchSpace
 from hpo_astro.strategies import STRATEGIES, make_pruner
-from hpo_astro.study import RunEvents, run_study
 from hpo_astro.train import TrainState
 
 SMALL_SPACE = {"conv_layers": [1, 2], "fc_width": [32, 64], "lr": [1e-3, 1e-2], "activation": ["ReLU", "GELU"]}
@@ -92,12 +93,12 @@ def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_fi
     cfg = _cfg(tmp_path, small_file, strategy="bayesian", n_trials=13, space=SearchSpace.from_dict(SMALL_SPACE))
     sampler = make_sampler(cfg)
     assert isinstance(sampler.inner, optuna.samplers.GPSampler)
-    original = study_module.make_sampler
-    study_module.make_sampler = lambda _cfg: sampler
+    original = run_module.make_sampler
+    run_module.make_sampler = lambda _cfg: sampler
     try:
         run_study(cfg)
     finally:
-        study_module.make_sampler = original
+        run_module.make_sampler = original
     assert sampler.inner._gprs_cache_list is not None  # the GP surrogate was fitted for trials 11-13
 
 
@@ -215,7 +216,9 @@ def test_pruning_callback_prunes_and_keeps_the_metrics(tmp_path: Path, small_fil
     cfg = _cfg(tmp_path, small_file, max_epochs=4)
     from hpo_astro.storage import artifact_store
 
-    objective = study_module.Objective(cfg, load_splits(small_file), target=10, store=artifact_store(tmp_path / "a"))
+    objective = objective_module.Objective(
+        cfg, load_splits(small_file), target=10, store=artifact_store(tmp_path / "a")
+    )
     study = optuna.create_study(
         direction="maximize",
         pruner=optuna.pruners.ThresholdPruner(lower=2.0),
@@ -344,7 +347,7 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
             self.file.close()
 
     checkpoints: list[SignalOnSecondCheckpoint] = []
-    monkeypatch.setattr(study_module.tempfile, "TemporaryFile", SignalOnSecondCheckpoint)
+    monkeypatch.setattr(objective_module.tempfile, "TemporaryFile", SignalOnSecondCheckpoint)
     cfg = _cfg(tmp_path, small_file, n_trials=2, max_epochs=4, space=SearchSpace.from_dict({"conv_layers": [1]}))
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg)
@@ -374,7 +377,7 @@ def test_a_signal_while_the_sampler_chooses_waits_for_training(
                 os.kill(os.getpid(), signal.SIGINT)
             return super().sample_independent(study, trial, name, distribution)
 
-    monkeypatch.setattr(study_module, "make_sampler", lambda cfg: SignalWhileChoosing(seed=0))
+    monkeypatch.setattr(run_module, "make_sampler", lambda cfg: SignalWhileChoosing(seed=0))
     cfg = _cfg(tmp_path, small_file, n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE))
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg)
@@ -594,9 +597,9 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
 
 
 def test_a_non_finite_metric_is_the_worst_value_never_the_best() -> None:
-    from hpo_astro.study import _finite
+    from hpo_astro.objective import finite_metric
 
-    assert _finite(float("nan"), maximize=True) == 0.0
-    assert _finite(float("nan"), maximize=False) == 1e9
-    assert _finite(float("inf"), maximize=False) == 1e9
-    assert _finite(0.93, maximize=True) == 0.93
+    assert finite_metric(float("nan"), maximize=True) == 0.0
+    assert finite_metric(float("nan"), maximize=False) == 1e9
+    assert finite_metric(float("inf"), maximize=False) == 1e9
+    assert finite_metric(0.93, maximize=True) == 0.93

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from hpo_astro import workers
 from hpo_astro.config import StudyConfig
+from hpo_astro.run import RunEvents
 from hpo_astro.space import SearchSpace
-from hpo_astro.study import RunEvents
 from hpo_astro.workers import config_from_study, run_workers, threads_per_worker
 
 # Small, quick architectures: a trial of a few epochs takes about a second on the small data set.
@@ -250,7 +250,7 @@ def test_a_joining_worker_rebuilds_the_configuration(tmp_path: Path, small_file:
     cfg = config_from_study(storage, "join", n_trials=3)
     assert cfg.strategy == "random" and cfg.n_trials == 3 and cfg.max_epochs == 2
     assert cfg.space == SearchSpace.from_dict(FAST_SPACE) and cfg.data == small_file
-    from hpo_astro.study import run_study
+    from hpo_astro.run import run_study
 
     result = run_study(cfg)
     assert result.finished == 3

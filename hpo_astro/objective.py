@@ -1,0 +1,231 @@
+"""The objective Optuna calls for each trial, and the trainer callbacks that talk to Optuna.
+
+* `Objective`: checks that the trial is not surplus, completes its parameters, resumes a retried trial from the
+  checkpoint it inherited, trains, records the results on the trial and keeps the best weights of the study.
+* `OptunaPruning`: reports the objective metric every epoch and stops training when the pruner says so.
+* `ArtifactCheckpoint`: saves the whole training state to the artifact store every epoch, so a trial whose process
+  dies or is interrupted is retried from its last epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from hpo_astro.config import StudyConfig
+from hpo_astro.data.prepare import DataSplits
+from hpo_astro.errors import write_fault
+from hpo_astro.interrupts import process_interrupts
+from hpo_astro.record import (
+    BEST_WEIGHTS_ATTR,
+    HISTORY_ATTR,
+    PARAMS_FULL_ATTR,
+    TRAIN_SEED_ATTR,
+    VAL_METRICS_ATTR,
+)
+from hpo_astro.samplers.ablation import EXHAUSTED_KEY
+from hpo_astro.space import DEFAULT_PARAMS
+from hpo_astro.storage import WORKER_ATTR, WORKER_START_ATTR, process_token
+from hpo_astro.train import TrainState, train
+
+# Trials that hold a place in the budget: finished, or running or queued to finish.
+HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
+
+
+class _SurplusTrial(Exception):
+    """Nothing left for this trial: the sampler's plan is exhausted or the budget is taken by other trials."""
+
+
+class OptunaPruning:
+    """Trainer callback: report the objective metric each epoch, keep the curves in the trial, prune on request."""
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        metric: str,
+        on_epoch: Callable[[int, TrainState], None] | None = None,
+        reported_until: int = 0,
+    ) -> None:
+        self.trial, self.metric, self.on_epoch = trial, metric, on_epoch
+        self.reported_until = reported_until  # epochs a retried trial inherited, already reported
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epoch > self.reported_until:
+            value = finite_metric(getattr(state.last, self.metric), self.metric != "val_loss")
+            self.trial.report(value, state.epoch)
+        self.trial.set_user_attr(HISTORY_ATTR, [asdict(h) for h in state.history])
+        if self.on_epoch:
+            self.on_epoch(self.trial.number, state)
+        if self.trial.should_prune():
+            state.request_stop("pruned")
+
+
+class ArtifactCheckpoint:
+    """Trainer callback: after each epoch, save the whole training state to the artifact store and point the
+    trial's `checkpoint` user attribute at it; the previous checkpoint is removed once the new one is in place."""
+
+    def __init__(self, trial: optuna.Trial, store: optuna.artifacts.FileSystemArtifactStore, previous: str | None):
+        self.trial, self.store, self.current = trial, store, previous
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        artifact_id = f"{checkpoint_prefix(self.trial.study)}{uuid.uuid4()}"
+        with process_interrupts.deferred(), tempfile.TemporaryFile() as fh:
+            torch.save(state.checkpoint(), fh)
+            fh.seek(0)
+            self.store.write(artifact_id, fh)
+            self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
+            self.remove()
+            self.current = artifact_id
+
+    def remove(self) -> None:
+        if self.current:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                self.store.remove(self.current)
+            self.current = None
+
+
+def checkpoint_prefix(study: optuna.Study) -> str:
+    """The start of every checkpoint file name of this study in the artifact folder."""
+    return f"ckpt-study{study._study_id}-"
+
+
+def finite_metric(value: float, maximize: bool) -> float:
+    """A NaN/inf metric (a diverged run, a one-class split) becomes the worst value, never the best."""
+    if math.isfinite(value):
+        return value
+    return 0.0 if maximize else 1e9  # accuracy and ROC AUC are >= 0; losses are finite and small when sane
+
+
+@dataclass
+class Objective:
+    cfg: StudyConfig
+    data: DataSplits
+    target: int
+    store: optuna.artifacts.FileSystemArtifactStore
+    on_epoch: Callable[[int, TrainState], None] | None = None
+    current_trial_id: int | None = field(default=None, init=False)
+    write_failure: str | None = field(default=None, init=False)  # set when a trial failed for want of disk
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current_trial_id = trial._trial_id
+        checkpoint = None
+        try:
+            value, checkpoint = self._run(trial)
+            return value
+        except KeyboardInterrupt:
+            raise  # Ctrl-C / SIGTERM: the checkpoint stays for the retry
+        except optuna.TrialPruned:
+            self._drop(trial)
+            raise
+        except Exception as exc:  # recorded on the trial, which Optuna then marks failed
+            self.write_failure = write_fault(exc)
+            if self.write_failure is not None:
+                raise  # the disk's fault: the checkpoint stays for the retry (see run_study)
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            self._drop(trial)
+            raise
+        finally:
+            if checkpoint is not None:
+                checkpoint.remove()
+
+    def _drop(self, trial: optuna.Trial) -> None:
+        """Remove the trial's checkpoint: it has finished and will not be retried."""
+        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        if pointer:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                self.store.remove(pointer["artifact_id"])
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, ArtifactCheckpoint]:
+        storage = trial.study._storage
+        # Who runs the trial, first: on a store without heartbeat (journal) this is how a dead process is recognised.
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(WORKER_START_ATTR, process_token())
+        if storage.get_trial_system_attrs(trial._trial_id).get(EXHAUSTED_KEY):
+            raise _SurplusTrial("the sampler's plan is exhausted")
+        ahead = [
+            t
+            for t in storage.get_all_trials(trial.study._study_id, deepcopy=False)
+            if t.number < trial.number and t.state in HOLDING
+        ]
+        if len(ahead) >= self.target:
+            raise _SurplusTrial(f"the budget of {self.target} trials is already taken by other trials")
+        sampled = {name: trial.suggest_categorical(name, list(values)) for name, values in self.cfg.space.items()}
+        params = {**DEFAULT_PARAMS, **(self.cfg.baseline or {}), **sampled}
+        trial.set_user_attr(PARAMS_FULL_ATTR, params)
+        resume, inherited = self._inherited_checkpoint(trial, params)
+        checkpoint = ArtifactCheckpoint(trial, self.store, inherited)
+        reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve
+        callbacks = [OptunaPruning(trial, self.cfg.metric, self.on_epoch, max(reported, default=0)), checkpoint]
+        with process_interrupts.allowed():
+            result = train(
+                params,
+                self.data,
+                callbacks=callbacks,
+                max_epochs=self.cfg.max_epochs,
+                seed=self.cfg.seed,
+                resume=resume,
+            )
+        for key, value in {
+            "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason,
+            "wall_time": result.wall_time,
+            "n_params": result.n_params,
+            "device": result.device,
+            TRAIN_SEED_ATTR: result.seed,
+            VAL_METRICS_ATTR: result.val_metrics.as_dict(),
+            "train_metrics": result.train_metrics.as_dict(),
+        }.items():
+            trial.set_user_attr(key, value)
+        if result.stop_reason == "pruned":
+            checkpoint.remove()
+            raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
+        value = finite_metric(
+            getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
+        )
+        self._keep_if_best(trial, value, result.model)
+        return value, checkpoint
+
+    def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
+        """The checkpoint a retried trial inherited from the trial it retries (None for a fresh trial)."""
+        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        if not pointer:
+            return None, None
+        try:
+            with self.store.open_reader(pointer["artifact_id"]) as fh:
+                checkpoint = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception:  # missing or unreadable (e.g. killed while writing): start from epoch 0
+            return None, None
+        if dict(checkpoint.get("params", {})) != params:
+            return None, pointer["artifact_id"]
+        trial.set_user_attr("resumed_from_epoch", int(pointer["epoch"]))
+        return checkpoint, pointer["artifact_id"]
+
+    def _keep_if_best(self, trial: optuna.Trial, value: float, model: torch.nn.Module) -> None:
+        """Keep this trial's weights if it is the best so far; drop the previous best's."""
+        study = trial.study
+        best = study.user_attrs.get(BEST_WEIGHTS_ATTR)
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        if best is not None and not (value > best["value"] if maximize else value < best["value"]):
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number}-weights.pt"
+            torch.save(model.state_dict(), path)
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.store, file_path=str(path), study_or_trial=trial
+            )
+        study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
+        if best is not None:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+                self.store.remove(best["artifact_id"])

@@ -1,0 +1,188 @@
+"""Running a study to its exact budget, crash-safely.
+
+* Budget: a number of *finished* trials (complete + pruned). The run loop recounts the store before every trial,
+  so an interrupted run resumes where it stopped; a trial that finds the budget already taken by others (a race
+  between workers) ends as a failed "surplus" trial instead of overshooting.
+* Crash safety: every epoch the trial's full training state is checkpointed to the artifact store. A trial whose
+  process dies (kill -9, out of memory, lost node) stops its heartbeat, is failed by the next worker after the
+  grace period and re-queued with the same parameters and its checkpoint; Ctrl-C and SIGTERM fail and re-queue
+  it at once. The retry resumes from the last checkpointed epoch and ends as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo_astro.config import StudyConfig
+from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
+from hpo_astro.errors import write_fault
+from hpo_astro.interrupts import process_interrupts
+from hpo_astro.objective import Objective, checkpoint_prefix
+from hpo_astro.record import PARAMS_FULL_ATTR
+from hpo_astro.samplers import AblationSampler
+from hpo_astro.samplers.ablation import EXHAUSTED_KEY
+from hpo_astro.storage import artifact_store, fail_dead_trials, open_storage, retry_callback
+from hpo_astro.strategies import make_pruner, make_sampler
+from hpo_astro.study import create_or_resume, study_record
+from hpo_astro.train import TrainState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_CONSECUTIVE_FAILURES = 3
+POLL_SECONDS = 1.0
+
+
+class StudyFailed(Exception):
+    """Several trials in a row failed: something is wrong beyond one configuration (a bug, the device)."""
+
+
+class WriteFailed(StudyFailed):
+    """A checkpoint, the best weights or the study store could not be written (disk full, quota, I/O error). Not the
+    configuration's fault: the run stops and the trial is re-queued, so re-running the same command resumes."""
+
+
+@dataclass
+class RunEvents:
+    """Hooks for a live display; all optional."""
+
+    on_start: Callable[[optuna.Study, int, int], None] | None = None  # study, finished, target
+    on_epoch: Callable[[int, TrainState], None] | None = None  # trial number, trainer state
+    on_trial_end: Callable[[optuna.Study, FrozenTrial, int], None] | None = None  # ..., finished so far
+    on_wait: Callable[[int], None] | None = None  # number of running trials (other workers' or dead ones)
+
+
+@dataclass
+class RunResult:
+    study: optuna.Study
+    target: int
+    finished: int
+    ran: int  # trials run by this call
+
+
+def prepare_run(cfg: StudyConfig) -> tuple[DataSplits, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """Everything that can refuse bad input, done before the store is touched."""
+    cfg.validate()
+    sampler = make_sampler(cfg)
+    pruner = make_pruner(cfg)
+    data = load_splits(cfg.data, PrepConfig(channels=cfg.channels))
+    return data, sampler, pruner
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int:
+    """The budget: `n_trials`, or fewer for a sampler whose plan is shorter (ablation: 47 for the paper)."""
+    if isinstance(sampler, AblationSampler):
+        return min(cfg.n_trials, sampler.n_slots)
+    if isinstance(sampler, optuna.samplers.GridSampler):
+        return min(cfg.n_trials, cfg.space.n_combinations())
+    return cfg.n_trials
+
+
+def _fail_stale(study: optuna.Study, grace_period: float) -> None:
+    """Fail and re-queue trials whose process died (heartbeat, or a dead local process on stores without one):
+    see `hpo_astro.storage.fail_dead_trials`."""
+    fail_dead_trials(study, grace_period)
+
+
+def _requeue(study: optuna.Study, trial_id: int | None) -> None:
+    """After Ctrl-C / SIGTERM: fail the interrupted trial if Optuna has not, and re-queue it with its parameters
+    and checkpoint (what the heartbeat does for a dead process). Signals are deferred until training starts (see
+    `hpo_astro.interrupts`), so an interrupted trial always has its id and its full parameters."""
+    if trial_id is None:
+        return
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        trial = storage.get_trial(trial_id)
+    interrupted = "fail_reason" not in trial.user_attrs  # an ordinary error records its reason
+    if trial.state == TrialState.FAIL and PARAMS_FULL_ATTR in trial.user_attrs and interrupted:
+        retry_callback()(study, trial)
+
+
+def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
+    """Create or resume the study and run trials until it holds `target` finished trials."""
+    events = events or RunEvents()
+    data, sampler, pruner = prepare_run(cfg)
+    storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
+    study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
+    target = target_trials(cfg, sampler)
+    store = artifact_store(Path(study.user_attrs["artifacts"]))
+    objective = Objective(cfg, data, target, store, events.on_epoch)
+    finished = count_finished(study)
+    if events.on_start:
+        events.on_start(study, finished, target)
+    ran = failures = 0
+    with process_interrupts.installed():
+        while True:
+            _fail_stale(study, cfg.grace_period)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if finished >= target:
+                break
+            if waiting == 0 and finished + running >= target:
+                # The last trials run elsewhere, or in a dead process until the heartbeat grace period ends.
+                if events.on_wait:
+                    events.on_wait(running)
+                time.sleep(POLL_SECONDS)
+                continue
+            before = len(trials)
+            objective.current_trial_id = objective.write_failure = None
+            try:
+                with process_interrupts.deferred():  # signals act inside training only (see Interrupts)
+                    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            except KeyboardInterrupt:
+                _requeue(study, objective.current_trial_id)
+                raise
+            except Exception as exc:  # the store itself failed while Optuna recorded the trial
+                reason = write_fault(exc)
+                if reason is None:
+                    raise
+                raise WriteFailed(f"cannot write the study store: {reason}; {_RESUME_HINT}") from None
+            if objective.write_failure is not None:
+                with contextlib.suppress(Exception):  # the store may be full too: the heartbeat re-queues it later
+                    _requeue(study, objective.current_trial_id)
+                raise WriteFailed(f"cannot write: {objective.write_failure}; {_RESUME_HINT}")
+            trials = study.get_trials(deepcopy=False)
+            mine = [t for t in trials if t._trial_id == objective.current_trial_id]
+            if not mine:
+                if len(trials) == before:
+                    break  # the sampler stopped the study before creating a trial
+                continue
+            last = mine[0]
+            finished = count_finished(study)
+            ran += 1
+            if events.on_trial_end:
+                events.on_trial_end(study, last, finished)
+            if last.system_attrs.get(EXHAUSTED_KEY):
+                break
+            surplus = "_SurplusTrial" in last.user_attrs.get("fail_reason", "")
+            failures = failures + 1 if last.state == TrialState.FAIL and not surplus else 0
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                reason = last.user_attrs.get("fail_reason", "unknown error")
+                raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
+    _remove_orphan_checkpoints(study, Path(study.user_attrs["artifacts"]))
+    return RunResult(study, target, finished, ran)
+
+
+_RESUME_HINT = "the trial was re-queued; free some space and re-run the same command to resume"
+
+
+def _remove_orphan_checkpoints(study: optuna.Study, directory: Path) -> None:
+    """Delete this study's leftover checkpoint files (a process killed between writing a new checkpoint and
+    removing the old one leaves one behind). Only when no trial of the study is running or queued."""
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        return
+    for path in directory.glob(f"{checkpoint_prefix(study)}*"):
+        path.unlink(missing_ok=True)
