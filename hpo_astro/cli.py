@@ -235,7 +235,7 @@ def train_command(
     import torch
 
     from hpo_astro.data.prepare import PrepConfig, load_splits, parse_channels
-    from hpo_astro.model import save_model
+    from hpo_astro.model import model_manifest, save_model
     from hpo_astro.space import SearchSpace, parse_assignments
     from hpo_astro.train import resolve_device, train
 
@@ -276,17 +276,8 @@ def train_command(
         highlight=False,
     )
     out = out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    manifest = {
-        **result.summary(),
-        "in_channels": splits.in_channels,
-        "preprocessing": {
-            "channels": list(splits.channels),
-            "scaling": "zscale",
-            "threshold": 0.5,
-            "split_seed": splits.info["split_seed"],
-        },
-        "data": {"source": splits.source, "fingerprint": splits.fingerprint},
-    }
+    summary = result.summary()  # the history, metrics and seed go in beside the model's own fields
+    manifest = model_manifest(summary.pop("params"), splits, prep, extra=summary)
     save_model(out, result.model, manifest)
     console.print(f"saved weights and configuration to {out}/")
 

@@ -4,7 +4,8 @@
 `model.json` (hyperparameters, preprocessing: channels, plane names, ZScale, non-finite handling, decision
 threshold, split settings; the BCE pos_weight; the study and trial it came from; its train/val/test metrics).
 `predict` scores cutouts with such a directory (or one written by `hpo-astro train`): it reads an ExRomana file
-safely, preprocesses it exactly as training did (`hpo_astro.data.prepare.zscale` on the selected planes), writes
+safely, preprocesses it exactly as training did (`hpo_astro.data.prepare.preprocess` with the settings the manifest
+recorded: planes, ZScale contrast), writes
 `index,label,score,prediction` per cutout and computes the metrics when the file carries labels.
 
 Files to score: an ExRomana file (`{"TP": [...], "FP": [...]}`: labels known), or a plain list of records
@@ -26,13 +27,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hpo_astro import __version__
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
 from hpo_astro.io import umask, write_output
 from hpo_astro.metrics import Metrics
-from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, save_model
+from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, model_manifest, save_model
 from hpo_astro.record import PARAMS_FULL_ATTR
 from hpo_astro.report.evaluate import (
     Evaluation,
@@ -42,6 +42,7 @@ from hpo_astro.report.evaluate import (
     evaluate_best,
     load_studies,
     study_data,
+    study_prep,
     study_record,
     trial_seed,
 )
@@ -50,9 +51,6 @@ from hpo_astro.storage import read_store
 if TYPE_CHECKING:
     import optuna
 
-MANIFEST_FORMAT = "hpo-astro-model"
-MANIFEST_VERSION = 1
-ZSCALE_CONTRAST = 0.25  # hpo_astro.data.prepare.zscale's default, recorded in the manifest
 SPLIT_NAMES = ("all", "train", "val", "test")
 
 
@@ -86,42 +84,27 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
     model, evaluation = evaluate_best(study, trial, splits, events, url)
     matches = check_against_cache(study, trial, evaluation, url)  # compare's cache, through compare's own code
     record = study_record(study)  # None for a study another program made: recorded as null
-    prep = PrepConfig(channels=splits.channels)  # how study_data prepared the splits
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "hpo_astro_version": __version__,
-        "params": trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params,
-        "in_channels": splits.in_channels,
-        "preprocessing": {
-            "channels": list(prep.channels),
-            "plane_names": list(prep.plane_names),
-            "scaling": "zscale",
-            "zscale_contrast": ZSCALE_CONTRAST,
-            "nonfinite": "excluded from the ZScale limits, then set to 0",
-            "threshold": float(evaluation.test.get("threshold", 0.5)),
-            "split_seed": prep.split_seed,
-            "split_fractions": list(prep.fractions),
-        },
-        "pos_weight": splits.pos_weight,
-        "data": {
-            "source": splits.source,
-            "fingerprint": splits.fingerprint,
-            "file_sha256": splits.info.get("file_sha256"),
-        },
-        "study": {
-            "name": study.study_name,
-            "strategy": record.strategy if record is not None else None,
-            "objective": record.objective if record is not None else None,
-            "direction": study.direction.name.lower(),
-            "trial": trial.number,
-            "value": trial.value,
-            "train_seed": trial_seed(study, trial),
-            "max_epochs": record.max_epochs if record is not None else None,
-            "model_source": evaluation.source,
-        },
-        "metrics": {"train": evaluation.train, "val": evaluation.val, "test": evaluation.test},
+    study_info = {
+        "name": study.study_name,
+        "strategy": record.strategy if record is not None else None,
+        "objective": record.objective if record is not None else None,
+        "direction": study.direction.name.lower(),
+        "trial": trial.number,
+        "value": trial.value,
+        "train_seed": trial_seed(study, trial),
+        "max_epochs": record.max_epochs if record is not None else None,
+        "model_source": evaluation.source,
     }
+    manifest = model_manifest(
+        trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params,
+        splits,
+        study_prep(study),  # how study_data prepared the splits
+        threshold=float(evaluation.test.get("threshold", 0.5)),
+        extra={
+            "study": study_info,
+            "metrics": {"train": evaluation.train, "val": evaluation.val, "test": evaluation.test},
+        },
+    )
     _write_directory(out, model.cpu(), manifest)
     return Exported(out, manifest, evaluation, matches)
 
@@ -213,7 +196,7 @@ class Prediction:
 
 def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
     """Score the cutouts of `data_path` (or one split of it, as training split it) with an exported model."""
-    from hpo_astro.data.prepare import stratified_split, zscale
+    from hpo_astro.data.prepare import preprocess, stratified_split
     from hpo_astro.train import metrics_from_logits, predict_logits
 
     if split not in SPLIT_NAMES:
@@ -221,12 +204,7 @@ def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
     model, manifest = load_exported(model_dir)
     prep_info = manifest.get("preprocessing") or {}
     try:
-        prep = PrepConfig(
-            channels=tuple(prep_info.get("channels") or ("scorr",)),
-            plane_names=tuple(prep_info.get("plane_names") or exromana.PLANE_NAMES),
-            split_seed=int(prep_info.get("split_seed", 0)),
-            fractions=tuple(prep_info.get("split_fractions") or (0.70, 0.15, 0.15)),  # type: ignore[arg-type]
-        )
+        prep = PrepConfig.from_manifest(prep_info)  # the recorded settings, contrast included; defaults when absent
     except UserError as exc:
         raise UserError(f"{model_dir}/{MANIFEST_FILE}: {exc}") from None
     threshold = float(prep_info.get("threshold", 0.5))
@@ -238,8 +216,7 @@ def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
         indices = stratified_split(cutouts.labels, prep.split_seed, prep.fractions)[
             ("train", "val", "test").index(split)
         ]
-    planes = np.moveaxis(cutouts.samples[indices][..., prep.plane_indices], -1, 1)  # (N, C, 64, 64)
-    x = torch.from_numpy(np.ascontiguousarray(zscale(planes)[0]))
+    x = torch.from_numpy(np.ascontiguousarray(preprocess(cutouts.samples[indices], prep)[0]))
     if x.shape[1] != int(manifest["in_channels"]):
         raise UserError(
             f"{model_dir}/{MANIFEST_FILE}: in_channels {manifest['in_channels']} disagrees with its "

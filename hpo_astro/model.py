@@ -6,12 +6,16 @@ import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from hpo_astro import __version__
 from hpo_astro.errors import UserError
+
+if TYPE_CHECKING:
+    from hpo_astro.data.prepare import DataSplits, PrepConfig
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "ReLU": nn.ReLU,
@@ -64,6 +68,39 @@ def count_parameters(model: nn.Module) -> int:
 
 WEIGHTS_FILE = "model.pt"
 MANIFEST_FILE = "model.json"
+MANIFEST_FORMAT = "hpo-astro-model"
+MANIFEST_VERSION = 1
+
+
+def model_manifest(
+    params: Mapping[str, Any],
+    splits: DataSplits,
+    prep: PrepConfig,
+    threshold: float = 0.5,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest (model.json) of a model with these hyperparameters, trained on `splits` as `prep` prepared
+    them: what rebuilds the model, the preprocessing and decision threshold `predict` applies to new cutouts, the
+    BCE pos_weight and the data. `extra` adds the caller's own fields (`train`: its summary; `export`: the study,
+    trial and metrics); it cannot replace these. `train` and `export` both write this one layout."""
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "hpo_astro_version": __version__,
+        "params": dict(params),
+        "in_channels": splits.in_channels,
+        "preprocessing": {**prep.to_manifest(), "threshold": float(threshold)},
+        "pos_weight": splits.pos_weight,
+        "data": {
+            "source": splits.source,
+            "fingerprint": splits.fingerprint,
+            "file_sha256": splits.info.get("file_sha256"),
+        },
+    }
+    clash = sorted(set(extra or {}) & set(manifest))
+    if clash:
+        raise ValueError(f"extra manifest fields {clash} would replace the model's own")
+    return {**manifest, **(extra or {})}
 
 
 def save_model(directory: str | Path, model: nn.Module, manifest: Mapping[str, Any]) -> Path:

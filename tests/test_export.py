@@ -7,6 +7,7 @@ import csv
 import json
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,29 @@ def test_predict_scores_unlabelled_cutouts(store: str, tmp_path: Path, small_rec
     assert "scored 8 cutouts" in result.stdout and "metrics:" not in result.stdout
     lines = out.read_text().splitlines()
     assert lines[0] == "index,score,prediction" and len(lines) == 9 and lines[1].startswith("0,")
+
+
+def test_predict_uses_the_recorded_zscale_contrast(store: str, tmp_path: Path, small_file: Path) -> None:
+    """predict prepares cutouts with the contrast the manifest records; a manifest without one (written before it
+    was recorded) is read as the 0.25 it was made with."""
+    import shutil
+
+    from hpo_astro.export import predict
+
+    model = tmp_path / "model"
+    manifest = _export(store, "tpe", model)
+    assert manifest["preprocessing"]["zscale_contrast"] == 0.25
+    default = predict(model, small_file).scores
+
+    def variant(name: str, change: Callable[[dict], None]) -> np.ndarray:
+        copy = shutil.copytree(model, tmp_path / name)
+        edited = json.loads((copy / "model.json").read_text())
+        change(edited["preprocessing"])
+        (copy / "model.json").write_text(json.dumps(edited))
+        return predict(copy, small_file).scores
+
+    assert not np.allclose(variant("contrast", lambda prep: prep.update(zscale_contrast=0.05)), default)
+    assert np.array_equal(variant("older", lambda prep: prep.pop("zscale_contrast")), default)
 
 
 def test_export_replaces_an_earlier_export_only(store: str, tmp_path: Path) -> None:

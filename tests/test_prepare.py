@@ -16,6 +16,7 @@ from hpo_astro.data.prepare import (
     fingerprint,
     load_splits,
     parse_channels,
+    preprocess,
     stratified_split,
     zscale,
 )
@@ -82,6 +83,51 @@ def test_fingerprint_depends_on_file_and_settings() -> None:
     assert base != fingerprint("abd", PrepConfig())
     assert base != fingerprint("abc", PrepConfig(channels=("sci", "scorr")))
     assert base != fingerprint("abc", PrepConfig(split_seed=1))
+
+
+def test_the_default_zscale_contrast_leaves_fingerprints_as_they_were() -> None:
+    """Studies and cached tensors recorded before the contrast was a setting keep their fingerprints: this is the
+    fingerprint the settings hashed to then (channels scorr, planes sci/ref/diff/scorr, seed 0, 70/15/15)."""
+    import hashlib
+    import json
+
+    before = {
+        "channels": ["scorr"],
+        "plane_names": ["sci", "ref", "diff", "scorr"],
+        "split_seed": 0,
+        "fractions": [0.7, 0.15, 0.15],
+    }
+    payload = json.dumps({"file": "abc", "prep": before, "version": 1}, sort_keys=True)
+    assert fingerprint("abc", PrepConfig()) == hashlib.sha256(payload.encode()).hexdigest()[:16]
+    assert fingerprint("abc", PrepConfig(zscale_contrast=0.1)) != fingerprint("abc", PrepConfig())
+    with pytest.raises(UserError, match="ZScale contrast"):
+        PrepConfig(zscale_contrast=0.0)
+
+
+def test_preprocess_selects_the_planes_and_zscales_them_with_the_contrast() -> None:
+    samples = np.random.default_rng(0).normal(100, 5, (3, 64, 64, 4))
+    yy, xx = np.mgrid[:64, :64]
+    samples += 500 * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / 8)[..., None]  # a source: the limits are not clipped
+    samples = samples.astype(np.float32)
+    samples[0, :, :4, 1] = np.nan
+    config = PrepConfig(channels=("ref", "scorr"))
+    x, n_bad = preprocess(samples, config)
+    expected, expected_bad = zscale(np.moveaxis(samples[..., [1, 3]], -1, 1))
+    assert x.shape == (3, 2, 64, 64) and np.array_equal(x, expected) and n_bad == expected_bad == 64 * 4
+    other, _ = preprocess(samples, PrepConfig(channels=("ref", "scorr"), zscale_contrast=0.05))
+    assert not np.array_equal(other, x)
+
+
+def test_manifest_round_trip_and_older_manifests() -> None:
+    config = PrepConfig(channels=("diff", "sci"), split_seed=3, fractions=(0.6, 0.2, 0.2), zscale_contrast=0.1)
+    manifest = config.to_manifest()
+    assert manifest["scaling"] == "zscale" and manifest["zscale_contrast"] == 0.1
+    assert PrepConfig.from_manifest(manifest) == config
+    # a manifest written before the contrast was recorded (as `train` wrote them) was scaled with 0.25
+    old = {"channels": ["scorr"], "scaling": "zscale", "threshold": 0.5, "split_seed": 0}
+    assert PrepConfig.from_manifest(old) == PrepConfig() and PrepConfig.from_manifest(old).zscale_contrast == 0.25
+    with pytest.raises(UserError, match="invalid preprocessing settings"):
+        PrepConfig.from_manifest({"split_seed": "zero"})
 
 
 def test_load_splits_is_deterministic_and_cached(small_file: Path, isolated_cache: Path) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,16 +27,20 @@ PREPROCESS_VERSION = 1  # bump when the preprocessing changes, so cached tensors
 DEFAULT_CHANNELS = ("scorr",)  # the paper's single grayscale channel
 DEFAULT_SIM_N = 4676  # 70/15/15 of this gives the paper's 3,273 training cutouts
 DEFAULT_SIM_SEED = 0
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)  # train/val/test
+DEFAULT_ZSCALE_CONTRAST = 0.25  # astropy's ZScale default
+NONFINITE_HANDLING = "excluded from the ZScale limits, then set to 0"  # what `zscale` does, in the model manifest
 
 
 @dataclass(frozen=True)
 class PrepConfig:
-    """How a file becomes tensors. Part of the data fingerprint."""
+    """How a file becomes tensors. Part of the data fingerprint, and recorded in a saved model's manifest."""
 
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     plane_names: tuple[str, ...] = exromana.PLANE_NAMES
     split_seed: int = 0
-    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    zscale_contrast: float = DEFAULT_ZSCALE_CONTRAST
 
     def __post_init__(self) -> None:
         if len(self.plane_names) != exromana.CUTOUT_SHAPE[-1] or len(set(self.plane_names)) != len(self.plane_names):
@@ -47,10 +54,41 @@ class PrepConfig:
             raise UserError(f"channel listed twice in {','.join(self.channels)}")
         if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
             raise UserError(f"split fractions must be three positive numbers summing to 1, got {self.fractions}")
+        if not (math.isfinite(self.zscale_contrast) and self.zscale_contrast > 0):
+            raise UserError(f"the ZScale contrast must be a positive number, got {self.zscale_contrast}")
 
     @property
     def plane_indices(self) -> list[int]:
         return [self.plane_names.index(ch) for ch in self.channels]
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The `preprocessing` settings of a model manifest (model.json), JSON-ready: what `predict` needs to
+        prepare new cutouts exactly as these were."""
+        return {
+            "channels": list(self.channels),
+            "plane_names": list(self.plane_names),
+            "scaling": "zscale",
+            "zscale_contrast": self.zscale_contrast,
+            "nonfinite": NONFINITE_HANDLING,
+            "split_seed": self.split_seed,
+            "split_fractions": list(self.fractions),
+        }
+
+    @classmethod
+    def from_manifest(cls, info: Mapping[str, Any]) -> PrepConfig:
+        """The settings a manifest's `preprocessing` records; what an older manifest leaves out takes the value it
+        was made with (the defaults: e.g. a manifest without `zscale_contrast` was scaled with 0.25)."""
+        try:
+            fractions: Any = tuple(float(f) for f in info.get("split_fractions") or DEFAULT_FRACTIONS)
+            return cls(
+                channels=tuple(info.get("channels") or DEFAULT_CHANNELS),
+                plane_names=tuple(info.get("plane_names") or exromana.PLANE_NAMES),
+                split_seed=int(info.get("split_seed", 0)),
+                fractions=fractions,  # its length is checked with the rest
+                zscale_contrast=float(info.get("zscale_contrast", DEFAULT_ZSCALE_CONTRAST)),
+            )
+        except (TypeError, ValueError) as exc:  # a value of the wrong kind (e.g. a seed that is not a number)
+            raise UserError(f"invalid preprocessing settings: {exc}") from None
 
 
 def parse_channels(text: str | None) -> tuple[str, ...]:
@@ -106,7 +144,7 @@ class DataSplits:
         )
 
 
-def zscale(cutouts: np.ndarray, contrast: float = 0.25) -> tuple[np.ndarray, int]:
+def zscale(cutouts: np.ndarray, contrast: float = DEFAULT_ZSCALE_CONTRAST) -> tuple[np.ndarray, int]:
     """Scale each 2-D cutout to [0, 1] with astropy's ZScale limits.
 
     Non-finite pixels are handled explicitly (the paper's uint8 cast turned them into garbage): limits are
@@ -140,8 +178,16 @@ def zscale(cutouts: np.ndarray, contrast: float = 0.25) -> tuple[np.ndarray, int
     return out.reshape(cutouts.shape), n_bad
 
 
+def preprocess(samples: np.ndarray, config: PrepConfig) -> tuple[np.ndarray, int]:
+    """Cutouts as stored, (N, 64, 64, 4) planes last, to what the model sees: the configured planes, planes first
+    (N, C, 64, 64), each ZScaled with the configured contrast. Also returns the number of non-finite pixels set to 0.
+    Training, export and predict all prepare cutouts through this one function."""
+    planes = np.moveaxis(samples[..., config.plane_indices], -1, 1)
+    return zscale(planes, config.zscale_contrast)
+
+
 def stratified_split(
-    labels: np.ndarray, seed: int, fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    labels: np.ndarray, seed: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train/val/test, each class split in the given fractions (sorted, deterministic)."""
     rng = np.random.default_rng(seed)
@@ -182,7 +228,12 @@ def check_splits(
 
 def fingerprint(file_sha256: str, config: PrepConfig) -> str:
     """A short hash of the file's content and the preprocessing settings."""
-    payload = json.dumps({"file": file_sha256, "prep": asdict(config), "version": PREPROCESS_VERSION}, sort_keys=True)
+    prep = asdict(config)
+    if config.zscale_contrast == DEFAULT_ZSCALE_CONTRAST:
+        # The default contrast is left out: it is what every fingerprint hashed before the contrast was a setting,
+        # so those fingerprints (recorded in studies, naming cached tensors) stay valid.
+        del prep["zscale_contrast"]
+    payload = json.dumps({"file": file_sha256, "prep": prep, "version": PREPROCESS_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -230,8 +281,7 @@ def load_splits(path: str | os.PathLike | None = None, config: PrepConfig | None
             x = None  # unreadable cache entry: rebuild it below
     if x is None:
         data = exromana.load(path)
-        planes = np.moveaxis(data.samples[..., config.plane_indices], -1, 1)  # (N, C, 64, 64)
-        x, n_bad = zscale(planes)
+        x, n_bad = preprocess(data.samples, config)
         labels = data.labels
         try:
             with atomic_write(cached) as fh:

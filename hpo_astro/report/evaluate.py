@@ -34,7 +34,7 @@ from hpo_astro.storage import close_store, writable_store
 if TYPE_CHECKING:
     from torch import nn
 
-    from hpo_astro.data.prepare import DataSplits
+    from hpo_astro.data.prepare import DataSplits, PrepConfig
 
 CACHE_ATTR = "compare_cache"
 CACHE_VERSION = 1  # bump when the evaluation changes, so stale cached numbers are recomputed
@@ -92,13 +92,22 @@ def trial_seed(study: optuna.Study, trial: FrozenTrial) -> int:
 # --- the data a study was run on ------------------------------------------------------------------------------
 
 
+def study_prep(study: optuna.Study) -> PrepConfig:
+    """How the study's data was prepared: its recorded channels; a run sets nothing else, so the rest is default."""
+    from hpo_astro.data.prepare import DEFAULT_CHANNELS, PrepConfig
+
+    record = study_record(study)
+    return PrepConfig(channels=tuple(record.channels if record is not None else DEFAULT_CHANNELS))
+
+
 def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None = None) -> DataSplits:
     """The splits the study was run on (its `data_source` and channels, or `data` when the file moved),
     refused unless their fingerprint is the study's."""
-    from hpo_astro.data.prepare import DEFAULT_CHANNELS, PrepConfig, load_splits
+    from hpo_astro.data.prepare import load_splits
 
     record = study_record(study)
-    channels = tuple(record.channels if record is not None else DEFAULT_CHANNELS)
+    prep = study_prep(study)
+    channels = prep.channels
     source = record.data_source if record is not None else None
     if data is not None:
         path: Path | None = Path(data)
@@ -113,7 +122,7 @@ def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None 
     key = (str(path), channels)
     memo = {} if memo is None else memo
     if key not in memo:
-        memo[key] = load_splits(path, PrepConfig(channels=channels))
+        memo[key] = load_splits(path, prep)
     splits = memo[key]
     expected = record.data_fingerprint if record is not None else None
     if expected and splits.fingerprint != expected:
