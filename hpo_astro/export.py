@@ -146,11 +146,7 @@ def load_cutouts(path: Path) -> Cutouts:
     """An ExRomana file (labelled) or a plain list of ExRomana records (unlabelled), read without running code."""
     raw = exromana.read_raw(path)
     if isinstance(raw, list | tuple):
-        if not raw:
-            raise UserError(f"{path}: the file holds no records")
-        # Check the records as the ExRomana validator does, with placeholder labels it needs both classes for.
-        data = exromana.validate({"TP": list(raw), "FP": [raw[0]]}, source=str(path))
-        return Cutouts(data.samples[: len(raw)], None)
+        return Cutouts(exromana.validate_records(raw, source=str(path)), None)
     data = exromana.validate(raw, source=str(path))
     return Cutouts(data.samples, data.labels)
 

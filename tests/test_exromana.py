@@ -96,6 +96,28 @@ def test_structure_errors_name_the_problem(tmp_path: Path, obj: object, message:
         exromana.load(write_npy_object(tmp_path / "x.npy", obj))
 
 
+def test_an_unlabelled_list_of_records_is_checked_record_by_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate_records (what predict reads a plain list of records with) applies validate's per-record checks,
+    needs no classes, and counts exactly the records given against the record limit."""
+    rng = np.random.default_rng(0)
+    records = [{"sample": rng.normal(size=(64, 64, 4))} for _ in range(3)]
+    samples = exromana.validate_records(records, "new.npy")
+    assert samples.dtype == np.float32 and samples.shape == (3, 64, 64, 4)
+    assert np.array_equal(samples, np.stack([r["sample"] for r in records]).astype(np.float32))
+    same = exromana.validate({"TP": records[:2], "FP": records[2:]}, "new.npy").samples
+    assert np.array_equal(samples, same)
+    with pytest.raises(UserError, match=r"new.npy: records\[1\] has no 'sample'"):
+        exromana.validate_records([records[0], {"x": 1}], "new.npy")
+    with pytest.raises(UserError, match=r"records\[0\]: 'sample' has dtype <U1"):
+        exromana.validate_records([{"sample": np.full((64, 64, 4), "a")}], "new.npy")
+    with pytest.raises(UserError, match="the file holds no records"):
+        exromana.validate_records([], "new.npy")
+    monkeypatch.setenv(exromana.MAX_RECORDS_ENV, "3")
+    assert len(exromana.validate_records(records, "new.npy")) == 3
+    with pytest.raises(UserError, match="more than the limit of 3"):
+        exromana.validate_records(records + records[:1], "new.npy")
+
+
 def test_truncated_and_foreign_files(tmp_path: Path, small_file: Path) -> None:
     truncated = tmp_path / "t.npy"
     truncated.write_bytes(small_file.read_bytes()[:200_000])

@@ -358,25 +358,49 @@ def validate(obj: Any, source: str = "data") -> ExRomanaSet:
     samples: list[np.ndarray] = []
     labels: list[int] = []
     for cls in CLASSES:
-        for i, rec in enumerate(obj[cls]):
-            where = f"{source}: {cls}[{i}]"
-            if not isinstance(rec, dict):
-                raise UserError(f"{where} is a {type(rec).__name__}, expected a dict with a 'sample'")
-            if "sample" not in rec:
-                raise UserError(f"{where} has no 'sample'")
-            sample = rec["sample"]
-            if not isinstance(sample, np.ndarray) or sample.shape != CUTOUT_SHAPE:
-                shape = sample.shape if isinstance(sample, np.ndarray) else type(sample).__name__
-                raise UserError(f"{where}: 'sample' has shape {shape}, expected {CUTOUT_SHAPE}")
-            if sample.dtype.kind not in "fiu":
-                raise UserError(f"{where}: 'sample' has dtype {sample.dtype}, expected a numeric array")
-            samples.append(_as_float32(sample))
-            labels.append(1 if cls == "TP" else 0)
+        checked = _record_samples(obj[cls], source, cls)
+        samples += checked
+        labels += [1 if cls == "TP" else 0] * len(checked)
     if not samples:
         raise UserError(f"{source}: the file holds no records")
     if len(set(labels)) < 2:
         raise UserError(f"{source}: both TP and FP records are needed, found only {CLASSES[1 - labels[0]]}")
     return ExRomanaSet(np.stack(samples), np.asarray(labels, dtype=np.int64))
+
+
+def validate_records(records: Any, source: str = "data", name: str = "records") -> np.ndarray:
+    """Check a plain list of ExRomana records (no classes, so no labels: what `predict` scores) as each class's
+    list in an ExRomana file is checked, and stack their samples: (N, 64, 64, 4) float32. Raises UserError naming
+    the record (`SOURCE: NAME[i]`)."""
+    if isinstance(records, list | tuple) and len(records) > max_records():  # before stacking, as `validate`
+        raise _too_many(source, len(records), max_records())
+    samples = _record_samples(records, source, name)
+    if not samples:
+        raise UserError(f"{source}: the file holds no records")
+    return np.stack(samples)
+
+
+def _record_samples(records: Any, source: str, name: str) -> list[np.ndarray]:
+    """The per-record checks `validate` and `validate_records` share: a list of dicts, each with a 'sample' that
+    is a numeric (64, 64, 4) array. Returns the samples as float32 (stacked once by the caller, so a file's
+    samples are copied once)."""
+    if not isinstance(records, list | tuple):
+        raise UserError(f"{source}: {name} must be a list of records, got {type(records).__name__}")
+    samples: list[np.ndarray] = []
+    for i, rec in enumerate(records):
+        where = f"{source}: {name}[{i}]"
+        if not isinstance(rec, dict):
+            raise UserError(f"{where} is a {type(rec).__name__}, expected a dict with a 'sample'")
+        if "sample" not in rec:
+            raise UserError(f"{where} has no 'sample'")
+        sample = rec["sample"]
+        if not isinstance(sample, np.ndarray) or sample.shape != CUTOUT_SHAPE:
+            shape = sample.shape if isinstance(sample, np.ndarray) else type(sample).__name__
+            raise UserError(f"{where}: 'sample' has shape {shape}, expected {CUTOUT_SHAPE}")
+        if sample.dtype.kind not in "fiu":
+            raise UserError(f"{where}: 'sample' has dtype {sample.dtype}, expected a numeric array")
+        samples.append(_as_float32(sample))
+    return samples
 
 
 def load(path: str | os.PathLike) -> ExRomanaSet:
