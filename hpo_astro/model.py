@@ -1,4 +1,5 @@
-"""The paper's CNN (SPEC §1), built for any point of the search space."""
+"""The paper's CNN (convolution blocks, then fully connected layers, one real/bogus logit), built for any point of
+the search space, and its saved form: weights plus a JSON manifest."""
 
 from __future__ import annotations
 

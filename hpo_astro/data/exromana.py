@@ -1,4 +1,5 @@
-"""ExRomana data files: the ExRomana pickle format (SPEC §3) and the project's own non-pickle `.npz` format.
+"""ExRomana data files: the ExRomana pickle format (the published training set's) and the project's own non-pickle
+`.npz` format.
 
 The ExRomana file is `np.save` of ``{"TP": [rec, ...], "FP": [rec, ...]}``: a NumPy pickle. It is read by
 `safe_pickle`, a restricted pickle reader that never calls anything the file names and bounds every allocation

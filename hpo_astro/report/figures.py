@@ -1,10 +1,10 @@
 """The paper's figures as interactive Plotly figures, built from the trials in the study store.
 
-Per study (SPEC §1): (a) the improvement time series (per-trial validation accuracy and loss, running best),
-(b) the distributions of validation loss and accuracy over trials, (c) the per-epoch train/val loss and accuracy
-curves of all trials coloured by trial order (blue early, yellow late, as the paper). Across studies: the running
-best against trial number and against cumulative trial time. Per best model: its test confusion matrix. And
-Optuna's own visualisations, each with a note instead of a figure when it cannot be drawn.
+Per study, the paper's three: (a) the improvement time series (per-trial validation accuracy and loss, running
+best), (b) the distributions of validation loss and accuracy over trials, (c) the per-epoch train/val loss and
+accuracy curves of all trials coloured by trial order (blue early, yellow late, as the paper). Across studies: the
+running best against trial number and against cumulative trial time. Per best model: its test confusion matrix.
+And Optuna's own visualisations, each with a note instead of a figure when it cannot be drawn.
 
 A trial's validation loss and accuracy are those of its best epoch (lowest validation loss, weights restored);
 running bests are over complete trials (pruned trials are drawn, marked, but never count as a best).
@@ -319,7 +319,9 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
         with _optuna_notes(notes):
             try:
                 figure = getattr(vis, name)(study)
-            except Exception as exc:  # any failure of a plot must not stop the report
+            # Optuna's refusals (ValueError, TypeError: e.g. too few trials for a plot), fANOVA's zero variance
+            # (RuntimeError), a missing optional package (ImportError), a numeric edge case: a note, not a failure
+            except (ValueError, TypeError, RuntimeError, ImportError, ArithmeticError) as exc:
                 notes.append(f"{type(exc).__name__}: {exc}")
         if figure is not None and not figure.data:
             figure = None

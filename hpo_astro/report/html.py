@@ -78,9 +78,12 @@ class _StudyEntry:
 
 def check_png_export() -> None:
     """Refuse `--png` at once, with one line, when kaleido or the browser it drives is missing."""
+    # What a missing piece raises: plotly, kaleido not installed (ValueError, or ImportError from an older plotly);
+    # kaleido and choreographer (which drives Chrome for it), no Chrome, or Chrome failed or closed (RuntimeError
+    # subclasses); the browser process cannot be started (OSError).
     try:
         pio.to_image(go.Figure(), format="png", width=20, height=20)
-    except Exception as exc:  # plotly: kaleido not installed; kaleido: no Chrome; choreographer's own errors
+    except (ValueError, ImportError, RuntimeError, OSError) as exc:
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(
             f"--png cannot write images: {reason} (static images need the kaleido package and the Chrome/Chromium "
@@ -299,11 +302,13 @@ def _index_page(
 
 
 def _display_url(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
+    """The store's URL with any password hidden; a URL SQLAlchemy does not parse (journal:PATH) is shown as is."""
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
 
+    try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # not an SQLAlchemy URL; a port that is not a number
         return url
 
 
