@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -87,10 +88,96 @@ def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int
     return cfg.n_trials
 
 
-def _fail_stale(study: optuna.Study, grace_period: float) -> None:
-    """Fail and re-queue trials whose process died (heartbeat, or a dead local process on stores without one):
-    see `hpo_astro.storage.fail_dead_trials`."""
+def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
+    """Create or resume the study and run trials until it holds `target` finished trials."""
+    events = events or RunEvents()
+    study, target, objective = _open(cfg, events.on_epoch)
+    if events.on_start:
+        events.on_start(study, count_finished(study), target)
+    ran = failures = 0
+    with process_interrupts.installed():
+        while True:
+            counts = _recount(study, cfg.grace_period)
+            finished = counts.finished
+            if finished >= target:
+                break
+            if counts.waiting == 0 and finished + counts.running >= target:
+                # The last trials run elsewhere, or in a dead process until the heartbeat grace period ends.
+                if events.on_wait:
+                    events.on_wait(counts.running)
+                time.sleep(POLL_SECONDS)
+                continue
+            trial = _run_one_trial(study, objective)
+            if trial is None:
+                if len(study.get_trials(deepcopy=False)) == counts.total:
+                    break  # the sampler stopped the study before creating a trial
+                continue
+            ran += 1
+            finished = count_finished(study)
+            if events.on_trial_end:
+                events.on_trial_end(study, trial, finished)
+            if trial.system_attrs.get(EXHAUSTED_KEY):
+                break  # the sampler's plan is done
+            failures = _failures_in_a_row(trial, failures)
+    _remove_orphan_checkpoints(study)
+    return RunResult(study, target, finished, ran)
+
+
+def _open(cfg: StudyConfig, on_epoch: Callable[[int, TrainState], None] | None) -> tuple[optuna.Study, int, Objective]:
+    """Check the input, then open the store and create or resume the study: the study, its budget, its objective."""
+    data, sampler, pruner = prepare_run(cfg)
+    storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
+    study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
+    target = target_trials(cfg, sampler)
+    store = artifact_store(Path(study.user_attrs["artifacts"]))
+    return study, target, Objective(cfg, data, target, store, on_epoch)
+
+
+class _Counts(NamedTuple):
+    finished: int
+    running: int
+    waiting: int
+    total: int
+
+
+def _recount(study: optuna.Study, grace_period: float) -> _Counts:
+    """The study's trials by state, every worker's, once the trials whose process died are failed and re-queued
+    (see `hpo_astro.storage.fail_dead_trials`)."""
     fail_dead_trials(study, grace_period)
+    trials = study.get_trials(deepcopy=False)
+    return _Counts(
+        finished=sum(t.state in FINISHED for t in trials),
+        running=sum(t.state == TrialState.RUNNING for t in trials),
+        waiting=sum(t.state == TrialState.WAITING for t in trials),
+        total=len(trials),
+    )
+
+
+def _run_one_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
+    """Let Optuna run one trial here; the trial as stored, or None when the objective never ran (the sampler stopped
+    the study or failed first). Ctrl-C / SIGTERM and a failed write re-queue the trial, then stop the run."""
+    objective.current_trial_id = objective.write_failure = None
+    try:
+        with process_interrupts.deferred():  # signals act inside training only (see Interrupts)
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+    except KeyboardInterrupt:
+        _requeue(study, objective.current_trial_id)
+        raise
+    except Exception as exc:  # the store itself failed while Optuna recorded the trial
+        reason = write_fault(exc)
+        if reason is None:
+            raise
+        raise WriteFailed(f"cannot write the study store: {reason}; {_RESUME_HINT}") from None
+    if objective.write_failure is not None:
+        with contextlib.suppress(Exception):  # the store may be full too: the heartbeat re-queues it later
+            _requeue(study, objective.current_trial_id)
+        raise WriteFailed(f"cannot write: {objective.write_failure}; {_RESUME_HINT}")
+    if objective.current_trial_id is None:
+        return None
+    return study._storage.get_trial(objective.current_trial_id)
+
+
+_RESUME_HINT = "the trial was re-queued; free some space and re-run the same command to resume"
 
 
 def _requeue(study: optuna.Study, trial_id: int | None) -> None:
@@ -109,80 +196,21 @@ def _requeue(study: optuna.Study, trial_id: int | None) -> None:
         retry_callback()(study, trial)
 
 
-def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
-    """Create or resume the study and run trials until it holds `target` finished trials."""
-    events = events or RunEvents()
-    data, sampler, pruner = prepare_run(cfg)
-    storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
-    study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
-    target = target_trials(cfg, sampler)
-    store = artifact_store(Path(study.user_attrs["artifacts"]))
-    objective = Objective(cfg, data, target, store, events.on_epoch)
-    finished = count_finished(study)
-    if events.on_start:
-        events.on_start(study, finished, target)
-    ran = failures = 0
-    with process_interrupts.installed():
-        while True:
-            _fail_stale(study, cfg.grace_period)
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(t.state in FINISHED for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if finished >= target:
-                break
-            if waiting == 0 and finished + running >= target:
-                # The last trials run elsewhere, or in a dead process until the heartbeat grace period ends.
-                if events.on_wait:
-                    events.on_wait(running)
-                time.sleep(POLL_SECONDS)
-                continue
-            before = len(trials)
-            objective.current_trial_id = objective.write_failure = None
-            try:
-                with process_interrupts.deferred():  # signals act inside training only (see Interrupts)
-                    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            except KeyboardInterrupt:
-                _requeue(study, objective.current_trial_id)
-                raise
-            except Exception as exc:  # the store itself failed while Optuna recorded the trial
-                reason = write_fault(exc)
-                if reason is None:
-                    raise
-                raise WriteFailed(f"cannot write the study store: {reason}; {_RESUME_HINT}") from None
-            if objective.write_failure is not None:
-                with contextlib.suppress(Exception):  # the store may be full too: the heartbeat re-queues it later
-                    _requeue(study, objective.current_trial_id)
-                raise WriteFailed(f"cannot write: {objective.write_failure}; {_RESUME_HINT}")
-            trials = study.get_trials(deepcopy=False)
-            mine = [t for t in trials if t._trial_id == objective.current_trial_id]
-            if not mine:
-                if len(trials) == before:
-                    break  # the sampler stopped the study before creating a trial
-                continue
-            last = mine[0]
-            finished = count_finished(study)
-            ran += 1
-            if events.on_trial_end:
-                events.on_trial_end(study, last, finished)
-            if last.system_attrs.get(EXHAUSTED_KEY):
-                break
-            surplus = "_SurplusTrial" in last.user_attrs.get("fail_reason", "")
-            failures = failures + 1 if last.state == TrialState.FAIL and not surplus else 0
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                reason = last.user_attrs.get("fail_reason", "unknown error")
-                raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
-    _remove_orphan_checkpoints(study, Path(study.user_attrs["artifacts"]))
-    return RunResult(study, target, finished, ran)
+def _failures_in_a_row(trial: FrozenTrial, before: int) -> int:
+    """Failed trials in a row, counting this one; any other outcome starts again from 0. Too many stop the run:
+    something is wrong beyond one configuration."""
+    surplus = "_SurplusTrial" in trial.user_attrs.get("fail_reason", "")
+    failures = before + 1 if trial.state == TrialState.FAIL and not surplus else 0
+    if failures >= MAX_CONSECUTIVE_FAILURES:
+        reason = trial.user_attrs.get("fail_reason", "unknown error")
+        raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
+    return failures
 
 
-_RESUME_HINT = "the trial was re-queued; free some space and re-run the same command to resume"
-
-
-def _remove_orphan_checkpoints(study: optuna.Study, directory: Path) -> None:
+def _remove_orphan_checkpoints(study: optuna.Study) -> None:
     """Delete this study's leftover checkpoint files (a process killed between writing a new checkpoint and
     removing the old one leaves one behind). Only when no trial of the study is running or queued."""
     if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         return
-    for path in directory.glob(f"{checkpoint_prefix(study)}*"):
+    for path in Path(study.user_attrs["artifacts"]).glob(f"{checkpoint_prefix(study)}*"):
         path.unlink(missing_ok=True)
