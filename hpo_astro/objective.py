@@ -42,6 +42,7 @@ from hpo_astro.train import TrainState, train
 # Trials that hold a place in the budget: finished, or running or queued to finish.
 HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
+SURPLUS_ATTR = "surplus"  # trial user attr, True on a trial failed because nothing was left for it (see _SurplusTrial)
 
 
 class _SurplusTrial(Exception):
@@ -133,6 +134,8 @@ class Objective:
             self.write_failure = write_fault(exc)
             if self.write_failure is not None:
                 raise  # the disk's fault: the checkpoint stays for the retry (see run_study)
+            if isinstance(exc, _SurplusTrial):
+                trial.set_user_attr(SURPLUS_ATTR, True)  # not the configuration's fault: not counted as a failure
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             self._drop(trial)
             raise

@@ -25,7 +25,7 @@ from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import write_fault
 from hpo_astro.interrupts import process_interrupts
-from hpo_astro.objective import Objective, checkpoint_prefix
+from hpo_astro.objective import SURPLUS_ATTR, Objective, checkpoint_prefix
 from hpo_astro.record import PARAMS_FULL_ATTR
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
@@ -197,9 +197,9 @@ def _requeue(study: optuna.Study, trial_id: int | None) -> None:
 
 
 def _failures_in_a_row(trial: FrozenTrial, before: int) -> int:
-    """Failed trials in a row, counting this one; any other outcome starts again from 0. Too many stop the run:
-    something is wrong beyond one configuration."""
-    surplus = "_SurplusTrial" in trial.user_attrs.get("fail_reason", "")
+    """Failed trials in a row, counting this one; any other outcome, or a surplus trial (nothing was left for it),
+    starts again from 0. Too many stop the run: something is wrong beyond one configuration."""
+    surplus = trial.user_attrs.get(SURPLUS_ATTR, False)
     failures = before + 1 if trial.state == TrialState.FAIL and not surplus else 0
     if failures >= MAX_CONSECUTIVE_FAILURES:
         reason = trial.user_attrs.get("fail_reason", "unknown error")

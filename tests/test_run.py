@@ -121,6 +121,24 @@ def test_ablation_stops_at_its_plan(tmp_path: Path, small_file: Path, fake_train
     assert result.target == 8 and result.finished == 8 and len(result.study.trials) == 8
 
 
+def test_a_trial_that_finds_the_budget_taken_is_marked_surplus(
+    tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    """The second trial of a study whose budget (1) is already taken fails as surplus, recorded as data on the trial
+    (the run loop does not count it as a failure of the configuration); its reason stays readable."""
+    from hpo_astro.data.prepare import load_splits
+    from hpo_astro.storage import artifact_store
+
+    cfg = _cfg(tmp_path, small_file, space=SearchSpace.from_dict(SMALL_SPACE))
+    objective = objective_module.Objective(cfg, load_splits(small_file), target=1, store=artifact_store(tmp_path / "a"))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=2, catch=(Exception,))
+    done, surplus = study.trials
+    assert done.state == TrialState.COMPLETE and objective_module.SURPLUS_ATTR not in done.user_attrs
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs[objective_module.SURPLUS_ATTR] is True
+    assert surplus.user_attrs["fail_reason"] == "_SurplusTrial: the budget of 1 trials is already taken by other trials"
+
+
 def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path, fake_training: None) -> None:
     cfg = _cfg(tmp_path, small_file, n_trials=5)
 
