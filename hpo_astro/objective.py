@@ -15,9 +15,10 @@ import os
 import socket
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import optuna
 import torch
@@ -37,12 +38,28 @@ from hpo_astro.record import (
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
 from hpo_astro.storage import WORKER_ATTR, WORKER_START_ATTR, process_token
-from hpo_astro.train import TrainState, train
+from hpo_astro.train import Callback, TrainResult, TrainState
+from hpo_astro.train import train as default_train
 
 # Trials that hold a place in the budget: finished, or running or queued to finish.
 HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
 SURPLUS_ATTR = "surplus"  # trial user attr, True on a trial failed because nothing was left for it (see _SurplusTrial)
+
+
+class TrainFn(Protocol):
+    """What the objective calls to train a configuration: `hpo_astro.train.train`, or a stand-in with its contract."""
+
+    def __call__(
+        self,
+        params: Mapping[str, Any],
+        data: DataSplits,
+        *,
+        callbacks: Iterable[Callback],
+        max_epochs: int | None,
+        seed: int,
+        resume: Mapping[str, Any] | None,
+    ) -> TrainResult: ...
 
 
 class _SurplusTrial(Exception):
@@ -116,6 +133,7 @@ class Objective:
     target: int
     store: optuna.artifacts.FileSystemArtifactStore
     on_epoch: Callable[[int, TrainState], None] | None = None
+    train: TrainFn | None = None  # None: `default_train` (hpo_astro.train.train), looked up when a trial trains
     current_trial_id: int | None = field(default=None, init=False)
     write_failure: str | None = field(default=None, init=False)  # set when a trial failed for want of disk
 
@@ -171,8 +189,9 @@ class Objective:
         checkpoint = ArtifactCheckpoint(trial, self.store, inherited)
         reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve
         callbacks = [OptunaPruning(trial, self.cfg.metric, self.on_epoch, max(reported, default=0)), checkpoint]
+        fit = self.train or default_train
         with process_interrupts.allowed():
-            result = train(
+            result = fit(
                 params,
                 self.data,
                 callbacks=callbacks,

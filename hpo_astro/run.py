@@ -25,7 +25,7 @@ from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import write_fault
 from hpo_astro.interrupts import process_interrupts
-from hpo_astro.objective import SURPLUS_ATTR, Objective, checkpoint_prefix
+from hpo_astro.objective import SURPLUS_ATTR, Objective, TrainFn, checkpoint_prefix
 from hpo_astro.record import PARAMS_FULL_ATTR
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
@@ -88,10 +88,11 @@ def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int
     return cfg.n_trials
 
 
-def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
-    """Create or resume the study and run trials until it holds `target` finished trials."""
+def run_study(cfg: StudyConfig, events: RunEvents | None = None, train: TrainFn | None = None) -> RunResult:
+    """Create or resume the study and run trials until it holds `target` finished trials. `train` replaces the
+    trainer (default `hpo_astro.train.train`), e.g. by a fast stand-in."""
     events = events or RunEvents()
-    study, target, objective = _open(cfg, events.on_epoch)
+    study, target, objective = _open(cfg, events.on_epoch, train)
     if events.on_start:
         events.on_start(study, count_finished(study), target)
     ran = failures = 0
@@ -123,14 +124,16 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None) -> RunResult:
     return RunResult(study, target, finished, ran)
 
 
-def _open(cfg: StudyConfig, on_epoch: Callable[[int, TrainState], None] | None) -> tuple[optuna.Study, int, Objective]:
+def _open(
+    cfg: StudyConfig, on_epoch: Callable[[int, TrainState], None] | None, train: TrainFn | None
+) -> tuple[optuna.Study, int, Objective]:
     """Check the input, then open the store and create or resume the study: the study, its budget, its objective."""
     data, sampler, pruner = prepare_run(cfg)
     storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
     study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs["artifacts"]))
-    return study, target, Objective(cfg, data, target, store, on_epoch)
+    return study, target, Objective(cfg, data, target, store, on_epoch, train)
 
 
 class _Counts(NamedTuple):

@@ -83,5 +83,6 @@ def store(result_template: Path, tmp_path: Path) -> str:
 
 @pytest.fixture
 def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Trials train in milliseconds (`helpers.fake_train`), for tests about budgets, samplers and pruning."""
-    monkeypatch.setattr(objective_module, "train", fake_train)
+    """Trials of CLI commands train in milliseconds: `helpers.fake_train` becomes the objective's default trainer.
+    Only for `invoke(...)`, which cannot pass a trainer; tests that call `run_study` pass `train=fake_train`."""
+    monkeypatch.setattr(objective_module, "default_train", fake_train)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import assert_refused, fake_train, invoke
+from helpers import assert_refused, invoke
 from optuna.trial import TrialState
 
 from hpo_astro.data import exromana, simulate
@@ -66,14 +66,11 @@ def test_export_out_below_a_file(store: str, tmp_path: Path) -> None:
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_the_same_command_resumes(
-    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch, fake_training: None
 ) -> None:
     """The third checkpoint write fails with ENOSPC: the run stops (it does not burn the budget on failures), the
     trial is re-queued with its last whole checkpoint, and once there is space the same command ends with exactly
     the budget."""
-    from hpo_astro import objective as objective_module
-
-    monkeypatch.setattr(objective_module, "train", fake_train)
     store = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["run", "-n", 3, "--data", small_file, "--max-epochs", 3, "--storage", store, "--study", "full"]
     writes = []

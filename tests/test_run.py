@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import assert_refused, invoke
+from helpers import assert_refused, fake_train, invoke
 from optuna.trial import TrialState
 
 from hpo_astro import objective as objective_module
@@ -71,23 +71,21 @@ def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small
 
 
 @pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian", "ablation", "grid"])
-def test_same_seed_gives_the_same_configurations(
-    strategy: str, tmp_path: Path, small_file: Path, fake_training: None
-) -> None:
+def test_same_seed_gives_the_same_configurations(strategy: str, tmp_path: Path, small_file: Path) -> None:
     space = SearchSpace.from_dict(SMALL_SPACE)
 
     def configs(seed: int, name: str) -> list[dict]:
         cfg = _cfg(
             tmp_path, small_file, strategy=strategy, seed=seed, study=name, n_trials=12, space=space, population_size=4
         )
-        return [t.params for t in run_study(cfg).study.trials]
+        return [t.params for t in run_study(cfg, train=fake_train).study.trials]
 
     first, again, other = configs(0, "a"), configs(0, "b"), configs(1, "c")
     assert first == again
     assert first != other
 
 
-def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_file: Path) -> None:
     from hpo_astro.strategies import make_sampler
 
     cfg = _cfg(tmp_path, small_file, strategy="bayesian", n_trials=13, space=SearchSpace.from_dict(SMALL_SPACE))
@@ -96,7 +94,7 @@ def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_fi
     original = run_module.make_sampler
     run_module.make_sampler = lambda _cfg: sampler
     try:
-        run_study(cfg)
+        run_study(cfg, train=fake_train)
     finally:
         run_module.make_sampler = original
     assert sampler.inner._gprs_cache_list is not None  # the GP surrogate was fitted for trials 11-13
@@ -115,22 +113,22 @@ def test_grid_refuses_the_full_paper_space(tmp_path: Path, small_file: Path) -> 
     assert not (tmp_path / "optuna.db").exists()
 
 
-def test_ablation_stops_at_its_plan(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+def test_ablation_stops_at_its_plan(tmp_path: Path, small_file: Path) -> None:
     space = SearchSpace.from_dict(SMALL_SPACE)  # 2+2+2+2 = 8 slots
-    result = run_study(_cfg(tmp_path, small_file, strategy="ablation", n_trials=50, space=space))
+    result = run_study(_cfg(tmp_path, small_file, strategy="ablation", n_trials=50, space=space), train=fake_train)
     assert result.target == 8 and result.finished == 8 and len(result.study.trials) == 8
 
 
-def test_a_trial_that_finds_the_budget_taken_is_marked_surplus(
-    tmp_path: Path, small_file: Path, fake_training: None
-) -> None:
+def test_a_trial_that_finds_the_budget_taken_is_marked_surplus(tmp_path: Path, small_file: Path) -> None:
     """The second trial of a study whose budget (1) is already taken fails as surplus, recorded as data on the trial
     (the run loop does not count it as a failure of the configuration); its reason stays readable."""
     from hpo_astro.data.prepare import load_splits
     from hpo_astro.storage import artifact_store
 
     cfg = _cfg(tmp_path, small_file, space=SearchSpace.from_dict(SMALL_SPACE))
-    objective = objective_module.Objective(cfg, load_splits(small_file), target=1, store=artifact_store(tmp_path / "a"))
+    objective = objective_module.Objective(
+        cfg, load_splits(small_file), target=1, store=artifact_store(tmp_path / "a"), train=fake_train
+    )
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(objective, n_trials=2, catch=(Exception,))
     done, surplus = study.trials
@@ -139,7 +137,7 @@ def test_a_trial_that_finds_the_budget_taken_is_marked_surplus(
     assert surplus.user_attrs["fail_reason"] == "_SurplusTrial: the budget of 1 trials is already taken by other trials"
 
 
-def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path) -> None:
     cfg = _cfg(tmp_path, small_file, n_trials=5)
 
     def interrupt(number: int, state: TrainState) -> None:
@@ -147,25 +145,25 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path, 
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg, RunEvents(on_epoch=interrupt))
+        run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
     study = optuna.load_study(study_name="random", storage=cfg.storage)
     # never left RUNNING: failed, and re-queued with its parameters and its epoch-1 checkpoint
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.WAITING]
     interrupted, queued = study.trials[2], study.trials[3]
     assert queued.params == interrupted.params and queued.user_attrs["checkpoint"]["epoch"] == 1
-    result = run_study(cfg)
+    result = run_study(cfg, train=fake_train)
     assert result.finished == 5 and result.ran == 3
     retried = result.study.trials[3]
     assert retried.state == TrialState.COMPLETE and retried.user_attrs["resumed_from_epoch"] == 1
     assert sorted(retried.intermediate_values) == [1, 2, 3] and len(retried.user_attrs["history"]) == 3
-    again = run_study(cfg)
+    again = run_study(cfg, train=fake_train)
     assert again.finished == 5 and again.ran == 0  # never overshoots
     assert len(again.study.get_trials(states=(TrialState.COMPLETE,))) == 5
 
 
-def test_budget_can_be_extended(tmp_path: Path, small_file: Path, fake_training: None) -> None:
-    run_study(_cfg(tmp_path, small_file, n_trials=2))
-    result = run_study(_cfg(tmp_path, small_file, n_trials=4))
+def test_budget_can_be_extended(tmp_path: Path, small_file: Path) -> None:
+    run_study(_cfg(tmp_path, small_file, n_trials=2), train=fake_train)
+    result = run_study(_cfg(tmp_path, small_file, n_trials=4), train=fake_train)
     assert result.finished == 4 and result.study.user_attrs["n_trials"] == 4
 
 
@@ -177,19 +175,21 @@ def _configs(study: optuna.Study) -> list[tuple]:
 
 @pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian"])
 def test_a_resumed_study_continues_the_search_instead_of_repeating_it(
-    strategy: str, tmp_path: Path, small_file: Path, fake_training: None
+    strategy: str, tmp_path: Path, small_file: Path
 ) -> None:
     """`run -n 1`, then `-n 2`, `-n 3`, `-n 4`: each process starts from the same seed, yet proposes new
     configurations, the very ones one uninterrupted `-n 4` run proposes (one worker: reproducible)."""
     for n in (1, 2, 3, 4):
-        stepped = run_study(_cfg(tmp_path, small_file, strategy=strategy, study="stepped", n_trials=n)).study
-    whole = run_study(_cfg(tmp_path, small_file, strategy=strategy, study="whole", n_trials=4)).study
+        stepped = run_study(
+            _cfg(tmp_path, small_file, strategy=strategy, study="stepped", n_trials=n), train=fake_train
+        ).study
+    whole = run_study(_cfg(tmp_path, small_file, strategy=strategy, study="whole", n_trials=4), train=fake_train).study
     assert len(set(_configs(stepped))) == 4  # the paper space: four draws never collide by chance here
     assert _configs(stepped) == _configs(whole)
 
 
 def test_an_interrupted_random_study_resumes_with_the_uninterrupted_configurations(
-    tmp_path: Path, small_file: Path, fake_training: None
+    tmp_path: Path, small_file: Path
 ) -> None:
     """SIGTERM/Ctrl-C mid-trial twice, resuming each time: the finished trials are the same configurations, in the
     same order, as a run that was never interrupted; none is repeated."""
@@ -201,9 +201,9 @@ def test_an_interrupted_random_study_resumes_with_the_uninterrupted_configuratio
                 raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
-            run_study(cfg, RunEvents(on_epoch=interrupt))
-    interrupted = run_study(cfg).study
-    whole = run_study(_cfg(tmp_path, small_file, study="whole", n_trials=5)).study
+            run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
+    interrupted = run_study(cfg, train=fake_train).study
+    whole = run_study(_cfg(tmp_path, small_file, study="whole", n_trials=5), train=fake_train).study
     assert len(set(_configs(interrupted))) == 5
     assert _configs(interrupted) == _configs(whole)
 
@@ -251,17 +251,17 @@ def test_pruning_callback_prunes_and_keeps_the_metrics(tmp_path: Path, small_fil
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband", "successive-halving"])
-def test_each_pruner_prunes_worse_trials(pruner: str, tmp_path: Path, small_file: Path, fake_training: None) -> None:
+def test_each_pruner_prunes_worse_trials(pruner: str, tmp_path: Path, small_file: Path) -> None:
     cfg = _cfg(tmp_path, small_file, pruner=pruner, n_trials=16, max_epochs=9, seed=3)
-    result = run_study(cfg)
+    result = run_study(cfg, train=fake_train)
     pruned = result.study.get_trials(states=(TrialState.PRUNED,))
     assert result.finished == 16 and pruned
     assert all(t.user_attrs["stop_reason"] == "pruned" for t in pruned)
     assert any(len(t.user_attrs["history"]) < 9 for t in pruned)  # stopped early, not only at the end
 
 
-def test_pruner_none_never_prunes(tmp_path: Path, small_file: Path, fake_training: None) -> None:
-    result = run_study(_cfg(tmp_path, small_file, pruner="none", n_trials=12, max_epochs=9))
+def test_pruner_none_never_prunes(tmp_path: Path, small_file: Path) -> None:
+    result = run_study(_cfg(tmp_path, small_file, pruner="none", n_trials=12, max_epochs=9), train=fake_train)
     assert not result.study.get_trials(states=(TrialState.PRUNED,))
 
 
@@ -382,7 +382,7 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
 
 
 def test_a_signal_while_the_sampler_chooses_waits_for_training(
-    tmp_path: Path, small_file: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Outside training, signals are deferred: one arriving while the sampler chooses (or while Optuna starts the
     trial's heartbeat thread) takes effect when training starts, so the trial is failed and re-queued with its
@@ -398,7 +398,7 @@ def test_a_signal_while_the_sampler_chooses_waits_for_training(
     monkeypatch.setattr(run_module, "make_sampler", lambda cfg: SignalWhileChoosing(seed=0))
     cfg = _cfg(tmp_path, small_file, n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE))
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg)
+        run_study(cfg, train=fake_train)
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert study.trials[2].params == study.trials[1].params  # chosen in full, then re-queued
@@ -406,7 +406,7 @@ def test_a_signal_while_the_sampler_chooses_waits_for_training(
     heartbeats = [t for t in threading.enumerate() if "heartbeat" in str(getattr(t, "_target", "")).lower()]
     assert not heartbeats
     monkeypatch.undo()
-    assert run_study(cfg).finished == 3
+    assert run_study(cfg, train=fake_train).finished == 3
 
 
 def _count(db: Path, state: str) -> int:
