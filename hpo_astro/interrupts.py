@@ -90,5 +90,11 @@ class NoInterruptTraceback(logging.Filter):
         return True
 
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-logging.getLogger("optuna.study._optimize").addFilter(NoInterruptTraceback())
+_traceback_filter = NoInterruptTraceback()
+
+
+def configure_logging() -> None:
+    """Optuna's warnings only (no line per trial), without the tracebacks of interrupts and write faults. Done when
+    a run starts, not when the library is imported; calling it again adds nothing (one filter instance)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(_traceback_filter)

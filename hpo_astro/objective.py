@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import socket
 import tempfile
 import uuid
@@ -44,6 +45,17 @@ from hpo_astro.train import train as default_train
 # Trials that hold a place in the budget: finished, or running or queued to finish.
 HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
+# A checkpoint that is gone or was cut short: FileNotFoundError and the like (OSError, ArtifactNotFound), an empty file
+# (EOFError), a truncated zip (RuntimeError), bytes that are not a checkpoint (KeyError, UnpicklingError), or a
+# pointer without its artifact id (KeyError).
+_UNREADABLE = (
+    OSError,
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    KeyError,
+    optuna.artifacts.exceptions.ArtifactNotFound,
+)
 SURPLUS_ATTR = "surplus"  # trial user attr, True on a trial failed because nothing was left for it (see _SurplusTrial)
 
 
@@ -148,7 +160,7 @@ class Objective:
         except optuna.TrialPruned:
             self._drop(trial)
             raise
-        except Exception as exc:  # recorded on the trial, which Optuna then marks failed
+        except Exception as exc:  # any error of this configuration: recorded on the trial, which Optuna marks failed
             self.write_failure = write_fault(exc)
             if self.write_failure is not None:
                 raise  # the disk's fault: the checkpoint stays for the retry (see run_study)
@@ -227,7 +239,7 @@ class Objective:
         try:
             with self.store.open_reader(pointer["artifact_id"]) as fh:
                 checkpoint = torch.load(fh, map_location="cpu", weights_only=True)
-        except Exception:  # missing or unreadable (e.g. killed while writing): start from epoch 0
+        except _UNREADABLE:  # missing or unreadable (e.g. killed while writing): start from epoch 0
             return None, None
         if dict(checkpoint.get("params", {})) != params:
             return None, pointer["artifact_id"]

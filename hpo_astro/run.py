@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import write_fault
-from hpo_astro.interrupts import process_interrupts
+from hpo_astro.interrupts import configure_logging, process_interrupts
 from hpo_astro.objective import SURPLUS_ATTR, Objective, TrainFn, checkpoint_prefix
 from hpo_astro.record import PARAMS_FULL_ATTR
 from hpo_astro.samplers import AblationSampler
@@ -91,6 +90,7 @@ def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int
 def run_study(cfg: StudyConfig, events: RunEvents | None = None, train: TrainFn | None = None) -> RunResult:
     """Create or resume the study and run trials until it holds `target` finished trials. `train` replaces the
     trainer (default `hpo_astro.train.train`), e.g. by a fast stand-in."""
+    configure_logging()
     events = events or RunEvents()
     study, target, objective = _open(cfg, events.on_epoch, train)
     if events.on_start:
@@ -172,8 +172,11 @@ def _run_one_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | N
             raise
         raise WriteFailed(f"cannot write the study store: {reason}; {_RESUME_HINT}") from None
     if objective.write_failure is not None:
-        with contextlib.suppress(Exception):  # the store may be full too: the heartbeat re-queues it later
+        try:
             _requeue(study, objective.current_trial_id)
+        except Exception as exc:  # the store may be full too: the heartbeat (or the next run) re-queues it later
+            if write_fault(exc) is None:
+                raise
         raise WriteFailed(f"cannot write: {objective.write_failure}; {_RESUME_HINT}")
     if objective.current_trial_id is None:
         return None
