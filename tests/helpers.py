@@ -1,10 +1,13 @@
 """Helpers shared by the tests (fixtures live in conftest.py): the CLI runner with its one-line-error check, small
-data files written as a user would, and a small study store with real trials."""
+data files written as a user would, a small study store with real trials, study configurations for the run tests and
+a fast stand-in for the trainer."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -18,7 +21,7 @@ from hpo_astro.config import StudyConfig
 from hpo_astro.metrics import Metrics
 from hpo_astro.run import run_study
 from hpo_astro.space import SearchSpace
-from hpo_astro.train import EpochMetrics, TrainResult, TrainState
+from hpo_astro.train import Callback, EpochMetrics, TrainResult, TrainState
 
 
 def write_npy_object(path: Path, obj: object) -> Path:
@@ -76,6 +79,22 @@ def make_result_store(db: Path, data: Path) -> str:
     return url
 
 
+# --- studies for the run tests: a store in the test's folder, a small configuration ------------------------------
+
+SMALL_SPACE = {"conv_layers": [1, 2], "fc_width": [32, 64], "lr": [1e-3, 1e-2], "activation": ["ReLU", "GELU"]}
+
+
+def store_url(tmp_path: Path) -> str:
+    """The SQLite store `optuna.db` in the test's folder."""
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def study_config(tmp_path: Path, data: Path, **overrides: object) -> StudyConfig:
+    """A random search of 4 trials of at most 3 epochs on `data`, in `store_url(tmp_path)`, with `overrides`."""
+    base = {"storage": store_url(tmp_path), "data": data, "max_epochs": 3, "n_trials": 4}
+    return StudyConfig(**{**base, **overrides})  # type: ignore[arg-type]
+
+
 # --- a fast stand-in for the trainer, for tests about budgets, samplers and pruning -----------------------------
 
 
@@ -83,7 +102,15 @@ def _fake_value(params: dict) -> float:
     return 0.5 + 0.1 * int(params["conv_layers"]) - 20 * float(params["lr"]) + (params["activation"] == "GELU") * 0.05
 
 
-def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, resume=None, **_):
+def fake_train(
+    params: Mapping[str, Any],
+    data: object,
+    callbacks: Iterable[Callback] = (),
+    max_epochs: int | None = None,
+    seed: int = 0,
+    resume: Mapping[str, Any] | None = None,
+    **_: object,
+) -> TrainResult:
     """Same contract as `hpo_astro.train.train`, with a one-weight model and scripted metrics (milliseconds)."""
     import torch
 
@@ -91,28 +118,55 @@ def fake_train(params, data, callbacks=(), max_epochs=None, seed=0, resume=None,
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    state = TrainState(params, model, optimizer, scheduler, torch.Generator().manual_seed(seed), epochs)
+    state = TrainState(
+        params=params,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        shuffle_generator=torch.Generator().manual_seed(seed),
+        max_epochs=epochs,
+    )
     if resume is not None:
         state.restore(resume)
     final = _fake_value(params)
     while state.epoch < epochs and state.stop_reason is None:
         epoch = state.epoch + 1
         acc = final * epoch / epochs
-        state.history.append(EpochMetrics(epoch, 1 - acc, acc, 1 - acc, acc, acc, 1e-3, 0.0))
+        state.history.append(
+            EpochMetrics(
+                epoch=epoch,
+                train_loss=1 - acc,
+                train_accuracy=acc,
+                val_loss=1 - acc,
+                val_accuracy=acc,
+                val_roc_auc=acc,
+                lr=1e-3,
+                seconds=0.0,
+            )
+        )
         state.best_epoch = epoch
         for cb in callbacks:
             cb.on_epoch_end(state)
-    m = Metrics(1 - state.last.val_accuracy, state.last.val_accuracy, state.last.val_roc_auc, 1, 1, 1, 0)
+    last = state.last
+    metrics = Metrics(
+        loss=1 - last.val_accuracy,
+        accuracy=last.val_accuracy,
+        roc_auc=last.val_roc_auc,
+        precision=1,
+        recall=1,
+        f1=1,
+        fpr_at_5fnr=0,
+    )
     return TrainResult(
-        dict(params),
-        state.history,
-        state.best_epoch,
-        state.stop_reason or "max_epochs",
-        1,
-        0.0,
-        "cpu",
-        seed,
-        m,
-        m,
-        model,
+        params=dict(params),
+        history=state.history,
+        best_epoch=state.best_epoch,
+        stop_reason=state.stop_reason or "max_epochs",
+        n_params=1,
+        wall_time=0.0,
+        device="cpu",
+        seed=seed,
+        train_metrics=metrics,
+        val_metrics=metrics,
+        model=model,
     )
