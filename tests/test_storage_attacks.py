@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from hpo_astro import storage as storage_module
 from hpo_astro.errors import UserError
-from hpo_astro.report import compare
+from hpo_astro.report import evaluate
 from hpo_astro.storage import (
     close_store,
     fail_dead_trials,
@@ -198,7 +198,7 @@ def test_readers_never_switch_the_journal_mode(store: str) -> None:
     assert _snapshot(db) == before and _journal_mode(db) == "delete"
     assert invoke("compare", "--storage", store, "--study", "random").exit_code == 0
     assert _journal_mode(db) == "delete" and _snapshot(db)[1] == before[1]
-    assert compare.CACHE_ATTR in optuna.load_study(study_name="random", storage=store).user_attrs
+    assert evaluate.CACHE_ATTR in optuna.load_study(study_name="random", storage=store).user_attrs
 
 
 def test_readers_work_on_a_read_only_store_and_leave_it_untouched(
@@ -231,7 +231,7 @@ def test_readers_work_on_a_read_only_store_and_leave_it_untouched(
         db.chmod(0o644)
         shutil.rmtree(out, ignore_errors=True)
     assert _snapshot(db) == before and _journal_mode(db) == mode
-    assert compare.CACHE_ATTR not in optuna.load_study(study_name="random", storage=store).user_attrs
+    assert evaluate.CACHE_ATTR not in optuna.load_study(study_name="random", storage=store).user_attrs
 
 
 def test_open_existing_store_is_read_only_and_cleans_up(store: str) -> None:

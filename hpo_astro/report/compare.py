@@ -32,9 +32,6 @@ from optuna.trial import TrialState
 from hpo_astro.errors import UserError
 from hpo_astro.record import PARAMS_FULL_ATTR
 from hpo_astro.report.evaluate import (
-    CACHE_ATTR as CACHE_ATTR,  # re-exported: tests/test_storage_attacks.py reads compare.CACHE_ATTR
-)
-from hpo_astro.report.evaluate import (
     SPLITS,
     Evaluation,
     Events,
