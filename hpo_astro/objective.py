@@ -36,9 +36,9 @@ from hpo_astro.record import (
     TRAIN_SEED_ATTR,
     VAL_METRICS_ATTR,
 )
+from hpo_astro.recovery import WORKER_ATTR, WORKER_START_ATTR, process_token
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.space import DEFAULT_PARAMS
-from hpo_astro.storage import WORKER_ATTR, WORKER_START_ATTR, process_token
 from hpo_astro.train import Callback, TrainResult, TrainState
 from hpo_astro.train import train as default_train
 

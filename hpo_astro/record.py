@@ -12,12 +12,14 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo_astro import __version__
-from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.space import SearchSpace
+
+if TYPE_CHECKING:  # config -> storage -> recovery -> record: the reverse import is for type hints only
+    from hpo_astro.config import StudyConfig
 
 VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
 # Fields that must agree when a run resumes a stored study.
@@ -98,6 +100,8 @@ class StudyRecord:
 
     def to_config(self, storage: str, study_name: str) -> StudyConfig:
         """The configuration that made the study (for a worker that joins it)."""
+        from hpo_astro.config import StudyConfig
+
         return StudyConfig(
             strategy=self.strategy,
             n_trials=self.n_trials,

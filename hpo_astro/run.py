@@ -26,9 +26,10 @@ from hpo_astro.errors import write_fault
 from hpo_astro.interrupts import configure_logging, process_interrupts
 from hpo_astro.objective import SURPLUS_ATTR, Objective, TrainFn, checkpoint_prefix
 from hpo_astro.record import PARAMS_FULL_ATTR
+from hpo_astro.recovery import fail_dead_trials, retry_callback
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
-from hpo_astro.storage import artifact_store, fail_dead_trials, open_storage, retry_callback
+from hpo_astro.storage import artifact_store, open_storage
 from hpo_astro.strategies import make_pruner, make_sampler
 from hpo_astro.study import create_or_resume, study_record
 from hpo_astro.train import TrainState
@@ -145,7 +146,7 @@ class _Counts(NamedTuple):
 
 def _recount(study: optuna.Study, grace_period: float) -> _Counts:
     """The study's trials by state, every worker's, once the trials whose process died are failed and re-queued
-    (see `hpo_astro.storage.fail_dead_trials`)."""
+    (see `hpo_astro.recovery.fail_dead_trials`)."""
     fail_dead_trials(study, grace_period)
     trials = study.get_trials(deepcopy=False)
     return _Counts(

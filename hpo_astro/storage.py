@@ -6,7 +6,7 @@ URLs:
   SQLite runs in WAL mode with a long busy timeout, so concurrent workers wait instead of failing with
   "database is locked";
 * `journal:PATH` -> Optuna's `JournalStorage` on a log file (shared file systems). Optuna has no heartbeat there:
-  `fail_dead_trials` fails and re-queues a trial whose worker process on this machine is gone;
+  `hpo_astro.recovery.fail_dead_trials` fails and re-queues a trial whose worker process on this machine is gone;
 * `grpc://HOST:PORT` -> Optuna's `GrpcStorageProxy` to a `hpo-astro storage-proxy` server (many workers).
 
 Two ways in: `open_storage` for the commands that write (run, worker, storage-proxy), which refuses to turn
@@ -17,13 +17,10 @@ another program's file into a study store; `open_existing_store` (or `read_store
 from __future__ import annotations
 
 import contextlib
-import copy
-import datetime
 import fcntl
 import json
 import os
 import random
-import socket
 import sqlite3
 import time
 import warnings
@@ -34,16 +31,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
+from hpo_astro.recovery import retry_callback
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
 DEFAULT_HEARTBEAT = 10  # seconds between heartbeats of a running trial
 DEFAULT_GRACE = 30  # seconds without heartbeat after which a running trial counts as dead
-MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
 SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Tables every Optuna RDB store has; a reader needs these, and `run` refuses a database holding none of Optuna's.
@@ -62,28 +58,9 @@ OPTUNA_TABLES = REQUIRED_TABLES | {
 }
 JOURNAL_PROBE = 1 << 20  # bytes read to find a journal's first line (a create-study record: a few hundred bytes)
 CREATE_ATTEMPTS = 5  # first opens of a new SQLite store racing to create the schema: the loser retries
-WORKER_ATTR = "worker"  # trial user attr "{hostname}:{pid}" of the process running it (set by the objective)
-WORKER_START_ATTR = "worker_start"  # trial user attr: process_token() of that process, so a reused pid is told apart
 
 # Read-only SQLite handles -> (file, whether its -wal file existed before we opened it), for close_store.
 _read_handles: weakref.WeakKeyDictionary[Any, tuple[Path, bool]] = weakref.WeakKeyDictionary()
-
-
-class _Retry(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry, without the dead worker's identity: the queued copy would otherwise carry the dead process's
-    `worker` until the next worker overwrites it, and `fail_dead_trials` would fail it again meanwhile."""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trial = copy.copy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (WORKER_ATTR, WORKER_START_ATTR)}
-        super().__call__(study, trial)
-
-
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """Re-queue a dead trial with its parameters, user attributes (its checkpoint) and intermediate values."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _Retry(max_retry=MAX_RETRY, inherit_intermediate_values=True)
 
 
 # --- opening a store to write -----------------------------------------------------------------------------------
@@ -484,87 +461,6 @@ def writable_store(url: str) -> optuna.storages.BaseStorage | None:
         return _construct(url, lambda: optuna.storages.RDBStorage(url, skip_table_creation=True, **kwargs))
     except UserError:
         return None
-
-
-# --- dead trials without a heartbeat ----------------------------------------------------------------------------
-
-
-def process_token(pid: int | None = None) -> str | None:
-    """The start time of process `pid` (default: this one) in clock ticks since boot, from /proc/<pid>/stat
-    (field 22), as a string: with the pid it identifies a process, so a pid reused by a new process is not taken
-    for the worker that died. None where /proc is not available (not Linux) or the process is gone."""
-    try:
-        stat = Path(f"/proc/{os.getpid() if pid is None else pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()[19]  # fields after "(comm)" start at field 3
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()[0]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _local_worker_dead(worker: object, token: object, host: str) -> bool:
-    """Whether `worker` ("{hostname}:{pid}") names a process of this machine that is gone: no such pid, a zombie,
-    or a pid now held by a process started at another time than the recorded `token`."""
-    if not isinstance(worker, str) or ":" not in worker:
-        return False
-    name, _, pid_text = worker.rpartition(":")
-    if name != host or not pid_text.isdigit() or int(pid_text) <= 0:
-        return False  # another machine's worker: only a heartbeat can tell
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # alive, another user's
-    if _process_state(pid) == "Z":
-        return True  # killed, not yet reaped by its parent
-    current = process_token(pid)
-    return isinstance(token, str) and current is not None and current != token
-
-
-def fail_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
-    """Fail the running trials whose process died, and re-queue those worth retrying (with their parameters and
-    checkpoint, as `retry_callback` does); returns the numbers of the trials failed here.
-
-    * With a heartbeat (RDB stores): Optuna's check of stale heartbeats.
-    * Without one (journal files, the gRPC proxy, `--heartbeat 0`): a trial whose `worker` is a process of this
-      machine that no longer exists (or whose pid now belongs to a younger process). Trials of other machines are
-      left alone: only a heartbeat can tell that a remote process died.
-    * Either way, a trial without a `worker` (killed before its objective started, e.g. while the sampler chose)
-      once it is older than max(4 x grace period, 60 s); it is re-queued only if it got its full parameters.
-    """
-    storage = study._storage
-    heartbeat = optuna.storages._heartbeat.is_heartbeat_enabled(storage)
-    if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optuna.storages.fail_stale_trials(study)
-    limit = datetime.timedelta(seconds=max(4 * grace_period, 60))
-    now, host = datetime.datetime.now(), socket.gethostname()
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if WORKER_ATTR not in attrs:
-            dead = trial.datetime_start is not None and now - trial.datetime_start > limit
-        else:
-            dead = not heartbeat and _local_worker_dead(attrs[WORKER_ATTR], attrs.get(WORKER_START_ATTR), host)
-        if not dead:
-            continue
-        try:
-            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
-            continue  # another worker failed it first (and re-queues it)
-        failed.append(trial.number)
-        if "params_full" in attrs:
-            retry_callback()(study, storage.get_trial(trial._trial_id))
-    return failed
 
 
 # --- artifacts --------------------------------------------------------------------------------------------------

@@ -25,15 +25,15 @@ from helpers import assert_refused, invoke
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
+from hpo_astro import recovery as recovery_module
 from hpo_astro import storage as storage_module
 from hpo_astro.errors import UserError
+from hpo_astro.recovery import fail_dead_trials, process_token
 from hpo_astro.report import evaluate
 from hpo_astro.storage import (
     close_store,
-    fail_dead_trials,
     open_existing_store,
     open_storage,
-    process_token,
     read_store,
     writable_store,
 )
@@ -418,7 +418,9 @@ def test_fail_dead_trials_fails_a_trial_that_never_started_its_objective(
         def now(cls, tz: datetime.tzinfo | None = None) -> datetime.datetime:  # type: ignore[override]
             return datetime.datetime.now(tz) + datetime.timedelta(seconds=61)
 
-    monkeypatch.setattr(storage_module, "datetime", types.SimpleNamespace(datetime=Later, timedelta=datetime.timedelta))
+    monkeypatch.setattr(
+        recovery_module, "datetime", types.SimpleNamespace(datetime=Later, timedelta=datetime.timedelta)
+    )
     assert fail_dead_trials(study, grace_period=1) == [sampled.number, bare.number]
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
     assert queued.system_attrs["failed_trial"] == sampled.number and queued.user_attrs["params_full"] == {"lr": 1e-2}
