@@ -157,9 +157,9 @@ def data_download(
     """Fetch the real ExRomana file (resumes a partial download), validate it and print its SHA-256."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from hpo_astro.data import exromana
+    from hpo_astro.data import download, exromana
 
-    url = url or exromana.OFFICIAL_URL
+    url = url or download.OFFICIAL_URL
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -173,7 +173,7 @@ def data_download(
         def report(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
 
-        path = exromana.download(url, out, progress=report)
+        path = download.download(url, out, progress=report)
     data = exromana.load(path)
     console.print(f"saved {path}: {data.counts['TP']} TP + {data.counts['FP']} FP records")
     console.print(f"sha256 {exromana.sha256_file(path)}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import write_npy_object
 
-from hpo_astro.data import exromana
+from hpo_astro.data import download, exromana
 from hpo_astro.errors import UserError
 
 
@@ -181,13 +181,13 @@ def test_download_validates_and_resumes(tmp_path: Path, small_file: Path) -> Non
     out = tmp_path / "dl" / "exromana.npy"
     try:
         with pytest.raises(UserError, match=r"run it again to resume|truncated"):
-            exromana.download(server.url, out)
+            download.download(server.url, out)
         part = out.with_name(out.name + ".part")
         assert not out.exists()
         have = part.stat().st_size
         assert 0 < have < len(payload)
         seen: list[tuple[int, int | None]] = []
-        exromana.download(server.url, out, progress=lambda done, total: seen.append((done, total)))
+        download.download(server.url, out, progress=lambda done, total: seen.append((done, total)))
         assert server.ranges == [f"bytes={have}-"]
         assert seen[0][0] == have and seen[-1] == (len(payload), len(payload))
     finally:
@@ -201,7 +201,7 @@ def test_download_of_invalid_content_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "x.npy"
     try:
         with pytest.raises(UserError, match="not a valid ExRomana file"):
-            exromana.download(server.url, out)
+            download.download(server.url, out)
     finally:
         server.close()
     assert list(tmp_path.iterdir()) == []
@@ -214,10 +214,10 @@ def test_download_without_network_fails_clearly(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(UserError, match=r"cannot download .*no network"):
-        exromana.download(f"http://127.0.0.1:{port}/x.npy", tmp_path / "x.npy", timeout=5)
+        download.download(f"http://127.0.0.1:{port}/x.npy", tmp_path / "x.npy", timeout=5)
     assert not (tmp_path / "x.npy").exists()
 
 
 def test_download_from_local_file_url(tmp_path: Path, small_file: Path) -> None:
-    out = exromana.download(small_file.resolve().as_uri(), tmp_path / "copy.npy")
+    out = download.download(small_file.resolve().as_uri(), tmp_path / "copy.npy")
     assert out.read_bytes() == small_file.read_bytes()

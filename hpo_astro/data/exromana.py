@@ -13,7 +13,6 @@ is atomic (temporary file beside the target, renamed into place).
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
 import io
 import math
@@ -22,7 +21,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,7 +32,7 @@ from numpy.lib import format as npy_format
 from hpo_astro.data import safe_pickle
 from hpo_astro.data.safe_pickle import UnsafePickleError
 from hpo_astro.errors import UserError
-from hpo_astro.io import atomic_write, os_reason
+from hpo_astro.io import atomic_write
 
 __all__ = [
     "CLASSES",
@@ -41,7 +40,6 @@ __all__ = [
     "PLANE_NAMES",
     "ExRomanaSet",
     "UnsafePickleError",
-    "download",
     "load",
     "max_records",
     "read_raw",
@@ -54,7 +52,6 @@ __all__ = [
 CLASSES = ("TP", "FP")  # TP = real transient (label 1), FP = bogus (label 0)
 CUTOUT_SHAPE = (64, 64, 4)
 PLANE_NAMES = ("sci", "ref", "diff", "scorr")  # the usual ZTF order; names are labels, overridable
-OFFICIAL_URL = "https://sites.astro.caltech.edu/~aam/exromana_training_samples.npy"
 
 MAX_RECORDS_ENV = "HPO_ASTRO_MAX_RECORDS"
 DEFAULT_MAX_RECORDS = 100_000  # the real file has 4,676; the limit bounds what a file can make us allocate
@@ -457,85 +454,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def download(
-    url: str,
-    out: Path,
-    progress: Callable[[int, int | None], None] | None = None,
-    timeout: float = 30.0,
-) -> Path:
-    """Fetch `url` to `out`, resuming a partial `out.part`, then validate it before moving it into place.
-
-    `progress(done_bytes, total_bytes_or_None)` is called as data arrives.
-    """
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    out = Path(out)
-    part = out.with_name(out.name + ".part")
-    if out.is_dir():
-        raise UserError(f"cannot write {out}: it is a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        have = part.stat().st_size if part.is_file() else 0
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {os_reason(exc)}") from None
-    request = urllib.request.Request(url, headers={"User-Agent": "hpo-astro"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # the partial file is already complete
-            response = None
-        else:
-            raise UserError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UserError(
-            f"cannot download {url}: {reason} (no network? fetch the file elsewhere and pass --data PATH)"
-        ) from None
-    if response is not None:
-        with response:
-            status = getattr(response, "status", None) or response.getcode()
-            resumed = bool(have) and status == 206
-            if not resumed:
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length else None
-            with _opened_for_writing(part, "ab" if resumed else "wb") as fh:
-                done = have
-                if progress:
-                    progress(done, total)
-                try:
-                    while block := response.read(1 << 16):
-                        fh.write(block)
-                        done += len(block)
-                        if progress:
-                            progress(done, total)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise UserError(f"download of {url} interrupted ({exc!r}); run it again to resume") from None
-            if total is not None and done < total:
-                raise UserError(f"download of {url} interrupted at {done} of {total} bytes; run it again to resume")
-    try:
-        load(part)
-    except UserError as exc:
-        part.unlink(missing_ok=True)
-        raise UserError(f"downloaded file is not a valid ExRomana file: {exc}") from None
-    try:
-        os.replace(part, out)
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {os_reason(exc)}") from None
-    return out
-
-
-@contextlib.contextmanager
-def _opened_for_writing(path: Path, mode: str) -> Iterator[BinaryIO]:
-    """`open`, with OSError (while opening, writing or closing: a full disk) as one UserError line."""
-    try:
-        with path.open(mode) as fh:
-            yield fh  # type: ignore[misc]
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {os_reason(exc)}") from None
