@@ -92,6 +92,14 @@ ArtifactsOpt = Annotated[
 HeartbeatOpt = Annotated[
     int | None, typer.Option("--heartbeat", min=0, help="Seconds between trial heartbeats; 0 disables (default: 10).")
 ]
+CheckpointOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-interval",
+        min=0,
+        help="Seconds of training between a trial's checkpoints, after the first epoch's; 0: every epoch (default 10).",
+    ),
+]
 GraceOpt = Annotated[
     int | None,
     typer.Option("--grace-period", min=1, help="Seconds without heartbeat before a trial is dead (default: 30)."),
@@ -264,7 +272,15 @@ def train_command(
                 highlight=False,
             )
 
-    result = train(params, splits, callbacks=[PrintEpoch()], max_epochs=max_epochs, seed=seed, device=torch_device)
+    result = train(
+        params,
+        splits,
+        callbacks=[PrintEpoch()],
+        max_epochs=max_epochs,
+        seed=seed,
+        device=torch_device,
+        evaluate_train=True,
+    )
     v = result.val_metrics
     console.print(
         f"stopped: {result.stop_reason}; best epoch {result.best_epoch}; {result.n_params:,} parameters; "
@@ -316,6 +332,7 @@ def run_command(
     artifacts: ArtifactsOpt = None,
     heartbeat: HeartbeatOpt = None,
     grace_period: GraceOpt = None,
+    checkpoint_interval: CheckpointOpt = None,
 ) -> None:
     """Create or resume a study and run it until it holds --n-trials finished trials."""
     from hpo_astro.config import StudyConfig, load_config
@@ -337,6 +354,7 @@ def run_command(
         artifacts=artifacts,
         heartbeat_interval=heartbeat,
         grace_period=grace_period,
+        checkpoint_interval=checkpoint_interval,
     )
     _execute(cfg, threads)
 
@@ -349,12 +367,18 @@ def worker_command(
     artifacts: ArtifactsOpt = None,
     heartbeat: HeartbeatOpt = None,
     grace_period: GraceOpt = None,
+    checkpoint_interval: CheckpointOpt = None,
 ) -> None:
     """Join an existing study from another shell or machine, with the configuration it recorded."""
     from hpo_astro.workers import config_from_study
 
     cfg = config_from_study(
-        storage, study, artifacts=artifacts, heartbeat_interval=heartbeat, grace_period=grace_period
+        storage,
+        study,
+        artifacts=artifacts,
+        heartbeat_interval=heartbeat,
+        grace_period=grace_period,
+        checkpoint_interval=checkpoint_interval,
     )
     _execute(cfg, threads, joined=True)
 

@@ -20,6 +20,7 @@ OBJECTIVES = {  # name -> (per-epoch metric, direction)
     "loss": ("val_loss", "minimize"),
     "roc_auc": ("val_roc_auc", "maximize"),
 }
+DEFAULT_CHECKPOINT_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds
 
 
@@ -42,6 +43,9 @@ class StudyConfig:
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     max_epochs: int | None = None
     heartbeat_interval: int = DEFAULT_HEARTBEAT  # seconds; 0 disables the heartbeat (and dead-trial retry)
+    # Seconds of training between a trial's checkpoints (after its first epoch, always one): 0 checkpoints every
+    # epoch. A killed trial loses at most this much training; a short interval costs time on fast epochs (GPU).
+    checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL
     grace_period: int = DEFAULT_GRACE  # seconds without heartbeat before a running trial counts as dead
     artifacts: Path | None = None  # checkpoint/weights directory; default beside the SQLite file
     workers: int = 1  # worker processes on this machine
@@ -79,6 +83,8 @@ class StudyConfig:
             raise UserError(
                 f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})"
             )
+        if self.checkpoint_interval < 0:
+            raise UserError(f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval}")
         if self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
         if not self.study_name.strip():
@@ -131,6 +137,7 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         "max_epochs": int,
         "greedy": bool,
         "heartbeat_interval": int,
+        "checkpoint_interval": int,
         "grace_period": int,
         "workers": int,
     }

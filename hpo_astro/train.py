@@ -8,7 +8,6 @@ one such callback, Optuna pruning (in `hpo_astro.objective`) another. The best-v
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -54,6 +53,7 @@ class TrainState:
     best_epoch: int = 0  # 0 = no finite validation loss yet
     best_val_loss: float = math.inf
     best_weights: dict[str, torch.Tensor] | None = None
+    best_val_metrics: dict[str, float] | None = None  # the full validation metrics of the best epoch
     stop_reason: str | None = None
 
     @property
@@ -91,6 +91,7 @@ class TrainState:
             "best_epoch": self.best_epoch,
             "best_val_loss": self.best_val_loss,
             "best_weights": self.best_weights,
+            "best_val_metrics": self.best_val_metrics,
             "stop_reason": self.stop_reason,
         }
 
@@ -111,6 +112,7 @@ class TrainState:
         self.best_epoch = int(checkpoint["best_epoch"])
         self.best_val_loss = float(checkpoint["best_val_loss"])
         self.best_weights = checkpoint["best_weights"]
+        self.best_val_metrics = checkpoint.get("best_val_metrics")  # absent from older checkpoints: recomputed
         self.stop_reason = checkpoint["stop_reason"]
 
 
@@ -142,8 +144,8 @@ class TrainResult:
     wall_time: float
     device: str
     seed: int
-    train_metrics: Metrics  # of the restored best-epoch weights
-    val_metrics: Metrics
+    train_metrics: Metrics | None  # of the restored best-epoch weights; None unless `evaluate_train` asked for them
+    val_metrics: Metrics  # of the best epoch (the restored weights), as measured when that epoch ended
     model: nn.Module = field(repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -157,7 +159,7 @@ class TrainResult:
             "wall_time": self.wall_time,
             "device": self.device,
             "seed": self.seed,
-            "train_metrics": self.train_metrics.as_dict(),
+            "train_metrics": None if self.train_metrics is None else self.train_metrics.as_dict(),
             "val_metrics": self.val_metrics.as_dict(),
         }
 
@@ -208,10 +210,13 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, pos_weight: float
     return classification_metrics(y.cpu().numpy(), probabilities, loss=loss, threshold=threshold)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A shuffled epoch of index batches. A last batch of one sample joins the previous one, because
+def batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """A shuffled epoch of index batches on `device`. The permutation is drawn on the CPU (the same stream on every
+    device) and moved once per epoch, not once per step. A last batch of one sample joins the previous one, because
     BatchNorm cannot train on a single sample."""
-    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
+    chunks = list(torch.randperm(n, generator=generator).to(device).split(batch_size))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
@@ -226,8 +231,10 @@ def train(
     device: str | torch.device = "auto",
     early_stopping: bool = True,
     resume: Mapping[str, Any] | None = None,
+    evaluate_train: bool = False,
 ) -> TrainResult:
-    """Train one configuration; return per-epoch curves, the best epoch and its train/val metrics.
+    """Train one configuration; return per-epoch curves, the best epoch and its validation metrics (and, with
+    `evaluate_train`, its metrics on the training split: one more pass over it, which a study does not need).
 
     `resume` is a `TrainState.checkpoint()`: training continues after its last epoch and, for the same seed,
     ends exactly as the uninterrupted run would (on CPU; cuDNN is set deterministic on GPU too).
@@ -261,8 +268,7 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        for idx in batches(len(x), batch_size, generator):
-            idx = idx.to(device)
+        for idx in batches(len(x), batch_size, generator, device):
             xb, yb = x[idx], y[idx]
             logits = model(xb).squeeze(1)
             loss = criterion(logits, yb)
@@ -289,7 +295,8 @@ def train(
         )
         if val_loss < state.best_val_loss:
             state.best_val_loss, state.best_epoch = val_loss, state.epoch
-            state.best_weights = copy.deepcopy(model.state_dict())
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state.best_val_metrics = val.as_dict()
         if not math.isfinite(train_loss):
             state.request_stop("diverged")
         for callback in callbacks:
@@ -301,6 +308,11 @@ def train(
         model.load_state_dict(state.best_weights)
     else:  # never a finite validation loss: keep the last weights
         state.best_epoch = state.epoch
+    # The best epoch's validation metrics were measured when it ended, on these very weights: not measured again.
+    if state.best_weights is not None and state.best_val_metrics is not None:
+        val_metrics = Metrics(**state.best_val_metrics)
+    else:
+        val_metrics = evaluate(model, data.x_val, data.y_val, data.pos_weight)
     return TrainResult(
         params=dict(params),
         history=state.history,
@@ -310,7 +322,7 @@ def train(
         wall_time=time.perf_counter() - start,
         device=str(device),
         seed=seed,
-        train_metrics=evaluate(model, data.x_train, data.y_train, data.pos_weight),
-        val_metrics=evaluate(model, data.x_val, data.y_val, data.pos_weight),
+        train_metrics=evaluate(model, data.x_train, data.y_train, data.pos_weight) if evaluate_train else None,
+        val_metrics=val_metrics,
         model=model,
     )

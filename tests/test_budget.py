@@ -42,6 +42,28 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path) 
     assert len(again.study.get_trials(states=(TrialState.COMPLETE,))) == 5
 
 
+@pytest.mark.parametrize(("interval", "checkpointed"), [(0, 3), (3600, 1)])
+def test_checkpoints_after_the_first_epoch_then_every_interval(
+    interval: int, checkpointed: int, tmp_path: Path, small_file: Path
+) -> None:
+    """`checkpoint_interval`: 0 writes every epoch; a long interval writes only after the first epoch, and the
+    interrupted trial resumes from there to the same end."""
+    cfg = study_config(tmp_path, small_file, n_trials=1, max_epochs=6, checkpoint_interval=interval)
+
+    def interrupt(number: int, state: TrainState) -> None:
+        if state.epoch == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
+    study = optuna.load_study(study_name="random", storage=cfg.storage)
+    assert study.trials[-1].user_attrs["checkpoint"]["epoch"] == checkpointed
+    result = run_study(cfg, train=fake_train)
+    retried = result.study.trials[-1]
+    assert retried.state == TrialState.COMPLETE and retried.user_attrs["resumed_from_epoch"] == checkpointed
+    assert sorted(retried.intermediate_values) == [1, 2, 3, 4, 5, 6]
+
+
 def test_budget_can_be_extended(tmp_path: Path, small_file: Path) -> None:
     run_study(study_config(tmp_path, small_file, n_trials=2), train=fake_train)
     result = run_study(study_config(tmp_path, small_file, n_trials=4), train=fake_train)

@@ -95,7 +95,12 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
     checkpoints: list[SignalOnSecondCheckpoint] = []
     monkeypatch.setattr(tempfile, "TemporaryFile", SignalOnSecondCheckpoint)
     cfg = study_config(
-        tmp_path, small_file, n_trials=2, max_epochs=4, space=SearchSpace.from_dict({"conv_layers": [1]})
+        tmp_path,
+        small_file,
+        n_trials=2,
+        max_epochs=4,
+        space=SearchSpace.from_dict({"conv_layers": [1]}),
+        checkpoint_interval=0,  # a checkpoint every epoch: the signal lands in epoch 2's
     )
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg)

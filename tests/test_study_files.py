@@ -149,6 +149,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         'strategy = "ablation"\nn_trials = 5\nstudy = "s"\nstorage = "sqlite:///x.db"\ngreedy = true\n'
         'population_size = 4\npruner = "median"\nobjective = "loss"\nseed = 3\ndata = "d.npy"\n'
         'channels = ["sci", "scorr"]\nmax_epochs = 2\nheartbeat_interval = 2\ngrace_period = 7\n'
+        "checkpoint_interval = 4\n"
         'artifacts = "arts"\nworkers = 3\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
     )
     cfg = load_config(path).validate()
@@ -168,6 +169,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "channels",
         "max_epochs",
         "heartbeat_interval",
+        "checkpoint_interval",
         "grace_period",
         "artifacts",
         "workers",
@@ -175,4 +177,5 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "space",
     }
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
+    assert cfg.checkpoint_interval == 4
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}

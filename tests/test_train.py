@@ -12,6 +12,8 @@ from hpo_astro.data.prepare import DataSplits, load_splits
 from hpo_astro.space import DEFAULT_PARAMS
 from hpo_astro.train import EarlyStopping, TrainState, batches, evaluate, train
 
+# Overfits the noise below quickly: validation loss turns up after a few epochs.
+OVERFIT = {**DEFAULT_PARAMS, "lr": 1e-2, "batch_size": 16, "t_max": 50, "dropout_rate": 0.0}
 FAST = {**DEFAULT_PARAMS, "conv_layers": 3, "conv_kernel_size": 5, "fc_width": 128, "batch_size": 16, "t_max": 50}
 
 
@@ -187,3 +189,35 @@ def test_device_is_honoured_and_evaluation_follows_the_model() -> None:
         assert next(auto.model.parameters()).device.type == "cuda"
         moved = evaluate(on_cpu.model, data.x_val.cuda(), data.y_val.cuda(), data.pos_weight)
         assert moved.loss == pytest.approx(on_cpu.history[-1].val_loss, rel=1e-4)
+
+
+def test_the_best_epochs_metrics_are_those_of_the_restored_weights() -> None:
+    """The validation metrics are taken when the best epoch ends, not measured again: they must equal a fresh
+    evaluation of the returned (restored) model, also after early stopping went past the best epoch."""
+    data = _noise_splits()
+    params = {**OVERFIT, "early_stop_patience": 3}
+    result = train(params, data, max_epochs=12, seed=4)
+    assert result.best_epoch < len(result.history)  # the restored weights are not the last ones
+    again = evaluate(result.model, data.x_val, data.y_val, data.pos_weight)
+    assert result.val_metrics == again
+    assert result.train_metrics is None  # a study does not need another pass over the training split
+    with_train = train(params, data, max_epochs=12, seed=4, evaluate_train=True)
+    assert with_train.val_metrics == result.val_metrics
+    assert with_train.train_metrics == evaluate(with_train.model, data.x_train, data.y_train, data.pos_weight)
+
+
+def test_a_resumed_run_reports_the_best_epoch_measured_before_the_checkpoint() -> None:
+    """Resumed after its best epoch, a run still reports that epoch's metrics (kept in the checkpoint)."""
+    data = _noise_splits()
+    params = {**OVERFIT, "early_stop_patience": 3}
+    saved: dict[int, dict] = {}
+
+    class Snapshot:
+        def on_epoch_end(self, state: TrainState) -> None:
+            saved[state.epoch] = copy.deepcopy(state.checkpoint())
+
+    whole = train(params, data, max_epochs=12, seed=4, callbacks=[Snapshot()])
+    after_best = whole.best_epoch + 1
+    assert after_best < len(whole.history)
+    resumed = train(params, data, max_epochs=12, seed=4, resume=saved[after_best])
+    assert resumed.best_epoch == whole.best_epoch and resumed.val_metrics == whole.val_metrics

@@ -85,6 +85,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
         data=str(small_file),
         heartbeat_interval=1,
         grace_period=3,
+        checkpoint_interval=0,  # every epoch: the kills below wait for a random number of checkpointed epochs
         seed=5,
     )
     cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
