@@ -37,14 +37,17 @@ def create_or_resume(
     The record is written attribute by attribute with its version last (see `hpo_astro.record`), so a study whose
     creation was interrupted (Ctrl-C, kill -9) has no whole record: it is completed here, not compared, and the same
     command resumes it."""
-    study = optuna.create_study(  # load_if_exists: also when another worker creates it at the same moment
-        study_name=cfg.study_name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction=cfg.direction,
-        load_if_exists=True,
-    )
+    try:  # loading first: a study that is then refused is left byte-identical (a failed create would still write)
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(  # load_if_exists: another worker may create it at the same moment
+            study_name=cfg.study_name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction=cfg.direction,
+            load_if_exists=True,
+        )
     current = study.user_attrs
     stored = StudyRecord.from_attrs(current)
     if stored is None and study.get_trials(deepcopy=False):
