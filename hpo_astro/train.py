@@ -245,6 +245,9 @@ def train(
     seed_everything(seed)
 
     model = build_model(params, in_channels=data.in_channels).to(device)
+    channels_last = device.type == "cpu"  # measured: epochs 25-27% faster on CPU (README, Throughput)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"])
     )
@@ -260,6 +263,9 @@ def train(
     if resume is not None:
         state.restore(resume)
     batch_size = int(params["batch_size"])
+    if channels_last:  # the inputs too, once: a conv given the other layout converts it on every call
+        data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+        data.x_val = data.x_val.contiguous(memory_format=torch.channels_last)
     x, y = data.x_train, data.y_train
 
     while state.epoch < epochs and state.stop_reason is None:
