@@ -221,3 +221,11 @@ def test_a_resumed_run_reports_the_best_epoch_measured_before_the_checkpoint() -
     assert after_best < len(whole.history)
     resumed = train(params, data, max_epochs=12, seed=4, resume=saved[after_best])
     assert resumed.best_epoch == whole.best_epoch and resumed.val_metrics == whole.val_metrics
+
+
+def test_the_cpu_trainer_uses_channels_last() -> None:
+    """Measured faster on CPU (README, Throughput): the model trains in channels_last memory format."""
+    result = train({**FAST, "t_max": 10}, _noise_splits(32), max_epochs=1, device="cpu")
+    conv = [m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)][1]  # 16 input channels
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # really the other layout, not a shape where both coincide
