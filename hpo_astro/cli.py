@@ -333,6 +333,14 @@ def run_command(
     heartbeat: HeartbeatOpt = None,
     grace_period: GraceOpt = None,
     checkpoint_interval: CheckpointOpt = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help="Comma-separated devices (cpu, cuda, cuda:N); worker i trains on device i mod n "
+            "(default: every visible GPU, else the CPU).",
+        ),
+    ] = None,
 ) -> None:
     """Create or resume a study and run it until it holds --n-trials finished trials."""
     from hpo_astro.config import StudyConfig, load_config
@@ -355,6 +363,7 @@ def run_command(
         heartbeat_interval=heartbeat,
         grace_period=grace_period,
         checkpoint_interval=checkpoint_interval,
+        devices=None if devices is None else tuple(d.strip() for d in devices.split(",") if d.strip()),
     )
     _execute(cfg, threads)
 

@@ -49,6 +49,8 @@ class StudyConfig:
     grace_period: int = DEFAULT_GRACE  # seconds without heartbeat before a running trial counts as dead
     artifacts: Path | None = None  # checkpoint/weights directory; default beside the SQLite file
     workers: int = 1  # worker processes on this machine
+    # Devices the workers train on: worker i uses devices[i % len(devices)]. Empty: every visible GPU (else the CPU).
+    devices: tuple[str, ...] = ()
 
     @property
     def study_name(self) -> str:
@@ -85,6 +87,9 @@ class StudyConfig:
             )
         if self.checkpoint_interval < 0:
             raise UserError(f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval}")
+        from hpo_astro.train import resolve_device  # a device that is unknown or not here: one line
+
+        self.devices = tuple(str(resolve_device(name)) for name in self.devices)
         if self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
         if not self.study_name.strip():
@@ -161,6 +166,12 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise UserError(f"{path}: {key} must be a path string, got {value!r}")
         return Path(value)
+    if key == "devices":
+        if isinstance(value, str):
+            value = [d.strip() for d in value.split(",") if d.strip()]
+        if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
+            raise UserError(f"{path}: devices must be a list of device names (cpu, cuda, cuda:N)")
+        return tuple(value)
     if key == "channels":
         if isinstance(value, str):
             value = [c.strip() for c in value.split(",")]

@@ -72,6 +72,7 @@ class TrainFn(Protocol):
         max_epochs: int | None,
         seed: int,
         resume: Mapping[str, Any] | None,
+        device: str,
     ) -> TrainResult: ...
 
 
@@ -228,6 +229,7 @@ class Objective:
                 max_epochs=self.cfg.max_epochs,
                 seed=self.cfg.seed,
                 resume=resume,
+                device=self.cfg.devices[0] if self.cfg.devices else "auto",  # one per process: see workers.py
             )
         for key, value in {
             "best_epoch": result.best_epoch,

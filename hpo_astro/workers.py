@@ -26,6 +26,23 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
 
 
+def device_pool(devices: tuple[str, ...], cuda_devices: int | None = None) -> list[str]:
+    """The devices workers are placed on, in turn: the given ones, else every visible GPU, else the CPU."""
+    if devices:
+        return list(devices)
+    if cuda_devices is None:
+        import torch
+
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(cuda_devices)] or ["cpu"]
+
+
+def placed(cfg: StudyConfig, worker: int, pool: list[str]) -> StudyConfig:
+    """`cfg` for worker `worker`: it trains on pool[worker % len(pool)] (several workers share a GPU when there are
+    more workers than GPUs; each pays CUDA's start-up once, for all its trials)."""
+    return dataclasses.replace(cfg, devices=(pool[worker % len(pool)],))
+
+
 def _child(cfg: StudyConfig, worker: int, threads: int) -> None:
     import torch
 
@@ -46,19 +63,22 @@ def run_workers(cfg: StudyConfig, events: RunEvents | None = None, threads: int 
 
     threads = threads or threads_per_worker(cfg.workers)
     torch.set_num_threads(threads)
-    if cfg.workers == 1:
-        return run_study(cfg, events)
-    # Validate and create the study here first, so children never race on a half-made study.
     cfg.validate()
+    pool = device_pool(cfg.devices)
+    if cfg.workers == 1:
+        return run_study(placed(cfg, 0, pool), events)
+    # The study is created here first (see _FirstTrialGate), so children never race on a half-made study.
     context = multiprocessing.get_context("spawn")
     children: list[multiprocessing.process.BaseProcess] = []
     try:
         first = _FirstTrialGate(events)
         for worker in range(1, cfg.workers):
-            child = context.Process(target=_child, args=(cfg, worker, threads), name=f"hpo-astro-worker-{worker}")
+            child = context.Process(
+                target=_child, args=(placed(cfg, worker, pool), worker, threads), name=f"hpo-astro-worker-{worker}"
+            )
             children.append(child)
         first.children = children
-        return run_study(cfg, first.events())
+        return run_study(placed(cfg, 0, pool), first.events())
     except BaseException:
         for child in children:
             if child.is_alive():
