@@ -25,6 +25,7 @@ On the 2-core CPU machine, `--quick` keeps the run under 10 minutes (fewer repea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,18 +62,7 @@ def subset(data: DataSplits, n: int | None) -> DataSplits:
     """The first `n` training cutouts (validation split unchanged): the ratio does not depend on the size."""
     if not n or n >= len(data.y_train):
         return data
-    return DataSplits(
-        x_train=data.x_train[:n],
-        y_train=data.y_train[:n],
-        x_val=data.x_val,
-        y_val=data.y_val,
-        x_test=data.x_test,
-        y_test=data.y_test,
-        channels=data.channels,
-        fingerprint=data.fingerprint,
-        source=data.source,
-        info=data.info,
-    )
+    return dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n])
 
 
 def bare_loop(
