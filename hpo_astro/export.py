@@ -30,7 +30,7 @@ import torch
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
-from hpo_astro.io import umask, write_output
+from hpo_astro.io import umask, write_error, write_output
 from hpo_astro.metrics import Metrics
 from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, model_manifest, save_model
 from hpo_astro.record import PARAMS_FULL_ATTR
@@ -115,7 +115,7 @@ def _write_directory(out: Path, model: torch.nn.Module, manifest: dict[str, Any]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as exc:
-        raise UserError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
+        raise write_error(out, exc, f"the model to {out}") from None
     try:
         save_model(tmp, model, manifest)
         tmp.chmod(0o777 & ~umask())
@@ -128,7 +128,7 @@ def _write_directory(out: Path, model: torch.nn.Module, manifest: dict[str, Any]
         else:
             tmp.rename(out)
     except OSError as exc:
-        raise UserError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
+        raise write_error(out, exc, f"the model to {out}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

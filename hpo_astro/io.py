@@ -23,15 +23,19 @@ class CannotWrite(UserError):
     exit_code = 1
 
 
-def os_reason(exc: OSError) -> str:
-    """An OSError's reason, for a one-line message."""
-    return exc.strerror or str(exc) or type(exc).__name__
+def os_reason(exc: BaseException) -> str:
+    """An error's reason on one line: an OSError's strerror, else the first line of its message."""
+    if getattr(exc, "strerror", None):
+        return str(exc.strerror)  # type: ignore[attr-defined]
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _error(path: Path, exc: OSError) -> UserError:
-    reason = os_reason(exc)
+def write_error(path: Path, exc: BaseException, what: str | None = None) -> UserError:
+    """The one-line error for a failed write of `what` (default: `path`): `CannotWrite` when the machine refused it
+    (full disk, quota, I/O error, also behind torch's RuntimeError), else `UserError` (a bad path)."""
     kind = CannotWrite if write_fault(exc) is not None else UserError
-    return kind(f"cannot write {path}: {reason}")
+    return kind(f"cannot write {what or path}: {os_reason(exc)}")
 
 
 class atomic_write:
@@ -51,7 +55,7 @@ class atomic_write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
         except OSError as exc:
-            raise _error(self.path, exc) from None
+            raise write_error(self.path, exc) from None
         self._tmp = Path(tmp)
         self._fh = os.fdopen(fd, "wb")
         return self._fh
@@ -71,7 +75,7 @@ class atomic_write:
                 with contextlib.suppress(OSError):
                     self._tmp.unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise _error(self.path, error) from None
+            raise write_error(self.path, error) from None
 
 
 def umask() -> int:
@@ -99,5 +103,5 @@ def write_output(path: Path, data: str | bytes) -> Path:
     try:
         path.chmod(0o666 & ~umask())
     except OSError as exc:
-        raise _error(path, exc) from None
+        raise write_error(path, exc) from None
     return path

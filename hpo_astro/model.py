@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hpo_astro import __version__
-from hpo_astro.errors import UserError
+from hpo_astro.io import write_error
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits, PrepConfig
@@ -118,16 +118,8 @@ def save_model(directory: str | Path, model: nn.Module, manifest: Mapping[str, A
         torch.save(model.state_dict(), directory / WEIGHTS_FILE)
         (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     except (OSError, RuntimeError) as exc:  # not a directory, not writable, disk full (torch's zip writer: Runtime)
-        raise UserError(f"cannot write the model to {directory}: {_reason(exc)}") from None
+        raise write_error(directory, exc, f"the model to {directory}") from None
     return directory
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an error's message (OSError: its strerror), for a one-line report."""
-    if getattr(exc, "strerror", None):
-        return str(exc.strerror)  # type: ignore[attr-defined]
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
