@@ -5,6 +5,7 @@ points at a user's file, and trials of a journal store whose process was killed.
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -44,7 +45,9 @@ ROOT = os.geteuid() == 0  # root writes through chmod: there the checks below lo
 
 
 def _snapshot(path: Path) -> tuple[str, list[str]]:
-    """The file's bytes (sha256) and its directory's listing."""
+    """The file's bytes (sha256) and its directory's listing, once the connections an in-process run left open are
+    closed (the last close of a WAL store checkpoints it, changing its bytes but not its content)."""
+    gc.collect()
     digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
     return digest, sorted(p.name for p in path.parent.iterdir())
 

@@ -3,6 +3,7 @@ study, bad study files and options; `status` of an empty store; the paper's stud
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
 from pathlib import Path
@@ -16,6 +17,9 @@ from hpo_astro.space import SearchSpace
 
 
 def _digest(path: Path) -> str:
+    """The store file's bytes, once every connection an in-process run left open is closed: the last close of a
+    SQLite store in WAL mode checkpoints the WAL into the file, which changes its bytes but not its content."""
+    gc.collect()
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
 
 
