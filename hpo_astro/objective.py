@@ -36,6 +36,7 @@ from hpo_astro.record import (
     PARAMS_FULL_ATTR,
     TRAIN_SEED_ATTR,
     VAL_METRICS_ATTR,
+    WALL_TIME_ATTR,
 )
 from hpo_astro.recovery import WORKER_ATTR, WORKER_START_ATTR, process_token
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
@@ -234,7 +235,7 @@ class Objective:
         for key, value in {
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
-            "wall_time": result.wall_time,
+            WALL_TIME_ATTR: result.wall_time,
             "n_params": result.n_params,
             "device": result.device,
             TRAIN_SEED_ATTR: result.seed,

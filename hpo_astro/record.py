@@ -18,7 +18,10 @@ from hpo_astro import __version__
 from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.space import SearchSpace
 
-if TYPE_CHECKING:  # config -> storage -> recovery -> record: the reverse import is for type hints only
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    # config -> storage -> recovery -> record: the reverse import is for type hints only
     from hpo_astro.config import StudyConfig
 
 VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
@@ -29,7 +32,8 @@ IDENTITY = ("strategy", "space", "objective", "data_fingerprint")
 PARAMS_FULL_ATTR = "params_full"  # the trial's whole configuration (sampled values, baseline and defaults)
 TRAIN_SEED_ATTR = "train_seed"  # the seed it trained with: retraining with it gives the same model
 VAL_METRICS_ATTR = "val_metrics"  # Metrics.as_dict() of its best epoch on the validation split
-HISTORY_ATTR = "history"  # its per-epoch metrics (EpochMetrics as dicts)
+HISTORY_ATTR = "history"  # its per-epoch metrics (EpochMetrics as dicts); read them with `trial_history`
+WALL_TIME_ATTR = "wall_time"  # seconds its training took (a replayed trial: the recorded training time)
 # Study user attribute: where the best trial's weights are, {"trial", "artifact_id", "value"}.
 BEST_WEIGHTS_ATTR = "best_weights"
 
@@ -124,3 +128,9 @@ class StudyRecord:
 def _jsonable(value: Any) -> Any:
     """The value as the store gives it back (JSON round trip: tuples become lists, paths strings)."""
     return json.loads(json.dumps(value, default=str))
+
+
+def trial_history(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """A trial's per-epoch metrics (`EpochMetrics` fields as dicts, epoch order); [] if it recorded none. Every reader
+    goes through here, so the way the curves are stored can change in one place."""
+    return list(trial.user_attrs.get(HISTORY_ATTR) or [])

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from hpo_astro.record import HISTORY_ATTR, VAL_METRICS_ATTR, StudyRecord
+from hpo_astro.record import VAL_METRICS_ATTR, StudyRecord, trial_history
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ORDER_SCALE = "Viridis"  # trial order: blue early, yellow late
@@ -126,7 +126,7 @@ CURVES = (("train_loss", 1, 1), ("val_loss", 1, 2), ("train_accuracy", 2, 1), ("
 
 def curves_figure(study: optuna.Study) -> go.Figure:
     """(c) Per-epoch train/val loss and accuracy of every finished trial, coloured by trial order."""
-    trials = [t for t in finished_trials(study) if t.user_attrs.get(HISTORY_ATTR)]
+    trials = [t for t in finished_trials(study) if trial_history(t)]
     fig = make_subplots(
         rows=2,
         cols=2,
@@ -137,7 +137,7 @@ def curves_figure(study: optuna.Study) -> go.Figure:
     n = len(trials)
     colors = sample_colorscale(ORDER_SCALE, [i / max(n - 1, 1) for i in range(n)]) if n else []
     for trial, color in zip(trials, colors, strict=True):
-        history = trial.user_attrs[HISTORY_ATTR]
+        history = trial_history(trial)
         epochs = [h["epoch"] for h in history]
         for key, row, col in CURVES:
             fig.add_trace(
