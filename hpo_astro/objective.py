@@ -240,6 +240,7 @@ class Objective:
             "device": result.device,
             TRAIN_SEED_ATTR: result.seed,
             VAL_METRICS_ATTR: result.val_metrics.as_dict(),
+            **result.extra_attrs,
         }.items():
             trial.set_user_attr(key, value)
         if result.stop_reason == "pruned":

@@ -147,6 +147,8 @@ class TrainResult:
     train_metrics: Metrics | None  # of the restored best-epoch weights; None unless `evaluate_train` asked for them
     val_metrics: Metrics  # of the best epoch (the restored weights), as measured when that epoch ended
     model: nn.Module = field(repr=False)
+    # More trial user attributes for the objective to record (name -> JSON value), e.g. test metrics a table keeps.
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (everything but the model)."""
