@@ -301,7 +301,13 @@ def train_command(
 @app.command("run")
 def run_command(
     strategy: Annotated[
-        str | None, typer.Option("--strategy", "-s", help="random, ablation, genetic, bayesian, tpe or grid.")
+        str | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="random, ablation, genetic, bayesian, tpe, grid, bohb or qmc; or your own Optuna sampler class by "
+            "import path, package.module:ClassName.",
+        ),
     ] = None,
     n_trials: Annotated[
         int | None, typer.Option("--n-trials", "-n", help="Budget: finished (complete + pruned) trials.")
@@ -314,7 +320,10 @@ def run_command(
     channels: ChannelsOpt = None,
     max_epochs: Annotated[int | None, typer.Option("--max-epochs", help="Cap epochs per trial below t_max.")] = None,
     pruner: Annotated[
-        str | None, typer.Option("--pruner", help="none, median, hyperband or successive-halving.")
+        str | None,
+        typer.Option(
+            "--pruner", help="none, median, hyperband or successive-halving (default: hyperband for bohb, else none)."
+        ),
     ] = None,
     objective: Annotated[
         str | None, typer.Option("--objective", help="accuracy, loss or roc_auc (validation).")

@@ -12,7 +12,7 @@ from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.errors import UserError
 from hpo_astro.space import SearchSpace
 from hpo_astro.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
-from hpo_astro.strategies import PRUNERS, STRATEGIES
+from hpo_astro.strategies import PRUNERS, check_strategy, pruner_name
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVES = {  # name -> (per-epoch metric, direction)
@@ -36,7 +36,7 @@ class StudyConfig:
     baseline: dict[str, Any] | None = None  # ablation: the starting configuration
     greedy: bool = False  # ablation: adopt each hyperparameter's best value after its sweep
     population_size: int = 10  # genetic: NSGA-II population (the paper used 10)
-    pruner: str = "none"
+    pruner: str | None = None  # None: the strategy's default (hyperband for bohb, else none); set by validate()
     objective: str = "accuracy"
     seed: int = 0
     data: Path | None = None
@@ -51,6 +51,8 @@ class StudyConfig:
     workers: int = 1  # worker processes on this machine
     # Devices the workers train on: worker i uses devices[i % len(devices)]. Empty: every visible GPU (else the CPU).
     devices: tuple[str, ...] = ()
+    # Record each trial's train step as a CUDA graph and replay it (on CUDA; CPU is always eager). False: eager.
+    capture: bool = True
 
     @property
     def study_name(self) -> str:
@@ -65,12 +67,12 @@ class StudyConfig:
         return OBJECTIVES[self.objective][0]
 
     def validate(self) -> StudyConfig:
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        check_strategy(self.strategy)  # a sampler class by import path is imported here, before the store is opened
         if self.n_trials is None:
             raise UserError("the number of trials is not set: pass --n-trials N or set n_trials in the study file")
         if self.n_trials <= 0:
             raise UserError(f"--n-trials must be positive, got {self.n_trials}")
+        self.pruner = pruner_name(self)  # the pruner actually used: what the study records
         if self.pruner not in PRUNERS:
             raise UserError(f"unknown pruner {self.pruner!r}; known: {', '.join(PRUNERS)}")
         if self.objective not in OBJECTIVES:
@@ -141,6 +143,7 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         "seed": int,
         "max_epochs": int,
         "greedy": bool,
+        "capture": bool,
         "heartbeat_interval": int,
         "checkpoint_interval": int,
         "grace_period": int,

@@ -1,9 +1,17 @@
 """Strategy name -> Optuna sampler, pruner name -> Optuna pruner. Adding one is one entry in `STRATEGIES` or
-`PRUNERS`; the study configuration validates names against these registries."""
+`PRUNERS`; the study configuration validates names against these registries (`check_strategy`).
+
+A strategy may also be a sampler class given by import path, `package.module:ClassName` (see `load_sampler_class`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,6 +51,25 @@ def _ablation(cfg: StudyConfig) -> BaseSampler:
     return AblationSampler(cfg.space.to_dict(), baseline=cfg.baseline, greedy=cfg.greedy, seed=cfg.seed)
 
 
+def _bohb(cfg: StudyConfig) -> BaseSampler:
+    # Optuna's BOHB-like recipe: TPE with the Hyperband pruner (the strategy's default pruner, `DEFAULT_PRUNERS`).
+    # multivariate: one joint density over all hyperparameters, as BOHB's KDE (Optuna 5 defaults to it for one
+    # objective; said explicitly so that another default cannot change the strategy). TPE also learns from the
+    # trials Hyperband pruned, ranked by how far they got: the low-budget evaluations inform the model.
+    return optuna.samplers.TPESampler(multivariate=True, seed=cfg.seed)
+
+
+def _qmc(cfg: StudyConfig) -> BaseSampler:
+    # Scrambled Sobol: the scramble is drawn from the study's seed, and the sampler keeps its position in the
+    # sequence in the study's system attributes (a key made of the seed and the space), which is why it is built
+    # once with the study's seed (`SHARED_PLAN`). Its first trial is a RandomSampler draw with that seed: Optuna's
+    # QMCSampler learns the space from the study's first trial. QMCSampler is marked experimental; the warning
+    # says nothing a user of hpo-astro can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=cfg.seed)
+
+
 STRATEGIES: dict[str, Callable[[StudyConfig], BaseSampler]] = {
     "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
     "ablation": _ablation,
@@ -50,21 +77,127 @@ STRATEGIES: dict[str, Callable[[StudyConfig], BaseSampler]] = {
     "bayesian": lambda cfg: optuna.samplers.GPSampler(seed=cfg.seed),  # GP surrogate, log expected improvement
     "tpe": lambda cfg: optuna.samplers.TPESampler(seed=cfg.seed),
     "grid": _grid,
+    "bohb": _bohb,
+    "qmc": _qmc,
 }
 
+# The pruner a strategy runs with when neither --pruner nor the study file names one; every other strategy: "none".
+DEFAULT_PRUNERS = {"bohb": "hyperband"}
 
-# Samplers whose plan lives in the store (trial system attributes) and must be identical in every process: they
-# are built once with the study's seed. The stochastic ones are rebuilt for every trial with a seed derived from the
-# study's seed and its progress (`TrialSeededSampler`), so a resumed study or a second process never repeats them.
-SHARED_PLAN = {"ablation", "grid"}
+# Names a user may try that are not strategies here, and why (one line each, shown as the error).
+NOT_APPLICABLE = {
+    "cmaes": (
+        "strategy 'cmaes' does not apply to hpo-astro's search space: every hyperparameter is categorical (a list "
+        "of values), and Optuna's CmaEsSampler models only float and int parameters, so it would draw every "
+        "parameter with its RandomSampler fallback (random search under another name); use qmc or random for a "
+        "space-filling search, tpe, bohb or bayesian for a model of the space"
+    ),
+}
+
+# Samplers whose plan lives in the store and must be identical in every process: they are built once with the
+# study's seed. Ablation and grid keep their plan in trial system attributes; qmc keeps its position in the Sobol
+# sequence in a study system attribute keyed by its seed, so a sampler rebuilt with another seed for every trial
+# would start a new sequence each time and only ever draw its first point. The stochastic ones are rebuilt for every
+# trial with a seed derived from the study's seed and its progress (`TrialSeededSampler`), so a resumed study or a
+# second process never repeats them.
+SHARED_PLAN = {"ablation", "grid", "qmc"}
+
+
+def is_import_path(strategy: str) -> bool:
+    """A user's sampler class, `package.module:ClassName`, rather than a registry name."""
+    return ":" in strategy
+
+
+def check_strategy(strategy: str) -> None:
+    """Refuse, in one line, a strategy that is neither a registry name nor an importable sampler class."""
+    if strategy in STRATEGIES:
+        return
+    if strategy in NOT_APPLICABLE:
+        raise UserError(NOT_APPLICABLE[strategy])
+    if is_import_path(strategy):
+        load_sampler_class(strategy)
+        return
+    raise UserError(
+        f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}, or a sampler class by import path "
+        "(package.module:ClassName)"
+    )
+
+
+def load_sampler_class(path: str) -> type[BaseSampler]:
+    """The Optuna sampler class named by `package.module:ClassName` (a nested class: `module:Outer.Inner`).
+
+    The working directory is searched after the installed packages (as `python -m` would, but without letting a
+    local file shadow an installed module), so a `mysamplers.py` beside the study store works without PYTHONPATH.
+    Every process that runs the study imports it again: a worker elsewhere needs the module too."""
+    module_name, _, qualname = path.partition(":")
+    parts = module_name.split(".")
+    if not all(p.isidentifier() for p in parts) or not all(p.isidentifier() for p in qualname.split(".")):
+        raise UserError(
+            f"strategy {path!r} is not a registry name ({', '.join(STRATEGIES)}) nor an import path "
+            "package.module:ClassName"
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise UserError(
+                f"strategy {path!r}: no module named {exc.name!r} (not installed, not on PYTHONPATH, not in the "
+                "working directory)"
+            ) from None
+        raise UserError(f"strategy {path!r}: importing {module_name} failed: {_reason(exc)}") from None
+    except Exception as exc:  # the module's own code failed (a missing dependency, a syntax error): one line
+        raise UserError(f"strategy {path!r}: importing {module_name} failed: {_reason(exc)}") from None
+    target: object = module
+    for name in qualname.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise UserError(f"strategy {path!r}: {module_name} has no attribute {qualname!r}") from None
+    if not (isinstance(target, type) and issubclass(target, BaseSampler)):
+        raise UserError(f"strategy {path!r}: {qualname} is not an Optuna sampler (a subclass of BaseSampler)")
+    return target
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _accepts_seed(cls: type[BaseSampler]) -> bool:
+    """Whether the class's constructor takes `seed=` (a `seed` parameter, or **kwargs that pass it on)."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a class built in C): construct it without arguments
+        return False
+    return any(
+        (p.name == "seed" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or p.kind == p.VAR_KEYWORD
+        for p in parameters
+    )
+
+
+def _user_sampler(cfg: StudyConfig) -> BaseSampler:
+    """The user's sampler, built once per process: `Class(seed=cfg.seed)` when it takes a seed, else `Class()`."""
+    cls = load_sampler_class(cfg.strategy)
+    kwargs = {"seed": cfg.seed} if _accepts_seed(cls) else {}
+    call = f"{cls.__name__}({'seed=' + str(cfg.seed) if kwargs else ''})"
+    try:
+        with warnings.catch_warnings():  # Optuna's experimental samplers warn when built; nothing to act on here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = cls(**kwargs)
+    except Exception as exc:
+        raise UserError(f"strategy {cfg.strategy!r}: {call} failed: {_reason(exc)}") from None
+    return sampler
 
 
 def make_sampler(cfg: StudyConfig) -> BaseSampler:
-    """The strategy's sampler (see `SHARED_PLAN` for how each is seeded)."""
-    try:
-        factory = STRATEGIES[cfg.strategy]
-    except KeyError:
-        raise UserError(f"unknown strategy {cfg.strategy!r}; known: {', '.join(STRATEGIES)}") from None
+    """The strategy's sampler (see `SHARED_PLAN` for how each is seeded). A user's sampler class is built once
+    per process with the study's seed and never rebuilt per trial: it may keep state between trials."""
+    check_strategy(cfg.strategy)
+    if is_import_path(cfg.strategy):
+        return _user_sampler(cfg)
+    factory = STRATEGIES[cfg.strategy]
     if cfg.strategy in SHARED_PLAN:
         return factory(cfg)
     return TrialSeededSampler(lambda seed: factory(dataclasses.replace(cfg, seed=seed)), cfg.seed)
@@ -86,9 +219,17 @@ PRUNERS: dict[str, Callable[[StudyConfig], BasePruner]] = {
 }
 
 
+def pruner_name(cfg: StudyConfig) -> str:
+    """The pruner the study runs with: the one given (--pruner, the study file), else the strategy's default."""
+    if cfg.pruner is not None:
+        return cfg.pruner
+    return DEFAULT_PRUNERS.get(cfg.strategy, "none")
+
+
 def make_pruner(cfg: StudyConfig) -> BasePruner:
+    name = pruner_name(cfg)
     try:
-        factory = PRUNERS[cfg.pruner]
+        factory = PRUNERS[name]
     except KeyError:
-        raise UserError(f"unknown pruner {cfg.pruner!r}; known: {', '.join(PRUNERS)}") from None
+        raise UserError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}") from None
     return factory(cfg)
