@@ -100,6 +100,22 @@ CheckpointOpt = Annotated[
         help="Seconds of training between a trial's checkpoints, after the first epoch's; 0: every epoch (default 10).",
     ),
 ]
+DevicesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--devices",
+        help="Comma-separated devices (cpu, cuda, cuda:N); worker i trains on device i mod n "
+        "(default: every visible GPU, else the CPU).",
+    ),
+]
+CaptureOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--capture/--no-capture",
+        help="On CUDA, record each trial's train step once as a CUDA graph and replay it (default); "
+        "--no-capture runs every step eagerly. CPU is always eager.",
+    ),
+]
 GraceOpt = Annotated[
     int | None,
     typer.Option("--grace-period", min=1, help="Seconds without heartbeat before a trial is dead (default: 30)."),
@@ -342,14 +358,8 @@ def run_command(
     heartbeat: HeartbeatOpt = None,
     grace_period: GraceOpt = None,
     checkpoint_interval: CheckpointOpt = None,
-    devices: Annotated[
-        str | None,
-        typer.Option(
-            "--devices",
-            help="Comma-separated devices (cpu, cuda, cuda:N); worker i trains on device i mod n "
-            "(default: every visible GPU, else the CPU).",
-        ),
-    ] = None,
+    devices: DevicesOpt = None,
+    capture: CaptureOpt = None,
 ) -> None:
     """Create or resume a study and run it until it holds --n-trials finished trials."""
     from hpo_astro.config import StudyConfig, load_config
@@ -372,9 +382,14 @@ def run_command(
         heartbeat_interval=heartbeat,
         grace_period=grace_period,
         checkpoint_interval=checkpoint_interval,
-        devices=None if devices is None else tuple(d.strip() for d in devices.split(",") if d.strip()),
+        devices=_devices(devices),
+        capture=capture,
     )
     _execute(cfg, threads)
+
+
+def _devices(option: str | None) -> tuple[str, ...] | None:
+    return None if option is None else tuple(d.strip() for d in option.split(",") if d.strip())
 
 
 @app.command("worker")
@@ -386,6 +401,10 @@ def worker_command(
     heartbeat: HeartbeatOpt = None,
     grace_period: GraceOpt = None,
     checkpoint_interval: CheckpointOpt = None,
+    devices: Annotated[
+        str | None, typer.Option("--devices", help="The device this worker trains on (cpu, cuda, cuda:N).")
+    ] = None,
+    capture: CaptureOpt = None,
 ) -> None:
     """Join an existing study from another shell or machine, with the configuration it recorded."""
     from hpo_astro.workers import config_from_study
@@ -397,6 +416,8 @@ def worker_command(
         heartbeat_interval=heartbeat,
         grace_period=grace_period,
         checkpoint_interval=checkpoint_interval,
+        devices=_devices(devices),
+        capture=capture,
     )
     _execute(cfg, threads, joined=True)
 

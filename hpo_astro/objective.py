@@ -74,6 +74,7 @@ class TrainFn(Protocol):
         seed: int,
         resume: Mapping[str, Any] | None,
         device: str,
+        capture: bool,
     ) -> TrainResult: ...
 
 
@@ -231,6 +232,7 @@ class Objective:
                 seed=self.cfg.seed,
                 resume=resume,
                 device=self.cfg.devices[0] if self.cfg.devices else "auto",  # one per process: see workers.py
+                capture=self.cfg.capture,
             )
         for key, value in {
             "best_epoch": result.best_epoch,
