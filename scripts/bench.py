@@ -9,7 +9,8 @@ Measured, each side of a ratio back to back in one invocation, repeated, medians
   `hpo_astro.model.build_model`, data on the device, AdamW, BCE with pos_weight, cosine schedule, per-epoch
   validation loss) for every batch size, with the default configuration ("default") and the largest one of the
   paper's space ("largest": 4 conv blocks of kernel 7, 5 FC layers of 256). Early stopping is off on both sides
-  so both run the same number of epochs. Reported: seconds per epoch, the ratio, step time and images/s.
+  so both run the same number of epochs. Reported: seconds per epoch, the ratio, step time and images/s. On CUDA
+  the trainer captures its step as a CUDA graph (the default); its eager mode (`capture=False`) is measured too.
 * `study`: the fixed cost of a trial in a study beyond its training (sampler, store writes, checkpoints, weights):
   `run_study` with a training stand-in that returns at once, per trial; and a new process's start-up
   (`hpo-astro --version`-like import of the CLI and of torch).
@@ -157,9 +158,11 @@ def bench_variants(args: argparse.Namespace, data: DataSplits, device: torch.dev
     return out
 
 
-def trainer(params: Mapping[str, Any], data: DataSplits, epochs: int, seed: int, device: torch.device) -> float:
+def trainer(
+    params: Mapping[str, Any], data: DataSplits, epochs: int, seed: int, device: torch.device, capture: bool = True
+) -> float:
     start = time.perf_counter()
-    train(params, data, max_epochs=epochs, seed=seed, device=device, early_stopping=False)
+    train(params, data, max_epochs=epochs, seed=seed, device=device, early_stopping=False, capture=capture)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -193,14 +196,25 @@ def bench_trainer(args: argparse.Namespace, data: DataSplits, device: torch.devi
             )
             t_ours, t_bare = statistics.median(ours), statistics.median(bare)
             steps = args.epochs * math.ceil(n / batch)
-            out[f"{name}/batch{batch}"] = {
+            entry = out[f"{name}/batch{batch}"] = {
                 "trainer_s_per_epoch": t_ours / args.epochs,
                 "bare_s_per_epoch": t_bare / args.epochs,
                 "ratio": t_ours / t_bare,
                 "trainer_step_ms": 1000 * t_ours / steps,
+                "bare_step_ms": 1000 * t_bare / steps,
                 "trainer_images_per_s": args.epochs * n / t_ours,
                 "runs": {"trainer": ours, "bare": bare},
             }
+            if device.type == "cuda":  # the trainer's eager mode (--no-capture) too: what capture buys
+                eager = [trainer(params, data, args.epochs, 0, device, capture=False) for _ in range(args.repeats)]
+                t_eager = statistics.median(eager)
+                entry |= {
+                    "eager_s_per_epoch": t_eager / args.epochs,
+                    "eager_ratio": t_eager / t_bare,
+                    "eager_step_ms": 1000 * t_eager / steps,
+                    "capture_speedup": t_eager / t_ours,
+                }
+                entry["runs"]["eager"] = eager
             print(f"# {name} batch {batch}: ratio {t_ours / t_bare:.3f}", file=sys.stderr)
     return out
 
