@@ -66,12 +66,16 @@ class RunResult:
     ran: int  # trials run by this call
 
 
-def prepare_run(cfg: StudyConfig) -> tuple[DataSplits, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
-    """Everything that can refuse bad input, done before the store is touched."""
+def prepare_run(
+    cfg: StudyConfig, data: DataSplits | None = None
+) -> tuple[DataSplits, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """Everything that can refuse bad input, done before the store is touched. `data`: splits the caller has
+    already loaded (or, for a trainer that does not read them, a stand-in carrying the data's fingerprint)."""
     cfg.validate()
     sampler = make_sampler(cfg)
     pruner = make_pruner(cfg)
-    data = load_splits(cfg.data, PrepConfig(channels=cfg.channels))
+    if data is None:
+        data = load_splits(cfg.data, PrepConfig(channels=cfg.channels))
     return data, sampler, pruner
 
 
@@ -88,12 +92,20 @@ def target_trials(cfg: StudyConfig, sampler: optuna.samplers.BaseSampler) -> int
     return cfg.n_trials
 
 
-def run_study(cfg: StudyConfig, events: RunEvents | None = None, train: TrainFn | None = None) -> RunResult:
+def run_study(
+    cfg: StudyConfig,
+    events: RunEvents | None = None,
+    train: TrainFn | None = None,
+    data: DataSplits | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> RunResult:
     """Create or resume the study and run trials until it holds `target` finished trials. `train` replaces the
-    trainer (default `hpo_astro.train.train`), e.g. by a fast stand-in."""
+    trainer (default `hpo_astro.train.train`), e.g. by a fast stand-in or a table's answers; `data` is splits loaded
+    once for many studies (default: `cfg.data` is loaded); `storage` an open store to use instead of opening
+    `cfg.storage` (which still names the artifact folder), e.g. an in-memory one (`hpo_astro.benchmark`)."""
     configure_logging()
     events = events or RunEvents()
-    study, target, objective = _open(cfg, events.on_epoch, train)
+    study, target, objective = _open(cfg, events.on_epoch, train, data, storage)
     if events.on_start:
         events.on_start(study, count_finished(study), target)
     ran = failures = 0
@@ -126,11 +138,16 @@ def run_study(cfg: StudyConfig, events: RunEvents | None = None, train: TrainFn 
 
 
 def _open(
-    cfg: StudyConfig, on_epoch: Callable[[int, TrainState], None] | None, train: TrainFn | None
+    cfg: StudyConfig,
+    on_epoch: Callable[[int, TrainState], None] | None,
+    train: TrainFn | None,
+    data: DataSplits | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> tuple[optuna.Study, int, Objective]:
     """Check the input, then open the store and create or resume the study: the study, its budget, its objective."""
-    data, sampler, pruner = prepare_run(cfg)
-    storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
+    data, sampler, pruner = prepare_run(cfg, data)
+    if storage is None:
+        storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
     study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs["artifacts"]))
