@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors a
     from optuna.trial import FrozenTrial
 
     from hpo_astro.config import StudyConfig
+    from hpo_astro.objective import TrainFn
+    from hpo_astro.run import RunResult
     from hpo_astro.train import TrainState
 
 console = Console(soft_wrap=True)
@@ -419,7 +421,9 @@ def worker_command(
         devices=_devices(devices),
         capture=capture,
     )
-    _execute(cfg, threads, joined=True)
+    from hpo_astro.tabular import train_for_study
+
+    _execute(cfg, threads, joined=True, train=train_for_study(cfg.study_name))  # a table study records test metrics
 
 
 @app.command("storage-proxy")
@@ -443,8 +447,9 @@ def storage_proxy_command(
             run_grpc_proxy_server(backend, host=host, port=port)
 
 
-def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False) -> None:
-    """Run `cfg` with a live display; Ctrl-C / SIGTERM print the command that resumes."""
+def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False, train: TrainFn | None = None) -> RunResult:
+    """Run `cfg` with a live display; Ctrl-C / SIGTERM print the command that resumes. `train` replaces the trainer
+    (see `run_study`)."""
     import shlex
     import sys
 
@@ -460,9 +465,9 @@ def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False) -> Non
                 import torch
 
                 torch.set_num_threads(threads or torch.get_num_threads())
-                result = run_study(cfg, events)
+                result = run_study(cfg, events, train)
             else:
-                result = run_workers(cfg, events, threads=threads)
+                result = run_workers(cfg, events, threads=threads, train=train)
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted: the running trial was checkpointed and re-queued; resume with: {resume}", markup=False
@@ -476,6 +481,7 @@ def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False) -> Non
         f" ({result.ran} run by this process); best value {best}",
         highlight=False,
     )
+    return result
 
 
 class _RunDisplay:
@@ -708,6 +714,61 @@ def dashboard_command(
             pass
         except OSError as exc:
             raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@app.command("tabulate")
+def tabulate_command(
+    out: Annotated[str, typer.Option("--out", help="The table's name: its study is table/NAME in the store.")],
+    space: Annotated[
+        Path | None,
+        typer.Option(
+            "--space",
+            "--config",
+            help="Study file whose [space] is enumerated (its other settings apply, except strategy, study, n_trials "
+            "and pruner). Leave out to resume the table study in the store.",
+        ),
+    ] = None,
+    storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL.")] = "sqlite:///optuna.db",
+    data: DataOpt = None,
+    max_epochs: Annotated[int | None, typer.Option("--max-epochs", min=1, help="Cap epochs per configuration.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, max=2**32 - 1, help="Training seed (default: 0).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="Worker processes (default: 1).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="torch CPU threads per worker (default: cores / workers).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the finished table here (default: NAME.json; .gz: gzip'd).")
+    ] = None,
+    max_configs: Annotated[
+        int, typer.Option("--max-configs", min=1, help="Refuse a space with more configurations than this.")
+    ] = 10_000,
+) -> None:
+    """Train every configuration of a finite space once, whole curves and test metrics included (a grid study
+    named table/NAME: resumable, --workers like run), then write the table that `benchmark --table` replays."""
+    from hpo_astro import tabular
+    from hpo_astro.io import check_output
+
+    json_path = json_out or Path(f"{tabular.check_name(out)}.json")
+    check_output(json_path)  # before hours of training, not after
+    cfg = tabular.tabulate_config(
+        space, out, storage, max_configs, data=data, max_epochs=max_epochs, seed=seed, workers=workers
+    )
+    result = _execute(cfg, threads, train=tabular.tabulate_train)
+    try:
+        table = tabular.table_from_study(result.study, cfg.storage)
+    except UserError as exc:  # configurations whose training failed: not the input's fault
+        _fail(str(exc), code=1)
+    table.save(json_path)
+    epochs = sum(len(row.history) for row in table.rows)
+    console.print(
+        f"table {out!r}: {len(table.rows)} configurations, {epochs} epochs, "
+        f"{table.info['training_seconds']:.0f} s of training; wrote {json_path}",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import optuna
 
 from hpo_astro.config import StudyConfig
 from hpo_astro.errors import UserError
+from hpo_astro.objective import TrainFn
 from hpo_astro.record import StudyRecord
 from hpo_astro.run import RunEvents, RunResult, StudyFailed, run_study
 from hpo_astro.storage import open_existing_store
@@ -43,12 +44,12 @@ def placed(cfg: StudyConfig, worker: int, pool: list[str]) -> StudyConfig:
     return dataclasses.replace(cfg, devices=(pool[worker % len(pool)],))
 
 
-def _child(cfg: StudyConfig, worker: int, threads: int) -> None:
+def _child(cfg: StudyConfig, worker: int, threads: int, train: TrainFn | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
     try:
-        run_study(cfg)
+        run_study(cfg, train=train)
     except KeyboardInterrupt:
         sys.exit(130)
     except (StudyFailed, UserError) as exc:
@@ -56,9 +57,13 @@ def _child(cfg: StudyConfig, worker: int, threads: int) -> None:
         sys.exit(1)
 
 
-def run_workers(cfg: StudyConfig, events: RunEvents | None = None, threads: int | None = None) -> RunResult:
+def run_workers(
+    cfg: StudyConfig, events: RunEvents | None = None, threads: int | None = None, train: TrainFn | None = None
+) -> RunResult:
     """Run `cfg.workers` processes on the study: this one (with the display) plus `workers - 1` children,
-    each with `threads` torch threads (default: the cores split between them)."""
+    each with `threads` torch threads (default: the cores split between them). `train` replaces the trainer in
+    every process (see `run_study`); the children get it by pickling, so it must be a module-level function or a
+    picklable object (e.g. `hpo_astro.tabular.tabulate_train`, a table's `train_fn()`)."""
     import torch
 
     threads = threads or threads_per_worker(cfg.workers)
@@ -66,7 +71,7 @@ def run_workers(cfg: StudyConfig, events: RunEvents | None = None, threads: int 
     cfg.validate()
     pool = device_pool(cfg.devices)
     if cfg.workers == 1:
-        return run_study(placed(cfg, 0, pool), events)
+        return run_study(placed(cfg, 0, pool), events, train)
     # The study is created here first (see _FirstTrialGate), so children never race on a half-made study.
     context = multiprocessing.get_context("spawn")
     children: list[multiprocessing.process.BaseProcess] = []
@@ -74,11 +79,13 @@ def run_workers(cfg: StudyConfig, events: RunEvents | None = None, threads: int 
         first = _FirstTrialGate(events)
         for worker in range(1, cfg.workers):
             child = context.Process(
-                target=_child, args=(placed(cfg, worker, pool), worker, threads), name=f"hpo-astro-worker-{worker}"
+                target=_child,
+                args=(placed(cfg, worker, pool), worker, threads, train),
+                name=f"hpo-astro-worker-{worker}",
             )
             children.append(child)
         first.children = children
-        return run_study(placed(cfg, 0, pool), first.events())
+        return run_study(placed(cfg, 0, pool), first.events(), train)
     except BaseException:
         for child in children:
             if child.is_alive():
