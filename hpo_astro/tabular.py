@@ -22,6 +22,7 @@ import io
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -77,8 +78,9 @@ class Table:
     """A finite space trained exhaustively: one row per configuration.
 
     Rows are looked up by the values of the space's hyperparameters, compared as the study files compare them
-    (1e-3 == 0.001, 64 == 64.0, "batchnorm" == "BatchNorm"), so a table survives JSON round trips. A table may hold
-    fewer rows than its space has configurations (one built by hand); `missing` says how many are absent."""
+    (1e-3 == 0.001, 64 == 64.0, "batchnorm" == "BatchNorm"), so a table survives JSON round trips. `rows` are kept
+    in the space's order (the grid's, first hyperparameter slowest), whatever order they were given in. A table may
+    hold fewer rows than its space has configurations (one built by hand); `missing` says how many are absent."""
 
     name: str
     space: dict[str, list[Any]]  # hyperparameter -> values (the finite space the table covers)
@@ -110,8 +112,8 @@ class Table:
             if key in index:
                 raise UserError(f"{where} repeats the configuration of another row ({_describe(search, key)})")
             index[key] = row
-        object.__setattr__(self, "rows", rows)
-        object.__setattr__(self, "_search", search)
+        object.__setattr__(self, "rows", tuple(index[key] for key in sorted(index)))  # the space's order, whatever
+        object.__setattr__(self, "_search", search)  # the source (a file, a store's trial order)
         object.__setattr__(self, "_index", index)
 
     @property
@@ -164,7 +166,6 @@ class Table:
     def to_json(self) -> dict[str, Any]:
         """The table as plain JSON data (the file format; non-finite numbers become null)."""
         search = self.search_space
-        rows = sorted(self.rows, key=lambda row: _key(search, row.params, ""))  # same table -> same bytes
         return {
             "format": TABLE_FORMAT,
             "version": TABLE_VERSION,
@@ -178,14 +179,16 @@ class Table:
             "rows": [
                 {
                     "params": row.params,
-                    "history": [[_finite_or_none(getattr(h, f)) for f in EPOCH_FIELDS] for h in row.history],
+                    "history": [
+                        [int(h.epoch), *(_finite_or_none(getattr(h, f)) for f in EPOCH_FIELDS[1:])] for h in row.history
+                    ],
                     "best_epoch": row.best_epoch,
                     "stop_reason": row.stop_reason,
                     "val_metrics": {k: _finite_or_none(v) for k, v in row.val_metrics.items()},
                     "test_metrics": {k: _finite_or_none(v) for k, v in row.test_metrics.items()},
                     "wall_time": row.wall_time,
                 }
-                for row in rows
+                for row in self.rows  # in the space's order: the same table gives the same bytes
             ],
         }
 
@@ -219,7 +222,7 @@ class Table:
             try:
                 with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
                     raw = gz.read(MAX_TABLE_BYTES + 1)
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
                 raise UserError(f"{source}: not a valid hpo-astro table: corrupt gzip data ({exc})") from None
         if len(raw) > MAX_TABLE_BYTES:
             raise UserError(f"{source}: not a valid hpo-astro table: larger than {MAX_TABLE_BYTES // 2**20} MiB")
@@ -446,13 +449,7 @@ def tabulate_config(
     file = store_file(storage)
     stored = None
     if file is None or (file.is_file() and file.stat().st_size > 0):  # a new or empty store holds no study
-        from hpo_astro.workers import config_from_study
-
-        try:
-            stored = config_from_study(storage, study_name)
-        except UserError as exc:
-            if "no study named" not in str(exc):
-                raise
+        stored = _stored_config(storage, study_name)
     if space_file is None:
         if stored is None:
             raise UserError(f"no table study {study_name!r} in {storage} to resume; pass --space FILE to start it")
@@ -481,6 +478,23 @@ def tabulate_config(
                     "must all train alike; resume it with the same settings, or use another --out NAME"
                 )
     return cfg
+
+
+def _stored_config(storage: str, study_name: str) -> StudyConfig | None:
+    """The configuration a stored table study recorded (read-only, the store closed again); None if there is none."""
+    import optuna
+
+    from hpo_astro.storage import read_store
+
+    with read_store(storage) as backend:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=backend)
+        except KeyError:
+            return None
+        record = StudyRecord.from_attrs(study.user_attrs)
+    if record is None:
+        raise UserError(f"study {study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
+    return record.to_config(storage, study_name)
 
 
 # --- reading a table: a file, a study in a store, or a shipped one ---------------------------------------------

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NAME = "astro-small"
 RECORDS, DATA_SEED = 1000, 0  # simulated cutouts: 700 train, 150 validation, 150 test
 SEED = 0  # sampler and training seed of both studies
-FANOVA_TRIALS, FANOVA_EPOCHS = 40, 4
+FANOVA_TRIALS, FANOVA_EPOCHS = 60, 5
 TABLE_EPOCHS = 6
-MAX_CONFIGS = 300
+MAX_CONFIGS = 400
 
 
 def hpo(*args: object) -> list[str]:
