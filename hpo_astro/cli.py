@@ -724,8 +724,8 @@ def tabulate_command(
         typer.Option(
             "--space",
             "--config",
-            help="Study file whose [space] is enumerated (its other settings apply, except strategy, study, n_trials "
-            "and pruner). Leave out to resume the table study in the store.",
+            help="Study file whose space section is enumerated (its other settings apply, except strategy, study, "
+            "n_trials and pruner). Leave out to resume the table study in the store.",
         ),
     ] = None,
     storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL.")] = "sqlite:///optuna.db",
