@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from hpo_astro import objective as objective_module
 from hpo_astro import tabular, workers
 from hpo_astro.config import StudyConfig
+from hpo_astro.data.prepare import load_splits
 from hpo_astro.errors import UserError
 from hpo_astro.metrics import Metrics
 from hpo_astro.record import trial_history
@@ -164,6 +165,8 @@ def test_tabulate_writes_the_whole_table(
     assert gzip.decompress((tmp_path / "t8.json.gz").read_bytes()).startswith(b'{"format":"hpo-astro-table"')
     assert (table.name, table.size, len(table.rows), table.missing) == ("t8", 8, 8, 0)
     assert table.seed == 5 and table.max_epochs == 3 and table.info["study"] == "table/t8"
+    assert table.data_fingerprint == load_splits(small_file).fingerprint  # --data
+    assert table.info["data_source"] == str(small_file)
     study = optuna.load_study(study_name="table/t8", storage=store_url(tmp_path))
     assert study.user_attrs["strategy"] == "grid" and study.user_attrs["pruner"] == "none"
     for trial in study.trials:
@@ -303,8 +306,10 @@ def test_tabulate_refuses_a_space_above_the_default_limit(tmp_path: Path) -> Non
     big = {"conv_layers": [1, 2, 3, 4], "conv_kernel_size": [3, 5, 7], "fc_layers": [1, 2, 3, 4, 5],
            "fc_width": [32, 64, 128, 256], "normalization": ["None", "BatchNorm", "LayerNorm"],
            "activation": ["ReLU", "GELU", "Tanh", "LeakyReLU"], "dropout_rate": [0.0, 0.1, 0.2, 0.3, 0.05]}  # fmt: skip
-    result = invoke("tabulate", "--space", space_file(tmp_path / "big.toml", big), "--out", "big", "--storage",
-                    store_url(tmp_path))  # fmt: skip
+    big_file = space_file(tmp_path / "big.toml", big)
+    result = invoke(
+        "tabulate", "--config", big_file, "--out", "big", "--storage", store_url(tmp_path)
+    )  # --space's alias
     assert_refused(result, "the space has 14,400 configurations, more than the table limit of 10,000")
     assert not (tmp_path / "optuna.db").exists()
 
