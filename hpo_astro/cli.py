@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -32,7 +34,18 @@ _UsageError: type[Exception] = typer.BadParameter.__mro__[1]
 
 class _Group(TyperGroup):
     """Bad input anywhere below (a UserError, or a usage error such as an option out of range) becomes one line
-    on stderr and exit code 2, with no traceback."""
+    on stderr and exit code 2, with no traceback. Also how every command's help reads (see `_polish`)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def,override]
+        # The top level's own usage errors (an unknown option, a missing command) arise here, before `invoke`, where
+        # Typer would draw them in a Rich box: one `error:` line too. Asking for help with no arguments stays help.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else info_name
+            _fail(f"{exc.format_message()} (see '{command} --help')")
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
@@ -40,7 +53,10 @@ class _Group(TyperGroup):
         except UserError as exc:  # bad input: exit 2; a write the machine refused (CannotWrite): exit 1
             _fail(str(exc), code=getattr(exc, "exit_code", 2))
         except _UsageError as exc:
-            command = exc.ctx.command_path if getattr(exc, "ctx", None) else ctx.command_path
+            if getattr(exc, "ctx", None):
+                command = exc.ctx.command_path
+            else:  # raised while the subcommand parsed its options: its help, not the group's
+                command = " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand]))
             _fail(f"{exc.format_message()} (see '{command} --help')")
         except Exception as exc:  # a full disk or a failing store anywhere: one line too, never a traceback
             reason = write_fault(exc)
@@ -49,6 +65,41 @@ class _Group(TyperGroup):
             if not _store_fault(exc):
                 raise
             _fail(f"the study store failed: {' '.join(str(getattr(exc, 'orig', None) or exc).split()[:40])}")
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):  # type: ignore[no-untyped-def,override]
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _polish(command, ctx)
+        return command
+
+    def get_params(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
+        return [_as_flag(param) for param in super().get_params(ctx)]  # the group's own: --version, --help
+
+
+def _polish(command: typer.core.TyperCommand, ctx: typer.Context) -> None:
+    """How a command's help reads, for every command (those added later too): a docstring's line breaks are not
+    sentence breaks (Rich help keeps them, so a command's summary in the list stopped mid-sentence), and a boolean
+    flag takes no value, so it is shown as `--png`, not `--png <bool>`."""
+    if command.help:
+        command.help = _unwrap(command.help)
+    for param in command.params:
+        _as_flag(param)
+    _as_flag(command.get_help_option(ctx))
+
+
+def _unwrap(text: str) -> str:
+    """Paragraphs (blank-line separated) on one line each: the help formatter wraps them to the terminal."""
+    import inspect
+
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+def _as_flag(param: object) -> object:
+    # Typer shows an option's value type unless it has a metavar; an empty one shows nothing.
+    if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+        param.metavar = ""  # type: ignore[attr-defined]
+    return param
 
 
 def _store_fault(exc: BaseException) -> bool:
@@ -78,6 +129,37 @@ app = typer.Typer(
 )
 data_app = typer.Typer(cls=_Group, help="Simulate, download and inspect ExRomana data files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from hpo_astro import __version__
+
+        console.print(f"hpo-astro {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+class _LibraryNotes(logging.Handler):
+    """The library's INFO lines (e.g. that the default data set is being simulated), one plain line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _note(record.getMessage())
+
+
+_library_notes = _LibraryNotes(logging.INFO)
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    logger = logging.getLogger("hpo_astro")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_library_notes)  # the same handler each time: added once per process
+
 
 DataOpt = Annotated[
     Path | None,
@@ -388,6 +470,42 @@ def run_command(
         capture=capture,
     )
     _execute(cfg, threads)
+    _next_steps(cfg.storage, cfg.study_name)
+
+
+def _program() -> str:
+    """How the user ran hpo-astro, so that the commands printed for them work where they are: `hpo-astro` when
+    that is what the shell finds on PATH, else the path they typed (e.g. `.venv/bin/hpo-astro`)."""
+    import shutil
+    import sys
+
+    typed = sys.argv[0] if sys.argv else ""
+    if Path(typed).name != "hpo-astro":  # python -m hpo_astro.cli, or a test runner
+        return "hpo-astro"
+    on_path = shutil.which("hpo-astro")
+    if on_path and Path(on_path).resolve() == Path(typed).resolve():
+        return "hpo-astro"
+    return typed
+
+
+def _next_steps(storage: str, study: str) -> None:
+    """After a run: the commands that look at its results, as the user can paste them."""
+    import shlex
+
+    from hpo_astro.config import DEFAULT_STORAGE
+
+    program = _program()
+    where = "" if storage == DEFAULT_STORAGE else f" --storage {shlex.quote(storage)}"
+    report = Path("reports") / re.sub(r"[^A-Za-z0-9_.-]+", "-", study).strip("-.")
+    steps = [
+        (f"{program} dashboard{where}", "browse every trial in optuna-dashboard"),
+        (f"{program} report{where} --study {shlex.quote(study)} --out {report}", "the HTML report"),
+        (f"{program} compare{where}", "the best trial of each study on train/val/test"),
+    ]
+    width = max(len(command) for command, _ in steps)
+    console.print("next:", highlight=False)
+    for command, what in steps:
+        console.print(f"  {command.ljust(width)}  # {what}", highlight=False, markup=False)
 
 
 def _devices(option: str | None) -> tuple[str, ...] | None:
@@ -424,6 +542,7 @@ def worker_command(
     from hpo_astro.tabular import train_for_study
 
     _execute(cfg, threads, joined=True, train=train_for_study(cfg.study_name))  # a table study records test metrics
+    _next_steps(cfg.storage, cfg.study_name)
 
 
 @app.command("storage-proxy")
@@ -456,9 +575,17 @@ def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False, train:
     from hpo_astro.run import RunEvents, StudyFailed, run_study
     from hpo_astro.workers import run_workers
 
-    resume = "hpo-astro " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    resume = " ".join(shlex.quote(a) for a in [_program(), *sys.argv[1:]])
     display = _RunDisplay(cfg)
-    events = RunEvents(display.start, display.epoch, display.trial_end, display.wait)
+
+    def start(study: optuna.Study, finished: int, target: int) -> None:
+        if not joined:  # the command that made the study, for its note in optuna-dashboard
+            from hpo_astro.dashboard import absolute_storage, study_note, write_note
+
+            write_note(study, study_note(study, sys.argv[1:], _program(), Path.cwd(), absolute_storage(cfg.storage)))
+        display.start(study, finished, target)
+
+    events = RunEvents(start, display.epoch, display.trial_end, display.wait)
     try:
         with display:
             if joined:  # one process joining a study: it never starts workers of its own
@@ -701,15 +828,19 @@ def dashboard_command(
     """Browse the study store with optuna-dashboard (every trial, its curves and attributes); Ctrl-C stops it."""
     import optuna_dashboard
 
+    from hpo_astro.dashboard import ReadOnlyArtifacts, artifact_folders
     from hpo_astro.storage import read_store
 
     with read_store(storage) as store:  # read-only: the dashboard's own writes (notes, ...) are refused
+        # The studies' artifact folders, so that the dashboard serves the best weights listed on their trials.
+        folders = artifact_folders(store, storage)
+        artifacts = ReadOnlyArtifacts(folders) if folders else None
         shown = f"[{host}]" if ":" in host else host
         console.print(f"optuna-dashboard on {storage}: http://{shown}:{port}/ (Ctrl-C to stop)", highlight=False)
         if host not in ("127.0.0.1", "localhost", "::1"):
             _note(f"warning: bound to {host}, reachable from other machines; optuna-dashboard has no authentication")
         try:
-            optuna_dashboard.run_server(store, host=host, port=port)
+            optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifacts)
         except KeyboardInterrupt:
             pass
         except OSError as exc:

@@ -39,7 +39,8 @@ def write_error(path: Path, exc: BaseException, what: str | None = None) -> User
 
 
 class atomic_write:
-    """Write to a temporary file beside `path` and rename it into place only if the block succeeds.
+    """Write to a temporary file beside `path` and rename it into place only if the block succeeds; the file gets the
+    permissions the umask gives a new file (0644 under the usual 022), like every file the user writes.
 
     The temporary file never outlives the block: it is removed when the block, the close (a full disk shows up
     there, when buffers are flushed) or the rename fails. An OSError becomes one line, ``cannot write PATH: reason``
@@ -64,6 +65,8 @@ class atomic_write:
         committed = False
         error = exc
         try:
+            if exc is None:  # mkstemp made the file 0600: give it the mode any new file of the user's gets
+                os.fchmod(self._fh.fileno(), 0o666 & ~umask())
             self._fh.close()
             if exc is None:
                 os.replace(self._tmp, self.path)
@@ -100,8 +103,4 @@ def write_output(path: Path, data: str | bytes) -> Path:
     path = Path(path)
     with atomic_write(path) as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
-    try:
-        path.chmod(0o666 & ~umask())
-    except OSError as exc:
-        raise write_error(path, exc) from None
     return path

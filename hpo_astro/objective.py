@@ -2,9 +2,10 @@
 
 * `Objective`: checks that the trial is not surplus, completes its parameters, resumes a retried trial from the
   checkpoint it inherited, trains, records the results on the trial and keeps the best weights of the study.
-* `OptunaPruning`: reports the objective metric every epoch and stops training when the pruner says so.
-* `ArtifactCheckpoint`: saves the whole training state to the artifact store every epoch, so a trial whose process
-  dies or is interrupted is retried from its last epoch.
+* `OptunaPruning`: reports the objective metric every epoch (the trial's intermediate values, which
+  optuna-dashboard draws) and stops training when the pruner says so.
+* `ArtifactCheckpoint`: saves the whole training state to the artifact store, so a trial whose process dies or is
+  interrupted is retried from its last checkpoint, and records the per-epoch curves up to it on the trial.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from hpo_astro.errors import write_fault
 from hpo_astro.interrupts import process_interrupts
 from hpo_astro.record import (
     BEST_WEIGHTS_ATTR,
-    HISTORY_ATTR,
+    HISTORY_SYSTEM_ATTR,
     PARAMS_FULL_ATTR,
     TRAIN_SEED_ATTR,
     VAL_METRICS_ATTR,
     WALL_TIME_ATTR,
+    curve_attrs,
 )
 from hpo_astro.recovery import WORKER_ATTR, WORKER_START_ATTR, process_token
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
@@ -46,7 +48,10 @@ from hpo_astro.train import train as default_train
 
 # Trials that hold a place in the budget: finished, or running or queued to finish.
 HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-CHECKPOINT_ATTR = "checkpoint"  # trial user attr: {"artifact_id", "epoch"} of the last epoch checkpoint
+# Trial user attr: {"artifact_id", "epoch"} of the trial's last checkpoint while it can still be resumed from it
+# (running, or interrupted and re-queued); once the trial has ended the file is deleted and the pointer becomes
+# {"epoch", "deleted": true} (Optuna cannot remove an attribute).
+CHECKPOINT_ATTR = "checkpoint"
 # A checkpoint that is gone or was cut short: FileNotFoundError and the like (OSError, ArtifactNotFound), an empty file
 # (EOFError), a truncated zip (RuntimeError), bytes that are not a checkpoint (KeyError, UnpicklingError), or a
 # pointer without its artifact id (KeyError).
@@ -83,7 +88,7 @@ class _SurplusTrial(Exception):
 
 
 class OptunaPruning:
-    """Trainer callback: report the objective metric each epoch, keep the curves in the trial, prune on request."""
+    """Trainer callback: report the objective metric each epoch, prune on request."""
 
     def __init__(
         self,
@@ -99,7 +104,6 @@ class OptunaPruning:
         if state.epoch > self.reported_until:
             value = finite_metric(getattr(state.last, self.metric), self.metric != "val_loss")
             self.trial.report(value, state.epoch)
-        self.trial.set_user_attr(HISTORY_ATTR, [asdict(h) for h in state.history])
         if self.on_epoch:
             self.on_epoch(self.trial.number, state)
         if self.trial.should_prune():
@@ -108,7 +112,9 @@ class OptunaPruning:
 
 class ArtifactCheckpoint:
     """Trainer callback: save the whole training state to the artifact store and point the trial's `checkpoint`
-    user attribute at it; the previous checkpoint is removed once the new one is in place.
+    user attribute at it; the previous checkpoint is removed once the new one is in place. The trial's per-epoch
+    curves (`curve_*` attributes) are written with it: a retry that resumes from the checkpoint inherits curves that
+    end where it does, and a fast epoch does not pay for a store write per metric.
 
     It writes after the first epoch, then after the first epoch that ends `interval` seconds or more after the last
     write (0: every epoch). Writing costs tens of milliseconds, which is a large share of a fast GPU epoch; a killed
@@ -136,6 +142,7 @@ class ArtifactCheckpoint:
             torch.save(state.checkpoint(), fh)
             fh.seek(0)
             self.store.write(artifact_id, fh)
+            record_curves(self.trial, state.history)
             self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
             self.remove()
             self.current = artifact_id
@@ -145,6 +152,15 @@ class ArtifactCheckpoint:
             with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
                 self.store.remove(self.current)
             self.current = None
+
+
+def record_curves(trial: optuna.Trial, history: Iterable[Any]) -> None:
+    """Write a trial's per-epoch metrics (`EpochMetrics`): exactly, for `record.trial_history`, and as the rounded
+    `curve_*` user attributes that optuna-dashboard shows (see `hpo_astro.record`)."""
+    rows = [asdict(h) for h in history]
+    trial.storage.set_trial_system_attr(trial._trial_id, HISTORY_SYSTEM_ATTR, rows)
+    for key, values in curve_attrs(rows).items():
+        trial.set_user_attr(key, values)
 
 
 def checkpoint_prefix(study: optuna.Study) -> str:
@@ -172,10 +188,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current_trial_id = trial._trial_id
-        checkpoint = None
         try:
             value, checkpoint = self._run(trial)
-            return value
         except KeyboardInterrupt:
             raise  # Ctrl-C / SIGTERM: the checkpoint stays for the retry
         except optuna.TrialPruned:
@@ -190,16 +204,19 @@ class Objective:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             self._drop(trial)
             raise
-        finally:
-            if checkpoint is not None:
-                checkpoint.remove()
+        checkpoint.remove()
+        self._drop(trial)
+        return value
 
     def _drop(self, trial: optuna.Trial) -> None:
-        """Remove the trial's checkpoint: it has finished and will not be retried."""
+        """The trial has ended and will not be retried: remove its checkpoint, and mark its pointer so that nobody
+        (the dashboard's reader included) takes it for a file that still exists."""
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
-        if pointer:
-            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
-                self.store.remove(pointer["artifact_id"])
+        if not isinstance(pointer, dict) or "artifact_id" not in pointer:
+            return
+        with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
+            self.store.remove(pointer["artifact_id"])
+        trial.set_user_attr(CHECKPOINT_ATTR, {"epoch": pointer.get("epoch"), "deleted": True})
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ArtifactCheckpoint]:
         storage = trial.study._storage
@@ -234,6 +251,7 @@ class Objective:
                 device=self.cfg.devices[0] if self.cfg.devices else "auto",  # one per process: see workers.py
                 capture=self.cfg.capture,
             )
+        record_curves(trial, result.history)  # the whole run: the last checkpoint may be epochs behind
         for key, value in {
             "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason,
@@ -257,7 +275,7 @@ class Objective:
     def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
         """The checkpoint a retried trial inherited from the trial it retries (None for a fresh trial)."""
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
-        if not pointer:
+        if not isinstance(pointer, dict) or "artifact_id" not in pointer:  # none, or deleted when its trial ended
             return None, None
         try:
             with self.store.open_reader(pointer["artifact_id"]) as fh:
@@ -270,7 +288,9 @@ class Objective:
         return checkpoint, pointer["artifact_id"]
 
     def _keep_if_best(self, trial: optuna.Trial, value: float, model: torch.nn.Module) -> None:
-        """Keep this trial's weights if it is the best so far; drop the previous best's."""
+        """Keep this trial's weights if it is the best so far, uploaded as an artifact of the trial (optuna-dashboard
+        lists it on the trial's page) and named by the study's `best_weights` attribute. The weights of earlier
+        bests stay: their trials list them too, and Optuna cannot take an artifact off a finished trial."""
         study = trial.study
         best = study.user_attrs.get(BEST_WEIGHTS_ATTR)
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -283,6 +303,3 @@ class Objective:
                 artifact_store=self.store, file_path=str(path), study_or_trial=trial
             )
         study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
-        if best is not None:
-            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
-                self.store.remove(best["artifact_id"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,16 @@ IDENTITY = ("strategy", "space", "objective", "data_fingerprint")
 PARAMS_FULL_ATTR = "params_full"  # the trial's whole configuration (sampled values, baseline and defaults)
 TRAIN_SEED_ATTR = "train_seed"  # the seed it trained with: retraining with it gives the same model
 VAL_METRICS_ATTR = "val_metrics"  # Metrics.as_dict() of its best epoch on the validation split
-HISTORY_ATTR = "history"  # its per-epoch metrics (EpochMetrics as dicts); read them with `trial_history`
+# Its per-epoch metrics (EpochMetrics as dicts, epoch order), read with `trial_history`, are stored twice:
+# * for programs, exactly, in one trial *system* attribute (optuna-dashboard does not show those);
+# * for people, in one user attribute per metric, `curve_<metric>` (e.g. curve_val_loss = [0.6931, 0.5127, ...]),
+#   rounded to CURVE_DIGITS significant digits: optuna-dashboard shows each as a short row (it cuts any attribute
+#   value at 1,024 characters; a 100-epoch series fits). The objective's per-epoch values are also the trial's
+#   intermediate values, which the dashboard draws.
+HISTORY_SYSTEM_ATTR = "hpo_astro:history"
+CURVE_PREFIX = "curve_"
+CURVE_DIGITS = 4
+HISTORY_ATTR = "history"  # studies made by earlier versions: the exact history in this one user attribute
 WALL_TIME_ATTR = "wall_time"  # seconds its training took (a replayed trial: the recorded training time)
 # Study user attribute: where the best trial's weights are, {"trial", "artifact_id", "value"}.
 BEST_WEIGHTS_ATTR = "best_weights"
@@ -130,7 +141,43 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def curve_attrs(history: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The trial user attributes that show per-epoch metrics (`EpochMetrics` as dicts, epoch order) to people: one
+    list per metric, values rounded to `CURVE_DIGITS` significant digits. The epochs themselves are listed only when
+    they are not 1, 2, 3, ... (they always are for `hpo_astro.train`)."""
+    names = list(dict.fromkeys(key for row in history for key in row))
+    epochs = [row.get("epoch") for row in history]
+    if "epoch" in names and epochs == list(range(1, len(history) + 1)):
+        names.remove("epoch")
+    return {f"{CURVE_PREFIX}{name}": [_rounded(row.get(name)) for row in history] for name in names}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{CURVE_DIGITS}g}")
+    return value
+
+
 def trial_history(trial: FrozenTrial) -> list[dict[str, Any]]:
     """A trial's per-epoch metrics (`EpochMetrics` fields as dicts, epoch order); [] if it recorded none. Every reader
-    goes through here, so the way the curves are stored can change in one place."""
-    return list(trial.user_attrs.get(HISTORY_ATTR) or [])
+    goes through here, so the way the curves are stored can change in one place.
+
+    The exact copy (system attribute) when there is one; else the rounded `curve_*` attributes (a re-queued trial
+    inherits those, not its predecessor's system attributes, until its first checkpoint); else the single `history`
+    attribute of a study made by an earlier version."""
+    exact = trial.system_attrs.get(HISTORY_SYSTEM_ATTR)
+    if isinstance(exact, list):
+        return [dict(row) for row in exact]
+    curves = {
+        key.removeprefix(CURVE_PREFIX): list(value)
+        for key, value in trial.user_attrs.items()
+        if key.startswith(CURVE_PREFIX) and isinstance(value, list)
+    }
+    if not curves:
+        return list(trial.user_attrs.get(HISTORY_ATTR) or [])
+    n = max(len(values) for values in curves.values())
+    epochs = curves.pop("epoch", None) or list(range(1, n + 1))
+    return [
+        {"epoch": epochs[i], **{name: values[i] if i < len(values) else None for name, values in curves.items()}}
+        for i in range(n)
+    ]

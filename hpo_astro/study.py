@@ -5,6 +5,7 @@ for `status`. The run loop is in `hpo_astro.run`, what a trial does in `hpo_astr
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,10 @@ def create_or_resume(
     for key, value in record.to_attrs().items():
         if current.get(key) != value:
             study.set_user_attr(key, value)
+    if study.metric_names != [cfg.metric]:  # what optuna-dashboard and Optuna's plots call the objective
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2; nothing a user can act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([cfg.metric])
     return study
 
 

@@ -1,9 +1,12 @@
-"""Shared fixtures: an isolated cache directory, small simulated data files, a fast stand-in for training, and a small
-study store with real trials shared by the result tests (the helpers they use live in helpers.py)."""
+"""Shared fixtures: a temporary HOME and an isolated cache directory, small simulated data files, a fast stand-in for
+training, and a small study store with real trials shared by the result tests (the helpers they use live in
+helpers.py)."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,23 +24,49 @@ def shared_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("prepared")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """HOME is a temporary folder for the whole session, and the cache variables are unset: the user's own cache
+    (`~/.cache/hpo-astro`) is out of reach even of a test that undoes its per-test cache redirection, or of a
+    subprocess that does not inherit it. `per_test_cache` fails a test that writes to this HOME's cache."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.delenv("XDG_CACHE_HOME", raising=False)
+        patch.delenv("HPO_ASTRO_CACHE", raising=False)
+        yield home
+
+
+def default_cache(home: Path) -> Path:
+    """Where hpo-astro caches without HPO_ASTRO_CACHE, for the session's HOME (see `prepare.cache_dir`)."""
+    return home / ".cache" / "hpo-astro"
+
+
 @pytest.fixture(autouse=True)
 def per_test_cache(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
     shared_prepared: Path,
-) -> Path:
+    session_home: Path,
+) -> Iterator[Path]:
     """Every test gets its own cache directory, so no test sees another's simulated data.
 
     Preprocessed tensors (`prepared/`) are shared across the session unless the test asks for `isolated_cache`:
     their file names are content hashes (data file + settings) written atomically, so sharing them changes no
-    result, and ZScale of the same small files is not recomputed for each of the ~100 tests that train on them."""
+    result, and ZScale of the same small files is not recomputed for each of the ~100 tests that train on them.
+
+    A test that escapes its cache (e.g. by `monkeypatch.undo()`, which also undoes this redirection) would write to
+    the default cache, which on a user's machine is their real one: it fails here, at teardown."""
     cache = tmp_path_factory.mktemp("cache")
     if "isolated_cache" not in request.fixturenames:
         (cache / "prepared").symlink_to(shared_prepared, target_is_directory=True)
     monkeypatch.setenv("HPO_ASTRO_CACHE", str(cache))
-    return cache
+    yield cache
+    escaped = default_cache(session_home)
+    if escaped.exists():
+        shutil.rmtree(escaped)  # so that the next test is judged on its own writes
+        pytest.fail(f"the test wrote to the default cache {escaped} instead of its own HPO_ASTRO_CACHE", pytrace=False)
 
 
 @pytest.fixture

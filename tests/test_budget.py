@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.objective import SURPLUS_ATTR, Objective
+from hpo_astro.record import trial_history
 from hpo_astro.run import RunEvents, run_study
 from hpo_astro.space import SearchSpace
 from hpo_astro.storage import artifact_store
@@ -36,7 +37,7 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path) 
     assert result.finished == 5 and result.ran == 3
     retried = result.study.trials[3]
     assert retried.state == TrialState.COMPLETE and retried.user_attrs["resumed_from_epoch"] == 1
-    assert sorted(retried.intermediate_values) == [1, 2, 3] and len(retried.user_attrs["history"]) == 3
+    assert sorted(retried.intermediate_values) == [1, 2, 3] and len(trial_history(retried)) == 3
     again = run_study(cfg, train=fake_train)
     assert again.finished == 5 and again.ran == 0  # never overshoots
     assert len(again.study.get_trials(states=(TrialState.COMPLETE,))) == 5

@@ -93,7 +93,6 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
             self.file.close()
 
     checkpoints: list[SignalOnSecondCheckpoint] = []
-    monkeypatch.setattr(tempfile, "TemporaryFile", SignalOnSecondCheckpoint)
     cfg = study_config(
         tmp_path,
         small_file,
@@ -102,10 +101,12 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
         space=SearchSpace.from_dict({"conv_layers": [1]}),
         checkpoint_interval=0,  # a checkpoint every epoch: the signal lands in epoch 2's
     )
-    with pytest.raises(KeyboardInterrupt):
+    # Only this patch is undone afterwards: undoing every patch would also undo the fixture's cache redirection
+    # (HPO_ASTRO_CACHE), and the resumed run below would write into the user's own cache.
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(tempfile, "TemporaryFile", SignalOnSecondCheckpoint)
         run_study(cfg)
     assert fired
-    monkeypatch.undo()
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]  # failed and re-queued
@@ -130,9 +131,9 @@ def test_a_signal_while_the_sampler_chooses_waits_for_training(
                 os.kill(os.getpid(), signal.SIGINT)
             return super().sample_independent(study, trial, name, distribution)
 
-    monkeypatch.setattr(run_module, "make_sampler", lambda cfg: SignalWhileChoosing(seed=0))
     cfg = study_config(tmp_path, small_file, n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE))
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # undone alone: see the test above
+        patch.setattr(run_module, "make_sampler", lambda cfg: SignalWhileChoosing(seed=0))
         run_study(cfg, train=fake_train)
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
@@ -140,7 +141,6 @@ def test_a_signal_while_the_sampler_chooses_waits_for_training(
     assert "fail_reason" not in study.trials[1].user_attrs  # an interrupt, not an error
     heartbeats = [t for t in threading.enumerate() if "heartbeat" in str(getattr(t, "_target", "")).lower()]
     assert not heartbeats
-    monkeypatch.undo()
     assert run_study(cfg, train=fake_train).finished == 3
 
 

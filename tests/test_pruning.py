@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.objective import Objective, finite_metric
+from hpo_astro.record import trial_history
 from hpo_astro.run import run_study
 from hpo_astro.space import SearchSpace
 from hpo_astro.storage import artifact_store
@@ -32,7 +33,7 @@ def test_pruning_callback_prunes_and_keeps_the_metrics(tmp_path: Path, small_fil
     for t in study.trials:
         assert t.state == TrialState.PRUNED
         assert list(t.intermediate_values) == [1]  # stopped right after the first report
-        assert len(t.user_attrs["history"]) == 1 and t.user_attrs["stop_reason"] == "pruned"
+        assert len(trial_history(t)) == 1 and t.user_attrs["stop_reason"] == "pruned"
         assert "val_metrics" in t.user_attrs
 
 
@@ -43,7 +44,7 @@ def test_each_pruner_prunes_worse_trials(pruner: str, tmp_path: Path, small_file
     pruned = result.study.get_trials(states=(TrialState.PRUNED,))
     assert result.finished == 16 and pruned
     assert all(t.user_attrs["stop_reason"] == "pruned" for t in pruned)
-    assert any(len(t.user_attrs["history"]) < 9 for t in pruned)  # stopped early, not only at the end
+    assert any(len(trial_history(t)) < 9 for t in pruned)  # stopped early, not only at the end
 
 
 def test_pruner_none_never_prunes(tmp_path: Path, small_file: Path) -> None:
@@ -73,7 +74,7 @@ def test_objectives(objective: str, direction: str, metric: str, tmp_path: Path,
     assert result.study.direction.name == direction
     for t in result.study.trials:
         assert t.value == pytest.approx(t.user_attrs["val_metrics"][metric])
-        assert t.intermediate_values[1] == pytest.approx(t.user_attrs["history"][0][f"val_{metric}"])
+        assert t.intermediate_values[1] == pytest.approx(trial_history(t)[0][f"val_{metric}"])
 
 
 def test_a_non_finite_metric_is_the_worst_value_never_the_best() -> None:

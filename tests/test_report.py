@@ -353,7 +353,9 @@ def test_dashboard_binds_to_localhost_and_prints_the_url(store: str, monkeypatch
     import optuna_dashboard
 
     calls: list[tuple] = []
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: calls.append((storage, host, port)))
+    monkeypatch.setattr(
+        optuna_dashboard, "run_server", lambda storage, host, port, **_: calls.append((storage, host, port))
+    )
     result = invoke("dashboard", "--storage", store, "--port", 8099)
     assert result.exit_code == 0, result.output
     assert "http://127.0.0.1:8099/" in result.stdout and "warning" not in result.stderr

@@ -103,7 +103,7 @@ def no_dashboard(monkeypatch: pytest.MonkeyPatch) -> list[optuna.storages.BaseSt
 
     served: list[optuna.storages.BaseStorage] = []
 
-    def run_server(storage: optuna.storages.BaseStorage, host: str, port: int) -> None:
+    def run_server(storage: optuna.storages.BaseStorage, host: str, port: int, **_: object) -> None:
         served.append(storage)
         optuna.get_all_study_summaries(storage, include_best_trial=False)
 

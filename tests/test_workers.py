@@ -298,15 +298,17 @@ def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path, monke
         gate(self, study, finished, target)
         _wait_for_other_workers(study, 1)
 
-    monkeypatch.setattr(workers._FirstTrialGate, "on_start", on_start)
-    ran = invoke("run", "--config", config, "--n-trials", 8, "--workers", 2, "--storage", store, "--data", small_file)
+    with monkeypatch.context() as patch:  # undone alone: the fixture's cache redirection stays for the worker below
+        patch.setattr(workers._FirstTrialGate, "on_start", on_start)
+        ran = invoke(
+            "run", "--config", config, "--n-trials", 8, "--workers", 2, "--storage", store, "--data", small_file
+        )
     assert ran.exit_code == 0, ran.output
     study = optuna.load_study(study_name="cli", storage=store)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
     # the spawned worker ran trials (all 8, on a fast machine, while this one was held back)
     me = f"{socket.gethostname()}:{os.getpid()}"
     assert len({t.user_attrs["worker"] for t in study.trials} - {me}) == 1
-    monkeypatch.undo()
     study.set_user_attr("n_trials", 10)  # more budget: a worker joins and does the rest
     joined = invoke("worker", "--study", "cli", "--storage", store, "--threads", 1)
     assert joined.exit_code == 0, joined.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import warnings
@@ -30,6 +31,8 @@ DEFAULT_SIM_SEED = 0
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)  # train/val/test
 DEFAULT_ZSCALE_CONTRAST = 0.25  # astropy's ZScale default
 NONFINITE_HANDLING = "excluded from the ZScale limits, then set to 0"  # what `zscale` does, in the model manifest
+# What the library tells a user while it works (the command line prints its INFO lines on stderr).
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -245,16 +248,25 @@ def cache_dir() -> Path:
     return Path(base) / "hpo-astro"
 
 
-def default_data_path(n: int = DEFAULT_SIM_N, seed: int = DEFAULT_SIM_SEED) -> Path:
-    """The simulated data set used when no --data is given: generated once, then reused."""
+def default_data_file(n: int = DEFAULT_SIM_N, seed: int = DEFAULT_SIM_SEED) -> Path:
+    """Where the simulated data set used when no --data is given is cached (it may not exist yet)."""
     from hpo_astro.data import simulate
 
     # The name carries the simulator version and a hash of its default settings: a changed simulator never
     # serves a stale cached file.
     settings = hashlib.sha256(f"{simulate.SIMULATOR_VERSION}:{simulate.SimConfig()!r}".encode()).hexdigest()[:8]
     # The project's own non-pickle .npz format: the cache is read back on every run, so it carries no pickle.
-    path = cache_dir() / f"exromana-sim-n{n}-seed{seed}-{settings}.npz"
+    return cache_dir() / f"exromana-sim-n{n}-seed{seed}-{settings}.npz"
+
+
+def default_data_path(n: int = DEFAULT_SIM_N, seed: int = DEFAULT_SIM_SEED) -> Path:
+    """The simulated data set used when no --data is given: generated once, then reused."""
+    from hpo_astro.data import simulate
+
+    path = default_data_file(n, seed)
     if not path.exists():
+        # Nearly a minute of silence otherwise, on the very first command a new user runs.
+        log.info("simulating the default data set, once (about a minute on 2 CPU cores; cached as %s)", path)
         exromana.save(simulate.simulate_records(n=n, seed=seed), path)
     return path
 

@@ -1,0 +1,254 @@
+"""What optuna-dashboard shows of a study, read through the dashboard's own JSON API (its WSGI app, served on the store
+`hpo-astro dashboard` opens): the objective's name, the study note, per-epoch curves one readable attribute each, no
+pointer to a deleted checkpoint, and the best weights downloadable from their trial."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import pytest
+import torch
+from helpers import SMALL_SPACE, fake_train, invoke, study_config
+from optuna.trial import TrialState
+
+from hpo_astro import run as run_module
+from hpo_astro.dashboard import ReadOnlyArtifacts
+from hpo_astro.record import CURVE_PREFIX, HISTORY_ATTR, HISTORY_SYSTEM_ATTR, trial_history
+from hpo_astro.run import StudyFailed, run_study
+from hpo_astro.space import SearchSpace
+
+SERIES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr", "seconds")
+MAX_ATTR_LENGTH = 1024  # optuna-dashboard cuts an attribute's value here (optuna_dashboard._serializer)
+
+
+def _get(app: Callable, path: str) -> tuple[str, bytes]:
+    """One GET request to a WSGI app: (status line, body)."""
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"], _, environ["QUERY_STRING"] = path.partition("?")
+    status: list[str] = []
+    chunks = app(environ, lambda line, headers, exc_info=None: status.append(line))
+    try:
+        body = b"".join(chunks)
+    finally:
+        getattr(chunks, "close", lambda: None)()
+    return status[0], body
+
+
+def crawl_dashboard(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run `hpo-astro dashboard --storage URL` with optuna-dashboard's server replaced by a crawl of its JSON API
+    over the same store and artifact store: every study's detail, and every artifact a trial lists."""
+    import optuna_dashboard
+
+    pages: dict[str, Any] = {}
+
+    def run_server(storage: optuna.storages.BaseStorage, host: str, port: int, artifact_store: Any = None) -> None:
+        app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+        pages["meta"] = json.loads(_get(app, "/api/meta")[1])
+        pages["studies"] = json.loads(_get(app, "/api/studies")[1])["study_summaries"]
+        for summary in pages["studies"]:
+            study_id = summary["study_id"]
+            status, body = _get(app, f"/api/studies/{study_id}")
+            assert status.startswith("200"), status
+            detail = pages[summary["study_name"]] = json.loads(body)
+            for trial in detail["trials"]:
+                for artifact in trial["artifacts"]:
+                    path = f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"
+                    pages[path] = _get(app, path)
+
+    monkeypatch.setattr(optuna_dashboard, "run_server", run_server)
+    result = invoke("dashboard", "--storage", url)
+    assert result.exit_code == 0, result.output
+    return pages
+
+
+def _attrs(trial: dict) -> dict[str, str]:
+    return {a["key"]: a["value"] for a in trial["user_attrs"]}
+
+
+@pytest.mark.parametrize(
+    ("objective", "metric"), [("accuracy", "val_accuracy"), ("loss", "val_loss"), ("roc_auc", "val_roc_auc")]
+)
+def test_the_dashboard_shows_what_the_study_means(
+    objective: str,
+    metric: str,
+    tmp_path: Path,
+    small_file: Path,
+    fake_training: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default store, optuna.db, here
+    args = ["run", "--strategy", "random", "-n", "3", "--max-epochs", "3", "--data", str(small_file)]
+    args += ["--study", "dash", "--objective", objective, "--checkpoint-interval", "0"]
+    monkeypatch.setattr(sys, "argv", [".venv/bin/hpo-astro", *args])  # as a user types it, venv not activated
+    ran = invoke(*args)
+    assert ran.exit_code == 0, ran.output
+    pages = crawl_dashboard("sqlite:///optuna.db", monkeypatch)
+    study = pages["dash"]
+
+    # the objective is named, not "Objective 0"
+    assert study["objective_names"] == [metric]
+    # the note says what the study is, the command that made it and how to resume it
+    note = study["note"]["body"]
+    assert "**random** search for **3 finished trials**" in note and f"`{objective}`" in note
+    assert f"Made by `.venv/bin/hpo-astro {' '.join(args)}` in `{tmp_path}`" in note
+    assert "run the same command again" in note
+    assert f"`.venv/bin/hpo-astro worker --study dash --storage sqlite:///{tmp_path / 'optuna.db'}`" in note
+
+    assert pages["meta"]["artifact_is_available"]
+    (study_id,) = [s["study_id"] for s in pages["studies"] if s["study_name"] == "dash"]
+    best = study["best_trials"][0]["number"]
+    for trial in study["trials"]:
+        attrs = _attrs(trial)
+        # the objective per epoch where the dashboard draws it; every other series in its own short attribute
+        assert [v["step"] for v in trial["intermediate_values"]] == [1, 2, 3]
+        assert HISTORY_ATTR not in attrs
+        for name in SERIES:
+            shown = attrs[f"{CURVE_PREFIX}{name}"]
+            assert len(shown) < MAX_ATTR_LENGTH and len(json.loads(shown)) == 3
+        # a finished trial's checkpoint is gone, and its attribute says so
+        assert json.loads(attrs["checkpoint"]) == {"epoch": 3, "deleted": True}
+        # the best trial lists its weights, which the dashboard serves
+        weights = [a for a in trial["artifacts"] if a["filename"].endswith("-weights.pt")]
+        if trial["number"] == best:
+            (artifact,) = weights
+            status, body = pages[f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"]
+            assert status.startswith("200")
+            assert torch.load(io.BytesIO(body), weights_only=True).keys() == {"weight", "bias"}
+    assert not list((tmp_path / "optuna.db.artifacts").glob("ckpt-*"))
+
+
+def _improving(values: list[float]) -> Callable[..., Any]:
+    """fake_train whose trials reach the given validation accuracies, in order."""
+    remaining = iter(values)
+
+    def train(*args: Any, **kwargs: Any) -> Any:
+        result = fake_train(*args, **kwargs)
+        metrics = dataclasses.replace(result.val_metrics, accuracy=next(remaining))
+        return dataclasses.replace(result, val_metrics=metrics)
+
+    return train
+
+
+def test_every_weights_file_a_trial_lists_can_be_downloaded(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new best used to delete the previous best's weights, which its trial still listed (Optuna cannot take an
+    artifact off a finished trial): the dashboard offered files that were gone."""
+    cfg = study_config(tmp_path, small_file, n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE))
+    result = run_study(cfg, train=_improving([0.6, 0.7, 0.8]))
+    assert result.study.user_attrs["best_weights"]["trial"] == 2
+    pages = crawl_dashboard(cfg.storage, monkeypatch)
+    listed = [path for path in pages if path.startswith("/artifacts/")]
+    assert len(listed) == 3  # one per trial: each was the best when it finished
+    assert all(pages[path][0].startswith("200") for path in listed)
+
+
+def test_pruned_and_failed_trials_point_at_no_deleted_checkpoint(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    pruned_cfg = study_config(tmp_path, small_file, study="pruned", n_trials=2, space=space, checkpoint_interval=0)
+    with monkeypatch.context() as patch:  # a pruner that prunes every trial after its first epoch
+        patch.setattr(run_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
+        run_study(pruned_cfg, train=fake_train)
+
+    class Fails:
+        def on_epoch_end(self, state: object) -> None:
+            raise ValueError("diverged")  # after the epoch's checkpoint (the objective's callbacks come first)
+
+    def failing_train(*args: Any, callbacks: Any = (), **kwargs: Any) -> Any:
+        return fake_train(*args, callbacks=[*callbacks, Fails()], **kwargs)
+
+    failed_cfg = study_config(tmp_path, small_file, study="failed", n_trials=2, space=space, checkpoint_interval=0)
+    with pytest.raises(StudyFailed):
+        run_study(failed_cfg, train=failing_train)
+    pages = crawl_dashboard(pruned_cfg.storage, monkeypatch)
+    states = {"pruned": "Pruned", "failed": "Fail"}
+    for name, state in states.items():
+        trials = pages[name]["trials"]
+        assert trials and all(t["state"] == state for t in trials)
+        for trial in trials:
+            assert json.loads(_attrs(trial)["checkpoint"]) == {"epoch": 1, "deleted": True}
+    assert not list((tmp_path / "optuna.db.artifacts").glob("ckpt-*"))
+
+
+def test_the_note_is_written_once_and_the_metric_name_also_on_an_older_study(
+    tmp_path: Path, small_file: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = ["run", "-n", "1", "--max-epochs", "1", "--data", str(small_file), "--storage", url]
+    monkeypatch.setattr(sys, "argv", ["hpo-astro", *first])
+    assert invoke(*first).exit_code == 0
+    study = optuna.load_study(study_name="random", storage=url)
+    study._storage.set_study_system_attr(study._study_id, "study:metric_names", None)  # as an earlier version left it
+    extended = ["run", "-n", "2", "--max-epochs", "1", "--data", str(small_file), "--storage", url]
+    monkeypatch.setattr(sys, "argv", ["hpo-astro", *extended])
+    assert invoke(*extended).exit_code == 0
+    detail = crawl_dashboard(url, monkeypatch)["random"]
+    assert detail["objective_names"] == ["val_accuracy"]
+    assert "-n 1 " in detail["note"]["body"] and "-n 2 " not in detail["note"]["body"]
+
+
+def test_trial_history_reads_the_exact_copy_the_curves_and_the_old_attribute() -> None:
+    rows = [
+        {"epoch": 1, "train_loss": 0.693147180, "val_accuracy": 0.5, "lr": 0.001},
+        {"epoch": 2, "train_loss": 0.512345678, "val_accuracy": 0.75, "lr": 0.000975528},
+    ]
+    curves = {"curve_train_loss": [0.6931, 0.5123], "curve_val_accuracy": [0.5, 0.75], "curve_lr": [0.001, 0.0009755]}
+
+    def trial(user: dict, system: dict) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(value=0.75, user_attrs=user, system_attrs=system)
+
+    assert trial_history(trial(curves, {HISTORY_SYSTEM_ATTR: rows})) == rows  # exact, whatever is shown
+    assert trial_history(trial(curves, {})) == [  # a re-queued trial before its first checkpoint: the rounded curves
+        {"epoch": 1, "train_loss": 0.6931, "val_accuracy": 0.5, "lr": 0.001},
+        {"epoch": 2, "train_loss": 0.5123, "val_accuracy": 0.75, "lr": 0.0009755},
+    ]
+    assert trial_history(trial({HISTORY_ATTR: rows}, {})) == rows  # a study made by an earlier version
+    assert trial_history(trial({}, {})) == []
+
+
+def test_the_curves_are_written_with_each_checkpoint_and_at_the_end(tmp_path: Path, small_file: Path) -> None:
+    """Not at every epoch: a store write per metric would cost a fast GPU epoch dearly. A running trial shows its
+    curves up to its last checkpoint; a finished one, all of them, exactly."""
+    cfg = study_config(tmp_path, small_file, n_trials=1, max_epochs=4, space=SearchSpace.from_dict(SMALL_SPACE))
+    seen: list[int] = []
+
+    def watching_train(*args: Any, callbacks: Any = (), **kwargs: Any) -> Any:
+        class Watch:
+            def on_epoch_end(self, state: Any) -> None:
+                study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+                (running,) = study.get_trials(states=(TrialState.RUNNING,))
+                seen.append(len(trial_history(running)))
+
+        return fake_train(*args, callbacks=[*callbacks, Watch()], **kwargs)
+
+    study = run_study(cfg, train=watching_train).study
+    assert seen == [1, 1, 1, 1]  # checkpoint interval 10 s: only the first epoch's checkpoint within this trial
+    (done,) = study.trials
+    assert [row["epoch"] for row in trial_history(done)] == [1, 2, 3, 4]
+    assert done.system_attrs[HISTORY_SYSTEM_ATTR] == trial_history(done)
+
+
+def test_the_dashboards_artifact_store_is_read_only(tmp_path: Path) -> None:
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    store.write("abc-1", io.BytesIO(b"weights"))
+    served = ReadOnlyArtifacts([tmp_path / "elsewhere", tmp_path])
+    with served.open_reader("abc-1") as fh:
+        assert fh.read() == b"weights"
+    with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound):
+        served.open_reader("abc-2")
+    with pytest.raises(PermissionError):
+        served.write("abc-3", io.BytesIO(b"x"))
+    with pytest.raises(PermissionError):
+        served.remove("abc-1")
+    assert (tmp_path / "abc-1").exists()
