@@ -2,9 +2,11 @@
 
 Per study, the paper's three: (a) the improvement time series (per-trial validation accuracy and loss, running
 best), (b) the distributions of validation loss and accuracy over trials, (c) the per-epoch train/val loss and
-accuracy curves of all trials coloured by trial order (blue early, yellow late, as the paper). Across studies: the
+accuracy curves of all trials coloured by trial order (Viridis, as the paper: dark purple early, yellow late). Across
+studies: the
 running best against trial number and against cumulative trial time. Per best model: its test confusion matrix.
-And Optuna's own visualisations, each with a note instead of a figure when it cannot be drawn.
+And Optuna's own visualisations, each with a note instead of a figure when it cannot be drawn. Epoch and trial axes
+have integer ticks; where lines of several trials overlap, a legend names them (up to `LEGEND_LIMIT` trials).
 
 A trial's validation loss and accuracy are those of its best epoch (lowest validation loss, weights restored);
 running bests are over complete trials (pruned trials are drawn, marked, but never count as a best).
@@ -12,6 +14,7 @@ running bests are over complete trials (pruned trials are drawn, marked, but nev
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
@@ -29,8 +32,21 @@ from plotly.subplots import make_subplots
 from hpo_astro.record import VAL_METRICS_ATTR, StudyRecord, trial_history
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-ORDER_SCALE = "Viridis"  # trial order: blue early, yellow late
+ORDER_SCALE = "Viridis"  # trial order: dark purple (#440154) early, through blue and green, to yellow (#fde725) late
+ORDER_COLOURS = "dark purple early, yellow late"  # how the figures describe ORDER_SCALE
 TEMPLATE = "plotly_white"
+# Trials named in a legend where their lines overlap; beyond this many a legend is a wall of names, and the colour
+# bar (curves) or hovering names them.
+LEGEND_LIMIT = 20
+
+
+def integer_ticks(fig: go.Figure, largest: float, **selector: int) -> None:
+    """Integer ticks on the x axes of `fig` (or those `selector` picks, e.g. row=2): epochs and trial numbers are
+    counts, and Plotly's automatic ticks put 1.5 between 1 and 2 on a short axis. About 10 ticks at 1, 2, 5 times a
+    power of ten."""
+    steps = (base * 10**power for power in itertools.count() for base in (1, 2, 5))
+    step = next(step for step in steps if largest <= 10 * step)
+    fig.update_xaxes(tickmode="linear", tick0=0, dtick=step, tickformat="d", **selector)
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -96,6 +112,7 @@ def improvement_figure(study: optuna.Study) -> go.Figure:
             col=1,
         )
     fig.update_xaxes(title_text="trial", row=2, col=1)
+    integer_ticks(fig, max(numbers, default=1))
     fig.update_yaxes(title_text="accuracy", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=2, col=1)
     fig.update_layout(template=TEMPLATE, height=620, title=f"{study.study_name}: improvement time series")
@@ -125,7 +142,8 @@ CURVES = (("train_loss", 1, 1), ("val_loss", 1, 2), ("train_accuracy", 2, 1), ("
 
 
 def curves_figure(study: optuna.Study) -> go.Figure:
-    """(c) Per-epoch train/val loss and accuracy of every finished trial, coloured by trial order."""
+    """(c) Per-epoch train/val loss and accuracy of every finished trial, coloured by trial order. Up to
+    `LEGEND_LIMIT` trials also have a legend entry (clicking one hides that trial in all four panels)."""
     trials = [t for t in finished_trials(study) if trial_history(t)]
     fig = make_subplots(
         rows=2,
@@ -136,9 +154,12 @@ def curves_figure(study: optuna.Study) -> go.Figure:
     )
     n = len(trials)
     colors = sample_colorscale(ORDER_SCALE, [i / max(n - 1, 1) for i in range(n)]) if n else []
+    legend = n <= LEGEND_LIMIT
+    last_epoch = 1
     for trial, color in zip(trials, colors, strict=True):
         history = trial_history(trial)
         epochs = [h["epoch"] for h in history]
+        last_epoch = max(last_epoch, *epochs)
         for key, row, col in CURVES:
             fig.add_trace(
                 go.Scatter(
@@ -149,7 +170,7 @@ def curves_figure(study: optuna.Study) -> go.Figure:
                     opacity=0.8,
                     name=f"trial {trial.number}",
                     legendgroup=str(trial.number),
-                    showlegend=False,
+                    showlegend=legend and (row, col) == (1, 1),  # one entry per trial, for all four panels
                     hovertemplate=f"trial {trial.number}<br>epoch %{{x}}<br>{key} %{{y:.4f}}<extra></extra>",
                 ),
                 row=row,
@@ -177,10 +198,13 @@ def curves_figure(study: optuna.Study) -> go.Figure:
         )
     for col in (1, 2):
         fig.update_xaxes(title_text="epoch", row=2, col=col)
+    integer_ticks(fig, last_epoch)
     fig.update_layout(
         template=TEMPLATE,
-        height=680,
-        title=f"{study.study_name}: per-epoch curves of {n} trials (blue early, yellow late)",
+        height=720 if legend else 680,
+        title=f"{study.study_name}: per-epoch curves of {n} trials (colour: trial order, {ORDER_COLOURS})",
+        # below the panels, clear of the colour bar on the right
+        legend={"orientation": "h", "yanchor": "top", "y": -0.1, "title": {"text": "trial (click to hide)"}},
     )
     return fig
 
@@ -229,6 +253,8 @@ def overlay_figure(progress: Sequence[Progress], by: str) -> go.Figure:
             )
         )
     xlabel = "trial" if by == "trial" else "cumulative trial time (min)"
+    if by == "trial":
+        integer_ticks(fig, max((t for p in progress for t in p.trials), default=1))
     fig.update_layout(
         template=TEMPLATE,
         height=460,
@@ -286,6 +312,15 @@ OPTUNA_PLOTS = (
 )
 
 
+def _epochs_legend(figure: go.Figure) -> None:
+    """Optuna's intermediate-values plot: its steps are epochs, and its trials' lines overlap with no legend."""
+    for trace in figure.data:
+        trace.name = trace.name.replace("Trial", "trial ")
+    steps = [x for trace in figure.data for x in (trace.x or ())]
+    integer_ticks(figure, max(steps, default=1))
+    figure.update_layout(showlegend=len(figure.data) <= LEGEND_LIMIT, xaxis_title="epoch")
+
+
 @contextmanager
 def _optuna_notes(notes: list[str]) -> Iterator[None]:
     """Collect Optuna's warnings (Python warnings and its logger) into `notes` instead of printing them."""
@@ -328,5 +363,9 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
             notes.append("nothing to draw")
         if figure is not None:
             figure.update_layout(template=TEMPLATE, title=f"{study.study_name}: {title}")
+            if key == "history":
+                integer_ticks(figure, max(len(study.trials) - 1, 1))
+            if key == "intermediate":
+                _epochs_legend(figure)
         plots.append(OptunaPlot(key, title, figure, " ".join(dict.fromkeys(n.strip() for n in notes if n.strip()))))
     return plots

@@ -166,6 +166,7 @@ def _gallery(entry: _StudyEntry) -> str:
     intro = (
         f'<p class="muted">{n_wrong} of {len(labels)} test cutouts misclassified at threshold {threshold:g}; '
         f"showing {'all' if len(shown) == n_wrong else f'the first {len(shown)}'}, most confident errors first. "
+        "Each caption gives the true class, the model's prediction and its score (the probability of real). "
         "Planes shown: "
         f"{_e(', '.join(entry.data.channels))} (ZScale-scaled, as the model sees them).</p>"
     )
@@ -174,7 +175,9 @@ def _gallery(entry: _StudyEntry) -> str:
     items = []
     for i in shown:
         truth = "real" if labels[i] > 0.5 else "bogus"
-        caption = f"test #{i}: {truth}, score {scores[i]:.3f}"
+        predicted = "real" if scores[i] >= threshold else "bogus"
+        # Which label is the truth and which the model's: a bare "real" read as either.
+        caption = f"test #{i}: truth {truth}, predicted {predicted} (score {scores[i]:.3f})"
         items.append(
             f'<figure><img src="{cutout_data_uri(entry.data.x_test[i].numpy())}" alt="{_e(caption)}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>"
