@@ -1,13 +1,20 @@
-"""AblationSampler: the paper's 47 perturbations, greedy coordinate descent, resume, two processes."""
+"""AblationSampler: the paper's 47 perturbations, greedy coordinate descent, resume, two processes, and its contract
+with Optuna (distributions, multi-objective studies, enqueued, lost and surplus trials, ask and tell, NaN values)."""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import threading
+import time
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo_astro.samplers import AblationSampler
@@ -186,3 +193,212 @@ def test_slot_config_is_recorded() -> None:
         {"a": 1, "b": "x"},
         {"a": 1, "b": "y"},
     ]
+
+
+# --- the sampler's contract with Optuna (see the AblationSampler docstring) ----------------------------------------
+
+SMALL = {"a": [1, 2, 3], "b": [1, 2]}
+SMALL_BASELINE = {"a": 2, "b": 2}
+
+
+def _small(trial: optuna.Trial) -> float:
+    return trial.suggest_categorical("a", [1, 2, 3]) * 10 + trial.suggest_categorical("b", [1, 2])
+
+
+def _attrs(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> dict:
+    return study._storage.get_trial_system_attrs(trial._trial_id)
+
+
+def test_a_planned_value_outside_the_objectives_distribution_is_refused() -> None:
+    study = optuna.create_study(sampler=AblationSampler({"x": [0.15, 0.5]}, baseline={"x": 0.15}))
+    with pytest.raises(ValueError, match=r"x=0\.5, .*FloatDistribution\(.*low=0\.1"):
+        study.optimize(lambda t: t.suggest_float("x", 0.1, 0.2), n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[1].params == {}  # never evaluated with the out-of-range value
+
+
+def test_a_planned_value_takes_the_type_of_the_objectives_distribution() -> None:
+    seen: list[object] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        seen.extend([trial.suggest_float("x", 0, 5), trial.suggest_int("n", 0, 5)])
+        return 0.0
+
+    study = optuna.create_study(sampler=AblationSampler({"x": [1], "n": [3.0]}))
+    study.optimize(objective, n_trials=1)
+    assert seen == [1.0, 3] and [type(v) for v in seen] == [float, int]
+
+
+def test_multi_objective_studies_run_the_plan_without_greedy() -> None:
+    study = optuna.create_study(
+        directions=["minimize", "maximize"], sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE)
+    )
+    study.optimize(lambda t: (_small(t), 0.0), n_trials=10)
+    assert sorted(_attrs(study, t)[SLOT_KEY] for t in study.trials) == list(range(5))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_greedy_refuses_a_multi_objective_study_at_its_first_suggestion() -> None:
+    study = optuna.create_study(
+        directions=["minimize", "maximize"], sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE, greedy=True)
+    )
+    with pytest.raises(ValueError, match="greedy=True needs a single-objective study"):
+        study.optimize(lambda t: (_small(t), 0.0), n_trials=3)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]  # failed, not left running
+
+
+def test_an_enqueued_trial_takes_no_slot_and_makes_no_other_trial_wait() -> None:
+    study = optuna.create_study(
+        sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE, wait_timeout=1.0, poll_interval=0.02)
+    )
+    study.enqueue_trial({"a": 3, "b": 1})
+    enqueued = study.ask()  # still being evaluated (by another worker, say)
+    start = time.monotonic()
+    trial = study.ask()
+    assert time.monotonic() - start < 0.5
+    assert SLOT_KEY not in _attrs(study, enqueued) and _attrs(study, trial)[SLOT_KEY] == 0
+
+
+def test_a_partially_enqueued_trial_takes_its_other_values_from_the_current_baseline() -> None:
+    study = optuna.create_study(sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE, greedy=True))
+    study.optimize(_small, n_trials=3)  # sweep a: a=1 is best and adopted
+    study.enqueue_trial({"b": 1})
+    study.optimize(_small, n_trials=1)
+    assert study.trials[-1].params == {"a": 1, "b": 1}
+    study.optimize(_small, n_trials=10)  # the enqueued trial took no slot: sweep b runs in full
+    assert len(study.trials) == 6
+    assert sorted(_attrs(study, t)[SLOT_KEY] for t in study.trials if SLOT_KEY in _attrs(study, t)) == list(range(5))
+
+
+def test_a_trial_left_running_holds_its_slot_until_lost_after_says_it_is_lost() -> None:
+    study = optuna.create_study(sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE))
+    lost = study.ask()  # slot 0, never told
+    with pytest.warns(UserWarning, match=r"slot 0 is held by running trial 0"):
+        study.optimize(_small, n_trials=10)  # the other slots, then one surplus trial, then it stops
+    surplus = study.trials[-1]
+    assert len(study.trials) == 6 and surplus.state == TrialState.PRUNED and _attrs(study, surplus)[EXHAUSTED_KEY]
+    assert not study.sampler.is_exhausted(study)
+    study.sampler = AblationSampler(SMALL, baseline=SMALL_BASELINE, lost_after=0.0)
+    with pytest.warns(UserWarning, match=r"trial 6 evaluates slot 0 again: its trials \[0\] .* presumed lost"):
+        study.optimize(_small, n_trials=10)  # slot 0's holder is presumed lost: slot 0 is evaluated again
+    assert study.sampler.is_exhausted(study)
+    assert study.trials[-1].params == {"a": 1, "b": 2} and _attrs(study, study.trials[-1])[SLOT_KEY] == 0
+    assert study.trials[lost.number].state == TrialState.RUNNING
+
+
+def _in_a_thread(function: Callable[[], object], seconds: float) -> list[warnings.WarningMessage]:
+    """Run `function`, failing the test (instead of hanging it) when it does not return in time; its warnings."""
+    caught: list[warnings.WarningMessage] = []
+
+    def run() -> None:
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            function()
+        caught.extend(records)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "it hangs"
+    return caught
+
+
+def _optimize_in_a_thread(study: optuna.Study, seconds: float) -> list[warnings.WarningMessage]:
+    return _in_a_thread(lambda: study.optimize(_small, n_trials=20), seconds)
+
+
+def test_greedy_waits_for_a_running_trial_of_an_earlier_sweep_only_until_wait_timeout() -> None:
+    sampler = AblationSampler(SMALL, baseline=SMALL_BASELINE, greedy=True, wait_timeout=0.3, poll_interval=0.02)
+    study = optuna.create_study(sampler=sampler)
+    study.ask()  # slot 0 (sweep a), never told: sweep b cannot start before it finishes
+    start = time.monotonic()
+    caught = _optimize_in_a_thread(study, 5)
+    assert time.monotonic() - start >= 0.3
+    assert any("waited" in str(w.message) and "(running trial 0)" in str(w.message) for w in caught)
+    assert [_attrs(study, t).get(SLOT_KEY) for t in study.trials] == [0, 1, 2, None]  # sweep a, then a surplus
+    assert _attrs(study, study.trials[-1])[EXHAUSTED_KEY] and study.trials[-1].state == TrialState.PRUNED
+
+
+def test_greedy_re_evaluates_the_slot_of_a_lost_trial() -> None:
+    sampler = AblationSampler(SMALL, baseline=SMALL_BASELINE, greedy=True, lost_after=0.0)
+    study = optuna.create_study(sampler=sampler)
+    study.ask()
+    caught = _optimize_in_a_thread(study, 5)
+    assert any("evaluates slot 0 again" in str(w.message) for w in caught)
+    assert sampler.is_exhausted(study)
+    assert [_attrs(study, t)[SLOT_KEY] for t in study.trials] == [0, 1, 2, 0, 3, 4]
+    assert study.trials[-1].params == {"a": 1, "b": 2}  # sweep b from a's best (minimised), slot 0's value
+
+
+def test_greedy_frees_the_slot_of_a_trial_whose_heartbeat_stopped(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat_interval is experimental; ask() with a heartbeat warns: both known
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+        sampler = AblationSampler(SMALL, baseline=SMALL_BASELINE, greedy=True, wait_timeout=10, poll_interval=0.05)
+        study = optuna.create_study(storage=storage, sampler=sampler)
+        dead = study.ask()  # slot 0
+        storage.record_heartbeat(dead._trial_id)
+        with storage.engine.begin() as connection:  # its process beat once, an hour ago, then died
+            connection.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')"))
+        for _ in range(2):  # slots 1 and 2: sweep a, which does not wait
+            trial = study.ask()
+            study.tell(trial, _small(trial))
+        asked: list[optuna.Trial] = []
+        # Sweep b waits for slot 0: its trial is failed while waiting (not after wait_timeout), freeing slot 0.
+        _in_a_thread(lambda: asked.append(study.ask()), 5)
+    assert study.trials[dead.number].state == TrialState.FAIL
+    assert _attrs(study, asked[0])[SLOT_KEY] == 0
+
+
+def test_a_trial_that_never_recorded_its_choice_is_waited_for_once() -> None:
+    sampler = AblationSampler(SMALL, baseline=SMALL_BASELINE, wait_timeout=0.5, poll_interval=0.02)
+    study = optuna.create_study(sampler=sampler)
+    study._storage.create_new_trial(study._study_id)  # running, never seen by the sampler (its process died)
+    durations = []
+    for _ in range(2):
+        start = time.monotonic()
+        study.ask()
+        durations.append(time.monotonic() - start)
+    assert durations[0] >= 0.5 and durations[1] < 0.25
+
+
+def test_a_finished_plan_evaluates_nothing_again() -> None:
+    evaluated: list[dict] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        value = _small(trial)
+        evaluated.append(trial.params)
+        return value
+
+    study = optuna.create_study(sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE))
+    study.optimize(objective, n_trials=10)
+    study.optimize(objective, n_trials=10)  # a re-run of a finished study
+    assert len(evaluated) == 5 and len(study.trials) == 6
+    surplus = study.trials[-1]
+    assert surplus.state == TrialState.PRUNED and surplus.params == {} and _attrs(study, surplus)[EXHAUSTED_KEY]
+
+
+def test_ask_and_tell_to_the_end_of_the_plan_and_beyond() -> None:
+    sampler = AblationSampler(SMALL, baseline=SMALL_BASELINE)
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(5):
+        trial = study.ask()
+        study.tell(trial, _small(trial))  # the last tell must not raise from study.stop()
+    assert sampler.is_exhausted(study)
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="plan"):
+        _small(trial)
+    study.tell(trial, state=TrialState.PRUNED)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+
+
+def test_a_nan_value_advances_the_plan_on_sqlite(tmp_path: Path) -> None:
+    nan = float("nan")
+    sampler = AblationSampler({"x": [1.0, nan]}, baseline={"x": 1.0})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'nan.db'}", sampler=sampler)
+    study.optimize(lambda t: float(math.isnan(t.suggest_categorical("x", [1.0, nan]))), n_trials=5)
+    assert [t.value for t in study.trials] == [0.0, 1.0]  # each slot once, then the study stops
+
+
+def test_a_nan_baseline_is_found_among_its_values() -> None:
+    assert math.isnan(AblationSampler({"x": [1.0, float("nan")]}, baseline={"x": float("nan")}).baseline["x"])

@@ -1,23 +1,18 @@
 """AblationSampler: one hyperparameter at a time, from a baseline (the paper's "ablation-style search").
 
-The plan is a list of slots, one per (hyperparameter, value) pair in space order: 4+3+5+...+3 = 47 for the
-paper's space, the baseline's own values included (the paper ran those repeats too). In `greedy` mode each
-hyperparameter's best value is adopted into the baseline once its sweep has finished (coordinate descent), so
-a sweep's configurations depend on the sweeps before it.
-
-Like Optuna's GridSampler, the sampler keeps its state in the study store: each trial records its slot in a
-trial system attribute, so a resumed study, or several processes sharing one, continue the same plan. A slot
-is *held* by a trial that is complete, pruned, running or waiting (a queued retry inherits its slot through
-the copied system attributes); a failed trial releases its slot. A new trial takes the lowest free slot, and
-before choosing it waits until every lower-numbered running trial has recorded its own slot: trial numbers are
-unique in the store, so two concurrent trials never choose the same slot, and none is skipped.
+The module depends on Optuna and NumPy only, so that it can be published on its own; its contract is the docstring
+of `AblationSampler`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -28,21 +23,96 @@ from optuna.trial import FrozenTrial, TrialState
 SLOT_KEY = "ablation:slot"
 PLAN_KEY = "ablation:plan"  # (hyperparameter names, values, baseline, greedy): identifies the plan
 CONFIG_KEY = "ablation:config"
-EXHAUSTED_KEY = "ablation:exhausted"
+EXHAUSTED_KEY = "ablation:exhausted"  # the trial got no slot: it evaluates nothing
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+_PLAN_VALUE_TYPES = (type(None), bool, int, float, str)  # what a JSON store gives back unchanged
+
+PlanValue = None | bool | int | float | str
+
+
+class _Choice(NamedTuple):
+    slot: int | None  # None: no slot for this trial
+    lost: bool  # the slot is re-evaluated: its trials are presumed lost
+    blockers: list[FrozenTrial]  # unfinished trials standing in the way when `slot` is None
+    can_wait: bool  # greedy: the blockers are earlier sweeps, which may finish soon
 
 
 class AblationSampler(BaseSampler):
     """Vary each hyperparameter over all its values while the others stay at the baseline.
+
+    The plan is a list of *slots*, one per (hyperparameter, value) pair in the order of `search_space`:
+    4+3+5+...+3 = 47 for the paper's twelve hyperparameters, the baseline's own values included (the paper ran
+    those repeats too). Slot ``s`` evaluates the baseline with one hyperparameter changed. In greedy mode each
+    hyperparameter's best value is adopted into the baseline once its sweep has finished (coordinate descent), so a
+    sweep's configurations depend on the sweeps before it.
+
+    Example:
+
+        .. code-block:: python
+
+            sampler = AblationSampler({"lr": [1e-3, 1e-2], "layers": [1, 2, 3]}, baseline={"lr": 1e-3, "layers": 2})
+            study = optuna.create_study(sampler=sampler)
+            study.optimize(objective)  # 5 trials, then the study stops by itself
+
+    **State in the store.** As Optuna's GridSampler, the sampler keeps its state in trial system attributes
+    (`SLOT_KEY`, `CONFIG_KEY`, `PLAN_KEY`, `EXHAUSTED_KEY`), so a resumed study, or several processes or threads
+    sharing one, continue the same plan. A slot is *held* by a trial of the same plan (same names, values, baseline
+    and mode) that is complete, pruned, running or waiting (a queued retry, e.g. by `RetryFailedTrialCallback`,
+    inherits its slot through the copied attributes); a failed trial releases its slot. A slot is *finished* when a
+    complete or pruned trial holds it; the plan is finished (`is_exhausted`) when every slot is.
+
+    **Choosing a slot.** A new trial takes the lowest free slot in `before_trial` (or at its first suggestion when
+    `before_trial` was not called, e.g. for a trial created directly in the storage). Before choosing, it waits until
+    every lower-numbered running trial has recorded its own choice: trial numbers are unique in the store, so two
+    concurrent trials never take the same slot, and none is skipped. It waits at most `wait_timeout` seconds for a
+    trial that never records its choice (a process that died in between); each sampler object waits once for a
+    given trial. Enqueued trials take no slot and nobody waits for them.
+
+    **Greedy mode** needs every slot of the earlier sweeps finished before a sweep starts: a trial that would start
+    the next sweep waits for the running (or waiting) trials of the earlier sweeps, at most `wait_timeout` seconds;
+    then it gives up and gets no slot (with a warning). With several workers, give `wait_timeout` above a trial's
+    duration, or the idle workers stop at a sweep boundary while the others carry on. Greedy mode needs a
+    single-objective study: the first suggestion of a trial in a multi-objective study raises `ValueError` (nothing
+    is evaluated); without greedy, multi-objective studies run the plan unchanged.
+
+    **Trials that never finish.** A running trial holds its slot until it finishes or fails. With a heartbeat
+    (`RDBStorage(heartbeat_interval=...)`) Optuna fails the trials whose process died; the sampler runs that check
+    while it waits, so their slots are freed and taken again. Without a heartbeat a lost trial (a killed process, an
+    `ask` never told) cannot be told from a slow one: give `lost_after` to presume lost a trial that has been
+    running that long, and its slot is evaluated again by a new trial that finds nothing else to do (as GridSampler
+    re-evaluates unfinished points; a warning says so). Without `lost_after` such a trial holds its slot: the plan
+    cannot finish, and a new trial that finds nothing else gets no slot, with a warning naming the trial.
+
+    **No slot.** A trial that gets no slot (the plan is finished, every remaining slot is held by another running
+    trial, or a greedy wait gave up) is marked with `EXHAUSTED_KEY`, evaluates nothing, and stops
+    `study.optimize`: its first suggestion raises `optuna.TrialPruned`, so it ends pruned, without parameters or a
+    value, never as a duplicate evaluation. `study.optimize` also stops once the last slot finishes, so
+    `study.optimize(objective)` runs the plan and returns; running it again on a finished plan adds one such
+    pruned trial. With ask and tell, check `is_exhausted(study)` before `ask`, or handle `optuna.TrialPruned` from
+    the suggestions (tell the trial as pruned); the last `tell` does not raise. An objective that checks
+    `EXHAUSTED_KEY` in the trial's system attributes before suggesting can end such trials its own way.
+
+    **Suggestions.** The objective suggests the plan's hyperparameters with any distribution that contains the
+    planned values (a categorical one listing them, or a range), and gets each value in that distribution's type
+    (`suggest_float` gives a float for a planned 1). A planned value the distribution does not contain is refused
+    with `ValueError` (the trial fails; nothing is evaluated with a value the objective did not ask for), and so is
+    a name that is not in the plan. Suggesting only some of the names is fine: the plan is what the trial records in
+    `CONFIG_KEY`. An enqueued trial (`study.enqueue_trial`) takes no slot: the values it does not fix come from the
+    current baseline (in greedy mode, with the best values of the finished sweeps adopted). Plan values are
+    ``None``, bool, int, float or str (NumPy scalars are converted), as a JSON store gives them back; NaN is a value
+    like any other.
 
     Args:
         search_space: ordered mapping name -> candidate values (the sweep order is this order).
         baseline: the starting configuration; missing names are drawn at random with `seed`.
         greedy: adopt each hyperparameter's best value after its sweep (coordinate descent).
         seed: seeds the baseline draw (only used for names missing from `baseline`).
-        wait_timeout: seconds to wait for a lower-numbered running trial to record its slot (a process that
-            died in between would otherwise block the others forever).
+        wait_timeout: the longest a new trial waits, in seconds: for a lower-numbered trial to record its choice,
+            and in greedy mode for the earlier sweeps to finish.
         poll_interval: seconds between looks at the store while waiting.
+        lost_after: seconds after which a running trial is presumed lost, so that its slot may be evaluated again;
+            None (default): never (only a failure, e.g. through a heartbeat, frees a running trial's slot).
     """
 
     def __init__(
@@ -53,13 +123,14 @@ class AblationSampler(BaseSampler):
         seed: int | None = None,
         wait_timeout: float = 60.0,
         poll_interval: float = 0.2,
+        lost_after: float | None = None,
     ) -> None:
         self._names = list(search_space)
-        self._values = {name: list(values) for name, values in search_space.items()}
+        self._values = {name: [_plan_value(name, v) for v in values] for name, values in search_space.items()}
         for name, values in self._values.items():
             if not values:
                 raise ValueError(f"hyperparameter {name!r} has no values")
-        baseline = dict(baseline or {})
+        baseline = {name: _plan_value(name, v) for name, v in (baseline or {}).items()}
         unknown = set(baseline) - set(self._names)
         if unknown:
             raise ValueError(f"baseline names not in the search space: {sorted(unknown)}")
@@ -68,7 +139,7 @@ class AblationSampler(BaseSampler):
             drawn = self._values[name][rng.randint(len(self._values[name]))]
             if name not in baseline:
                 baseline[name] = drawn
-            elif baseline[name] not in self._values[name]:
+            elif not any(_same(baseline[name], v) for v in self._values[name]):
                 raise ValueError(f"baseline {name}={baseline[name]!r} is not among its values")
         self.baseline = {name: baseline[name] for name in self._names}
         self.greedy = greedy
@@ -85,6 +156,9 @@ class AblationSampler(BaseSampler):
         ]
         self._wait_timeout = wait_timeout
         self._poll_interval = poll_interval
+        self._lost_after = lost_after
+        # Trials this object stopped waiting for (they never recorded a choice): it does not wait for them again.
+        self._given_up: set[int] = set()
 
     @property
     def n_slots(self) -> int:
@@ -94,62 +168,72 @@ class AblationSampler(BaseSampler):
     def slot_config(
         self, slot: int, trials: Sequence[FrozenTrial] = (), direction: optuna.study.StudyDirection | None = None
     ) -> dict[str, Any]:
-        """The configuration of `slot`; in greedy mode the baseline adopts the best values of finished sweeps."""
+        """The configuration of `slot`; in greedy mode the baseline adopts the best values of the earlier sweeps."""
         sweep, value_index = self._slots[slot]
-        config = dict(self.baseline)
-        if self.greedy:
-            for earlier in range(sweep):
-                best = self._best_in_sweep(earlier, trials, direction)
-                if best is not None:
-                    config = {**config, **best}
+        config = self._adopted(sweep, trials, direction)
         name = self._names[sweep]
         config[name] = self._values[name][value_index]
         return config
 
+    def is_exhausted(self, study: optuna.Study) -> bool:
+        """True when every slot is held by a finished (complete or pruned) trial."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        return len(self._finished_slots(trials)) == self.n_slots
+
     # --- BaseSampler -------------------------------------------------------------------------------------------
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
+        return {}  # define-by-run: the distributions come with the suggestions (sample_independent)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return {}
+        self._check_directions(study)
+        names = [name for name in search_space if name in self._values]
+        if not names:
+            return {}
+        attrs = self._trial_attrs(study, trial)
+        if attrs.get(EXHAUSTED_KEY):
+            return {}  # sample_independent says why
+        return {name: self._in(name, attrs[CONFIG_KEY][name], search_space[name]) for name in names}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if SLOT_KEY in trial.system_attrs or "fixed_params" in trial.system_attrs:
-            return  # a queued retry keeps its slot; an enqueued trial brings its own parameters
+        if SLOT_KEY in trial.system_attrs:
+            return  # a queued retry keeps its slot
+        if self.greedy and len(study.directions) > 1:
+            return  # refused at the first suggestion: raising here would leave the trial running
         storage = study._storage
-        deadline = time.monotonic() + self._wait_timeout
-        while True:
+        if "fixed_params" in trial.system_attrs:
+            # Enqueued: no slot. The values it does not fix come from the current baseline.
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
-            if self._earlier_trial_is_choosing(trials, trial.number) and time.monotonic() < deadline:
-                time.sleep(self._poll_interval)
-                continue
-            slot, blocked_by = self._choose_slot(trials, trial.number)
-            # Greedy: the next sweep needs every slot of the current one finished. Wait for running trials
-            # (other workers'); a queued retry nobody picks up only for `wait_timeout`.
-            if blocked_by == TrialState.RUNNING or (blocked_by is not None and time.monotonic() < deadline):
-                time.sleep(self._poll_interval)
-                continue
-            break
-        # PLAN_KEY is written last: it tells the other workers that this trial has finished choosing.
-        if slot is None:
-            # Nothing left: the plan is exhausted (a race between workers or a re-run of a finished study).
+            center = self._adopted(len(self._names), trials, study.direction if self.greedy else None)
+            storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, center)
+            storage.set_trial_system_attr(trial._trial_id, PLAN_KEY, self._plan_id)
+            return
+        choice, trials = self._wait_for_slot(study, trial)
+        # PLAN_KEY is written last: it tells the other trials that this one has finished choosing.
+        if choice.slot is None:
             storage.set_trial_system_attr(trial._trial_id, EXHAUSTED_KEY, True)
-            storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, self.baseline)
         else:
-            storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, slot)
-            storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, self.slot_config(slot, trials, study.direction))
+            direction = study.direction if self.greedy else None
+            storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, choice.slot)
+            storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, self.slot_config(choice.slot, trials, direction))
+            if trial.system_attrs.get(EXHAUSTED_KEY):  # a retry of a trial that had no slot: now it has one
+                storage.set_trial_system_attr(trial._trial_id, EXHAUSTED_KEY, False)
         storage.set_trial_system_attr(trial._trial_id, PLAN_KEY, self._plan_id)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        config = trial.system_attrs.get(CONFIG_KEY)
-        if config is None or param_name not in config:
-            raise ValueError(f"AblationSampler has no value for {param_name!r}; it is not in its search space")
-        return config[param_name]
+        if param_name not in self._values:
+            raise ValueError(f"AblationSampler: {param_name!r} is not in the plan (its names: {self._names})")
+        attrs = self._trial_attrs(study, trial)
+        if attrs.get(EXHAUSTED_KEY):
+            raise optuna.TrialPruned(
+                "AblationSampler: the plan has no slot left for this trial (it is finished, or its remaining slots "
+                "are held by other trials); nothing is evaluated"
+            )
+        return self._in(param_name, attrs[CONFIG_KEY][param_name], param_distribution)
 
     def after_trial(
         self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
@@ -157,51 +241,156 @@ class AblationSampler(BaseSampler):
         # Called before the trial's own state is written, so count its slot here when it finished.
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         finished = self._finished_slots(trials)
-        if state in (TrialState.COMPLETE, TrialState.PRUNED) and SLOT_KEY in trial.system_attrs:
+        if state in _FINISHED and SLOT_KEY in trial.system_attrs and self._mine(trial):
             finished.add(trial.system_attrs[SLOT_KEY])
         if len(finished) == self.n_slots or trial.system_attrs.get(EXHAUSTED_KEY):
-            study.stop()
+            # Outside study.optimize (ask and tell) there is no loop to stop, and stop() raises: the caller checks
+            # is_exhausted instead.
+            with contextlib.suppress(RuntimeError):
+                study.stop()
+
+    # --- choosing a slot ----------------------------------------------------------------------------------------
+
+    def _check_directions(self, study: optuna.Study) -> None:
+        if self.greedy and len(study.directions) > 1:
+            raise ValueError(
+                f"AblationSampler: greedy=True needs a single-objective study (the best value of a sweep is "
+                f"undefined with {len(study.directions)} objectives); use greedy=False"
+            )
+
+    def _trial_attrs(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        """The trial's system attributes, read from the store (a FrozenTrial given by a caller may predate them)."""
+        attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+        if PLAN_KEY not in attrs and SLOT_KEY not in attrs:
+            # Refused (before_trial left it alone), or before_trial never ran for this trial (created directly in
+            # the storage, or a wrapping sampler that does not forward it): choose now.
+            self._check_directions(study)
+            self.before_trial(study, study._storage.get_trial(trial._trial_id))
+            attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+        return attrs
+
+    def _wait_for_slot(self, study: optuna.Study, trial: FrozenTrial) -> tuple[_Choice, list[FrozenTrial]]:
+        storage = study._storage
+        started = time.monotonic()
+        while True:
+            trials = storage.get_all_trials(study._study_id, deepcopy=False)
+            expired = time.monotonic() - started >= self._wait_timeout
+            choosing = self._choosing(trials, trial.number)
+            if choosing and not expired:
+                self._pause(study)
+                continue
+            self._given_up.update(t._trial_id for t in choosing)  # presumed dead before recording a choice
+            choice = self._choose(trials, trial.number)
+            if choice.slot is None and choice.can_wait and not expired:
+                self._pause(study)
+                continue
+            break
+        if choice.lost:
+            held = [t for t in trials if t.number != trial.number and self._holds(t, choice.slot)]
+            warnings.warn(
+                f"AblationSampler: trial {trial.number} evaluates slot {choice.slot} again: its trials "
+                f"{_numbers(held)} have been running longer than lost_after={self._lost_after:g} s and are presumed "
+                "lost",
+                stacklevel=2,
+            )
+        elif choice.blockers:
+            if choice.can_wait:
+                reason = (
+                    f"waited {self._wait_timeout:g} s for the earlier sweeps to finish ({_by_state(choice.blockers)}) "
+                    "and gets no slot; with several workers give wait_timeout above a trial's duration"
+                )
+            else:
+                held = "; ".join(
+                    f"slot {s} is held by {_by_state([t for t in choice.blockers if t.system_attrs[SLOT_KEY] == s])}"
+                    for s in sorted({t.system_attrs[SLOT_KEY] for t in choice.blockers})
+                )
+                reason = f"finds no free slot: {held}; the plan finishes when they finish or fail"
+            warnings.warn(
+                f"AblationSampler: trial {trial.number} {reason} (lost_after re-evaluates the slots of trials "
+                "presumed lost)",
+                stacklevel=2,
+            )
+        return choice, trials
+
+    def _pause(self, study: optuna.Study) -> None:
+        time.sleep(self._poll_interval)
+        # Optuna fails the trials whose heartbeat stopped before each trial of study.optimize; while a trial waits
+        # here, that check is this loop's job, or a dead trial would keep the waiting one waiting.
+        _fail_stale_trials(study)
+
+    def _choosing(self, trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:
+        """The lower-numbered running trials that may still be choosing a slot."""
+        return [
+            t
+            for t in trials
+            if t.number < number
+            and t.state == TrialState.RUNNING
+            and PLAN_KEY not in t.system_attrs  # written last: a recorded SLOT_KEY alone may not be visible yet
+            and "fixed_params" not in t.system_attrs  # enqueued: never takes a slot
+            and t._trial_id not in self._given_up
+        ]
+
+    def _choose(self, trials: Sequence[FrozenTrial], number: int) -> _Choice:
+        holders: dict[int, list[FrozenTrial]] = {}
+        for t in trials:
+            if t.number != number and t.state in _HOLDING and SLOT_KEY in t.system_attrs and self._mine(t):
+                holders.setdefault(t.system_attrs[SLOT_KEY], []).append(t)
+        unfinished = sorted(s for s, held in holders.items() if not any(t.state in _FINISHED for t in held))
+        free = [s for s in range(self.n_slots) if s not in holders]
+        if free:
+            sweep = self._slots[free[0]][0]
+            blocking = [s for s in unfinished if self.greedy and self._slots[s][0] < sweep]
+            if not blocking:
+                return _Choice(free[0], False, [], False)
+        else:
+            blocking = unfinished
+        now = datetime.datetime.now()  # the clock Optuna's storages give datetime_start with
+        lost = [s for s in blocking if self._is_lost(holders[s], now)]
+        if lost:
+            # The slot left unattended longest, so that successive trials spread over the lost slots.
+            slot = min(lost, key=lambda s: (max(t.datetime_start for t in holders[s]), s))
+            return _Choice(slot, True, [], False)
+        return _Choice(None, False, [t for s in blocking for t in holders[s]], bool(free))
+
+    def _is_lost(self, held: Sequence[FrozenTrial], now: datetime.datetime) -> bool:
+        return self._lost_after is not None and all(
+            t.state == TrialState.RUNNING
+            and t.datetime_start is not None
+            and (now - t.datetime_start).total_seconds() >= self._lost_after
+            for t in held
+        )
 
     # --- state in the store -------------------------------------------------------------------------------------
 
-    def is_exhausted(self, study: optuna.Study) -> bool:
-        """True when every slot is held by a finished (complete or pruned) trial."""
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        return len(self._finished_slots(trials)) == self.n_slots
-
     def _mine(self, t: FrozenTrial) -> bool:
-        return t.system_attrs.get(PLAN_KEY) == self._plan_id
+        return _same(t.system_attrs.get(PLAN_KEY), self._plan_id)
+
+    def _holds(self, t: FrozenTrial, slot: int | None) -> bool:
+        return t.state in _HOLDING and t.system_attrs.get(SLOT_KEY) == slot and self._mine(t)
 
     def _finished_slots(self, trials: Sequence[FrozenTrial]) -> set[int]:
         return {
             t.system_attrs[SLOT_KEY]
             for t in trials
-            if self._mine(t) and SLOT_KEY in t.system_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            if t.state in _FINISHED and SLOT_KEY in t.system_attrs and self._mine(t)
         }
 
-    def _earlier_trial_is_choosing(self, trials: Sequence[FrozenTrial], number: int) -> bool:
-        return any(
-            t.number < number and t.state == TrialState.RUNNING and PLAN_KEY not in t.system_attrs for t in trials
-        )
-
-    def _choose_slot(self, trials: Sequence[FrozenTrial], number: int) -> tuple[int | None, TrialState | None]:
-        """The lowest free slot (None when all are held), and in greedy mode, when that slot's sweep cannot
-        start yet, the state (RUNNING or WAITING) of the trials of earlier sweeps that block it."""
-        holders = {
-            t.system_attrs[SLOT_KEY]: t.state
-            for t in trials
-            if t.number != number and self._mine(t) and SLOT_KEY in t.system_attrs and t.state in _HOLDING
-        }
-        free = [s for s in range(self.n_slots) if s not in holders]
-        if not free:
-            return None, None
-        slot = free[0]
-        if self.greedy:
-            earlier = [s for k in range(self._slots[slot][0]) for s in self._sweep_slots[k]]
-            blocking = {holders[s] for s in earlier if holders.get(s) in (TrialState.RUNNING, TrialState.WAITING)}
-            if blocking:
-                return None, TrialState.RUNNING if TrialState.RUNNING in blocking else TrialState.WAITING
-        return slot, None
+    def _adopted(
+        self, sweeps: int, trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection | None
+    ) -> dict[str, Any]:
+        """The baseline, in greedy mode with the best values of the first `sweeps` sweeps adopted, as far as they
+        have finished in order (a slot's earlier sweeps always have: `_choose` waits for them)."""
+        config = dict(self.baseline)
+        if not self.greedy:
+            return config
+        finished = self._finished_slots(trials)
+        for sweep in range(sweeps):
+            if not set(self._sweep_slots[sweep]) <= finished:
+                break
+            best = self._best_in_sweep(sweep, trials, direction)
+            if best is not None:
+                config.update(best)
+        return config
 
     def _best_in_sweep(
         self, sweep: int, trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection | None
@@ -213,9 +402,9 @@ class AblationSampler(BaseSampler):
         best_value = None
         for t in trials:
             if not (
-                self._mine(t)
-                and t.state == TrialState.COMPLETE
+                t.state == TrialState.COMPLETE
                 and t.system_attrs.get(SLOT_KEY) in self._sweep_slots[sweep]
+                and self._mine(t)
             ):
                 continue
             score = -t.value if maximize else t.value
@@ -223,3 +412,60 @@ class AblationSampler(BaseSampler):
             if best is None or key < best:
                 best, best_value = key, t.system_attrs[CONFIG_KEY][name]
         return None if best is None else {name: best_value}
+
+    @staticmethod
+    def _in(name: str, value: PlanValue, distribution: BaseDistribution) -> Any:
+        """`value` in the distribution's own type, or ValueError when the distribution does not contain it."""
+        try:
+            internal = distribution.to_internal_repr(value)
+            # BaseDistribution has no public membership test; Optuna's own samplers use _contains too.
+            contained = distribution._contains(internal)
+        except ValueError:  # e.g. a string for a float range, a value not among a categorical's choices
+            contained = False
+        if not contained:
+            raise ValueError(
+                f"AblationSampler planned {name}={value!r}, which the objective's {distribution} does not contain; "
+                f"suggest {name!r} with a distribution containing the plan's values"
+            )
+        return distribution.to_external_repr(internal)
+
+
+def _plan_value(name: str, value: Any) -> PlanValue:
+    """A value that survives the store's JSON round trip unchanged (NumPy scalars become Python ones)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, _PLAN_VALUE_TYPES):
+        raise TypeError(f"hyperparameter {name!r}: value {value!r} is not None, bool, int, float or str")
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of plans and values where NaN equals NaN (a NaN read back from a JSON store is a new object)."""
+    if a == b:
+        return True
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+
+
+def _numbers(trials: Sequence[FrozenTrial]) -> list[int]:
+    return sorted(t.number for t in trials)
+
+
+def _by_state(trials: Sequence[FrozenTrial]) -> str:
+    """E.g. "running trial 3" or "running trials [3, 5], waiting trial 8"."""
+    parts = []
+    for state in (TrialState.RUNNING, TrialState.WAITING):
+        numbers = _numbers([t for t in trials if t.state == state])
+        if numbers:
+            label = state.name.lower()
+            parts.append(f"{label} trial {numbers[0]}" if len(numbers) == 1 else f"{label} trials {numbers}")
+    return ", ".join(parts)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Let Optuna fail the running trials whose heartbeat stopped (a no-op without a heartbeat). Hyperband's bracket
+    view of the study (what samplers get with HyperbandPruner) wraps the study itself, which failure callbacks need."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(getattr(study, "_study", study))
