@@ -902,6 +902,160 @@ def tabulate_command(
     )
 
 
+@app.command("benchmark")
+def benchmark_command(
+    strategies: Annotated[
+        str,
+        typer.Option(
+            "--strategies",
+            "-s",
+            help="Comma-separated strategies to compare: registry names (random, ablation, genetic, bayesian, tpe, "
+            "...) or sampler classes as package.module:ClassName.",
+        ),
+    ],
+    n_trials: Annotated[int, typer.Option("--n-trials", "-n", min=1, help="Budget of every study: finished trials.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Directory for index.html, benchmark.json and the CSV files (and the default store)."
+        ),
+    ],
+    repeats: Annotated[
+        int, typer.Option("--repeats", "-r", min=1, help="Studies per strategy; repeat r uses seed + r (default 10).")
+    ] = 10,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            help="Answer every trial from this table instead of training: a table file, a tabulate study table/NAME "
+            "in --storage (default optuna.db), or a shipped table.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Study file: its space, baseline and settings apply to every study."),
+    ] = None,
+    data: DataOpt = None,
+    channels: ChannelsOpt = None,
+    max_epochs: Annotated[int | None, typer.Option("--max-epochs", min=1, help="Cap epochs per trial.")] = None,
+    pruner: Annotated[
+        str | None, typer.Option("--pruner", help="none, median, hyperband or successive-halving.")
+    ] = None,
+    objective: Annotated[
+        str | None, typer.Option("--objective", help="accuracy, loss or roc_auc (validation).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=2**32 - 1, help="Base seed: repeat r of every strategy uses seed + r.")
+    ] = 0,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="Studies run side by side, one process each (default 1).")
+    ] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Optuna storage URL for the studies (default: a journal file in --out)."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Benchmark name in the study names bench/NAME/... (default: --out's name)."),
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option("--budget", min=1, help="Trials at which the pairwise table compares (default: --n-trials)."),
+    ] = None,
+    top_k: Annotated[
+        int,
+        typer.Option(
+            "--top-k", min=0, help="Top configurations per strategy re-trained with as many fresh seeds (0: none)."
+        ),
+    ] = 3,
+) -> None:
+    """Compare strategies over repeated, paired studies: anytime curves, final test quality with confidence
+    intervals, pairwise significance and the selection-bias check, as HTML, JSON and CSV. Resumable; a finished
+    benchmark only re-renders."""
+    from hpo_astro.benchmark import BenchmarkSpec, run_benchmark
+    from hpo_astro.config import load_config
+    from hpo_astro.data.prepare import parse_channels
+    from hpo_astro.run import StudyFailed
+
+    spec = BenchmarkSpec(
+        strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
+        repeats=repeats,
+        n_trials=n_trials,
+        out=out,
+        name=name,
+        storage=storage,
+        table=table,
+        base=load_config(config) if config else None,
+        data=data,
+        channels=parse_channels(channels) if channels is not None else None,
+        max_epochs=max_epochs,
+        pruner=pruner,
+        objective=objective,
+        seed=seed,
+        workers=workers,
+        budget=budget,
+        top_k=top_k,
+    )
+    display = _BenchmarkDisplay(len(spec.strategies) * repeats)
+    try:
+        with display:
+            result = run_benchmark(spec, events=_note, on_outcome=display.outcome)
+    except KeyboardInterrupt:
+        import shlex
+        import sys
+
+        resume = " ".join(shlex.quote(a) for a in [_program(), *sys.argv[1:]])
+        err_console.print(f"interrupted; finished studies are kept, resume with: {resume}", markup=False)
+        raise typer.Exit(130) from None
+    except StudyFailed as exc:
+        _fail(str(exc), code=1)
+    console.print(
+        f"benchmark {spec.benchmark_name!r}: {len(result.studies)} studies, {result.trials_run} trials run now"
+        f"{f', {len(result.retrained)} re-trainings' if result.retrained else ''}; "
+        f"wrote {out / 'index.html'}, benchmark.json and CSV files",
+        highlight=False,
+    )
+
+
+class _BenchmarkDisplay:
+    """Studies finished out of the benchmark's, with the trials run now; a line per re-training."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]studies"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[trials]} trials run"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("studies", total=total, trials=0)
+        self.trials = 0
+
+    def __enter__(self) -> _BenchmarkDisplay:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def outcome(self, outcome: object) -> None:
+        from hpo_astro.benchmark.runner import RetrainOutcome, StudyOutcome
+
+        if isinstance(outcome, StudyOutcome):
+            self.trials += outcome.ran
+            self.progress.update(self.task, advance=1, trials=self.trials)
+        elif isinstance(outcome, RetrainOutcome):
+            job = outcome.job
+            self.progress.console.print(
+                f"re-trained a top configuration of {job.strategy} with seed {job.seed}: {outcome.seconds:.1f} s",
+                highlight=False,
+            )
+
+
 def main() -> None:
     app()
 

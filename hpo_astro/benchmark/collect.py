@@ -1,0 +1,231 @@
+"""Reading a benchmark's studies back from the store: per study, its trials as plain records (the analysis never sees
+Optuna), and the test metric of its best configuration: from the table's row in tabular mode, else evaluated once
+by `hpo_astro.report.evaluate` (the model rebuilt from the saved weights or retrained with the trial's seed, cached
+in the store, exactly as `compare` does it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo_astro.benchmark.plan import BenchmarkSpec, Job
+from hpo_astro.errors import UserError
+from hpo_astro.record import PARAMS_FULL_ATTR, WALL_TIME_ATTR
+from hpo_astro.tabular import TEST_METRICS_ATTR
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    state: str  # "complete", "pruned" or "fail"
+    value: float | None  # the objective (validation), complete trials only
+    cost: float  # training seconds charged to the anytime curves
+    test: float | None  # the objective's metric on the test split, when the trial carries it (tabular mode)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("complete", "pruned")
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One study of the benchmark as the analysis sees it: its first `n_trials` finished trials (and the failed
+    ones among them), and its best configuration's test metric."""
+
+    strategy: str
+    repeat: int
+    seed: int
+    study: str
+    trials: tuple[TrialRecord, ...]
+    best_trial: int | None  # the incumbent: the first complete trial with the best value
+    best_test: float | None  # its test metric (None: unknown)
+    fingerprint: str = ""  # of the data the study was run on (its record)
+
+    @property
+    def finished(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.finished]
+
+
+def trial_cost(trial: FrozenTrial) -> float:
+    """The training seconds a trial is charged: its recorded training time (a replayed trial: the table's), else
+    (a failed trial, which records none) its duration in the store."""
+    value = trial.user_attrs.get(WALL_TIME_ATTR)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return trial.duration.total_seconds() if trial.duration is not None else 0.0
+
+
+def _metric(metrics: Any, name: str) -> float | None:
+    value = metrics.get(name) if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def trial_records(trials: Sequence[FrozenTrial], n_trials: int, metric: str) -> tuple[TrialRecord, ...]:
+    """The trials in number order up to the `n_trials`-th finished one (a study run longer before is cut to the
+    benchmark's budget); waiting and running trials are left out."""
+    out: list[TrialRecord] = []
+    finished = 0
+    for trial in sorted(trials, key=lambda t: t.number):
+        if finished >= n_trials:
+            break
+        if trial.state not in (*FINISHED, TrialState.FAIL):
+            continue
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        out.append(
+            TrialRecord(
+                number=trial.number,
+                state=trial.state.name.lower(),
+                value=float(value) if value is not None and math.isfinite(value) else None,
+                cost=trial_cost(trial),
+                test=_metric(trial.user_attrs.get(TEST_METRICS_ATTR), metric),
+                params=dict(trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params),
+            )
+        )
+        finished += trial.state in FINISHED
+    return tuple(out)
+
+
+def incumbent(trials: Sequence[TrialRecord], maximize: bool) -> TrialRecord | None:
+    """The first complete trial with the best value (the one whose weights the study keeps: a later tie is not
+    better)."""
+    best: TrialRecord | None = None
+    for t in trials:
+        if t.value is not None and (best is None or (t.value > best.value if maximize else t.value < best.value)):  # type: ignore[operator]
+            best = t
+    return best
+
+
+Events = Callable[[str], None]
+
+
+def collect(
+    spec: BenchmarkSpec,
+    jobs: Sequence[Job],
+    storage: optuna.storages.BaseStorage,
+    tabular: bool,
+    events: Events | None = None,
+) -> list[StudyRun]:
+    """Every job's study as a `StudyRun`. In training mode each best configuration is evaluated on the test split
+    once (and cached in the store): `hpo_astro.report.evaluate.best_evaluation`."""
+    from hpo_astro.report.evaluate import best_evaluation
+
+    runs: list[StudyRun] = []
+    memo: dict = {}  # the data, loaded once for every evaluation that needs it
+    for job in jobs:
+        name = job.config.study_name
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise UserError(f"study {name!r} is missing from {spec.storage_url}") from None
+        frozen = study.get_trials(deepcopy=False)
+        trials = trial_records(frozen, spec.n_trials, spec.metric)
+        best = incumbent(trials, spec.maximize)
+        best_test = best.test if best is not None else None
+        if best is not None and not tabular:
+            trial = next(t for t in frozen if t.number == best.number)
+            evaluation = best_evaluation(study, trial, spec.settings.data, events, memo, spec.storage_url)
+            best_test = _metric(evaluation.test, spec.metric)
+        runs.append(
+            StudyRun(
+                strategy=job.strategy,
+                repeat=job.repeat,
+                seed=job.config.seed,
+                study=name,
+                trials=trials,
+                best_trial=best.number if best is not None else None,
+                best_test=best_test,
+                fingerprint=str(study.user_attrs.get("data_fingerprint", "")),
+            )
+        )
+    return runs
+
+
+def config_key(params: dict[str, Any]) -> str:
+    """A configuration's identity (JSON, keys sorted): the same configuration found by two repeats is one."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of a strategy's top configurations over all its repeats."""
+
+    strategy: str
+    params: dict[str, Any]
+    value: float  # its best validation objective in the search
+    test: float | None  # its test metric in the search (tabular mode: the table's)
+    found_by: tuple[str, ...]  # studies that tried it
+
+
+def top_configurations(runs: Sequence[StudyRun], k: int, maximize: bool) -> dict[str, list[Candidate]]:
+    """Per strategy, its `k` best distinct configurations over all its repeats' complete trials, by validation
+    objective (ties: the earlier repeat and trial first)."""
+    out: dict[str, list[Candidate]] = {}
+    if k <= 0:
+        return out
+    for strategy in dict.fromkeys(r.strategy for r in runs):
+        seen: dict[str, Candidate] = {}
+        for run in sorted((r for r in runs if r.strategy == strategy), key=lambda r: r.repeat):
+            for t in run.trials:
+                if t.value is None:
+                    continue
+                key = config_key(t.params)
+                old = seen.get(key)
+                if old is None:
+                    seen[key] = Candidate(strategy, t.params, t.value, t.test, (run.study,))
+                else:
+                    better = t.value > old.value if maximize else t.value < old.value
+                    seen[key] = Candidate(
+                        strategy,
+                        old.params,
+                        t.value if better else old.value,
+                        old.test if old.test is not None else t.test,
+                        old.found_by if run.study in old.found_by else (*old.found_by, run.study),
+                    )
+        ordered = sorted(seen.values(), key=lambda c: -c.value if maximize else c.value)  # stable: first found first
+        out[strategy] = ordered[:k]
+    return out
+
+
+# --- the re-training cache: DIR/retrained.json -------------------------------------------------------------------
+
+RETRAIN_FILE = "retrained.json"
+RETRAIN_VERSION = 1
+
+
+def retrain_key(fingerprint: str, params: dict[str, Any], seed: int, max_epochs: int | None) -> str:
+    return json.dumps(
+        {"data": fingerprint, "params": params, "seed": seed, "max_epochs": max_epochs}, sort_keys=True, default=str
+    )
+
+
+def read_retrained(out: Path) -> dict[str, dict[str, Any]]:
+    """The re-trainings done before (a file that cannot be read or is of another version counts as none)."""
+    try:
+        data = json.loads((Path(out) / RETRAIN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != RETRAIN_VERSION
+        or not isinstance(data.get("entries"), dict)
+    ):
+        return {}
+    return data["entries"]
+
+
+def write_retrained(out: Path, entries: dict[str, dict[str, Any]]) -> None:
+    from hpo_astro.io import write_output
+
+    payload = {"version": RETRAIN_VERSION, "entries": entries}
+    write_output(Path(out) / RETRAIN_FILE, json.dumps(payload, indent=1, sort_keys=True, allow_nan=True) + "\n")

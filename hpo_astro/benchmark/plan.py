@@ -1,0 +1,205 @@
+"""What a benchmark is: its options (`BenchmarkSpec`), checked before anything runs, and the studies they make:
+one per strategy and repeat, each an ordinary study named `bench/<name>/<strategy>/seed-<seed>`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpo_astro.config import MAX_SEED, OBJECTIVES, StudyConfig
+from hpo_astro.errors import UserError
+from hpo_astro.io import check_output
+from hpo_astro.space import SearchSpace
+
+if TYPE_CHECKING:
+    from hpo_astro.tabular import Table
+
+STORE_NAME = "studies.journal"  # the default store, in the output directory (see `BenchmarkSpec.storage_url`)
+STUDY_PREFIX = "bench"
+DEFAULT_TOP_K = 3
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """The `benchmark` command's options. `None` means "not set": a default applies."""
+
+    strategies: tuple[str, ...]
+    repeats: int
+    n_trials: int
+    out: Path
+    name: str | None = None  # default: the output directory's name
+    storage: str | None = None  # default: journal:<out>/studies.journal
+    table: str | None = None  # tabular mode: trials answered from this table
+    # A study file (`run --config`): its space, baseline and other settings apply to every study; the options
+    # below override it, and the benchmark sets strategy, study name, budget, seed and store.
+    base: StudyConfig | None = None
+    data: Path | None = None
+    channels: tuple[str, ...] | None = None
+    max_epochs: int | None = None
+    pruner: str | None = None  # None: the file's, else each strategy's default pruner
+    objective: str | None = None  # None: the file's, else accuracy
+    seed: int = 0  # repeat r of every strategy runs with seed + r
+    workers: int = 1  # studies run side by side, each by one process
+    budget: int | None = None  # trials at which the pairwise table compares; default n_trials
+    top_k: int = DEFAULT_TOP_K  # configurations per strategy re-trained, each with top_k fresh seeds
+
+    @property
+    def benchmark_name(self) -> str:
+        return self.name or Path(self.out).resolve().name or "benchmark"
+
+    @property
+    def storage_url(self) -> str:
+        """The store of the studies: `--storage`, else a journal file in the output directory. A store of its own
+        keeps a benchmark's hundreds of studies out of the user's `optuna.db` and makes the directory
+        self-contained; a journal rather than SQLite because copying a finished in-memory study into it costs
+        about 4 ms per trial against 26 ms for SQLite (measured, README "Benchmarks")."""
+        return self.storage or f"journal:{Path(self.out) / STORE_NAME}"
+
+    @property
+    def pairwise_budget(self) -> int:
+        return self.budget or self.n_trials
+
+    @property
+    def settings(self) -> StudyConfig:
+        """The study file's settings with the options applied (not yet any one study's)."""
+        return (self.base or StudyConfig()).merged(
+            data=self.data,
+            channels=self.channels,
+            max_epochs=self.max_epochs,
+            pruner=self.pruner,
+            objective=self.objective,
+        )
+
+    @property
+    def metric(self) -> str:
+        """The objective's metric name in `Metrics.as_dict()` (validation and test alike)."""
+        return OBJECTIVES[self.settings.objective][0].removeprefix("val_")
+
+    @property
+    def maximize(self) -> bool:
+        return OBJECTIVES[self.settings.objective][1] == "maximize"
+
+    def study_seed(self, repeat: int) -> int:
+        """Repeat r of every strategy: sampler and training seed `seed + r`. So repeat r is paired across strategies
+        (the same training seed; in tabular mode the same answers), which is what the paired tests compare."""
+        return self.seed + repeat
+
+    def fresh_seeds(self) -> list[int]:
+        """Training seeds for re-training the top configurations: the ones after every repeat's, so none of them
+        trained anything during the search."""
+        start = self.seed + self.repeats
+        return list(range(start, start + self.top_k))
+
+    def study_name(self, strategy: str, repeat: int) -> str:
+        return f"{STUDY_PREFIX}/{self.benchmark_name}/{strategy}/seed-{self.study_seed(repeat)}"
+
+    def validate(self) -> BenchmarkSpec:
+        """Refuse bad options in one line, before any store is opened or anything trained."""
+        if not self.strategies:
+            raise UserError("--strategies needs at least one strategy")
+        duplicates = sorted({s for s in self.strategies if self.strategies.count(s) > 1})
+        if duplicates:
+            raise UserError(f"--strategies names {', '.join(duplicates)} more than once")
+        if self.repeats < 1:
+            raise UserError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.n_trials < 1:
+            raise UserError(f"--n-trials must be positive, got {self.n_trials}")
+        if self.budget is not None and not 1 <= self.budget <= self.n_trials:
+            raise UserError(f"--budget must be between 1 and --n-trials ({self.n_trials}), got {self.budget}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be 0 or more, got {self.top_k}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.seed + self.repeats + self.top_k - 1 > MAX_SEED:
+            raise UserError(
+                f"--seed {self.seed} with {self.repeats} repeats and {self.top_k} fresh seeds goes past {MAX_SEED}"
+            )
+        if self.table is not None and self.settings.data is not None:
+            raise UserError(
+                "--data and --table exclude each other: a table's answers come from the data it was made on"
+            )
+        if self.table is not None and self.base is not None and self.base.space != SearchSpace.paper():
+            raise UserError("the study file's [space] and --table exclude each other: the table's space is searched")
+        if "/" in self.benchmark_name or not self.benchmark_name.strip():
+            raise UserError(f"benchmark name {self.benchmark_name!r} must be non-empty and without '/'")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file, not a directory")
+        check_output(out / "index.html")  # an unwritable place is refused before anything runs
+        for strategy in self.strategies:
+            if not strategy.strip() or "/" in strategy:
+                raise UserError(f"strategy {strategy!r}: a name or package.module:ClassName, without '/'")
+            self.config(strategy, 0).validate()  # unknown strategy, pruner or objective: one line
+        return self
+
+    def config(
+        self, strategy: str, repeat: int, space: SearchSpace | None = None, max_epochs: int | None = None
+    ) -> StudyConfig:
+        """The study of `strategy`'s repeat `repeat`: an ordinary study configuration, in the benchmark's store.
+        `space` and `max_epochs` are the table's in tabular mode."""
+        cfg = self.settings
+        return dataclasses.replace(
+            cfg,
+            strategy=strategy,
+            n_trials=self.n_trials,
+            study=self.study_name(strategy, repeat),
+            storage=self.storage_url,
+            seed=self.study_seed(repeat),
+            space=space or cfg.space,
+            max_epochs=cfg.max_epochs if max_epochs is None else max_epochs,
+            workers=1,  # each study is run by one process (--workers runs studies side by side)
+        )
+
+    def for_table(self, table: Table) -> TableSettings:
+        """The space and epoch cap of the studies in tabular mode, from the table (a cap above the table's is
+        refused: the table has no epochs beyond its own)."""
+        max_epochs = self.settings.max_epochs
+        if max_epochs is not None and table.max_epochs is not None and max_epochs > table.max_epochs:
+            raise UserError(
+                f"--max-epochs {max_epochs} is more than table {table.name!r} holds ({table.max_epochs} epochs)"
+            )
+        try:
+            space = SearchSpace.from_dict(table.space)
+        except UserError as exc:
+            raise UserError(f"table {table.name!r}: space: {exc}") from None
+        if table.rows:  # a study completes the sampled values with the defaults: the table must hold them too
+            from hpo_astro.space import DEFAULT_PARAMS
+
+            probe = {**DEFAULT_PARAMS, **{name: table.rows[0].params[name] for name in table.space}}
+            try:
+                table.row(probe)
+            except UserError as exc:
+                raise UserError(f"a study cannot replay table {table.name!r}: {exc}") from None
+        return TableSettings(space, max_epochs if max_epochs is not None else table.max_epochs)
+
+    def replace(self, **changes: object) -> BenchmarkSpec:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    space: SearchSpace
+    max_epochs: int | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One study of the benchmark, in run order (repeat by repeat, so an interrupted benchmark has whole repeats)."""
+
+    strategy: str
+    repeat: int
+    config: StudyConfig
+
+
+def jobs(spec: BenchmarkSpec, settings: TableSettings | None = None) -> list[Job]:
+    space = settings.space if settings else None
+    max_epochs = settings.max_epochs if settings else None
+    return [
+        Job(strategy, repeat, spec.config(strategy, repeat, space, max_epochs))
+        for repeat in range(spec.repeats)
+        for strategy in spec.strategies
+    ]

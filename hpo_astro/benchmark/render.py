@@ -1,0 +1,522 @@
+"""Writing a benchmark's results: DIR/benchmark.json (everything), CSV files (one table each) and DIR/index.html
+(Plotly figures and tables, self-contained the way `hpo-astro report` pages are: plotly.js inline, no URL).
+
+Every file is written atomically (`hpo_astro.io.write_output`); index.html last, so a directory with an index.html
+holds a whole report. The files hold no time stamp except the HTML's "generated" line: re-rendering a finished
+benchmark gives the same JSON and CSV bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from hpo_astro.benchmark import stats
+from hpo_astro.benchmark.analysis import Analysis, Curves
+from hpo_astro.io import write_output
+from hpo_astro.report.figures import TEMPLATE
+from hpo_astro.report.html import _e, _figure_html, _page, _table
+
+COLORS = qualitative.Plotly
+
+
+# --- JSON and CSV -----------------------------------------------------------------------------------------------
+
+
+def _clean(value: Any) -> Any:
+    """Strict JSON: numpy numbers as Python numbers, NaN and infinities as null."""
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _estimate(e: stats.Estimate | None) -> dict[str, Any] | None:
+    return None if e is None else {"mean": e.mean, "ci_low": e.low, "ci_high": e.high, "n": e.n}
+
+
+def _curves_json(c: Curves) -> dict[str, Any]:
+    return {
+        "budgets": c.budgets,
+        "strategies": {
+            s: {"median": b.median, "low": b.low, "high": b.high, "n": b.n, "mean_rank": c.mean_rank[s]}
+            for s, b in c.bands.items()
+        },
+    }
+
+
+def to_json(analysis: Analysis, facts: dict[str, Any]) -> dict[str, Any]:
+    a = analysis
+    return _clean(
+        {
+            "benchmark": facts,
+            "strategies": [
+                {
+                    "strategy": s.strategy,
+                    "repeats": s.repeats,
+                    "mean_rank_at_n_trials": s.mean_rank,
+                    "best_validation": _estimate(s.best_value),
+                    "best_test": _estimate(s.best_test),
+                    "optimism": _estimate(s.optimism),
+                    "trials_to_within_1pct": _estimate(s.trials_to_within),
+                    "seconds_to_within_1pct": _estimate(s.time_to_within),
+                    "training_seconds": _estimate(s.total_time),
+                }
+                for s in a.summary
+            ],
+            "studies": [asdict(row) for row in a.studies],
+            "anytime": {"trials": _curves_json(a.by_trials), "seconds": _curves_json(a.by_time)},
+            "pairwise": [_pair_record(p) for p in a.pairwise],
+            "top_configurations": [_top_record(t) for t in a.top],
+            "notes": a.notes,
+        }
+    )
+
+
+def _pair_record(p: Any) -> dict[str, Any]:
+    return {
+        "family": p.family,
+        "a": p.a,
+        "b": p.b,
+        "n": p.test.n,
+        "statistic": p.test.statistic,
+        "p_value": p.test.p_value,
+        "p_holm": p.p_holm,
+        "significant": p.significant,
+        "better": p.better,
+        "rank_biserial": p.test.rank_biserial,
+        "median_difference": p.test.median_difference,
+        "mean_difference": p.test.mean_difference,
+    }
+
+
+def _top_record(t: Any) -> dict[str, Any]:
+    return {
+        "strategy": t.strategy,
+        "rank": t.rank,
+        "found_by_studies": t.found_by,
+        "search_validation": t.search_value,
+        "search_test": t.search_test,
+        "retrained_validation": _estimate(t.retrained_val),
+        "retrained_test": _estimate(t.retrained_test),
+        "retrain_seeds": list(t.seeds),
+        "luck": t.luck,
+        "params": json.dumps(t.params, sort_keys=True, default=str),
+    }
+
+
+def _csv(records: Sequence[dict[str, Any]]) -> str:
+    if not records:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: "" if v is None else v for k, v in _clean(record).items()})
+    return buffer.getvalue()
+
+
+def _flat(prefix: str, e: dict[str, Any] | None) -> dict[str, Any]:
+    e = e or {"mean": None, "ci_low": None, "ci_high": None}
+    return {f"{prefix}_mean": e["mean"], f"{prefix}_ci_low": e["ci_low"], f"{prefix}_ci_high": e["ci_high"]}
+
+
+def csv_files(payload: dict[str, Any]) -> dict[str, str]:
+    """File name -> CSV text, from the JSON payload (one source for both)."""
+    strategies = []
+    for s in payload["strategies"]:
+        row = {"strategy": s["strategy"], "repeats": s["repeats"], "mean_rank_at_n_trials": s["mean_rank_at_n_trials"]}
+        for key in (
+            "best_validation",
+            "best_test",
+            "optimism",
+            "trials_to_within_1pct",
+            "seconds_to_within_1pct",
+            "training_seconds",
+        ):
+            row.update(_flat(key, s[key]))
+        strategies.append(row)
+    files = {"strategies.csv": _csv(strategies), "studies.csv": _csv(payload["studies"])}
+    for axis, name in (("trials", "anytime_trials.csv"), ("seconds", "anytime_seconds.csv")):
+        curves = payload["anytime"][axis]
+        rows = [
+            {
+                "strategy": s,
+                axis: budget,
+                "median": c["median"][i],
+                "low": c["low"][i],
+                "high": c["high"][i],
+                "repeats_with_value": c["n"][i],
+                "mean_rank": c["mean_rank"][i],
+            }
+            for s, c in curves["strategies"].items()
+            for i, budget in enumerate(curves["budgets"])
+        ]
+        files[name] = _csv(rows)
+    files["pairwise.csv"] = _csv(payload["pairwise"])
+    top = []
+    for t in payload["top_configurations"]:
+        row = {k: v for k, v in t.items() if k not in ("retrained_validation", "retrained_test", "retrain_seeds")}
+        row.update(_flat("retrained_validation", t["retrained_validation"]))
+        row.update(_flat("retrained_test", t["retrained_test"]))
+        row["retrain_seeds"] = " ".join(str(s) for s in t["retrain_seeds"])
+        top.append(row)
+    files["top_configurations.csv"] = _csv(top)
+    return files
+
+
+# --- figures ----------------------------------------------------------------------------------------------------
+
+
+def _color(i: int, alpha: float | None = None) -> str:
+    hex_color = COLORS[i % len(COLORS)].lstrip("#")
+    r, g, b = (int(hex_color[j : j + 2], 16) for j in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})" if alpha is not None else f"rgb({r},{g},{b})"
+
+
+def anytime_figure(curves: Curves, metric: str, title: str) -> go.Figure:
+    """Median best-so-far per strategy with its 95% band over repeats."""
+    x = curves.budgets if curves.axis == "trials" else curves.budgets / 60.0
+    fig = go.Figure()
+    for i, (s, b) in enumerate(curves.bands.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=x, y=b.high, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip", legendgroup=s
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=b.low,
+                mode="lines",
+                line={"width": 0},
+                fill="tonexty",
+                fillcolor=_color(i, 0.15),
+                name=f"{s} 95% band",
+                legendgroup=s,
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=b.median,
+                mode="lines",
+                line={"color": _color(i), "width": 2, "shape": "hv"},
+                name=s,
+                legendgroup=s,
+            )
+        )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=460,
+        title=title,
+        xaxis_title="finished trials" if curves.axis == "trials" else "cumulative training time (min)",
+        yaxis_title=f"best validation {metric} so far",
+    )
+    return fig
+
+
+def rank_figure(curves: Curves, title: str) -> go.Figure:
+    x = curves.budgets if curves.axis == "trials" else curves.budgets / 60.0
+    fig = go.Figure()
+    for i, (s, ranks) in enumerate(curves.mean_rank.items()):
+        fig.add_trace(go.Scatter(x=x, y=ranks, mode="lines", line={"color": _color(i), "shape": "hv"}, name=s))
+    n = len(curves.mean_rank)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=400,
+        title=title,
+        xaxis_title="finished trials" if curves.axis == "trials" else "cumulative training time (min)",
+        yaxis={"title": "mean rank (1 = best)", "autorange": "reversed", "range": [n + 0.2, 0.8]},
+    )
+    return fig
+
+
+def final_figure(analysis: Analysis) -> go.Figure:
+    """Each study's best configuration on the test split (points), with the strategy's mean and bootstrap 95% CI."""
+    fig = go.Figure()
+    for i, s in enumerate(analysis.summary):
+        values = [r.best_test for r in analysis.studies if r.strategy == s.strategy and r.best_test is not None]
+        fig.add_trace(
+            go.Box(
+                y=values,
+                name=s.strategy,
+                boxpoints="all",
+                jitter=0.4,
+                pointpos=0,
+                marker={"color": _color(i), "size": 5},
+                line={"color": _color(i, 0.5)},
+                fillcolor="rgba(0,0,0,0)",
+                showlegend=False,
+            )
+        )
+        e = s.best_test
+        if e.n:
+            fig.add_trace(
+                go.Scatter(
+                    x=[s.strategy],
+                    y=[e.mean],
+                    mode="markers",
+                    marker={"symbol": "diamond", "size": 11, "color": "black"},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [e.high - e.mean],
+                        "arrayminus": [e.mean - e.low],
+                    },
+                    name="mean and 95% CI",
+                    showlegend=i == 0,
+                )
+            )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=440,
+        title=f"Test {analysis.metric} of each study's best configuration",
+        yaxis_title=f"test {analysis.metric}",
+    )
+    return fig
+
+
+def selection_figure(analysis: Analysis) -> go.Figure:
+    """Validation objective of each study's best trial against its test metric; the diagonal is "no optimism"."""
+    fig = go.Figure()
+    points = [
+        (r.best_value, r.best_test) for r in analysis.studies if r.best_value is not None and r.best_test is not None
+    ]
+    for i, s in enumerate(analysis.strategies):
+        mine = [r for r in analysis.studies if r.strategy == s and r.best_value is not None and r.best_test is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=[r.best_value for r in mine],
+                y=[r.best_test for r in mine],
+                mode="markers",
+                marker={"color": _color(i), "size": 7, "opacity": 0.8},
+                name=s,
+                text=[r.study for r in mine],
+                hovertemplate="%{text}<br>validation %{x:.4f}<br>test %{y:.4f}<extra></extra>",
+            )
+        )
+    if points:
+        lo = min(min(p) for p in points)
+        hi = max(max(p) for p in points)
+        fig.add_trace(
+            go.Scatter(
+                x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "#888"}, name="test = validation"
+            )
+        )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=480,
+        title="Selection bias: each study's best trial, validation against test",
+        xaxis_title=f"validation {analysis.metric} (what the search selected on)",
+        yaxis_title=f"test {analysis.metric}",
+    )
+    return fig
+
+
+# --- HTML -------------------------------------------------------------------------------------------------------
+
+
+def _n(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _ci(e: stats.Estimate | None, digits: int = 4) -> str:
+    if e is None or e.n == 0:
+        return "n/a"
+    return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else (f"{p:.2e}" if p < 1e-3 else f"{p:.4f}")
+
+
+def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
+    a = analysis
+    m = a.metric
+    direction = "higher" if a.maximize else "lower"
+    parts = [f'<p class="muted">generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>']
+    parts.append(_table(["setting", "value"], [(k, _fact(v)) for k, v in facts.items()]))
+    parts.append("<h2>Summary per strategy</h2>")
+    parts.append(
+        f'<p class="muted">Means over repeats with bootstrap 95% confidence intervals. Objective: validation {_e(m)} '
+        f"({direction} is better). Mean rank at {a.n_trials} trials: 1 = best in every repeat.</p>"
+    )
+    rows = [
+        [
+            s.strategy,
+            s.repeats,
+            f"{s.mean_rank:.2f}",
+            _ci(s.best_value),
+            _ci(s.best_test),
+            _ci(s.optimism),
+            _ci(s.trials_to_within, 1),
+            _ci(s.time_to_within, 1),
+            _ci(s.total_time, 1),
+        ]
+        for s in a.summary
+    ]
+    parts.append(
+        _table(
+            [
+                "strategy",
+                "repeats",
+                "mean rank",
+                f"best validation {m}",
+                f"its test {m}",
+                "validation - test (optimism)",
+                "trials to within 1%",
+                "training s to within 1%",
+                "training s in all",
+            ],
+            rows,
+        )
+    )
+    parts += [f'<p class="note">{_e(n)}</p>' for n in a.notes]
+    parts += [
+        "<h2>Anytime performance</h2>",
+        '<p class="muted">Best validation objective so far: median over repeats (line) and 95% band (2.5th to 97.5th '
+        "percentile, shaded). Training time is each trial's recorded training time summed in trial order"
+        + (" (in tabular mode: the table's recorded time of the epochs replayed)" if tabular else "")
+        + ".</p>",
+        _figure_html(anytime_figure(a.by_trials, m, "Best validation objective vs trials")),
+        _figure_html(anytime_figure(a.by_time, m, "Best validation objective vs cumulative training time")),
+        _figure_html(rank_figure(a.by_trials, "Mean rank of each strategy vs trials")),
+        _figure_html(rank_figure(a.by_time, "Mean rank of each strategy vs cumulative training time")),
+        "<h2>Final quality</h2>",
+        '<p class="muted">'
+        + (
+            "Each study's best configuration (its first complete trial with the best value) on the test split, as "
+            "the table recorded it."
+            if tabular
+            else "Each study's best configuration evaluated on the test split once (its saved weights, or retrained "
+            "with its seed; cached in the store, as `hpo-astro compare` does)."
+        )
+        + "</p>",
+        _figure_html(final_figure(a)),
+        f"<h2>Pairwise comparison at {a.budget} trials</h2>",
+        '<p class="muted">Paired by repeat (repeat r of every strategy ran with the same seed). Wilcoxon signed-rank '
+        "test, two-sided, zero differences dropped; p-values adjusted with Holm's method over the pairs of each "
+        f"table; significant: adjusted p &lt; {stats.ALPHA}. Effect size: matched-pairs rank-biserial correlation "
+        "(+1: the first strategy better in every repeat, -1: the second). Median difference: first minus second, "
+        f"oriented so that &gt; 0 favours the first ({direction} {_e(m)} is better).</p>",
+    ]
+    for family, heading in (
+        ("validation", f"Best validation {m} after {a.budget} trials"),
+        ("test", f"Test {m} of the configuration that was best after {a.budget} trials"),
+    ):
+        rows = [
+            [
+                p.a,
+                p.b,
+                p.test.n,
+                _n(p.test.median_difference),
+                _n(p.test.rank_biserial, 2),
+                _p(p.test.p_value),
+                _p(p.p_holm),
+                ("yes: " + p.better + " better") if p.significant and p.better else "no",
+            ]
+            for p in a.pairwise
+            if p.family == family
+        ]
+        parts.append(f"<h3>{_e(heading)}</h3>")
+        if rows:
+            header = ["A", "B", "pairs", "median A-B", "rank-biserial", "p", "p (Holm)", "significant"]
+            parts.append(_table(header, rows))
+        else:
+            parts.append('<p class="note">one strategy: nothing to compare.</p>')
+    parts += [
+        "<h2>Selection bias: how much of each best is luck</h2>",
+        '<p class="muted">A study\'s best trial was selected as the best of many noisy validation measurements, so its '
+        "validation number is optimistic. Per study: validation minus test of the best trial (oriented: &gt; 0 = "
+        "validation promised more than test gave); the summary table above has its mean per strategy.</p>",
+        _figure_html(selection_figure(a)),
+        "<h3>Top configurations of each strategy</h3>",
+    ]
+    if not a.top:
+        parts.append('<p class="note">--top-k 0: no configurations re-examined.</p>')
+    else:
+        if tabular:
+            parts.append(
+                '<p class="note">Tabular mode: the table holds one training run per configuration (one seed), so '
+                "the top configurations cannot be re-trained with fresh seeds here; their test metric is the "
+                "table's. Run the benchmark in training mode (without --table) for the re-training check.</p>"
+            )
+        else:
+            parts.append(
+                '<p class="muted">Each strategy\'s best distinct configurations over all its repeats, each re-trained '
+                "with fresh seeds (ones no repeat used). Luck: the search's validation number minus the re-trained "
+                "mean (oriented: &gt; 0 = the search's number was lucky).</p>"
+            )
+        rows = [
+            [
+                t.strategy,
+                t.rank,
+                _n(t.search_value),
+                _n(t.search_test),
+                _ci(t.retrained_val),
+                _ci(t.retrained_test),
+                _n(t.luck),
+                " ".join(str(s) for s in t.seeds) or "-",
+                t.found_by,
+                ", ".join(f"{k}={v}" for k, v in t.params.items() if k in facts.get("space", t.params)),
+            ]
+            for t in a.top
+        ]
+        header = [
+            "strategy",
+            "#",
+            f"search validation {m}",
+            f"search test {m}",
+            "re-trained validation",
+            "re-trained test",
+            "luck",
+            "seeds",
+            "studies that found it",
+            "configuration",
+        ]
+        parts.append(_table(header, rows))
+    parts.append(
+        '<p class="muted">Files: benchmark.json (everything), strategies.csv, studies.csv, anytime_trials.csv, '
+        "anytime_seconds.csv, pairwise.csv, top_configurations.csv.</p>"
+    )
+    return _page(f"Benchmark {facts.get('name', '')}", '<a href="index.html">benchmark</a>', "\n".join(parts))
+
+
+def _fact(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fact(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return "-" if value is None else str(value)
+
+
+def write_all(out: Path, analysis: Analysis, facts: dict[str, Any], tabular: bool) -> list[Path]:
+    """Write benchmark.json, the CSV files and index.html (last) into `out`; the paths written."""
+    out = Path(out)
+    payload = to_json(analysis, facts)
+    written = [write_output(out / "benchmark.json", json.dumps(payload, indent=1, allow_nan=False) + "\n")]
+    for name, text in csv_files(payload).items():
+        written.append(write_output(out / name, text))
+    written.append(write_output(out / "index.html", html_page(analysis, facts, tabular)))
+    return written
