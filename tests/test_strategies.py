@@ -3,6 +3,7 @@ or interrupted study continues the search instead of repeating it, each trial's 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -11,6 +12,7 @@ from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, store_url, 
 from optuna.trial import TrialState
 
 from hpo_astro import run as run_module
+from hpo_astro.record import trial_history
 from hpo_astro.run import RunEvents, run_study
 from hpo_astro.space import SearchSpace
 from hpo_astro.strategies import STRATEGIES
@@ -37,7 +39,7 @@ def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small
     trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(trials) == 3 and len(study.trials) == 3
     for t in trials:
-        assert len(t.user_attrs["history"]) == 1 and t.intermediate_values.keys() == {1}
+        assert len(trial_history(t)) == 1 and t.intermediate_values.keys() == {1}
         assert {"best_epoch", "wall_time", "n_params", "device", "val_metrics"} <= t.user_attrs.keys()
     attrs = study.user_attrs
     assert attrs["strategy"] == strategy and attrs["objective"] == "accuracy" and attrs["n_trials"] == 3
@@ -49,7 +51,7 @@ def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small
 # --- samplers, with the fast stand-in for training ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian", "ablation", "grid"])
+@pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian", "ablation", "grid", "bohb", "qmc"])
 def test_same_seed_gives_the_same_configurations(strategy: str, tmp_path: Path, small_file: Path) -> None:
     space = SearchSpace.from_dict(SMALL_SPACE)
 
@@ -109,7 +111,7 @@ def _configs(study: optuna.Study) -> list[tuple]:
     return [tuple(sorted(t.params.items())) for t in finished]
 
 
-@pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian"])
+@pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian", "bohb", "qmc"])
 def test_a_resumed_study_continues_the_search_instead_of_repeating_it(
     strategy: str, tmp_path: Path, small_file: Path
 ) -> None:
@@ -161,3 +163,246 @@ def test_trial_seeds_follow_the_study_not_the_process() -> None:
     fresh = [optuna.create_study(sampler=s).ask().suggest_float("x", 0, 1) for s in expected]
     assert draws == [0.5, *fresh]
     assert derive_seed(3, 0) != derive_seed(3, 1) != derive_seed(4, 1)
+
+
+# --- the strategies from the seed surveys: bohb, qmc, a user's sampler by import path; cmaes refused ----------------
+
+NEW_STRATEGIES = ["bohb", "qmc", "user_sampler:CyclingSampler"]  # tests/user_sampler.py is importable here
+
+
+@pytest.mark.parametrize("strategy", NEW_STRATEGIES)
+def test_new_strategies_run_and_resume_through_the_cli(
+    strategy: str, tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    """A tiny study through the CLI, extended (`-n 3`, then `-n 6`): the second run resumes the same study and
+    proposes new configurations; a third run finds the budget done and runs nothing."""
+    store = store_url(tmp_path)
+    base = ["run", "--strategy", strategy, "--data", small_file, "--max-epochs", 3, "--storage", store]
+    first = invoke(*base, "--n-trials", 3)
+    assert first.exit_code == 0, first.output
+    assert "3/3 finished trials (3 run by this process)" in first.stdout
+    second = invoke(*base, "--n-trials", 6)
+    assert second.exit_code == 0, second.output
+    assert "resuming study" in second.stdout and "6/6 finished trials (3 run by this process)" in second.stdout
+    study = optuna.load_study(study_name=strategy, storage=store)
+    assert len(study.trials) == 6 and len(set(_configs(study))) == 6
+    assert study.user_attrs["strategy"] == strategy and study.user_attrs["n_trials"] == 6
+    again = invoke(*base, "--n-trials", 6)
+    assert again.exit_code == 0 and "6/6 finished trials (0 run by this process)" in again.stdout
+    status = invoke("status", "--storage", store)
+    assert status.exit_code == 0 and strategy in status.stdout
+
+
+@pytest.mark.parametrize("strategy", NEW_STRATEGIES)
+def test_new_strategies_resume_an_interrupted_study_with_the_uninterrupted_configurations(
+    strategy: str, tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    """Ctrl-C inside a trial, then the same command through the CLI: exactly the budget, and the configurations of
+    a run that was never interrupted, in the same order (one worker)."""
+    cfg = study_config(tmp_path, small_file, strategy=strategy, study="interrupted", n_trials=5)
+
+    def interrupt(number: int, state: TrainState) -> None:
+        if number == 2 and state.epoch == 1:  # after the first epoch: a trial bohb's Hyperband prunes gets there too
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
+    args = ["--strategy", strategy, "--data", small_file, "--max-epochs", 3, "--storage", cfg.storage]
+    resumed = invoke("run", *args, "--study", "interrupted", "--n-trials", 5)
+    assert resumed.exit_code == 0, resumed.output
+    assert "5/5 finished trials (3 run by this process)" in resumed.stdout
+    whole = invoke("run", *args, "--study", "whole", "--n-trials", 5)
+    assert whole.exit_code == 0, whole.output
+    interrupted = optuna.load_study(study_name="interrupted", storage=cfg.storage)
+    assert _configs(interrupted) == _configs(optuna.load_study(study_name="whole", storage=cfg.storage))
+    assert [t.state for t in interrupted.trials].count(TrialState.FAIL) == 1  # the interrupted one, re-queued
+
+
+@pytest.mark.parametrize(("created", "other"), [("bohb", "tpe"), ("qmc", "random"), (NEW_STRATEGIES[2], "qmc")])
+def test_a_study_of_a_new_strategy_is_not_resumed_by_another(
+    created: str, other: str, tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    store = store_url(tmp_path)
+    base = ["run", "--n-trials", 1, "--data", small_file, "--max-epochs", 1, "--storage", store, "--study", "s"]
+    assert invoke(*base, "--strategy", created).exit_code == 0
+    before = optuna.load_study(study_name="s", storage=store)
+    result = invoke(*base, "--strategy", other)
+    assert_refused(result, "different strategy")
+    after = optuna.load_study(study_name="s", storage=store)
+    assert after.user_attrs == before.user_attrs and len(after.trials) == len(before.trials) == 1
+
+
+def test_the_run_help_lists_every_strategy_and_the_import_path_form() -> None:
+    import re
+
+    import typer
+
+    from hpo_astro.cli import app
+
+    options = {p.name: p for p in typer.main.get_command(app).commands["run"].params}
+    strategy_help = options["strategy"].help
+    for name in STRATEGIES:
+        assert re.search(rf"\b{name}\b", strategy_help), name
+    assert "package.module:ClassName" in strategy_help
+    assert "hyperband for bohb" in options["pruner"].help  # the --pruner help says what the default is
+
+
+# bohb: TPE with the Hyperband pruner on epochs, unless the user names another pruner
+
+
+def test_bohb_is_multivariate_tpe_with_hyperband_by_default(tmp_path: Path, small_file: Path) -> None:
+    from hpo_astro.strategies import make_pruner, make_sampler
+
+    cfg = study_config(tmp_path, small_file, strategy="bohb", max_epochs=9).validate()
+    sampler = make_sampler(cfg)
+    assert isinstance(sampler.inner, optuna.samplers.TPESampler) and sampler.inner._multivariate is True
+    assert cfg.pruner == "hyperband"  # resolved by validate: what the study records
+    pruner = make_pruner(cfg)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner) and pruner._max_resource == 9
+    tpe = study_config(tmp_path, small_file, strategy="tpe").validate()
+    assert tpe.pruner == "none"  # the other strategies keep no pruner by default
+
+
+@pytest.mark.parametrize(
+    ("pruner_args", "file_pruner", "expected"),
+    [
+        ([], None, "hyperband"),  # nothing given: the strategy's default
+        (["--pruner", "median"], None, "median"),  # the command line names another
+        ([], "successive-halving", "successive-halving"),  # the study file names another
+        ([], "none", "none"),  # an explicit "none" in the file is a choice too
+        (["--pruner", "hyperband"], "none", "hyperband"),  # the command line over the file
+    ],
+)
+def test_bohb_pruner_default_and_override_are_recorded(
+    pruner_args: list[str],
+    file_pruner: str | None,
+    expected: str,
+    tmp_path: Path,
+    small_file: Path,
+    fake_training: None,
+) -> None:
+    config = tmp_path / "bohb.toml"
+    config.write_text('strategy = "bohb"\n' + (f'pruner = "{file_pruner}"\n' if file_pruner else ""))
+    store = store_url(tmp_path)
+    result = invoke(
+        "run", "--config", config, *pruner_args, "-n", 2, "--data", small_file, "--max-epochs", 3, "--storage", store
+    )
+    assert result.exit_code == 0, result.output
+    assert optuna.load_study(study_name="bohb", storage=store).user_attrs["pruner"] == expected
+    from hpo_astro.strategies import PRUNERS, make_pruner
+    from hpo_astro.workers import config_from_study
+
+    joined = config_from_study(store, "bohb")  # a worker runs with the pruner the study recorded
+    assert joined.pruner == expected
+    assert type(make_pruner(joined)) is type(PRUNERS[expected](joined))
+
+
+def test_bohb_prunes_on_epochs(tmp_path: Path, small_file: Path, fake_training: None) -> None:
+    store = store_url(tmp_path)
+    args = ["--strategy", "bohb", "-n", 16, "--max-epochs", 9, "--seed", 3, "--data", small_file, "--storage", store]
+    result = invoke("run", *args)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="bohb", storage=store)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned and any(len(trial_history(t)) < 9 for t in pruned)  # stopped at a Hyperband rung
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 16
+
+
+def test_bohb_refuses_an_unknown_pruner(tmp_path: Path, small_file: Path) -> None:
+    args = ["--strategy", "bohb", "--pruner", "hyperbnad", "-n", 2, "--data", small_file]
+    assert_refused(invoke("run", *args, "--storage", store_url(tmp_path)), "unknown pruner 'hyperbnad'")
+    assert not (tmp_path / "optuna.db").exists()
+
+
+# qmc: one scrambled Sobol sequence per study, continued across processes
+
+
+def _qmc_study(tmp_path: Path, small_file: Path, study: str, n_trials: int, seed: int = 0) -> optuna.Study:
+    cfg = study_config(
+        tmp_path, small_file, strategy="qmc", study=study, n_trials=n_trials, space=SearchSpace.from_dict(SMALL_SPACE)
+    )
+    return run_study(dataclasses.replace(cfg, seed=seed), train=fake_train).study
+
+
+def test_qmc_spreads_its_points_over_the_space(tmp_path: Path, small_file: Path) -> None:
+    """SMALL_SPACE has 16 configurations (four hyperparameters, two values each). Optuna's QMCSampler draws the
+    first trial at random (it learns the space from it), then Sobol points: the next 16 trials are the 16
+    configurations, each value taken 8 times. A sampler restarted for every trial would draw the first point of
+    a new sequence each time: independent uniform draws, which repeat configurations (16 draws without a repeat
+    happen with probability 16!/16**16, about 1e-6)."""
+    study = _qmc_study(tmp_path, small_file, "qmc", n_trials=17)
+    sobol = _configs(study)[1:]
+    assert len(sobol) == 16 and len(set(sobol)) == 16
+    for name, values in SMALL_SPACE.items():
+        taken = [dict(c)[name] for c in sobol]
+        assert [taken.count(v) for v in values] == [8, 8], name
+
+
+def test_qmc_resumed_continues_the_sequence(tmp_path: Path, small_file: Path) -> None:
+    """Stopped after 9 trials and extended to 17 by a new run: the sequence goes on where it stopped (a restart
+    would repeat its first points), the same configurations as one run of 17."""
+    _qmc_study(tmp_path, small_file, "stepped", n_trials=9)
+    stepped = _qmc_study(tmp_path, small_file, "stepped", n_trials=17)
+    whole = _qmc_study(tmp_path, small_file, "whole", n_trials=17)
+    assert len(set(_configs(stepped)[1:])) == 16
+    assert _configs(stepped) == _configs(whole)
+
+
+def test_qmc_is_built_once_with_the_study_seed(tmp_path: Path, small_file: Path) -> None:
+    from hpo_astro.strategies import SHARED_PLAN, make_sampler
+
+    sampler = make_sampler(study_config(tmp_path, small_file, strategy="qmc", seed=5))
+    assert "qmc" in SHARED_PLAN and isinstance(sampler, optuna.samplers.QMCSampler)
+    assert sampler._seed == 5 and sampler._scramble and sampler._qmc_type == "sobol"
+
+
+# cmaes: does not apply to an all-categorical space
+
+
+def test_cmaes_is_refused_with_the_reason(tmp_path: Path, small_file: Path) -> None:
+    store = store_url(tmp_path)
+    result = invoke("run", "--strategy", "cmaes", "-n", 2, "--data", small_file, "--storage", store)
+    assert_refused(result, "strategy 'cmaes' does not apply to hpo-astro's search space: every hyperparameter is")
+    config = tmp_path / "cmaes.toml"
+    config.write_text('strategy = "cmaes"\nn_trials = 2\n')
+    assert_refused(invoke("run", "--config", config, "--data", small_file, "--storage", store), "categorical")
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_cmaes_on_this_space_is_its_random_fallback() -> None:
+    """Why cmaes is refused: on categorical parameters (every hyperparameter here: `suggest_categorical` over the
+    space's lists) Optuna's CmaEsSampler draws every value with its RandomSampler fallback, the very draws of a
+    RandomSampler with the same seed. If a later Optuna models categorical parameters, this fails: reconsider."""
+    space = SearchSpace.paper()
+
+    def configurations(sampler: optuna.samplers.BaseSampler) -> list[dict]:
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t: sum(len(str(t.suggest_categorical(n, list(v)))) for n, v in space.items()), 15)
+        return [t.params for t in study.trials]
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one fallback warning per parameter and trial
+    try:
+        cmaes = configurations(optuna.samplers.CmaEsSampler(seed=4))
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert cmaes == configurations(optuna.samplers.RandomSampler(seed=4))
+
+
+def test_the_study_files_of_the_new_strategies_load() -> None:
+    from hpo_astro.config import load_config
+    from hpo_astro.strategies import make_pruner, make_sampler
+
+    root = Path(__file__).resolve().parents[1] / "studies"
+    expected = {
+        "bohb": ("bohb", 100, "hyperband", optuna.pruners.HyperbandPruner),
+        "qmc": ("qmc", 65, "none", optuna.pruners.NopPruner),
+        "user-sampler": ("optuna.samplers:BruteForceSampler", 8, "none", optuna.pruners.NopPruner),
+    }
+    for name, (strategy, n_trials, pruner, pruner_class) in expected.items():
+        cfg = load_config(root / f"{name}.toml").validate()
+        assert (cfg.strategy, cfg.n_trials, cfg.study_name, cfg.pruner) == (strategy, n_trials, name, pruner)
+        assert isinstance(make_pruner(cfg), pruner_class)
+        make_sampler(cfg)
+    assert load_config(root / "bohb.toml").space == load_config(root / "qmc.toml").space == SearchSpace.paper()
+    assert make_pruner(load_config(root / "bohb.toml").validate())._max_resource == 100  # the largest t_max
+    assert not (root / "cmaes.toml").exists()  # refused: see test_cmaes_is_refused_with_the_reason
