@@ -154,7 +154,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         'population_size = 4\npruner = "median"\nobjective = "loss"\nseed = 3\ndata = "d.npy"\n'
         'channels = ["sci", "scorr"]\nmax_epochs = 2\nheartbeat_interval = 2\ngrace_period = 7\n'
         "checkpoint_interval = 4\n"
-        'devices = ["cpu"]\n'
+        'devices = ["cpu"]\ncapture = false\n'
         'artifacts = "arts"\nworkers = 3\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
     )
     cfg = load_config(path).validate()
@@ -179,9 +179,10 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "artifacts",
         "workers",
         "devices",
+        "capture",
         "baseline",
         "space",
     }
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
-    assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",)
+    assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",) and cfg.capture is False
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
