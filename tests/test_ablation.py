@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy
@@ -402,3 +403,27 @@ def test_a_nan_value_advances_the_plan_on_sqlite(tmp_path: Path) -> None:
 
 def test_a_nan_baseline_is_found_among_its_values() -> None:
     assert math.isnan(AblationSampler({"x": [1.0, float("nan")]}, baseline={"x": float("nan")}).baseline["x"])
+
+
+def test_plan_values_are_those_a_json_store_gives_back() -> None:
+    sampler = AblationSampler({"x": [np.int64(3), np.float64(0.5)]})
+    assert [type(v) for v in sampler._values["x"]] == [int, float]  # NumPy scalars would not survive the store
+    with pytest.raises(TypeError, match=r"'x': value \(1, 2\)"):
+        AblationSampler({"x": [(1, 2)]})  # read back as a list, it would never match the plan again
+
+
+def test_a_retry_keeps_its_trials_slot_or_lack_of_one() -> None:
+    study = optuna.create_study(sampler=AblationSampler({"a": [1, 2]}, baseline={"a": 1}))
+    first, second = study.ask(), study.ask()
+    with pytest.warns(UserWarning, match="finds no free slot"):
+        surplus = study.ask()
+    for trial in (first, surplus):
+        study.tell(trial, state=TrialState.FAIL)  # slot 0 is free again
+    for trial in (first, surplus):  # queued again with their system attributes, as RetryFailedTrialCallback does
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=_attrs(study, trial)))
+    retried_first, retried_surplus = study.ask(), study.ask()
+    with pytest.warns(UserWarning, match="slot 0 is held by running trial 3; slot 1 is held by running trial 1"):
+        new = study.ask()
+    assert _attrs(study, retried_first)[SLOT_KEY] == 0 and _attrs(study, second)[SLOT_KEY] == 1
+    assert SLOT_KEY not in _attrs(study, retried_surplus) and _attrs(study, retried_surplus)[EXHAUSTED_KEY]
+    assert _attrs(study, new)[EXHAUSTED_KEY]  # slots 0 and 1 are held

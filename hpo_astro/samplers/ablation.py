@@ -59,8 +59,9 @@ class AblationSampler(BaseSampler):
     (`SLOT_KEY`, `CONFIG_KEY`, `PLAN_KEY`, `EXHAUSTED_KEY`), so a resumed study, or several processes or threads
     sharing one, continue the same plan. A slot is *held* by a trial of the same plan (same names, values, baseline
     and mode) that is complete, pruned, running or waiting (a queued retry, e.g. by `RetryFailedTrialCallback`,
-    inherits its slot through the copied attributes); a failed trial releases its slot. A slot is *finished* when a
-    complete or pruned trial holds it; the plan is finished (`is_exhausted`) when every slot is.
+    inherits its slot, or its lack of one, through the copied attributes); a failed trial releases its slot. A slot
+    is *finished* when a complete or pruned trial holds it; the plan is finished (`is_exhausted`) when every slot
+    is.
 
     **Choosing a slot.** A new trial takes the lowest free slot in `before_trial` (or at its first suggestion when
     `before_trial` was not called, e.g. for a trial created directly in the storage). Before choosing, it waits until
@@ -90,8 +91,9 @@ class AblationSampler(BaseSampler):
     value, never as a duplicate evaluation. `study.optimize` also stops once the last slot finishes, so
     `study.optimize(objective)` runs the plan and returns; running it again on a finished plan adds one such
     pruned trial. With ask and tell, check `is_exhausted(study)` before `ask`, or handle `optuna.TrialPruned` from
-    the suggestions (tell the trial as pruned); the last `tell` does not raise. An objective that checks
-    `EXHAUSTED_KEY` in the trial's system attributes before suggesting can end such trials its own way.
+    the suggestions (tell the trial as pruned; `ask(fixed_distributions)` suggests inside `ask`, so check first
+    there); the last `tell` does not raise. An objective that checks `EXHAUSTED_KEY` in the trial's system
+    attributes before suggesting can end such trials its own way.
 
     **Suggestions.** The objective suggests the plan's hyperparameters with any distribution that contains the
     planned values (a categorical one listing them, or a range), and gets each value in that distribution's type
@@ -198,8 +200,10 @@ class AblationSampler(BaseSampler):
         return {name: self._in(name, attrs[CONFIG_KEY][name], search_space[name]) for name in names}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if SLOT_KEY in trial.system_attrs:
-            return  # a queued retry keeps its slot
+        if SLOT_KEY in trial.system_attrs or trial.system_attrs.get(EXHAUSTED_KEY):
+            # A queued retry keeps its slot, or its lack of one: choosing again would race with the other trials,
+            # which take its copied PLAN_KEY for a choice already made.
+            return
         if self.greedy and len(study.directions) > 1:
             return  # refused at the first suggestion: raising here would leave the trial running
         storage = study._storage
@@ -218,8 +222,6 @@ class AblationSampler(BaseSampler):
             direction = study.direction if self.greedy else None
             storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, choice.slot)
             storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, self.slot_config(choice.slot, trials, direction))
-            if trial.system_attrs.get(EXHAUSTED_KEY):  # a retry of a trial that had no slot: now it has one
-                storage.set_trial_system_attr(trial._trial_id, EXHAUSTED_KEY, False)
         storage.set_trial_system_attr(trial._trial_id, PLAN_KEY, self._plan_id)
 
     def sample_independent(
