@@ -9,12 +9,12 @@ created directly in the storage and left running for good: those trials take slo
 plans here use `lost_after=0` so that a slot held by such an abandoned trial is evaluated again instead of the
 plan running out (the sampler warns each time; the warning is silenced here).
 
-Case classes and the mode they run in:
-- `BasicSamplerTestCase`, `RelativeSamplerTestCase`: both modes. The sampler is not a relative one (its relative
-  search space is empty, so Optuna never asks `sample_relative` for values), but it answers `sample_relative` for a
-  given search space with the plan's values, which is what the relative cases check.
-- `MultiObjectiveSamplerTestCase`: without greedy (the plan does not depend on objective values).
-- `SingleOnlySamplerTestCase`: with greedy, which refuses multi-objective studies.
+Every case class runs in both modes (greedy or not):
+- `BasicSamplerTestCase`, `RelativeSamplerTestCase`. The sampler is not a relative one (its relative search space
+  is empty, so Optuna never asks `sample_relative` for values), but it answers `sample_relative` for a given search
+  space with the plan's values, which is what the relative cases check.
+- `MultiObjectiveSamplerTestCase` applies without greedy (the plan does not depend on objective values), and
+  `SingleOnlySamplerTestCase` with greedy, which refuses multi-objective studies: each is skipped in the other mode.
 """
 
 from __future__ import annotations
@@ -39,7 +39,17 @@ from hpo_astro.samplers import AblationSampler
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore:AblationSampler.*presumed lost:UserWarning")
 
-# test name (with its parameters where they matter) -> why no plan suits it
+# (test name with its parameters, or its name alone, greedy or not) -> why it does not apply
+INAPPLICABLE_IN_MODE = {
+    ("test_multi_objective_sample_independent", True): (
+        "greedy mode refuses multi-objective studies (the best value of a sweep is undefined): "
+        "SingleOnlySamplerTestCase checks that instead"
+    ),
+    ("test_raise_error_for_samplers_during_multi_objectives", False): (
+        "without greedy the sampler supports multi-objective studies: MultiObjectiveSamplerTestCase checks that"
+    ),
+}
+# test name with its parameters -> why no plan suits it, in either mode
 INAPPLICABLE = {
     "test_dynamic_range_objective[20-30]": (
         "the objective suggests x in [0, 10], then in [20, 30]: no planned value lies in both, and the sampler "
@@ -105,7 +115,7 @@ def _plan(name: str, params: dict[str, Any]) -> dict[str, list[Any]]:
 
 def _factory(request: pytest.FixtureRequest, greedy: bool) -> Callable[[], BaseSampler]:
     node = request.node
-    reason = INAPPLICABLE.get(node.name)
+    reason = INAPPLICABLE.get(node.name) or INAPPLICABLE_IN_MODE.get((node.originalname, greedy))
     if reason is not None:
         pytest.skip(reason)
     params = node.callspec.params if hasattr(node, "callspec") else {}
@@ -113,13 +123,17 @@ def _factory(request: pytest.FixtureRequest, greedy: bool) -> Callable[[], BaseS
     return lambda: AblationSampler(plan, greedy=greedy, seed=0, wait_timeout=5, poll_interval=0.001, lost_after=0)
 
 
-class TestAblationSampler(BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjectiveSamplerTestCase):
+class TestAblationSampler(
+    BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjectiveSamplerTestCase, SingleOnlySamplerTestCase
+):
     @pytest.fixture
     def sampler(self, request: pytest.FixtureRequest) -> Callable[[], BaseSampler]:
         return _factory(request, greedy=False)
 
 
-class TestGreedyAblationSampler(BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnlySamplerTestCase):
+class TestGreedyAblationSampler(
+    BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjectiveSamplerTestCase, SingleOnlySamplerTestCase
+):
     @pytest.fixture
     def sampler(self, request: pytest.FixtureRequest) -> Callable[[], BaseSampler]:
         return _factory(request, greedy=True)
