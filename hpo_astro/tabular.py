@@ -364,7 +364,7 @@ class TableReplay:
 def _epoch_val_metrics(row: TableRow, epoch: int) -> Metrics:
     """The validation metrics of a replayed run whose best epoch is `epoch` (see `TableReplay`)."""
     if epoch == row.best_epoch:
-        return Metrics(**row.val_metrics)
+        return Metrics(**{**dict.fromkeys(_REQUIRED_METRICS, math.nan), **row.val_metrics})
     h = row.history[epoch - 1]
     nan = math.nan
     return Metrics(
@@ -659,11 +659,9 @@ def _check_row(where: str, row: TableRow) -> None:
     if not 1 <= row.best_epoch <= len(history):
         raise UserError(f"{where}: best_epoch {row.best_epoch} is outside its {len(history)} epochs")
     for label, metrics in (("val_metrics", row.val_metrics), ("test_metrics", row.test_metrics)):
-        absent = [k for k in _REQUIRED_METRICS if k not in metrics]
         extra = [k for k in metrics if k not in METRIC_FIELDS]
-        if absent or extra:
-            problem = f"lacks {', '.join(absent)}" if absent else f"has unknown {', '.join(extra)}"
-            raise UserError(f"{where}: {label} {problem}")
+        if extra:  # a table built in code may leave metrics out (NaN when replayed); a file must have them all
+            raise UserError(f"{where}: {label} has unknown {', '.join(extra)}")
     unknown = [name for name in row.params if name not in PAPER_SPACE]
     if unknown:
         raise UserError(f"{where}: unknown hyperparameter {unknown[0]!r} in its params")
@@ -743,7 +741,11 @@ def _number(value: Any, where: str) -> float:
 
 
 def _metrics(value: Any, where: str) -> dict[str, float]:
-    return {key: _number(v, f"{where}.{key}") for key, v in _obj(value, where).items()}
+    metrics = {key: _number(v, f"{where}.{key}") for key, v in _obj(value, where).items()}
+    absent = [k for k in _REQUIRED_METRICS if k not in metrics]
+    if absent:
+        raise _Malformed(f"{where} lacks {', '.join(absent)}")
+    return metrics
 
 
 def _row_from_json(value: Any, where: str) -> TableRow:

@@ -616,5 +616,9 @@ def test_a_table_built_by_hand_fills_in_defaults_and_refuses_duplicates() -> Non
     table = Table(name="h", space={"lr": [1e-3], "batch_size": [64]}, rows=rows, data_fingerprint="x", seed=0,
                   max_epochs=None)  # fmt: skip
     assert table.rows[0].params == {**DEFAULT_PARAMS, "lr": 1e-3, "batch_size": 64}
+    sparse = TableRow(**{**rows[0].__dict__, "val_metrics": {"accuracy": 0.9, "loss": 0.2}, "test_metrics": {}})
+    lean = Table(name="h", space={"lr": [1e-3]}, rows=(sparse,), data_fingerprint="x", seed=0, max_epochs=None)
+    result = lean.train_fn()({"lr": 1e-3}, None)  # metrics a table built in code leaves out are NaN
+    assert result.val_metrics.accuracy == 0.9 and math.isnan(result.val_metrics.f1)
     with pytest.raises(UserError, match="repeats the configuration"):
         Table(name="h", space={"lr": [1e-3]}, rows=rows * 2, data_fingerprint="x", seed=0, max_epochs=None)
