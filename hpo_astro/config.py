@@ -12,7 +12,7 @@ from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.errors import UserError
 from hpo_astro.space import SearchSpace
 from hpo_astro.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
-from hpo_astro.strategies import PRUNERS, check_strategy, pruner_name
+from hpo_astro.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVES = {  # name -> (per-epoch metric, direction)
@@ -36,6 +36,9 @@ class StudyConfig:
     baseline: dict[str, Any] | None = None  # ablation: the starting configuration
     greedy: bool = False  # ablation: adopt each hyperparameter's best value after its sweep
     population_size: int = 10  # genetic: NSGA-II population (the paper used 10)
+    # tpe, bohb, bayesian: random trials before the model proposes (None: Optuna's default, 10). A short study needs
+    # fewer, or it is all random start-up.
+    n_startup_trials: int | None = None
     pruner: str | None = None  # None: the strategy's default (hyperband for bohb, else none); set by validate()
     objective: str = "accuracy"
     seed: int = 0
@@ -81,6 +84,13 @@ class StudyConfig:
             raise UserError(f"seed must be between 0 and {MAX_SEED} (2**32 - 1), got {self.seed}")
         if self.population_size < 2:
             raise UserError(f"population_size must be at least 2, got {self.population_size}")
+        if self.n_startup_trials is not None:
+            if self.n_startup_trials < 0:
+                raise UserError(f"n_startup_trials must be >= 0, got {self.n_startup_trials}")
+            if self.strategy not in STARTUP_STRATEGIES:
+                raise UserError(
+                    f"n_startup_trials applies to the {', '.join(STARTUP_STRATEGIES)} strategies, not {self.strategy!r}"
+                )
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"max_epochs must be at least 1, got {self.max_epochs}")
         if self.heartbeat_interval < 0 or (self.heartbeat_interval and self.grace_period <= self.heartbeat_interval):
@@ -140,6 +150,7 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         "objective": str,
         "n_trials": int,
         "population_size": int,
+        "n_startup_trials": int,
         "seed": int,
         "max_epochs": int,
         "greedy": bool,

@@ -33,7 +33,7 @@ def study_note(study: optuna.Study, command: list[str], program: str, cwd: Path,
         lines += [
             f"**{record.strategy}** search for **{record.n_trials} finished trials** (complete + pruned) of the "
             f"objective `{record.objective}` ({study.direction.name.lower()}d), pruner {record.pruner}, seed "
-            f"{record.seed}, {epochs}; data {data} (channels {','.join(record.channels)}).",
+            f"{record.seed}, {epochs}; data: {data} (channels {','.join(record.channels)}).",
             "",
         ]
     worker = f"{program} worker --study {shlex.quote(study.study_name)} --storage {shlex.quote(storage_url)}"

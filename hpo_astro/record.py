@@ -67,6 +67,7 @@ class StudyRecord:
     baseline: dict[str, Any] | None = None
     greedy: bool = False
     population_size: int = 10
+    n_startup_trials: int | None = None  # tpe, bohb, bayesian (None: Optuna's default)
     artifacts: str | None = None  # checkpoint and weights folder
     hpo_astro_version: str = __version__
 
@@ -90,6 +91,7 @@ class StudyRecord:
             baseline=cfg.baseline,
             greedy=cfg.greedy,
             population_size=cfg.population_size,
+            n_startup_trials=cfg.n_startup_trials,
             artifacts=str(Path(artifacts).resolve()),
         )
 
@@ -126,6 +128,7 @@ class StudyRecord:
             baseline=self.baseline,
             greedy=bool(self.greedy),
             population_size=int(self.population_size),
+            n_startup_trials=self.n_startup_trials,
             pruner=self.pruner,
             objective=self.objective,
             seed=int(self.seed),

@@ -47,8 +47,23 @@ def _genetic(cfg: StudyConfig) -> BaseSampler:
     )
 
 
+# How long a greedy ablation trial waits for the earlier sweeps' running trials: above any trial's duration, since
+# a worker that gives up ends its run. A dead trial does not hold it that long: the wait checks heartbeats.
+ABLATION_WAIT = 6 * 3600.0
+
+
 def _ablation(cfg: StudyConfig) -> BaseSampler:
-    return AblationSampler(cfg.space.to_dict(), baseline=cfg.baseline, greedy=cfg.greedy, seed=cfg.seed)
+    return AblationSampler(
+        cfg.space.to_dict(), baseline=cfg.baseline, greedy=cfg.greedy, seed=cfg.seed, wait_timeout=ABLATION_WAIT
+    )
+
+
+# Strategies whose model starts after `n_startup_trials` random trials (a study file setting; Optuna's default: 10).
+STARTUP_STRATEGIES = ("tpe", "bohb", "bayesian")
+
+
+def _startup(cfg: StudyConfig) -> dict[str, int]:
+    return {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
 
 
 def _bohb(cfg: StudyConfig) -> BaseSampler:
@@ -56,7 +71,7 @@ def _bohb(cfg: StudyConfig) -> BaseSampler:
     # multivariate: one joint density over all hyperparameters, as BOHB's KDE (Optuna 5 defaults to it for one
     # objective; said explicitly so that another default cannot change the strategy). TPE also learns from the
     # trials Hyperband pruned, ranked by how far they got: the low-budget evaluations inform the model.
-    return optuna.samplers.TPESampler(multivariate=True, seed=cfg.seed)
+    return optuna.samplers.TPESampler(multivariate=True, seed=cfg.seed, **_startup(cfg))
 
 
 def _qmc(cfg: StudyConfig) -> BaseSampler:
@@ -74,8 +89,9 @@ STRATEGIES: dict[str, Callable[[StudyConfig], BaseSampler]] = {
     "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
     "ablation": _ablation,
     "genetic": _genetic,
-    "bayesian": lambda cfg: optuna.samplers.GPSampler(seed=cfg.seed),  # GP surrogate, log expected improvement
-    "tpe": lambda cfg: optuna.samplers.TPESampler(seed=cfg.seed),
+    # GP surrogate, log expected improvement
+    "bayesian": lambda cfg: optuna.samplers.GPSampler(seed=cfg.seed, **_startup(cfg)),
+    "tpe": lambda cfg: optuna.samplers.TPESampler(seed=cfg.seed, **_startup(cfg)),
     "grid": _grid,
     "bohb": _bohb,
     "qmc": _qmc,

@@ -167,6 +167,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "storage",
         "greedy",
         "population_size",
+        "n_startup_trials",
         "pruner",
         "objective",
         "seed",
@@ -186,3 +187,6 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
     assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",) and cfg.capture is False
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
+    tpe = tmp_path / "tpe.toml"  # n_startup_trials applies to the model-based strategies, not to ablation
+    tpe.write_text('strategy = "tpe"\nn_trials = 5\nn_startup_trials = 2\n')
+    assert load_config(tpe).validate().n_startup_trials == 2

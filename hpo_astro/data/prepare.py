@@ -265,8 +265,8 @@ def default_data_path(n: int = DEFAULT_SIM_N, seed: int = DEFAULT_SIM_SEED) -> P
 
     path = default_data_file(n, seed)
     if not path.exists():
-        # Nearly a minute of silence otherwise, on the very first command a new user runs.
-        log.info("simulating the default data set, once (about a minute on 2 CPU cores; cached as %s)", path)
+        # Silence otherwise, for as long as simulating takes, on the very first command a new user runs.
+        log.info("simulating the default data set, once (then cached as %s)", path)
         exromana.save(simulate.simulate_records(n=n, seed=seed), path)
     return path
 
