@@ -62,6 +62,17 @@ def test_epoch_and_trial_axes_have_integer_ticks(epochs: int, step: int) -> None
     assert axis["dtick"] == step and axis["title"]["text"] == "epoch"
     for fig in (figures.improvement_figure(study), figures.overlay_figure([figures.search_progress(study)], "trial")):
         assert all(a["dtick"] == 1 and a["tickformat"] == "d" for a in _x_axes(fig))
+    counts = figures.distributions_figure(study).layout  # trials per bin: 0.2 of a trial is no tick
+    assert counts.yaxis.dtick == counts.yaxis2.dtick == 1 and counts.yaxis.tickformat == "d"
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optunas_plots_name_the_objective() -> None:
+    study = _study(3, 3)
+    study.set_metric_names(["val_accuracy"])  # as `run` sets it
+    plots = {p.key: p.figure for p in figures.optuna_plots(study)}
+    assert plots["history"].layout.yaxis.title.text == "val_accuracy"  # not "Objective Value"
+    assert plots["intermediate"].layout.yaxis.title.text == "val_accuracy per epoch"
 
 
 def test_the_colour_scale_is_described_as_drawn() -> None:

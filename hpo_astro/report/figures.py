@@ -40,13 +40,14 @@ TEMPLATE = "plotly_white"
 LEGEND_LIMIT = 20
 
 
-def integer_ticks(fig: go.Figure, largest: float, **selector: int) -> None:
-    """Integer ticks on the x axes of `fig` (or those `selector` picks, e.g. row=2): epochs and trial numbers are
-    counts, and Plotly's automatic ticks put 1.5 between 1 and 2 on a short axis. About 10 ticks at 1, 2, 5 times a
-    power of ten."""
+def integer_ticks(fig: go.Figure, largest: float, axis: str = "x", **selector: int) -> None:
+    """Integer ticks on the x (or y) axes of `fig`, or those `selector` picks (e.g. row=2): epochs, trial numbers and
+    trial counts are whole numbers, and Plotly's automatic ticks put 1.5 between 1 and 2 on a short axis. About 10
+    ticks up to `largest`, at 1, 2 or 5 times a power of ten."""
     steps = (base * 10**power for power in itertools.count() for base in (1, 2, 5))
     step = next(step for step in steps if largest <= 10 * step)
-    fig.update_xaxes(tickmode="linear", tick0=0, dtick=step, tickformat="d", **selector)
+    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
+    update(tickmode="linear", tick0=0, dtick=step, tickformat="d", **selector)
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -127,6 +128,10 @@ def distributions_figure(study: optuna.Study) -> go.Figure:
         values = [v for t in trials if (v := _val(t, name)) is not None]
         fig.add_trace(go.Histogram(x=values, nbinsx=30, marker_color=color, name=f"val {name}"), row=1, col=col)
         fig.update_xaxes(title_text=name, row=1, col=col)
+        # Counts of trials: whole numbers. Plotly picks its own bins (at most 30, "nice" widths up to about 2.5 times
+        # numpy's), so the tallest bar is bounded from numpy's 30 bins.
+        tallest = int(np.histogram(values, bins=30)[0].max()) if values else 1
+        integer_ticks(fig, 2.5 * tallest, axis="y", row=1, col=col)
     fig.update_yaxes(title_text="trials", row=1, col=1)
     fig.update_layout(
         template=TEMPLATE,
@@ -347,13 +352,17 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
     """Optuna's own visualisations; a plot that cannot be drawn (e.g. too few trials) becomes a note."""
     import optuna.visualization as vis
 
+    objective = (study.metric_names or ["objective value"])[0]  # set by `run` (a study of an earlier version: none)
     plots = []
     for key, title, name in OPTUNA_PLOTS:
         notes: list[str] = []
         figure: go.Figure | None = None
         with _optuna_notes(notes):
             try:
-                figure = getattr(vis, name)(study)
+                if key in ("history", "parallel"):  # the objective by its name on the axis, not "Objective Value"
+                    figure = getattr(vis, name)(study, target_name=objective)
+                else:
+                    figure = getattr(vis, name)(study)
             # Optuna's refusals (ValueError, TypeError: e.g. too few trials for a plot), fANOVA's zero variance
             # (RuntimeError), a missing optional package (ImportError), a numeric edge case: a note, not a failure
             except (ValueError, TypeError, RuntimeError, ImportError, ArithmeticError) as exc:
@@ -367,5 +376,6 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
                 integer_ticks(figure, max(len(study.trials) - 1, 1))
             if key == "intermediate":
                 _epochs_legend(figure)
+                figure.update_layout(yaxis_title=f"{objective} per epoch")
         plots.append(OptunaPlot(key, title, figure, " ".join(dict.fromkeys(n.strip() for n in notes if n.strip()))))
     return plots
