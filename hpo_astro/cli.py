@@ -1015,6 +1015,9 @@ def benchmark_command(
         f"wrote {out / 'index.html'}, benchmark.json and CSV files",
         highlight=False,
     )
+    if per_trial := result.seconds_per_trial():
+        timing = ", ".join(f"{s} {seconds * 1000:.0f} ms" for s, seconds in per_trial.items())
+        console.print(f"wall time per trial run now: {timing}", highlight=False)
 
 
 class _BenchmarkDisplay:

@@ -24,7 +24,6 @@ from hpo_astro.benchmark import BenchmarkSpec, run_benchmark
 from hpo_astro.benchmark.analysis import analyze
 from hpo_astro.benchmark.collect import StudyRun, TrialRecord
 from hpo_astro.benchmark.runner import StudyOutcome
-from hpo_astro.config import StudyConfig
 from hpo_astro.record import WALL_TIME_ATTR
 from hpo_astro.run import run_study
 from hpo_astro.space import SearchSpace
@@ -136,11 +135,7 @@ def test_tabular_benchmark_writes_the_report_and_a_second_run_runs_nothing(tmp_p
     assert second.exit_code == 0, second.output
     assert "0 trials run now" in second.stdout
     assert read_json(out) == payload  # the same numbers, byte for byte in the JSON
-    assert (out / "studies.csv").read_text() == _csv(out, "studies.csv", payload)
-
-
-def _csv(out: Path, name: str, payload: dict[str, Any]) -> str:
-    return (out / name).read_text()
+    assert "wall time per trial run now: random" in first.stdout and "per trial" not in second.stdout
 
 
 def test_anytime_curves_ranks_and_final_numbers_agree_with_the_studies(tmp_path: Path) -> None:
@@ -443,7 +438,24 @@ def test_a_table_whose_fixed_values_are_not_the_defaults_is_refused(tmp_path: Pa
     assert not (tmp_path / "o").exists()
 
 
-def test_spec_validation_reads_no_store(tmp_path: Path) -> None:
-    cfg = StudyConfig()
-    with pytest.raises(Exception, match="space"):
-        spec(tmp_path, base=cfg.merged(space=SearchSpace.from_dict({"lr": [0.1]}))).validate()
+def test_a_study_files_space_and_a_table_exclude_each_other(tmp_path: Path, table_file: Path) -> None:
+    config = tmp_path / "space.toml"
+    config.write_text("[space]\nlr = [0.1, 0.01]\n")
+    out = tmp_path / "o"
+    result = invoke("benchmark", "-s", "random", "-n", 2, "--table", table_file, "--config", config, "--out", out)
+    assert_refused(result, "the study file's [space] and --table exclude each other")
+    assert not out.exists()
+
+
+def test_time_to_within_counts_the_failed_trials_time_but_not_their_number() -> None:
+    trials = (
+        TrialRecord(0, "complete", 0.5, 2.0, None),
+        TrialRecord(1, "fail", None, 5.0, None),
+        TrialRecord(2, "pruned", None, 1.0, None),
+        TrialRecord(3, "complete", 0.9, 3.0, None),
+        TrialRecord(4, "complete", 0.8, 4.0, None),
+    )
+    run = StudyRun("A", 0, 0, "a", trials, 3, None)
+    (row,) = analyze([run], ["A"], 4, maximize=True, metric="accuracy").studies
+    assert (row.trials_to_within, row.time_to_within) == (3, 11.0)  # the 3rd finished trial, after 2 + 5 + 1 + 3 s
+    assert row.trials == 4 and row.failed == 1 and row.total_time == 15.0

@@ -207,9 +207,7 @@ def analyze(
     rows: list[StudyRow] = []
     for s in strategies:
         for r in grouped[s]:
-            values = [t.value for t in r.finished]
-            costs = [t.cost for t in r.finished]
-            n_within, t_within = stats.to_within(values, costs, maximize)
+            n_within, t_within = _to_within(r, maximize)
             best = incumbent(r.trials, maximize)
             value = best.value if best is not None else None
             gap = None
@@ -299,6 +297,22 @@ def analyze(
         top_rows,
         notes,
     )
+
+
+def _to_within(run: StudyRun, maximize: bool) -> tuple[int | None, float | None]:
+    """Finished trials until the running best came within 1% of the study's best, and the training time charged
+    until then, failed trials' included (the time axis of the anytime curves)."""
+    finished = [t.value for t in run.trials if t.finished]
+    position, _ = stats.to_within(finished, [0.0] * len(finished), maximize)
+    if position is None:
+        return None, None
+    seen = spent = 0
+    for t in run.trials:
+        spent += t.cost
+        seen += t.finished
+        if seen == position:
+            break
+    return position, float(spent)
 
 
 def _estimate(values: Sequence[float | int | None], seed: int) -> stats.Estimate:

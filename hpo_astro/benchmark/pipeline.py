@@ -41,6 +41,16 @@ class BenchmarkResult:
     def trials_run(self) -> int:
         return sum(o.ran for o in self.studies)
 
+    def seconds_per_trial(self) -> dict[str, float]:
+        """Per strategy, wall seconds per trial run now (studies that ran trials; the copy into the store
+        included): the overhead of a replayed trial in tabular mode, training included otherwise."""
+        out = {}
+        for strategy in self.spec.strategies:
+            ran = [o for o in self.studies if o.strategy == strategy and o.ran]
+            if ran:
+                out[strategy] = sum(o.seconds for o in ran) / sum(o.ran for o in ran)
+        return out
+
 
 def run_benchmark(
     spec: BenchmarkSpec,

@@ -247,7 +247,7 @@ def rank_figure(curves: Curves, title: str) -> go.Figure:
         height=400,
         title=title,
         xaxis_title="finished trials" if curves.axis == "trials" else "cumulative training time (min)",
-        yaxis={"title": "mean rank (1 = best)", "autorange": "reversed", "range": [n + 0.2, 0.8]},
+        yaxis={"title": "mean rank (1 = best, at the top)", "range": [n + 0.2, 0.8]},  # a descending range: 1 on top
     )
     return fig
 

@@ -270,10 +270,12 @@ def _pool(
     return [o for o in outcomes if o is not None]
 
 
-def _rebuilt(kind: str, message: str) -> Exception:
+def _rebuilt(kind: str, message: str, exit_code: int = 2) -> Exception:
     """A worker's error, raised again in the parent with its meaning (its exit code) kept."""
     if kind == "UserError":
-        return UserError(message)
+        error = UserError(message)
+        error.exit_code = exit_code  # type: ignore[attr-defined]  # CannotWrite (a full disk) is 1
+        return error
     if kind == "WriteFailed":
         return WriteFailed(message)
     if kind == "StudyFailed":
@@ -296,7 +298,10 @@ def _child(
                 index, job = item
                 try:
                     results.put(("ok", index, runner.run(job)))
-                except (UserError, StudyFailed) as exc:
+                except UserError as exc:
+                    results.put(("error", index, ("UserError", str(exc), getattr(exc, "exit_code", 2))))
+                    return
+                except StudyFailed as exc:
                     results.put(("error", index, (type(exc).__name__, str(exc))))
                     return
                 except Exception as exc:  # a bug: the parent says so in one line, the traceback stays here
