@@ -34,7 +34,8 @@ RECORDS, DATA_SEED = 1000, 0  # simulated cutouts: 700 train, 150 validation, 15
 SEED = 0  # sampler and training seed of both studies
 FANOVA_TRIALS, FANOVA_EPOCHS = 60, 5
 TABLE_EPOCHS = 6
-MAX_CONFIGS = 400  # what 2 shared CPU cores tabulate in about half an hour (6 epochs of 700 cutouts each)
+TIMINGS_FILE = Path("timings.json")  # set in main(), under --work
+MAX_CONFIGS = 400  # the most important hyperparameters' full grids up to this size (here 4: 192; a 5th made 768)
 
 
 def hpo(*args: object) -> list[str]:
@@ -42,16 +43,23 @@ def hpo(*args: object) -> list[str]:
 
 
 def step(name: str, command: list[str] | None, timings: dict, func=None) -> object:
-    """Run one step, recording its wall time and its CPU time (children included)."""
+    """Run one step, adding its wall time and CPU time (children included) to `timings` and to TIMINGS_FILE, also
+    when it fails or is interrupted (the recipe resumes; the total is what every invocation cost)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     print(f"== {name}: {' '.join(command) if command else ''}", flush=True)
-    result = subprocess.run(command, check=True) if command else func()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
-    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
-    timings[name] = {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1)}
-    print(f"   {name}: {timings[name]['wall_s']} s wall, {timings[name]['cpu_s']} s CPU", flush=True)
-    return result
+    try:
+        return subprocess.run(command, check=True) if command else func()
+    finally:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
+        earlier = timings.get(name, {"wall_s": 0.0, "cpu_s": 0.0})
+        timings[name] = {
+            "wall_s": round(earlier["wall_s"] + time.perf_counter() - start, 1),
+            "cpu_s": round(earlier["cpu_s"] + cpu, 1),
+        }
+        TIMINGS_FILE.write_text(json.dumps(timings, indent=2) + "\n")
+        print(f"   {name}: {timings[name]['wall_s']} s wall, {timings[name]['cpu_s']} s CPU (all runs)", flush=True)
 
 
 def importances(storage: str) -> dict[str, float]:
@@ -96,8 +104,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HPO_ASTRO_CACHE", str(work / "cache"))
     data, storage = work / f"sim-n{RECORDS}-seed{DATA_SEED}.npz", f"sqlite:///{work / 'recipe.db'}"
-    timings: dict[str, dict] = {}
-    started = time.perf_counter()
+    global TIMINGS_FILE
+    TIMINGS_FILE = work / "timings.json"  # every invocation's cost, added up per step (resumed runs included)
+    timings: dict[str, dict] = json.loads(TIMINGS_FILE.read_text()) if TIMINGS_FILE.exists() else {}
 
     if not data.exists():
         step("data", hpo("data", "synth", "--n", RECORDS, "--seed", DATA_SEED, "--out", data), timings)
@@ -168,7 +177,8 @@ def main() -> None:
         "fanova_study": {"strategy": "random", "n_trials": FANOVA_TRIALS, "max_epochs": FANOVA_EPOCHS, "seed": SEED},
         "fanova_importances": {k: round(v, 4) for k, v in ranked.items()},
         "timings": timings,
-        "total_wall_s": round(time.perf_counter() - started, 1),
+        "total_wall_s": round(sum(t["wall_s"] for t in timings.values()), 1),
+        "total_cpu_s": round(sum(t["cpu_s"] for t in timings.values()), 1),
     }
     table = Table(
         **{
