@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A quick benchmark in tabular mode: every strategy, 20 paired repeats of 15 trials each, every trial answered from a
 # small table instead of training. The table is the shipped `astro-small` when the package has it; else a
-# 32-configuration table is tabulated here first, once (a small simulated set, 4 epochs per configuration), into
+# 32-configuration table is tabulated here first, once (600 simulated cutouts, 3 epochs per configuration), into
 # OUT/table/. Re-running resumes whatever was interrupted; a finished run only re-renders the report.
 #
 #   scripts/benchmark_quick.sh [OUT]          # default OUT: benchmark-quick; open OUT/index.html
@@ -26,7 +26,7 @@ if [[ -z "${TABLE:-}" ]]; then
     else
         # No shipped table: tabulate a small one (conv_layers x lr x activation x batch_size = 32 configurations).
         mkdir -p "$OUT/table"
-        [[ -f "$OUT/table/sim.npz" ]] || "$HPO" data synth --out "$OUT/table/sim.npz" --n 1000 --seed 0
+        [[ -f "$OUT/table/sim.npz" ]] || "$HPO" data synth --out "$OUT/table/sim.npz" --n 600 --seed 0
         cat > "$OUT/table/space.toml" <<'EOF'
 [space]
 conv_layers = [1, 2]
@@ -35,7 +35,7 @@ activation = ["ReLU", "Tanh"]
 batch_size = [64, 256]
 EOF
         if [[ ! -f "$OUT/table/quick.json" ]]; then
-            "$HPO" tabulate --out quick --space "$OUT/table/space.toml" --data "$OUT/table/sim.npz" --max-epochs 4 \
+            "$HPO" tabulate --out quick --space "$OUT/table/space.toml" --data "$OUT/table/sim.npz" --max-epochs 3 \
                 --storage "sqlite:///$OUT/table/tables.db" --json "$OUT/table/quick.json" --workers 2
         fi
         TABLE=$OUT/table/quick.json

@@ -13,7 +13,26 @@ process or K worker processes), `journal` (copying a finished in-memory study in
 what), `render` (JSON, CSV, HTML), `pipeline` (all of it, in order).
 """
 
-from hpo_astro.benchmark.pipeline import BenchmarkResult, run_benchmark
-from hpo_astro.benchmark.plan import BenchmarkSpec
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hpo_astro.benchmark.pipeline import BenchmarkResult, run_benchmark
+    from hpo_astro.benchmark.plan import BenchmarkSpec
 
 __all__ = ["BenchmarkResult", "BenchmarkSpec", "run_benchmark"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported when first used: a worker process imports `hpo_astro.benchmark.runner` without the statistics,
+    plotting and rendering modules (seconds of start-up each)."""
+    if name in ("BenchmarkResult", "run_benchmark"):
+        from hpo_astro.benchmark import pipeline
+
+        return getattr(pipeline, name)
+    if name == "BenchmarkSpec":
+        from hpo_astro.benchmark.plan import BenchmarkSpec
+
+        return BenchmarkSpec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
