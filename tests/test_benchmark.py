@@ -357,6 +357,49 @@ def test_budget_option_reaches_the_report(tmp_path: Path) -> None:
     assert read_json(tmp_path / "bench")["benchmark"]["pairwise_budget"] == 2
 
 
+def test_every_option_reaches_the_benchmark_from_the_command_line(tmp_path: Path, table_file: Path) -> None:
+    db = tmp_path / "store.db"
+    args = ["benchmark", "-s", "random", "-r", 2, "-n", 3, "--table", table_file, "--out", tmp_path / "o"]
+    args += ["--seed", 7, "--name", "nm", "--storage", f"sqlite:///{db}", "--objective", "loss", "--top-k", 2]
+    args += ["--max-epochs", 2, "--pruner", "median", "--budget", 2]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    facts = read_json(tmp_path / "o")["benchmark"]
+    assert facts["objective"] == "loss" and facts["direction"] == "minimize" and facts["top_k"] == 2
+    assert facts["max_epochs"] == 2 and facts["pruner"] == "median" and facts["pairwise_budget"] == 2
+    assert len(read_json(tmp_path / "o")["top_configurations"]) == 2
+    names = sorted(x.study_name for x in optuna.get_all_study_summaries(f"sqlite:///{db}"))
+    assert names == ["bench/nm/random/seed-7", "bench/nm/random/seed-8"]
+    study = optuna.load_study(study_name=names[0], storage=f"sqlite:///{db}")
+    assert study.user_attrs["pruner"] == "median" and study.user_attrs["objective"] == "loss"
+
+
+def test_ctrl_c_prints_the_command_that_resumes(
+    tmp_path: Path, table_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo_astro.benchmark import pipeline
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_benchmark", interrupted)
+    args = ["benchmark", "-s", "random", "-n", "2", "--table", str(table_file), "--out", str(tmp_path / "o")]
+    monkeypatch.setattr("sys.argv", ["hpo-astro", *args])
+    result = invoke(*args)
+    assert result.exit_code == 130
+    assert f"finished studies are kept, resume with: hpo-astro benchmark -s random -n 2 --table {table_file}" in (
+        result.stderr
+    )
+
+
+def test_a_store_of_another_table_is_refused(tmp_path: Path) -> None:
+    run_benchmark(spec(tmp_path, ("random",), repeats=1, n_trials=2), table=make_table())
+    from hpo_astro.errors import UserError
+
+    with pytest.raises(UserError, match="different data fingerprint"):
+        run_benchmark(spec(tmp_path, ("random",), repeats=1, n_trials=2), table=make_table("other"))
+
+
 # --- training mode ----------------------------------------------------------------------------------------------
 
 
@@ -368,7 +411,7 @@ def test_training_mode_evaluates_each_best_once_and_retrains_the_top_configurati
     config.write_text("[space]\nconv_layers = [1]\nfc_width = [32, 64]\nlr = [1e-3, 1e-2]\nbatch_size = [256]\n")
     out = tmp_path / "train"
     args = ["benchmark", "-s", "random,tpe", "-r", 2, "-n", 1, "--max-epochs", 1, "--top-k", 1]
-    args += ["--config", config, "--data", small_file, "--channels", "scorr", "--out", out]
+    args += ["--config", config, "--data", small_file, "--channels", "diff,scorr", "--out", out]
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     # random and TPE draw the same first configurations (TPE starts with random draws from the same seed): the
@@ -385,6 +428,7 @@ def test_training_mode_evaluates_each_best_once_and_retrains_the_top_configurati
 
     study = optuna.load_study(study_name="bench/train/random/seed-0", storage=journal(out))
     assert study.user_attrs["space"]["fc_width"] == [32, 64] and CACHE_ATTR in study.user_attrs  # evaluated once
+    assert study.user_attrs["data_source"] == str(small_file) and study.user_attrs["channels"] == ["diff", "scorr"]
     second = invoke(*args)
     assert second.exit_code == 0 and "0 trials run now" in second.stdout and "re-trainings" not in second.stdout
     assert read_json(out) == payload
@@ -405,6 +449,8 @@ def test_training_mode_evaluates_each_best_once_and_retrains_the_top_configurati
         (["--data", "x.npz"], "--data and --table exclude each other"),
         (["--seed", 2**32 - 2], "goes past 4294967295"),
         (["--pruner", "sometimes"], "unknown pruner"),
+        (["-s", ","], "--strategies needs at least one strategy"),
+        (["--objective", "speed"], "unknown objective"),
     ],
 )
 def test_bad_options_are_one_line_and_write_nothing(

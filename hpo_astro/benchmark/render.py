@@ -119,7 +119,7 @@ def _top_record(t: Any) -> dict[str, Any]:
         "retrained_test": _estimate(t.retrained_test),
         "retrain_seeds": list(t.seeds),
         "luck": t.luck,
-        "params": json.dumps(t.params, sort_keys=True, default=str),
+        "params": t.params,
     }
 
 
@@ -178,6 +178,7 @@ def csv_files(payload: dict[str, Any]) -> dict[str, str]:
         row.update(_flat("retrained_validation", t["retrained_validation"]))
         row.update(_flat("retrained_test", t["retrained_test"]))
         row["retrain_seeds"] = " ".join(str(s) for s in t["retrain_seeds"])
+        row["params"] = json.dumps(t["params"], sort_keys=True)  # one cell
         top.append(row)
     files["top_configurations.csv"] = _csv(top)
     return files
@@ -507,7 +508,7 @@ def _fact(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_fact(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(str(v) for v in value) or "-"
     return "-" if value is None else str(value)
 
 
