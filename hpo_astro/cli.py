@@ -921,7 +921,7 @@ def benchmark_command(
         ),
     ],
     repeats: Annotated[
-        int, typer.Option("--repeats", "-r", min=1, help="Studies per strategy; repeat r uses seed + r (default 10).")
+        int, typer.Option("--repeats", "-r", min=1, help="Studies per strategy; repeat r uses seed + r.")
     ] = 10,
     table: Annotated[
         str | None,
@@ -948,7 +948,7 @@ def benchmark_command(
         int, typer.Option("--seed", min=0, max=2**32 - 1, help="Base seed: repeat r of every strategy uses seed + r.")
     ] = 0,
     workers: Annotated[
-        int, typer.Option("--workers", "-w", min=1, help="Studies run side by side, one process each (default 1).")
+        int, typer.Option("--workers", "-w", min=1, help="Studies run side by side, one process each.")
     ] = 1,
     storage: Annotated[
         str | None,
