@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 from hpo_astro import run as run_module
 from hpo_astro.cli import app
 from hpo_astro.config import StudyConfig
+from hpo_astro.data.prepare import DataSplits
 from hpo_astro.metrics import Metrics
 from hpo_astro.run import run_study
 from hpo_astro.space import SearchSpace
@@ -170,3 +171,17 @@ def fake_train(
         val_metrics=metrics,
         model=model,
     )
+
+
+def noise_splits(n: int = 96, seed: int = 0) -> DataSplits:
+    """Random one-plane images with random labels (about 60% real): a model can only overfit them. Validation and
+    test hold n // 2 each."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def part(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.rand(m, 1, 64, 64, generator=g), (torch.rand(m, generator=g) < 0.6).float()
+
+    (xt, yt), (xv, yv), (xs, ys) = part(n), part(n // 2), part(n // 2)
+    return DataSplits(xt, yt, xv, yv, xs, ys, channels=("scorr",), fingerprint="noise")

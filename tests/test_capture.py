@@ -11,25 +11,14 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from helpers import fake_train, invoke, store_url, study_config
+from helpers import fake_train, invoke, noise_splits, store_url, study_config
 
 from hpo_astro.config import load_config
-from hpo_astro.data.prepare import DataSplits
 from hpo_astro.run import run_study
 from hpo_astro.space import DEFAULT_PARAMS
 from hpo_astro.train import TrainState, train, use_capture
 
 PARAMS = {**DEFAULT_PARAMS, "conv_layers": 1, "fc_layers": 1, "fc_width": 16, "batch_size": 8, "t_max": 4}
-
-
-def _splits(n: int = 42) -> DataSplits:
-    g = torch.Generator().manual_seed(3)
-
-    def part(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.rand(m, 1, 64, 64, generator=g), (torch.rand(m, generator=g) < 0.6).float()
-
-    (xt, yt), (xv, yv), (xs, ys) = part(n), part(n // 2), part(n // 2)
-    return DataSplits(xt, yt, xv, yv, xs, ys, channels=("scorr",), fingerprint="noise")
 
 
 def test_capture_applies_on_cuda_only_and_can_be_turned_off() -> None:
@@ -40,8 +29,8 @@ def test_capture_applies_on_cuda_only_and_can_be_turned_off() -> None:
 
 
 def test_on_cpu_capture_true_is_the_eager_run_bit_for_bit() -> None:
-    eager = train(PARAMS, _splits(), seed=4, device="cpu", capture=False, early_stopping=False)
-    asked = train(PARAMS, _splits(), seed=4, device="cpu", capture=True, early_stopping=False)
+    eager = train(PARAMS, noise_splits(42, seed=3), seed=4, device="cpu", capture=False, early_stopping=False)
+    asked = train(PARAMS, noise_splits(42, seed=3), seed=4, device="cpu", capture=True, early_stopping=False)
     strip = [{**h.__dict__, "seconds": 0} for h in eager.history]
     assert [{**h.__dict__, "seconds": 0} for h in asked.history] == strip
     assert len(strip) == 4
@@ -109,7 +98,7 @@ def _as_if_captured(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def test_a_captured_runs_checkpoint_resumes_eagerly_and_ends_as_the_uninterrupted_run() -> None:
-    whole = train(PARAMS, _splits(), seed=2, device="cpu", early_stopping=False)
+    whole = train(PARAMS, noise_splits(42, seed=3), seed=2, device="cpu", early_stopping=False)
     saved: list[dict[str, Any]] = []
 
     class StopAfterTwo:
@@ -118,9 +107,9 @@ def test_a_captured_runs_checkpoint_resumes_eagerly_and_ends_as_the_uninterrupte
                 saved.append(state.checkpoint())
                 state.request_stop("interrupted")
 
-    train(PARAMS, _splits(), callbacks=[StopAfterTwo()], seed=2, device="cpu", early_stopping=False)
+    train(PARAMS, noise_splits(42, seed=3), callbacks=[StopAfterTwo()], seed=2, device="cpu", early_stopping=False)
     checkpoint = _as_if_captured(saved[0])
     checkpoint["stop_reason"] = None
-    resumed = train(PARAMS, _splits(), seed=2, device="cpu", early_stopping=False, resume=checkpoint)
+    resumed = train(PARAMS, noise_splits(42, seed=3), seed=2, device="cpu", early_stopping=False, resume=checkpoint)
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
     assert all(isinstance(h.lr, float) for h in resumed.history)

@@ -10,9 +10,8 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from helpers import invoke
+from helpers import invoke, noise_splits
 
-from hpo_astro.data.prepare import DataSplits
 from hpo_astro.space import DEFAULT_PARAMS
 from hpo_astro.train import CapturedStep, TrainState, train
 
@@ -42,16 +41,6 @@ def test_devices_cpu_keeps_training_on_the_cpu(tmp_path: Path, small_file: Path)
 PARAMS = {**DEFAULT_PARAMS, "conv_layers": 2, "fc_layers": 1, "fc_width": 32, "batch_size": 8, "t_max": 4}
 
 
-def _splits(n: int = 45) -> DataSplits:
-    g = torch.Generator().manual_seed(5)
-
-    def part(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.rand(m, 1, 64, 64, generator=g), (torch.rand(m, generator=g) < 0.6).float()
-
-    (xt, yt), (xv, yv), (xs, ys) = part(n), part(n // 2), part(n // 2)
-    return DataSplits(xt, yt, xv, yv, xs, ys, channels=("scorr",), fingerprint="noise")
-
-
 def _curves(result: Any) -> list[tuple[float, float, float]]:
     return [(h.train_loss, h.val_loss, h.lr) for h in result.history]
 
@@ -60,29 +49,29 @@ def test_the_captured_step_is_used_and_replayed(monkeypatch: pytest.MonkeyPatch)
     replays: list[int] = []
     replay = torch.cuda.CUDAGraph.replay
     monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda self: (replays.append(1), replay(self))[1])
-    train(PARAMS, _splits(), seed=0, device="cuda", early_stopping=False)
+    train(PARAMS, noise_splits(45, seed=5), seed=0, device="cuda", early_stopping=False)
     assert len(replays) == 4 * 5 - CapturedStep.WARMUP  # every full batch after the warm-up steps
     replays.clear()
-    train(PARAMS, _splits(), seed=0, device="cuda", early_stopping=False, capture=False)
+    train(PARAMS, noise_splits(45, seed=5), seed=0, device="cuda", early_stopping=False, capture=False)
     assert replays == []
 
 
 def test_captured_and_eager_training_agree() -> None:
-    captured = train(PARAMS, _splits(), seed=1, device="cuda", early_stopping=False)
-    eager = train(PARAMS, _splits(), seed=1, device="cuda", early_stopping=False, capture=False)
+    captured = train(PARAMS, noise_splits(45, seed=5), seed=1, device="cuda", early_stopping=False)
+    eager = train(PARAMS, noise_splits(45, seed=5), seed=1, device="cuda", early_stopping=False, capture=False)
     assert len(captured.history) == len(eager.history) == 4
     for a, b in zip(_curves(captured), _curves(eager), strict=True):
         assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
 
 
 def test_the_same_seed_gives_the_same_captured_run() -> None:
-    first = train(PARAMS, _splits(), seed=2, device="cuda", early_stopping=False)
-    again = train(PARAMS, _splits(), seed=2, device="cuda", early_stopping=False)
+    first = train(PARAMS, noise_splits(45, seed=5), seed=2, device="cuda", early_stopping=False)
+    again = train(PARAMS, noise_splits(45, seed=5), seed=2, device="cuda", early_stopping=False)
     assert _curves(first) == _curves(again)
 
 
 def test_a_captured_run_resumes_from_its_checkpoint() -> None:
-    whole = train(PARAMS, _splits(), seed=3, device="cuda", early_stopping=False)
+    whole = train(PARAMS, noise_splits(45, seed=5), seed=3, device="cuda", early_stopping=False)
     saved: list[dict[str, Any]] = []
 
     class StopAfterTwo:
@@ -91,10 +80,12 @@ def test_a_captured_run_resumes_from_its_checkpoint() -> None:
                 saved.append(state.checkpoint())
                 state.request_stop("interrupted")
 
-    train(PARAMS, _splits(), callbacks=[StopAfterTwo()], seed=3, device="cuda", early_stopping=False)
+    train(PARAMS, noise_splits(45, seed=5), callbacks=[StopAfterTwo()], seed=3, device="cuda", early_stopping=False)
     checkpoint = {**saved[0], "stop_reason": None}
-    resumed = train(PARAMS, _splits(), seed=3, device="cuda", early_stopping=False, resume=checkpoint)
+    resumed = train(PARAMS, noise_splits(45, seed=5), seed=3, device="cuda", early_stopping=False, resume=checkpoint)
     for a, b in zip(_curves(resumed), _curves(whole), strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
-    eager = train(PARAMS, _splits(), seed=3, device="cuda", early_stopping=False, resume=checkpoint, capture=False)
+    eager = train(
+        PARAMS, noise_splits(45, seed=5), seed=3, device="cuda", early_stopping=False, resume=checkpoint, capture=False
+    )
     assert len(eager.history) == 4  # a captured run's checkpoint resumes eagerly too

@@ -7,25 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import noise_splits
 
-from hpo_astro.data.prepare import DataSplits, load_splits
+from hpo_astro.data.prepare import load_splits
 from hpo_astro.space import DEFAULT_PARAMS
 from hpo_astro.train import EarlyStopping, TrainState, batches, evaluate, train
 
 # Overfits the noise below quickly: validation loss turns up after a few epochs.
 OVERFIT = {**DEFAULT_PARAMS, "lr": 1e-2, "batch_size": 16, "t_max": 50, "dropout_rate": 0.0}
 FAST = {**DEFAULT_PARAMS, "conv_layers": 3, "conv_kernel_size": 5, "fc_width": 128, "batch_size": 16, "t_max": 50}
-
-
-def _noise_splits(n: int = 96) -> DataSplits:
-    """Random images with random labels: a model can only overfit, so validation loss must rise."""
-    g = torch.Generator().manual_seed(0)
-
-    def part(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.rand(m, 1, 64, 64, generator=g), (torch.rand(m, generator=g) < 0.6).float()
-
-    (xt, yt), (xv, yv), (xs, ys) = part(n), part(n // 2), part(n // 2)
-    return DataSplits(xt, yt, xv, yv, xs, ys, channels=("scorr",), fingerprint="noise")
 
 
 def test_short_training_beats_the_majority_class(train_file: Path) -> None:
@@ -40,7 +30,7 @@ def test_short_training_beats_the_majority_class(train_file: Path) -> None:
 
 
 def test_early_stopping_restores_the_best_epoch() -> None:
-    data = _noise_splits()
+    data = noise_splits()
     params = {
         **DEFAULT_PARAMS,
         "lr": 1e-2,
@@ -68,7 +58,7 @@ def test_early_stopping_restores_the_best_epoch() -> None:
 
 
 def test_training_is_reproducible_for_a_seed() -> None:
-    data = _noise_splits(64)
+    data = noise_splits(64)
     a = train(DEFAULT_PARAMS, data, max_epochs=2, seed=3)
     b = train(DEFAULT_PARAMS, data, max_epochs=2, seed=3)
     c = train(DEFAULT_PARAMS, data, max_epochs=2, seed=4)
@@ -77,7 +67,7 @@ def test_training_is_reproducible_for_a_seed() -> None:
 
 
 def test_epoch_cap_and_t_max() -> None:
-    data = _noise_splits(32)
+    data = noise_splits(32)
     capped = train({**DEFAULT_PARAMS, "t_max": 10, "early_stop_patience": 10}, data, max_epochs=3)
     assert len(capped.history) == 3 and capped.stop_reason == "max_epochs"
     full = train({**DEFAULT_PARAMS, "t_max": 10, "early_stop_patience": 10}, data, early_stopping=False)
@@ -86,7 +76,7 @@ def test_epoch_cap_and_t_max() -> None:
 
 
 def test_result_records_everything() -> None:
-    result = train(DEFAULT_PARAMS, _noise_splits(32), max_epochs=2, seed=0)
+    result = train(DEFAULT_PARAMS, noise_splits(32), max_epochs=2, seed=0)
     summary = result.summary()
     assert summary["n_params"] == result.n_params > 0 and summary["wall_time"] > 0
     assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # "auto": the GPU when there is one
@@ -111,12 +101,12 @@ def test_a_callback_can_stop_training() -> None:
             if state.epoch == 2:
                 state.request_stop("custom")
 
-    result = train(DEFAULT_PARAMS, _noise_splits(32), callbacks=[StopAtTwo()], early_stopping=False)
+    result = train(DEFAULT_PARAMS, noise_splits(32), callbacks=[StopAtTwo()], early_stopping=False)
     assert result.stop_reason == "custom" and len(result.history) == 2
 
 
 def test_divergence_stops_the_run() -> None:
-    data = _noise_splits(32)
+    data = noise_splits(32)
     data.x_train[0, 0, 0, 0] = float("nan")  # poisons the loss of every epoch
     result = train(DEFAULT_PARAMS, data, max_epochs=5)
     assert result.stop_reason == "diverged" and len(result.history) == 1
@@ -138,7 +128,7 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result() -> None:
     """Stop after 2 epochs, checkpoint, serialise, restore in a fresh run: identical to 5 uninterrupted epochs."""
     import io
 
-    data = _noise_splits(64)
+    data = noise_splits(64)
     params = {**DEFAULT_PARAMS, "dropout_rate": 0.2, "batch_size": 16, "early_stop_patience": 10}
     full = train(params, data, max_epochs=5, seed=7)
     saved: dict = {}
@@ -164,7 +154,7 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result() -> None:
 
 
 def test_a_checkpoint_taken_at_the_stopping_epoch_does_not_train_further() -> None:
-    data = _noise_splits(32)
+    data = noise_splits(32)
     saved: dict = {}
 
     class Keep:
@@ -179,7 +169,7 @@ def test_a_checkpoint_taken_at_the_stopping_epoch_does_not_train_further() -> No
 def test_device_is_honoured_and_evaluation_follows_the_model() -> None:
     """`device="cpu"` trains on the CPU even where CUDA exists; `evaluate` takes inputs on any device and moves
     them to the model's (a GPU-trained model evaluated on CPU tensors, as `compare` and scripts do)."""
-    data = _noise_splits(32)
+    data = noise_splits(32)
     on_cpu = train(DEFAULT_PARAMS, data, max_epochs=1, seed=0, device="cpu")
     assert on_cpu.device == "cpu" and next(on_cpu.model.parameters()).device.type == "cpu"
     auto = train(DEFAULT_PARAMS, data, max_epochs=1, seed=0)
@@ -194,7 +184,7 @@ def test_device_is_honoured_and_evaluation_follows_the_model() -> None:
 def test_the_best_epochs_metrics_are_those_of_the_restored_weights() -> None:
     """The validation metrics are taken when the best epoch ends, not measured again: they must equal a fresh
     evaluation of the returned (restored) model, also after early stopping went past the best epoch."""
-    data = _noise_splits()
+    data = noise_splits()
     params = {**OVERFIT, "early_stop_patience": 3}
     result = train(params, data, max_epochs=12, seed=4)
     assert result.best_epoch < len(result.history)  # the restored weights are not the last ones
@@ -208,7 +198,7 @@ def test_the_best_epochs_metrics_are_those_of_the_restored_weights() -> None:
 
 def test_a_resumed_run_reports_the_best_epoch_measured_before_the_checkpoint() -> None:
     """Resumed after its best epoch, a run still reports that epoch's metrics (kept in the checkpoint)."""
-    data = _noise_splits()
+    data = noise_splits()
     params = {**OVERFIT, "early_stop_patience": 3}
     saved: dict[int, dict] = {}
 
@@ -225,7 +215,7 @@ def test_a_resumed_run_reports_the_best_epoch_measured_before_the_checkpoint() -
 
 def test_the_cpu_trainer_uses_channels_last() -> None:
     """Measured faster on CPU (README, Throughput): the model trains in channels_last memory format."""
-    result = train({**FAST, "t_max": 10}, _noise_splits(32), max_epochs=1, device="cpu")
+    result = train({**FAST, "t_max": 10}, noise_splits(32), max_epochs=1, device="cpu")
     conv = [m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)][1]  # 16 input channels
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()  # really the other layout, not a shape where both coincide
