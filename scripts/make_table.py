@@ -110,6 +110,8 @@ def main() -> None:
 
     if not data.exists():
         step("data", hpo("data", "synth", "--n", RECORDS, "--seed", DATA_SEED, "--out", data), timings)
+    # Options both studies share; one torch thread per worker whatever the machine: the same sums in the same order.
+    common = ("--seed", SEED, "--data", data, "--storage", storage, "--workers", args.workers, "--threads", 1)
     step(
         "random study",
         hpo(
@@ -122,16 +124,7 @@ def main() -> None:
             FANOVA_TRIALS,
             "--max-epochs",
             FANOVA_EPOCHS,
-            "--seed",
-            SEED,
-            "--data",
-            data,
-            "--storage",
-            storage,
-            "--workers",
-            args.workers,
-            "--threads",
-            1,  # one torch thread per worker whatever the machine: the same sums in the same order
+            *common,
         ),
         timings,
     )
@@ -152,16 +145,7 @@ def main() -> None:
             NAME,
             "--max-epochs",
             TABLE_EPOCHS,
-            "--seed",
-            SEED,
-            "--data",
-            data,
-            "--storage",
-            storage,
-            "--workers",
-            args.workers,
-            "--threads",
-            1,  # one torch thread per worker whatever the machine: the same sums in the same order
+            *common,
             "--json",
             table_json,
         ),
