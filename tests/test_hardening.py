@@ -101,7 +101,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_same_command_resumes(
 
 
 def test_a_real_write_limit_never_gives_a_traceback(tmp_path: Path, small_file: Path) -> None:
-    """The operating system refuses writes beyond 1 MB (RLIMIT_FSIZE, as a full disk refuses them): whichever write
+    """The operating system refuses writes beyond 256 KB (RLIMIT_FSIZE, as a full disk refuses them): whichever write
     fails first (the store's journal, a checkpoint), `run` ends with one `error:` line, and without the limit the
     same command ends with exactly the budget."""
     import resource
@@ -115,11 +115,13 @@ def test_a_real_write_limit_never_gives_a_traceback(tmp_path: Path, small_file: 
 
     def limit_writes() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
 
     store = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cheap = tmp_path / "cheap.toml"  # small, fast configurations: the subject is the writes, not the training
+    cheap.write_text("[space]\nconv_layers = [1]\nfc_layers = [1]\nbatch_size = [256]\nlr = [1e-2, 1e-3]\n")
     command = [sys.executable, "-m", "hpo_astro.cli", "run", "-n", 2, "--data", small_file, "--max-epochs", 2]
-    command = [str(c) for c in [*command, "--storage", store, "--study", "limited"]]
+    command = [str(c) for c in [*command, "--config", cheap, "--storage", store, "--study", "limited"]]
     limited = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_writes, timeout=300)
     assert limited.returncode == 1, limited.stderr
     assert "Traceback" not in limited.stderr

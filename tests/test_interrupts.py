@@ -22,6 +22,12 @@ from hpo_astro.run import run_study
 from hpo_astro.space import SearchSpace
 
 
+def _cheap_space(folder: Path) -> Path:
+    path = folder / "cheap.toml"
+    path.write_text("[space]\nconv_layers = [1]\nfc_layers = [1]\nbatch_size = [64]\nlr = [1e-2, 1e-3]\n")
+    return path
+
+
 def test_ctrl_c_marks_the_trial_failed_and_the_same_command_resumes(tmp_path: Path, small_file: Path) -> None:
     db = tmp_path / "optuna.db"
     cmd = [
@@ -41,6 +47,8 @@ def test_ctrl_c_marks_the_trial_failed_and_the_same_command_resumes(tmp_path: Pa
         f"sqlite:///{db}",
         "--seed",
         "1",
+        "--config",  # small, fast configurations: the subject is the signal, not the training
+        str(_cheap_space(tmp_path)),
     ]
     env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

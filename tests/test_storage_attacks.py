@@ -442,7 +442,7 @@ def test_a_run_killed_on_a_journal_store_resumes_to_exactly_the_budget(tmp_path:
     log = tmp_path / "optuna.log"
     config = tmp_path / "journal.toml"
     config.write_text(
-        f'strategy = "random"\nstudy = "killed"\nn_trials = 2\nmax_epochs = 8\nseed = 3\n'
+        f'strategy = "random"\nstudy = "killed"\nn_trials = 2\nmax_epochs = 4\nseed = 3\n'
         f'storage = "journal:{log}"\ndata = "{small_file}"\n'
         "[space]\nconv_layers = [1]\nfc_layers = [1]\nfc_width = [32]\nlr = [1e-3, 1e-2]\nbatch_size = [64]\n"
     )

@@ -31,7 +31,12 @@ def _grid_config(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small_file: Path) -> None:
     store = store_url(tmp_path)
-    extra = ["--config", _grid_config(tmp_path)] if strategy == "grid" else ["--strategy", strategy]
+    if strategy == "grid":
+        extra = ["--config", _grid_config(tmp_path)]
+    else:  # the paper's space without its slowest corners (many small batches, deep stacks): seconds, not minutes
+        cheap = tmp_path / "cheap.toml"
+        cheap.write_text("[space]\nbatch_size = [64, 256]\nconv_layers = [1, 2]\nfc_layers = [1, 2]\n")
+        extra = ["--config", cheap, "--strategy", strategy]
     result = invoke("run", *extra, "--n-trials", 3, "--data", small_file, "--max-epochs", 1, "--storage", store)
     assert result.exit_code == 0, result.output
     assert "3/3 finished trials" in result.stdout
