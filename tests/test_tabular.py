@@ -53,7 +53,7 @@ def fake_tabulating(fake_training: None, monkeypatch: pytest.MonkeyPatch) -> Non
         v = result.val_metrics
         return Metrics(v.loss + 0.01, v.accuracy - 0.01, v.roc_auc - 0.01, 1.0, 1.0, 1.0, 0.0)
 
-    monkeypatch.setattr(tabular, "test_metrics", fake_test)
+    monkeypatch.setattr(tabular.tabulate, "test_metrics", fake_test)  # where tabulate_train looks it up
 
 
 def tabulate(tmp_path: Path, data: Path, *args: object, name: str = "t8") -> Any:
@@ -455,7 +455,7 @@ def test_a_malformed_table_is_one_error_line(kind: str, tmp_path: Path) -> None:
 
 
 def test_a_gzip_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tabular, "MAX_TABLE_BYTES", 1000)
+    monkeypatch.setattr(tabular.table, "MAX_TABLE_BYTES", 1000)  # where Table.from_bytes reads it
     path = tmp_path / "bomb.json.gz"
     path.write_bytes(gzip.compress(b" " * 100_000))
     with pytest.raises(UserError, match="larger than"):

@@ -1,0 +1,153 @@
+"""Finding and reading a table by name: a JSON file, a finished `table/<NAME>` study in a store, or a table
+shipped with the package (`hpo_astro/tables/`)."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hpo_astro.errors import UserError
+from hpo_astro.record import (
+    PARAMS_FULL_ATTR,
+    VAL_METRICS_ATTR,
+    WALL_TIME_ATTR,
+    StudyRecord,
+    trial_history,
+)
+from hpo_astro.space import SearchSpace
+from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR, Table, TableRow, _float_or_nan, _key
+from hpo_astro.train import EpochMetrics
+
+
+def shipped_tables() -> dict[str, Any]:
+    """The tables shipped with the package: name -> resource."""
+    folder = resources.files("hpo_astro") / "tables"
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for entry in folder.iterdir():
+        for suffix in (".json.gz", ".json"):
+            if entry.name.endswith(suffix):
+                found.setdefault(entry.name.removesuffix(suffix), entry)
+    return dict(sorted(found.items()))
+
+
+def load_table(name: str, storage: str | None = None) -> Table:
+    """A table by name: a JSON file path, a table shipped with the package, or a `tabulate` study in `storage`.
+
+    Looked up in this order: a path (anything naming an existing file, or ending in .json / .json.gz, or with a
+    folder in it); the finished study `table/<NAME>` in `storage`, when given and the store exists (what you
+    tabulated yourself comes before a shipped table of the same name); a shipped table."""
+    from hpo_astro.storage import store_file
+
+    if not name.strip():
+        raise UserError("the table name is empty")
+    path = Path(name)
+    if path.is_file() or name.endswith((".json", ".json.gz", ".gz")) or "/" in name.removeprefix(TABLE_PREFIX):
+        return Table.load(path)
+    short = name.removeprefix(TABLE_PREFIX)
+    if storage is not None:
+        file = store_file(storage)
+        if file is None or file.is_file():
+            table = table_from_store(storage, short, required=False)
+            if table is not None:
+                return table
+    shipped = shipped_tables()
+    if short in shipped:
+        return Table.from_bytes(shipped[short].read_bytes(), f"shipped table {short}")
+    where = f"no study {TABLE_PREFIX}{short} in {storage}, " if storage is not None else ""
+    raise UserError(
+        f"no table {name!r}: not a file, {where}not a shipped table (shipped: {', '.join(shipped) or 'none'})"
+    )
+
+
+def table_from_store(storage: str, name: str, required: bool = True) -> Table | None:
+    """The table of the finished study `table/<name>` in `storage` (read-only); None when there is no such study
+    and it is not `required`. An unfinished study is refused, saying what is missing and how to finish it."""
+    import optuna
+
+    from hpo_astro.storage import read_store
+
+    study_name = TABLE_PREFIX + name
+    with read_store(storage) as backend:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=backend)
+        except KeyError:
+            if not required:
+                return None
+            raise UserError(f"no table study {study_name!r} in {storage}") from None
+        return table_from_study(study, storage)
+
+
+def table_from_study(study: Any, storage: str) -> Table:
+    """The table of a `tabulate` study: one row per configuration, from its first complete trial (a grid study run
+    by racing workers may evaluate a configuration twice; training is deterministic, so either gives the row)."""
+    from optuna.trial import TrialState
+
+    name = study.study_name.removeprefix(TABLE_PREFIX)
+    record = StudyRecord.from_attrs(study.user_attrs)
+    if record is None or record.strategy != "grid":
+        raise UserError(f"study {study.study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
+    space = SearchSpace.from_dict(record.space)
+    rows: dict[tuple[int, ...], TableRow] = {}
+    untested = failed = 0
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs:
+            failed += 1
+        if trial.state != TrialState.COMPLETE:
+            continue
+        if TEST_METRICS_ATTR not in trial.user_attrs:
+            untested += 1
+            continue
+        row = _row_from_trial(trial)
+        rows.setdefault(_key(space, row.params, f"trial {trial.number}"), row)
+    missing = space.n_combinations() - len(rows)
+    if missing:
+        why = []
+        if failed:
+            why.append(f"{failed} trial(s) failed (see their fail_reason)")
+        if untested:
+            why.append(f"{untested} trial(s) finished without test metrics (not run by tabulate)")
+        reason = f" ({'; '.join(why)})" if why else ""
+        raise UserError(
+            f"table study {study.study_name!r} in {storage} is unfinished: {missing} of {space.n_combinations()} "
+            f"configurations have no row{reason}; finish it with: hpo-astro tabulate --out {name} --storage {storage}"
+        )
+    return Table(
+        name=name,
+        space=space.to_dict(),
+        rows=tuple(rows.values()),
+        data_fingerprint=record.data_fingerprint,
+        seed=int(record.seed),
+        max_epochs=record.max_epochs,
+        info={
+            "study": study.study_name,
+            "objective": record.objective,
+            "channels": list(record.channels),
+            "data_source": record.data_source,
+            "hpo_astro_version": record.hpo_astro_version,
+            "training_seconds": round(sum(row.wall_time for row in rows.values()), 1),
+        },
+    )
+
+
+def _row_from_trial(trial: Any) -> TableRow:
+    attrs = trial.user_attrs
+    history = tuple(
+        EpochMetrics(**{k: math.nan if v is None else v for k, v in h.items()}) for h in trial_history(trial)
+    )
+    wall_time = float(attrs.get(WALL_TIME_ATTR, 0.0))
+    # A retried trial's wall time is its own run's; the epochs it inherited were paid for by the interrupted one.
+    inherited = int(attrs.get("resumed_from_epoch", 0))
+    wall_time += sum(h.seconds for h in history[:inherited])
+    return TableRow(
+        params=dict(attrs[PARAMS_FULL_ATTR]),
+        history=history,
+        best_epoch=int(attrs["best_epoch"]),
+        stop_reason=str(attrs["stop_reason"]),
+        val_metrics={k: _float_or_nan(v) for k, v in attrs[VAL_METRICS_ATTR].items()},
+        test_metrics={k: _float_or_nan(v) for k, v in attrs[TEST_METRICS_ATTR].items()},
+        wall_time=wall_time,
+    )

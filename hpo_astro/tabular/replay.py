@@ -1,0 +1,133 @@
+"""Replay: a study's trials answered from a table instead of training (`TableReplay`, what `Table.train_fn()`
+returns), through the trainer's callbacks, so pruners, early stopping and checkpoints act as in a real run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from hpo_astro.data.prepare import DataSplits
+from hpo_astro.metrics import Metrics
+from hpo_astro.tabular.table import _REQUIRED_METRICS, TEST_METRICS_ATTR, Table, TableRow
+from hpo_astro.train import Callback, TrainResult, TrainState
+
+TABLE_ATTR = "table"  # trial user attr of a replayed trial: the table that answered it
+
+
+class TableReplay:
+    """`Table.train_fn()`: `hpo_astro.train.train`'s contract, answered from the table.
+
+    * The curve is the row's, replayed through the same `TrainState` and callbacks as the trainer: a pruner sees
+      every epoch's metric and may stop it, a checkpoint callback saves the replay's state, and `resume` (such a
+      checkpoint) continues after its last epoch. Early stopping is the row's: the curve ends where the tabulated
+      run ended, with its stop reason (early stopping cannot be switched off: the epochs after it were never run).
+    * `max_epochs` truncates the curve as training with that cap would have (the cosine schedule depends on t_max,
+      not on the cap, so the first epochs of a longer run are those of a shorter one). A table cannot replay more
+      epochs than it recorded: a replay that reaches the end of the row ends there, with the row's stop reason.
+    * The best epoch is the best validation loss among the replayed epochs; its validation metrics are the row's
+      when it is the row's best epoch, else the epoch's recorded loss, accuracy and ROC AUC (precision, recall, F1
+      and FPR at 5% FNR were only measured at the row's best epoch: NaN).
+    * wall_time is the sum of the recorded seconds of the epochs in the returned history (a resumed replay counts
+      the epochs it inherited too): what training would have cost.
+    * extra_attrs: `table` (the table's name) and, when the replay's restored weights are the very ones the table
+      tested (its best epoch is the row's best epoch, always so when the whole curve was replayed), the row's
+      `test_metrics`. A replay pruned or truncated before the row's best epoch reports no test metrics: its model
+      was never tested.
+    * `seed` and `data` are not used: the curve is the one trained with the table's seed, which the result
+      reports; the model is a one-weight stand-in, and n_params the real model's count.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self._n_params: dict[int, int] = {}
+
+    def __call__(
+        self,
+        params: Mapping[str, Any],
+        data: DataSplits | None = None,
+        callbacks: Iterable[Callback] = (),
+        max_epochs: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        early_stopping: bool = True,
+        resume: Mapping[str, Any] | None = None,
+        evaluate_train: bool = False,
+        capture: bool | None = None,
+        **_: Any,  # options of the trainer that mean nothing to a replay (later ones too)
+    ) -> TrainResult:
+        row = self.table.row(params)
+        history = row.history
+        limit = len(history) if max_epochs is None else max(1, min(len(history), int(max_epochs)))
+        model = torch.nn.Linear(1, 1)  # the checkpoint needs a model, an optimiser and a schedule: tiny ones
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        state = TrainState(params, model, optimizer, scheduler, torch.Generator().manual_seed(seed), limit)
+        if resume is not None:
+            state.restore(resume)
+        callbacks = list(callbacks)
+        while state.epoch < limit and state.stop_reason is None:
+            epoch = history[state.epoch]
+            state.history.append(epoch)
+            val_loss = epoch.val_loss if math.isfinite(epoch.val_loss) else math.inf
+            # The trainer's rule (strictly lower: the first best wins), except that a tie goes to the row's best
+            # epoch: curves kept in a study are rounded, and the trainer chose that epoch at full precision.
+            if val_loss < state.best_val_loss or (val_loss == state.best_val_loss and state.epoch == row.best_epoch):
+                state.best_val_loss, state.best_epoch = val_loss, state.epoch
+                state.best_val_metrics = _epoch_val_metrics(row, state.epoch).as_dict()
+            if state.epoch == len(history) and row.stop_reason != "max_epochs":
+                # The run ended here by early stopping (or divergence), which the trainer decides before the other
+                # callbacks; replayed as recorded rather than recomputed from the (rounded) curve.
+                state.request_stop(row.stop_reason)
+            for callback in callbacks:
+                callback.on_epoch_end(state)
+        if state.best_epoch == 0:  # never a finite validation loss: the trainer keeps the last weights
+            state.best_epoch = state.epoch
+        reached_end = state.epoch >= len(history)
+        best_is_rows = state.best_epoch == row.best_epoch and math.isfinite(history[row.best_epoch - 1].val_loss)
+        extra: dict[str, Any] = {TABLE_ATTR: self.table.name}
+        if reached_end or best_is_rows:
+            extra[TEST_METRICS_ATTR] = dict(row.test_metrics)
+        return TrainResult(
+            params=dict(params),
+            history=state.history,
+            best_epoch=state.best_epoch,
+            stop_reason=state.stop_reason or (row.stop_reason if reached_end else "max_epochs"),
+            n_params=self._count(row),
+            wall_time=sum(h.seconds for h in state.history),
+            device="cpu",
+            seed=self.table.seed,
+            train_metrics=None,
+            val_metrics=_epoch_val_metrics(row, state.best_epoch),
+            model=model,
+            extra_attrs=extra,
+        )
+
+    def _count(self, row: TableRow) -> int:
+        """The real model's parameter count, built on the meta device (no memory, no time)."""
+        from hpo_astro.model import build_model, count_parameters
+
+        if id(row) not in self._n_params:
+            channels = len(self.table.info.get("channels") or [None])
+            with torch.device("meta"):
+                self._n_params[id(row)] = count_parameters(build_model(row.params, in_channels=channels))
+        return self._n_params[id(row)]
+
+
+def _epoch_val_metrics(row: TableRow, epoch: int) -> Metrics:
+    """The validation metrics of a replayed run whose best epoch is `epoch` (see `TableReplay`)."""
+    if epoch == row.best_epoch:
+        return Metrics(**{**dict.fromkeys(_REQUIRED_METRICS, math.nan), **row.val_metrics})
+    h = row.history[epoch - 1]
+    nan = math.nan
+    return Metrics(
+        loss=h.val_loss,
+        accuracy=h.val_accuracy,
+        roc_auc=h.val_roc_auc,
+        precision=nan,
+        recall=nan,
+        f1=nan,
+        fpr_at_5fnr=nan,
+    )

@@ -1,0 +1,382 @@
+"""A table: the data model (`Table`, `TableRow`, lookup of a configuration's row) and its JSON file format.
+
+The format is plain data (`Table.save`): no pickle, nothing in a table file is ever executed; every field is checked
+when it is read, and a malformed file is one error line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo_astro.errors import UserError
+from hpo_astro.io import atomic_write
+from hpo_astro.metrics import Metrics
+from hpo_astro.objective import TrainFn
+from hpo_astro.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace
+from hpo_astro.train import EpochMetrics
+
+TABLE_FORMAT = "hpo-astro-table"
+TABLE_VERSION = 1
+TABLE_PREFIX = "table/"  # a tabulate study is named table/<NAME>
+TEST_METRICS_ATTR = "test_metrics"  # trial user attr: the best weights' metrics on the test split (tabulate only)
+MAX_TABLE_BYTES = 512 * 2**20  # a table file, decompressed; a gzip bomb stops here
+EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics))
+METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
+_REQUIRED_METRICS = tuple(f.name for f in dataclasses.fields(Metrics) if f.default is dataclasses.MISSING)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One configuration as it trained."""
+
+    params: dict[str, Any]  # the full configuration, every hyperparameter (what the objective trains: params_full)
+    history: tuple[EpochMetrics, ...]  # per-epoch metrics, early stopping on: the curve ends where training ended
+    best_epoch: int
+    stop_reason: str
+    val_metrics: dict[str, float]  # Metrics.as_dict() of the best epoch on the validation split
+    test_metrics: dict[str, float]  # the best epoch's weights on the test split, measured once when tabulated
+    wall_time: float  # seconds its training took
+
+
+@dataclass(frozen=True)
+class Table:
+    """A finite space trained exhaustively: one row per configuration.
+
+    Rows are looked up by the values of the space's hyperparameters, compared as the study files compare them
+    (1e-3 == 0.001, 64 == 64.0, "batchnorm" == "BatchNorm"), so a table survives JSON round trips. `rows` are kept
+    in the space's order (the grid's, first hyperparameter slowest), whatever order they were given in. A table may
+    hold fewer rows than its space has configurations (one built by hand); `missing` says how many are absent."""
+
+    name: str
+    space: dict[str, list[Any]]  # hyperparameter -> values (the finite space the table covers)
+    rows: tuple[TableRow, ...]
+    data_fingerprint: str  # of the data the rows were trained on
+    seed: int  # the training seed of every row
+    max_epochs: int | None
+    # Provenance, free-form JSON (data source, channels, objective, version, recipe); optional, added after the
+    # interface was fixed (a keyword with a default: constructors written against the skeleton still work).
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+    _search: SearchSpace = field(init=False, repr=False, compare=False)
+    _index: dict[tuple[int, ...], TableRow] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Check the rows and index them. A row whose params leave hyperparameters out gets the defaults for them,
+        as a trial's configuration does (frozen: the completed rows are set once, here)."""
+        search = _search_space(self.name, self.space)
+        rows = tuple(
+            row
+            if all(n in row.params for n in DEFAULT_PARAMS)
+            else dataclasses.replace(row, params={**DEFAULT_PARAMS, **row.params})
+            for row in self.rows
+        )
+        index: dict[tuple[int, ...], TableRow] = {}
+        for number, row in enumerate(rows):
+            where = f"table {self.name!r}: row {number}"
+            _check_row(where, row)
+            key = _key(search, row.params, where)
+            if key in index:
+                raise UserError(f"{where} repeats the configuration of another row ({_describe(search, key)})")
+            index[key] = row
+        object.__setattr__(self, "rows", tuple(index[key] for key in sorted(index)))  # the space's order, whatever
+        object.__setattr__(self, "_search", search)  # the source (a file, a store's trial order)
+        object.__setattr__(self, "_index", index)
+
+    @property
+    def search_space(self) -> SearchSpace:
+        return self._search
+
+    @property
+    def size(self) -> int:
+        """Configurations in the space (rows present or not)."""
+        return math.prod(len(values) for values in self.space.values())
+
+    @property
+    def missing(self) -> int:
+        return self.size - len(self.rows)
+
+    def covers(self, max_epochs: int | None) -> bool:
+        """Whether a replay capped at `max_epochs` (None: no cap) sees whole curves: the table was trained with at
+        least that many epochs. A replay asked for more ends where the table's curves end."""
+        return self.max_epochs is None or (max_epochs is not None and max_epochs <= self.max_epochs)
+
+    def row(self, params: Mapping[str, Any]) -> TableRow:
+        """The row of `params` (a full configuration, or the table's space's hyperparameters); a UserError if the
+        table has no such configuration."""
+        search = self.search_space
+        unknown = [name for name in params if name not in PAPER_SPACE]
+        if unknown:
+            raise UserError(f"unknown hyperparameter {unknown[0]!r}; known: {', '.join(PAPER_SPACE)}")
+        key = _key(search, params, f"configuration not in table {self.name!r}")
+        row = self._index.get(key)
+        if row is None:
+            raise UserError(
+                f"configuration not in table {self.name!r}: {_describe(search, key)} has no row "
+                f"({len(self.rows)} of {self.size} configurations tabulated)"
+            )
+        for name, value in params.items():  # the hyperparameters the table held fixed must agree too
+            if name not in search and not _same(row.params.get(name), value):
+                raise UserError(
+                    f"configuration not in table {self.name!r}: it was trained with {name}={row.params.get(name)}, "
+                    f"not {name}={value}"
+                )
+        return row
+
+    def train_fn(self) -> TrainFn:
+        """A stand-in for `hpo_astro.train.train` that answers from the table: it replays the row's per-epoch curve
+        through the callbacks (so pruners and early stopping act), stops where a callback asks, and reports the
+        recorded training time of the epochs replayed as its wall time; the row's test metrics go in
+        `TrainResult.extra_attrs`. A picklable object (not a closure), so it can be handed to worker processes."""
+        from hpo_astro.tabular.replay import TableReplay  # imported here: replay imports this module
+
+        return TableReplay(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """The table as plain JSON data (the file format; non-finite numbers become null)."""
+        search = self.search_space
+        return {
+            "format": TABLE_FORMAT,
+            "version": TABLE_VERSION,
+            "name": self.name,
+            "space": search.to_dict(),
+            "data_fingerprint": self.data_fingerprint,
+            "seed": self.seed,
+            "max_epochs": self.max_epochs,
+            "info": self.info,
+            "epoch_fields": list(EPOCH_FIELDS),
+            "rows": [
+                {
+                    "params": row.params,
+                    "history": [
+                        [int(h.epoch), *(_finite_or_none(getattr(h, f)) for f in EPOCH_FIELDS[1:])] for h in row.history
+                    ],
+                    "best_epoch": row.best_epoch,
+                    "stop_reason": row.stop_reason,
+                    "val_metrics": {k: _finite_or_none(v) for k, v in row.val_metrics.items()},
+                    "test_metrics": {k: _finite_or_none(v) for k, v in row.test_metrics.items()},
+                    "wall_time": row.wall_time,
+                }
+                for row in self.rows  # in the space's order: the same table gives the same bytes
+            ],
+        }
+
+    def save(self, path: Path) -> None:
+        """Write the table as JSON, gzip'd when the name ends in .gz; atomically (never half-written) and
+        byte-reproducibly (no time stamp in the gzip header)."""
+        path = Path(path)
+        text = json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False).encode()
+        with atomic_write(path) as fh:
+            if path.suffix == ".gz":
+                with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
+                    gz.write(text)
+            else:
+                fh.write(text)
+
+    @classmethod
+    def load(cls, path: Path) -> Table:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise UserError(f"table file not found: {path}") from None
+        except OSError as exc:
+            raise UserError(f"cannot read table {path}: {exc.strerror or exc}") from None
+        return cls.from_bytes(raw, str(path))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, source: str) -> Table:
+        """A table from a file's bytes (JSON, or gzip'd JSON); `source` names it in error messages."""
+        if raw[:2] == b"\x1f\x8b":
+            try:
+                with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+                    raw = gz.read(MAX_TABLE_BYTES + 1)
+            except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+                raise UserError(f"{source}: not a valid hpo-astro table: corrupt gzip data ({exc})") from None
+        if len(raw) > MAX_TABLE_BYTES:
+            raise UserError(f"{source}: not a valid hpo-astro table: larger than {MAX_TABLE_BYTES // 2**20} MiB")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"{source}: not a valid hpo-astro table: not JSON ({reason})") from None
+        try:
+            return cls.from_json(data)
+        except _Malformed as exc:
+            raise UserError(f"{source}: not a valid hpo-astro table: {exc}") from None
+        except UserError as exc:  # a consistency check of the table itself (a value outside its space, ...)
+            raise UserError(f"{source}: not a valid hpo-astro table: {exc}") from None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Table:
+        """The table in plain JSON data (`to_json`'s format); every field's type and shape is checked."""
+        top = _obj(data, "the file")
+        if top.get("format") != TABLE_FORMAT:
+            raise _Malformed(f"'format' must be {TABLE_FORMAT!r}")
+        if top.get("version") != TABLE_VERSION:
+            raise _Malformed(f"unsupported version {top.get('version')!r} (this hpo-astro reads {TABLE_VERSION})")
+        fields = top.get("epoch_fields")
+        if fields != list(EPOCH_FIELDS):
+            raise _Malformed(f"'epoch_fields' must be {list(EPOCH_FIELDS)}")
+        space = _obj(top.get("space"), "space")
+        rows = _list(top.get("rows"), "rows")
+        return cls(
+            name=_str(top.get("name"), "name"),
+            space={name: _list(values, f"space.{name}") for name, values in space.items()},
+            rows=tuple(_row_from_json(row, f"rows[{i}]") for i, row in enumerate(rows)),
+            data_fingerprint=_str(top.get("data_fingerprint"), "data_fingerprint"),
+            seed=_int(top.get("seed"), "seed"),
+            max_epochs=None if top.get("max_epochs") is None else _int(top.get("max_epochs"), "max_epochs"),
+            info=_obj(top.get("info", {}), "info"),
+        )
+
+
+# --- checks ------------------------------------------------------------------------------------------------------
+
+
+class _Malformed(Exception):
+    """A table file's structure is wrong (becomes one UserError line naming the file)."""
+
+
+def _search_space(name: str, space: Mapping[str, Any]) -> SearchSpace:
+    if not isinstance(space, Mapping) or not space:
+        raise UserError(f"table {name!r}: the space must name at least one hyperparameter")
+    search = SearchSpace.from_dict(space)
+    for hp, values in search.items():
+        if len({_norm(v) for v in values}) != len(values):
+            raise UserError(f"table {name!r}: hyperparameter {hp!r} lists a value twice")
+    return search
+
+
+def _check_row(where: str, row: TableRow) -> None:
+    history = row.history
+    if not history:
+        raise UserError(f"{where} has no epochs")
+    for i, epoch in enumerate(history, start=1):
+        if epoch.epoch != i:
+            raise UserError(f"{where}: epoch {i} of its history says epoch {epoch.epoch}")
+    if not 1 <= row.best_epoch <= len(history):
+        raise UserError(f"{where}: best_epoch {row.best_epoch} is outside its {len(history)} epochs")
+    for label, metrics in (("val_metrics", row.val_metrics), ("test_metrics", row.test_metrics)):
+        extra = [k for k in metrics if k not in METRIC_FIELDS]
+        if extra:  # a table built in code may leave metrics out (NaN when replayed); a file must have them all
+            raise UserError(f"{where}: {label} has unknown {', '.join(extra)}")
+    unknown = [name for name in row.params if name not in PAPER_SPACE]
+    if unknown:
+        raise UserError(f"{where}: unknown hyperparameter {unknown[0]!r} in its params")
+
+
+def _key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    """The configuration's position in the space: the index of each hyperparameter's value."""
+    key = []
+    for name, values in search.items():
+        if name not in params:
+            raise UserError(f"{where}: {name} is not given")
+        try:
+            value = search.match(name, params[name])
+        except UserError:
+            shown = ", ".join(str(v) for v in values)
+            raise UserError(f"{where}: {name}={params[name]} is not in the table's space ({shown})") from None
+        key.append(values.index(value))
+    return tuple(key)
+
+
+def _describe(search: SearchSpace, key: tuple[int, ...]) -> str:
+    return " ".join(f"{name}={values[i]}" for (name, values), i in zip(search.items(), key, strict=True))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _norm(a) == _norm(b)
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.lower()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(f"{float(value):.12g}")  # 1e-3, 0.001 and 0.0010000000000000002 are one value
+    return value
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: a diverged epoch's loss is written as null (read back as NaN)."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _float_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Malformed(f"{where} must be an object")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Malformed(f"{where} must be a list")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"{where} must be a string")
+    return value
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Malformed(f"{where} must be a whole number")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A number, or null for a non-finite one."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Malformed(f"{where} must be a number or null")
+    return float(value)
+
+
+def _metrics(value: Any, where: str) -> dict[str, float]:
+    metrics = {key: _number(v, f"{where}.{key}") for key, v in _obj(value, where).items()}
+    absent = [k for k in _REQUIRED_METRICS if k not in metrics]
+    if absent:
+        raise _Malformed(f"{where} lacks {', '.join(absent)}")
+    return metrics
+
+
+def _row_from_json(value: Any, where: str) -> TableRow:
+    row = _obj(value, where)
+    history = []
+    for i, epoch in enumerate(_list(row.get("history"), f"{where}.history")):
+        values = _list(epoch, f"{where}.history[{i}]")
+        if len(values) != len(EPOCH_FIELDS):
+            raise _Malformed(f"{where}.history[{i}] must hold {len(EPOCH_FIELDS)} values ({', '.join(EPOCH_FIELDS)})")
+        number = _int(values[0], f"{where}.history[{i}].epoch")
+        rest = [_number(v, f"{where}.history[{i}].{f}") for f, v in zip(EPOCH_FIELDS[1:], values[1:], strict=True)]
+        history.append(EpochMetrics(number, *rest))
+    params = _obj(row.get("params"), f"{where}.params")
+    for key, param in params.items():
+        if isinstance(param, bool) or not isinstance(param, int | float | str):
+            raise _Malformed(f"{where}.params.{key} must be a number or a string")
+    wall_time = _number(row.get("wall_time"), f"{where}.wall_time")
+    if not (math.isfinite(wall_time) and wall_time >= 0):
+        raise _Malformed(f"{where}.wall_time must be a number of seconds >= 0")
+    return TableRow(
+        params=dict(params),
+        history=tuple(history),
+        best_epoch=_int(row.get("best_epoch"), f"{where}.best_epoch"),
+        stop_reason=_str(row.get("stop_reason"), f"{where}.stop_reason"),
+        val_metrics=_metrics(row.get("val_metrics"), f"{where}.val_metrics"),
+        test_metrics=_metrics(row.get("test_metrics"), f"{where}.test_metrics"),
+        wall_time=wall_time,
+    )

@@ -1,0 +1,139 @@
+"""Tabulating: building a table by training every configuration of a finite space once, as a grid study named
+`table/<NAME>` (`hpo-astro tabulate`), each trial's best weights then evaluated once on the test split."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hpo_astro.config import StudyConfig
+from hpo_astro.data.prepare import DataSplits
+from hpo_astro.errors import UserError
+from hpo_astro.metrics import Metrics
+from hpo_astro.objective import TrainFn
+from hpo_astro.record import StudyRecord
+from hpo_astro.space import SearchSpace
+from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR
+from hpo_astro.train import TrainResult
+
+DEFAULT_MAX_CONFIGS = 10_000  # tabulate refuses larger spaces unless --max-configs says otherwise
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def tabulate_train(params: Mapping[str, Any], data: DataSplits, **options: Any) -> TrainResult:
+    """The trainer of a `tabulate` study: train as `run` does (every keyword the objective passes goes through), then
+    evaluate the restored best weights on the test split once and record that on the trial (`test_metrics`). A
+    module-level function, so worker processes get it."""
+    from hpo_astro import objective
+
+    trainer = objective.default_train  # looked up now: the tests replace it by a fast stand-in
+    result = trainer(params, data, **options)
+    if result.stop_reason != "pruned":  # a pruned trial is not a row; nothing to test
+        result.extra_attrs[TEST_METRICS_ATTR] = test_metrics(result, data).as_dict()
+    return result
+
+
+def test_metrics(result: TrainResult, data: DataSplits) -> Metrics:
+    """The trained model (best weights restored) on the test split."""
+    from hpo_astro.train import evaluate
+
+    return evaluate(result.model, data.x_test, data.y_test, data.pos_weight)
+
+
+test_metrics.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name
+
+
+def train_for_study(study_name: str) -> TrainFn | None:
+    """The trainer a worker joining `study_name` must use: `tabulate_train` for a table study, else the default."""
+    return tabulate_train if study_name.startswith(TABLE_PREFIX) else None
+
+
+def check_name(name: str) -> str:
+    """A table name: letters, digits, '.', '_', '-' (it names a study and a file)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise UserError(
+            f"invalid table name {name!r}: use up to 100 letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit"
+        )
+    return name
+
+
+def check_size(space: SearchSpace, limit: int = DEFAULT_MAX_CONFIGS) -> int:
+    size = space.n_combinations()
+    if size > limit:
+        raise UserError(
+            f"the space has {size:,} configurations, more than the table limit of {limit:,}; narrow [space] in the "
+            "study file (or raise --max-configs)"
+        )
+    return size
+
+
+def tabulate_config(
+    space_file: Path | None,
+    name: str,
+    storage: str,
+    max_configs: int = DEFAULT_MAX_CONFIGS,
+    **overrides: Any,
+) -> StudyConfig:
+    """The study that tabulates `name`: the grid over the `[space]` of `space_file`, named `table/<name>`, with
+    the file's other settings and `overrides` (None: not given). Without a file, the stored study's own
+    configuration (to resume it). Checked here, before any store is written: the size limit, no pruner (a table
+    needs whole curves), and a resumed table's seed and epoch cap (rows trained otherwise would mix in)."""
+    import tomllib
+
+    from hpo_astro.config import load_config
+    from hpo_astro.storage import store_file
+
+    study_name = TABLE_PREFIX + check_name(name)
+    file = store_file(storage)
+    stored = None
+    if file is None or (file.is_file() and file.stat().st_size > 0):  # a new or empty store holds no study
+        stored = _stored_config(storage, study_name)
+    if space_file is None:
+        if stored is None:
+            raise UserError(f"no table study {study_name!r} in {storage} to resume; pass --space FILE to start it")
+        cfg = stored.merged(**overrides)
+    else:
+        base = load_config(space_file)
+        if "space" not in tomllib.loads(Path(space_file).read_text()):
+            raise UserError(
+                f"{space_file} has no [space]: a table enumerates a finite space, listed as name = [values] under "
+                "[space] in the study file"
+            )
+        if base.pruner not in (None, "none"):
+            raise UserError(
+                f"{space_file} sets pruner = {base.pruner!r}: a table needs every configuration's whole curve, "
+                "so tabulate never prunes (remove the pruner)"
+            )
+        cfg = base.merged(**overrides)
+    size = check_size(cfg.space, max_configs)
+    cfg = dataclasses.replace(cfg, strategy="grid", study=study_name, n_trials=size, pruner="none", storage=storage)
+    cfg.validate()
+    if stored is not None:
+        for what, was, now in (("seed", stored.seed, cfg.seed), ("max epochs", stored.max_epochs, cfg.max_epochs)):
+            if was != now:
+                raise UserError(
+                    f"table study {study_name!r} in {storage} was started with {what} {was}, not {now}: its rows "
+                    "must all train alike; resume it with the same settings, or use another --out NAME"
+                )
+    return cfg
+
+
+def _stored_config(storage: str, study_name: str) -> StudyConfig | None:
+    """The configuration a stored table study recorded (read-only, the store closed again); None if there is none."""
+    import optuna
+
+    from hpo_astro.storage import read_store
+
+    with read_store(storage) as backend:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=backend)
+        except KeyError:
+            return None
+        record = StudyRecord.from_attrs(study.user_attrs)
+    if record is None:
+        raise UserError(f"study {study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
+    return record.to_config(storage, study_name)
