@@ -489,8 +489,11 @@ def test_the_shipped_table(tmp_path: Path) -> None:
     resource = shipped_tables()[SHIPPED]
     assert resource.name.endswith(".json.gz") and len(resource.read_bytes()) < 4 * 2**20
     table = load_table(SHIPPED)
-    assert table.missing == 0 and len(table.rows) >= 150
+    assert table.missing == 0 and len(table.rows) >= 300
     recipe = table.info["recipe"]
+    assert len(table.rows) <= recipe["max_configs"]
+    for name, left_out in recipe["left_out"].items():  # what the recipe leaves out for cost is not in the table
+        assert not set(left_out) & set(table.space.get(name, ()))
     assert recipe["script"] == "scripts/make_table.py" and set(table.space) <= set(recipe["fanova_importances"])
     ranked = list(recipe["fanova_importances"])
     assert list(table.space) == [name for name in ranked if name in table.space]  # the space: the most important
