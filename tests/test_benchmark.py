@@ -337,6 +337,22 @@ def test_storage_seed_name_repeats_objective_and_top_k(tmp_path: Path) -> None:
     assert none.analysis.top == []
 
 
+def test_a_study_files_start_up_trials_apply_to_the_strategies_that_have_them(tmp_path: Path) -> None:
+    """`n_startup_trials` in a benchmark's study file is shared by every strategy: the model-based ones take it,
+    random (which `run` would refuse it for) runs without it."""
+    from hpo_astro.config import StudyConfig
+
+    s = spec(tmp_path, ("random", "tpe", "bayesian"), repeats=1, n_trials=4, base=StudyConfig(n_startup_trials=2))
+    run_benchmark(s, table=make_table())
+    storage = journal(tmp_path / "bench")
+    recorded = {
+        name: optuna.load_study(study_name=f"bench/bench/{name}/seed-0", storage=storage).user_attrs
+        for name in ("random", "tpe", "bayesian")
+    }
+    assert recorded["tpe"]["n_startup_trials"] == 2 and recorded["bayesian"]["n_startup_trials"] == 2
+    assert recorded["random"].get("n_startup_trials") is None
+
+
 def test_max_epochs_and_pruner_in_tabular_mode(tmp_path: Path) -> None:
     s = spec(tmp_path, ("random",), repeats=2, max_epochs=2, pruner="median", n_trials=8)
     result = run_benchmark(s, table=make_table())

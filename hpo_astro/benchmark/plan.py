@@ -12,6 +12,7 @@ from hpo_astro.config import MAX_SEED, OBJECTIVES, StudyConfig
 from hpo_astro.errors import UserError
 from hpo_astro.io import check_output
 from hpo_astro.space import SearchSpace
+from hpo_astro.strategies import STARTUP_STRATEGIES
 
 if TYPE_CHECKING:
     from hpo_astro.tabular import Table
@@ -140,11 +141,15 @@ class BenchmarkSpec:
         self, strategy: str, repeat: int, space: SearchSpace | None = None, max_epochs: int | None = None
     ) -> StudyConfig:
         """The study of `strategy`'s repeat `repeat`: an ordinary study configuration, in the benchmark's store.
-        `space` and `max_epochs` are the table's in tabular mode."""
+        `space` and `max_epochs` are the table's in tabular mode. The study file's settings are shared by every
+        strategy, so `n_startup_trials` applies to the strategies that have start-up trials and not to the others
+        (`run` refuses it for a strategy without them)."""
         cfg = self.settings
+        startup = cfg.n_startup_trials if strategy in STARTUP_STRATEGIES else None
         return dataclasses.replace(
             cfg,
             strategy=strategy,
+            n_startup_trials=startup,
             n_trials=self.n_trials,
             study=self.study_name(strategy, repeat),
             storage=self.storage_url,
