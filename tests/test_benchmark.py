@@ -521,3 +521,43 @@ def test_time_to_within_counts_the_failed_trials_time_but_not_their_number() -> 
     (row,) = analyze([run], ["A"], 4, maximize=True, metric="accuracy").studies
     assert (row.trials_to_within, row.time_to_within) == (3, 11.0)  # the 3rd finished trial, after 2 + 5 + 1 + 3 s
     assert row.trials == 4 and row.failed == 1 and row.total_time == 15.0
+
+
+@pytest.mark.parametrize(
+    ("error", "exit_code"),
+    [("CannotWrite", 1), ("UserError", 2), ("WriteFailed", None), ("StudyFailed", None), ("KeyError", None)],
+)
+def test_a_worker_processes_error_is_raised_again_as_itself(
+    error: str, exit_code: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A benchmark worker reports its error by class name; the parent raises the same class again, so a full disk
+    (CannotWrite) stays exit code 1 and bad input 2; an unexpected error becomes StudyFailed naming it."""
+    import queue
+
+    import torch
+
+    from hpo_astro.benchmark import runner
+    from hpo_astro.errors import UserError
+    from hpo_astro.io import CannotWrite
+    from hpo_astro.run import StudyFailed, WriteFailed
+
+    classes = {c.__name__: c for c in (CannotWrite, UserError, WriteFailed, StudyFailed, KeyError)}
+
+    def fail(self: Any, job: Any) -> None:
+        raise classes[error]("the reason")
+
+    monkeypatch.setattr(runner.Runner, "__init__", lambda self, url, source: None)
+    monkeypatch.setattr(runner.Runner, "run", fail)
+    tasks: queue.Queue = queue.Queue()
+    results: queue.Queue = queue.Queue()
+    tasks.put((0, None))
+    runner._child("unused", None, torch.get_num_threads(), tasks, results)  # type: ignore[arg-type]
+    kind, index, payload = results.get_nowait()
+    rebuilt = runner._rebuilt(*payload)
+    assert kind == "error" and index == 0
+    if error == "KeyError":
+        assert type(rebuilt) is StudyFailed and "KeyError" in str(rebuilt)
+    else:
+        assert type(rebuilt) is classes[error] and str(rebuilt) == "the reason"
+    if exit_code is not None:  # the command line exits with a UserError's exit_code, 2 when it has none
+        assert getattr(rebuilt, "exit_code", 2) == exit_code

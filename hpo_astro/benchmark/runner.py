@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from hpo_astro.benchmark.plan import Job
 from hpo_astro.errors import UserError
 from hpo_astro.interrupts import process_interrupts
+from hpo_astro.io import CannotWrite
 from hpo_astro.run import StudyFailed, WriteFailed, run_study
 
 if TYPE_CHECKING:
@@ -270,16 +271,17 @@ def _pool(
     return [o for o in outcomes if o is not None]
 
 
-def _rebuilt(kind: str, message: str, exit_code: int = 2) -> Exception:
-    """A worker's error, raised again in the parent with its meaning (its exit code) kept."""
-    if kind == "UserError":
-        error = UserError(message)
-        error.exit_code = exit_code  # type: ignore[attr-defined]  # CannotWrite (a full disk) is 1
-        return error
-    if kind == "WriteFailed":
-        return WriteFailed(message)
-    if kind == "StudyFailed":
-        return StudyFailed(message)
+# The errors a worker reports by name and the parent raises again as themselves (so CannotWrite, a full disk, keeps
+# its exit code 1 and UserError its 2); anything else is a bug in the worker.
+_KNOWN_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (UserError, CannotWrite, StudyFailed, WriteFailed)
+}
+
+
+def _rebuilt(kind: str, message: str) -> Exception:
+    """A worker's error, raised again in the parent with its meaning (its class, so its exit code) kept."""
+    if kind in _KNOWN_ERRORS:
+        return _KNOWN_ERRORS[kind](message)
     return StudyFailed(f"a benchmark worker failed: {kind}: {message}")
 
 
@@ -298,10 +300,7 @@ def _child(
                 index, job = item
                 try:
                     results.put(("ok", index, runner.run(job)))
-                except UserError as exc:
-                    results.put(("error", index, ("UserError", str(exc), getattr(exc, "exit_code", 2))))
-                    return
-                except StudyFailed as exc:
+                except (UserError, StudyFailed) as exc:
                     results.put(("error", index, (type(exc).__name__, str(exc))))
                     return
                 except Exception as exc:  # a bug: the parent says so in one line, the traceback stays here
