@@ -301,18 +301,18 @@ def analyze(
 
 def _to_within(run: StudyRun, maximize: bool) -> tuple[int | None, float | None]:
     """Finished trials until the running best came within 1% of the study's best, and the training time charged
-    until then, failed trials' included (the time axis of the anytime curves)."""
-    finished = [t.value for t in run.trials if t.finished]
-    position, _ = stats.to_within(finished, [0.0] * len(finished), maximize)
-    if position is None:
-        return None, None
-    seen = spent = 0
+    until then, failed trials' included (the time axis of the anytime curves): each finished trial carries the time
+    of the failed trials before it."""
+    values: list[float | None] = []
+    costs: list[float] = []
+    pending = 0.0
     for t in run.trials:
-        spent += t.cost
-        seen += t.finished
-        if seen == position:
-            break
-    return position, float(spent)
+        pending += t.cost
+        if t.finished:
+            values.append(t.value)
+            costs.append(pending)
+            pending = 0.0
+    return stats.to_within(values, costs, maximize)
 
 
 def _estimate(values: Sequence[float | int | None], seed: int) -> stats.Estimate:
