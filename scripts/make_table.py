@@ -4,8 +4,8 @@
 1. simulate a small data set (`hpo-astro data synth`);
 2. a random study over the paper's full space, short trials (`hpo-astro run --strategy random`);
 3. fANOVA on it (`optuna.importance.FanovaImportanceEvaluator`): the hyperparameters that matter most;
-4. the narrowed space: the most important hyperparameters with all their paper values, in order of importance, while
-   the table stays within MAX_CONFIGS; the others at their defaults;
+4. the narrowed space: the most important hyperparameters with all their paper values (less LEFT_OUT), in order of
+   importance, while the table stays within MAX_CONFIGS; the others at their defaults;
 5. `hpo-astro tabulate` over that space, then the table is written with the recipe's provenance in its `info`.
 
 Every step is the command a user would type, with every setting written here, so the table reproduces (on the same
@@ -34,7 +34,6 @@ RECORDS, DATA_SEED = 1000, 0  # simulated cutouts: 700 train, 150 validation, 15
 SEED = 0  # sampler and training seed of both studies
 FANOVA_TRIALS, FANOVA_EPOCHS = 60, 5
 TABLE_EPOCHS = 6
-TIMINGS_FILE = Path("timings.json")  # set in main(), under --work
 MAX_CONFIGS = 400  # the most important hyperparameters' grids up to this size (here 5: 384; a 6th made 1,536)
 # Values left out for cost on a CPU, as `scripts/reproduce_paper.sh --quick` leaves them out: batch sizes 4 and 16
 # take 175 and 44 optimiser steps an epoch on 700 training cutouts against 11 and 3, and would be most of the
@@ -46,9 +45,23 @@ def hpo(*args: object) -> list[str]:
     return [str(ROOT / ".venv" / "bin" / "hpo-astro"), *map(str, args)]
 
 
-def step(name: str, command: list[str] | None, timings: dict, func=None) -> object:
-    """Run one step, adding its wall time and CPU time (children included) to `timings` and to TIMINGS_FILE, also
-    when it fails or is interrupted (the recipe resumes; the total is what every invocation cost)."""
+class Timings(dict):
+    """Each step's wall and CPU time, added up over the recipe's invocations (it resumes; the total is what every
+    invocation cost) and saved to `path` after every step."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(json.loads(path.read_text()) if path.exists() else {})
+        self.path = path
+
+    def add(self, name: str, wall: float, cpu: float) -> None:
+        earlier = self.get(name, {"wall_s": 0.0, "cpu_s": 0.0})
+        self[name] = {"wall_s": round(earlier["wall_s"] + wall, 1), "cpu_s": round(earlier["cpu_s"] + cpu, 1)}
+        self.path.write_text(json.dumps(self, indent=2) + "\n")
+
+
+def step(name: str, command: list[str] | None, timings: Timings, func=None) -> object:
+    """Run one step, adding its wall time and CPU time (children included) to `timings`, also when it fails or is
+    interrupted."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     print(f"== {name}: {' '.join(command) if command else ''}", flush=True)
@@ -57,12 +70,7 @@ def step(name: str, command: list[str] | None, timings: dict, func=None) -> obje
     finally:
         after = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
         cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before, strict=True))
-        earlier = timings.get(name, {"wall_s": 0.0, "cpu_s": 0.0})
-        timings[name] = {
-            "wall_s": round(earlier["wall_s"] + time.perf_counter() - start, 1),
-            "cpu_s": round(earlier["cpu_s"] + cpu, 1),
-        }
-        TIMINGS_FILE.write_text(json.dumps(timings, indent=2) + "\n")
+        timings.add(name, time.perf_counter() - start, cpu)
         print(f"   {name}: {timings[name]['wall_s']} s wall, {timings[name]['cpu_s']} s CPU (all runs)", flush=True)
 
 
@@ -109,9 +117,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HPO_ASTRO_CACHE", str(work / "cache"))
     data, storage = work / f"sim-n{RECORDS}-seed{DATA_SEED}.npz", f"sqlite:///{work / 'recipe.db'}"
-    global TIMINGS_FILE
-    TIMINGS_FILE = work / "timings.json"  # every invocation's cost, added up per step (resumed runs included)
-    timings: dict[str, dict] = json.loads(TIMINGS_FILE.read_text()) if TIMINGS_FILE.exists() else {}
+    timings = Timings(work / "timings.json")
 
     if not data.exists():
         step("data", hpo("data", "synth", "--n", RECORDS, "--seed", DATA_SEED, "--out", data), timings)
