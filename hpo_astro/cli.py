@@ -50,6 +50,8 @@ class _Group(TyperGroup):
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
+        except typer.Exit:  # a command that has said its one line already (Click's Exit is a RuntimeError)
+            raise
         except UserError as exc:  # bad input: exit 2; a write the machine refused (CannotWrite): exit 1
             _fail(str(exc), code=getattr(exc, "exit_code", 2))
         except _UsageError as exc:

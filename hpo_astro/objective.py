@@ -220,7 +220,11 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ArtifactCheckpoint]:
         storage = trial.study._storage
-        # Who runs the trial, first: on a store without heartbeat (journal) this is how a dead process is recognised.
+        # The first heartbeat, before anything else: Optuna's heartbeat thread records it asynchronously, and a trial
+        # killed before that thread ran had no heartbeat row, so it was never found stale and stayed RUNNING forever.
+        if optuna.storages._heartbeat.is_heartbeat_enabled(storage):
+            storage.record_heartbeat(trial._trial_id)
+        # Who runs the trial, next: on a store without heartbeat (journal) this is how a dead process is recognised.
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr(WORKER_START_ATTR, process_token())
         if storage.get_trial_system_attrs(trial._trial_id).get(EXHAUSTED_KEY):

@@ -301,8 +301,68 @@ def _check_journal(path: Path) -> None:
         raise UserError(f"{path} is not an Optuna study store (not an Optuna journal file)")
 
 
+def _journal_backend(path: str) -> optuna.storages.journal.BaseJournalBackend:
+    """Optuna's journal file backend whose appends cannot leave half a record behind.
+
+    Optuna appends a batch of records with one write under the journal's lock. A full disk, a file-size limit or a
+    kill can stop that write part-way: the file then ends in an incomplete line, which Optuna's reader skips, but the
+    next append would glue its records onto it and make a line no reader can decode. So an append that fails takes
+    the file back to its length before the write, and every append first drops an incomplete last line (a record
+    whose write never returned; under the lock, no other writer is half-way through)."""
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(path)
+
+    class WholeRecordsBackend(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+            lock.acquire()
+            try:
+                size = drop_incomplete_tail(Path(path))
+                try:
+                    with open(path, "ab") as fh:
+                        fh.write(text)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                except OSError:
+                    with contextlib.suppress(OSError), open(path, "r+b") as fh:
+                        fh.truncate(size)  # shrinking needs no space: the journal is as it was before the write
+                    raise
+            finally:
+                lock.release()
+
+    return WholeRecordsBackend(path, lock_obj=lock)
+
+
+def drop_incomplete_tail(path: Path) -> int:
+    """Cut a journal file after its last complete line (a record ends with a newline) and return its length. Only
+    under the journal's lock: the tail is a write that failed or was killed."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "r+b") as fh:
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return size
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                fh.truncate(keep)
+                return keep
+            end = start
+        fh.truncate(0)
+        return 0
+
+
 def _journal(path: str, create: bool) -> optuna.storages.BaseStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
     if not path:
         raise UserError("journal storage needs a path: journal:PATH")
@@ -316,7 +376,7 @@ def _journal(path: str, create: bool) -> optuna.storages.BaseStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return JournalStorage(JournalFileBackend(path))
+            return JournalStorage(_journal_backend(path))
     except OSError as exc:
         raise UserError(f"cannot open the journal {path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, a record Optuna cannot replay

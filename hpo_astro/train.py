@@ -352,7 +352,8 @@ def train(
     `evaluate_train`, its metrics on the training split: one more pass over it, which a study does not need).
 
     `resume` is a `TrainState.checkpoint()`: training continues after its last epoch and, for the same seed,
-    ends exactly as the uninterrupted run would (on CPU; cuDNN is set deterministic on GPU too).
+    ends exactly as the uninterrupted run would (eager on CPU; cuDNN is set deterministic on GPU too). A captured
+    run's checkpoint holds the learning rate in float32, so resumed eagerly it agrees to float32 rounding.
 
     `capture`: record the train step as a CUDA graph (None or True: on CUDA; False: eager everywhere). Same seed,
     device and mode give the same metrics; captured and eager runs of one seed agree to float rounding, not bitwise

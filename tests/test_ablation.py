@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy
+from helpers import patience
 from optuna.trial import TrialState
 
 from hpo_astro.samplers import AblationSampler
@@ -170,7 +171,7 @@ def test_two_processes_share_the_plan_without_duplicates(tmp_path: Path) -> None
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=240)
+        p.join(timeout=patience(240))
         assert p.exitcode == 0
     study = optuna.load_study(study_name="s", storage=storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_refused, invoke, write_npy_object
+from helpers import assert_refused, invoke, patience, write_npy_object
 
 from hpo_astro.data import exromana
 
@@ -183,7 +183,7 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path: Path) -> N
         capture_output=True,
         text=True,
         env={**os.environ, "HPO_ASTRO_CACHE": str(tmp_path)},
-        timeout=120,
+        timeout=patience(120),
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: conv_layers=9 is outside the search space; allowed: 1, 2, 3, 4"]

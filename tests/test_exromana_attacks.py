@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pickle_asm as asm
 import pytest
-from helpers import assert_refused, invoke
+from helpers import assert_refused, invoke, patience
 
 from hpo_astro.data import exromana, safe_pickle
 from hpo_astro.data.prepare import zscale
@@ -76,7 +76,7 @@ def test_crash_attack_is_one_error_line_in_a_subprocess(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env={**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")},
-        timeout=120,
+        timeout=patience(120),
     )
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()

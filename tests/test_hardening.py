@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import assert_refused, invoke
+from helpers import assert_refused, invoke, patience
 from optuna.trial import TrialState
 
 from hpo_astro.data import exromana, simulate
@@ -122,12 +122,12 @@ def test_a_real_write_limit_never_gives_a_traceback(tmp_path: Path, small_file: 
     cheap.write_text("[space]\nconv_layers = [1]\nfc_layers = [1]\nbatch_size = [256]\nlr = [1e-2, 1e-3]\n")
     command = [sys.executable, "-m", "hpo_astro.cli", "run", "-n", 2, "--data", small_file, "--max-epochs", 2]
     command = [str(c) for c in [*command, "--config", cheap, "--storage", store, "--study", "limited"]]
-    limited = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_writes, timeout=300)
+    limited = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_writes, timeout=patience(300))
     assert limited.returncode == 1, limited.stderr
     assert "Traceback" not in limited.stderr
     errors = [line for line in limited.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "cannot write" in errors[0], limited.stderr
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=patience(300))
     assert again.returncode == 0, again.stderr
     study = optuna.load_study(study_name="limited", storage=store)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
@@ -158,7 +158,7 @@ def test_two_run_commands_on_one_study_at_once_do_not_repeat_each_other(tmp_path
     command = [str(c) for c in [*command, "--storage", store]]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     for process in processes:
-        _, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=patience(300))
         assert process.returncode == 0, err.decode()
     study = optuna.load_study(study_name="random", storage=store)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import SMALL_SPACE, fake_train, study_config
+from helpers import SMALL_SPACE, fake_train, patience, study_config
 from optuna.trial import TrialState
 
 from hpo_astro import run as run_module
@@ -52,18 +52,18 @@ def test_ctrl_c_marks_the_trial_failed_and_the_same_command_resumes(tmp_path: Pa
     ]
     env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
+    deadline = time.time() + patience(120)
     while time.time() < deadline:  # wait until a trial is running, then interrupt it
         if db.exists() and _count(db, "RUNNING") > 0:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=patience(60))
     assert proc.returncode == 130, err
     assert "resume with: hpo-astro run --strategy random --n-trials 3" in err
     assert "Traceback" not in err  # an interrupt is not an error
     assert _count(db, "RUNNING") == 0 and _count(db, "FAIL") == 1
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=patience(300))
     assert done.returncode == 0, done.stderr
     assert _count(db, "COMPLETE") + _count(db, "PRUNED") == 3 and _count(db, "RUNNING") == 0
 
@@ -174,5 +174,5 @@ configure_logging()
 configure_logging()
 assert optuna.logging.get_verbosity() == optuna.logging.WARNING and len(optimize.filters) == 1
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=patience(120))
     assert done.returncode == 0, done.stderr

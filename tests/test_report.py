@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import GOOD_STUDIES, assert_refused, invoke
+from helpers import GOOD_STUDIES, assert_refused, invoke, patience
 
 from hpo_astro.data.prepare import PrepConfig, load_splits
 from hpo_astro.report import compare, figures
@@ -380,7 +380,7 @@ def test_dashboard_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
 def test_reproduce_paper_script_arguments() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30)
+    usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=patience(30))
     assert usage.returncode == 0 and "--quick" in usage.stdout and "set -euo" not in usage.stdout
-    bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True, timeout=patience(30))
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown argument '--fast'")

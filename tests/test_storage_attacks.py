@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import assert_refused, invoke
+from helpers import assert_refused, invoke, patience
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
@@ -313,9 +313,9 @@ def test_concurrent_first_opens_of_a_new_store_all_succeed(
         procs = [context.Process(target=_open_at_once, args=(url, barrier, results)) for _ in range(n)]
         for p in procs:
             p.start()
-        outcomes = [results.get(timeout=120) for _ in procs]
+        outcomes = [results.get(timeout=patience(120)) for _ in procs]
         for p in procs:
-            p.join(timeout=60)
+            p.join(timeout=patience(60))
         assert outcomes == ["ok"] * n, outcomes
         with read_store(url) as storage:
             assert optuna.get_all_study_summaries(storage, include_best_trial=False) == []
@@ -449,7 +449,7 @@ def test_a_run_killed_on_a_journal_store_resumes_to_exactly_the_budget(tmp_path:
     cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
     env = {**os.environ, "HPO_ASTRO_CACHE": os.environ["HPO_ASTRO_CACHE"]}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + patience(120)
     while time.time() < deadline and proc.poll() is None:  # until a trial has checkpointed an epoch
         trials = _journal_states(log, "killed")
         if any(t.state == TrialState.RUNNING and "checkpoint" in t.user_attrs for t in trials):
@@ -459,7 +459,7 @@ def test_a_run_killed_on_a_journal_store_resumes_to_exactly_the_budget(tmp_path:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert [t.state for t in _journal_states(log, "killed")] == [TrialState.RUNNING]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=patience(240))
     assert done.returncode == 0, done.stderr[-2000:]
     trials = _journal_states(log, "killed")
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]

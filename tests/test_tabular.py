@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from helpers import assert_refused, fake_train, invoke, store_url
+from helpers import assert_refused, fake_train, invoke, patience, store_url
 from optuna.trial import TrialState
 
 from hpo_astro import objective as objective_module
@@ -252,7 +252,7 @@ def test_tabulate_with_workers_trains_and_tests_for_real(
 
     def on_start(self: workers._FirstTrialGate, study: optuna.Study, finished: int, target: int) -> None:
         gate(self, study, finished, target)
-        deadline = time.time() + 180
+        deadline = time.time() + patience(180)
         while time.time() < deadline:  # hold this process until the spawned one has a trial of its own
             if {t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False)} - {me, None}:
                 return
