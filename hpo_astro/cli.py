@@ -826,23 +826,33 @@ def dashboard_command(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8080,
+    artifacts_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--artifacts",
+            help="Serve the trials' artifacts from this folder (default: the one beside the SQLite or journal file).",
+        ),
+    ] = None,
 ) -> None:
     """Browse the study store with optuna-dashboard (every trial, its curves and attributes); Ctrl-C stops it."""
-    import optuna_dashboard
+    import shlex
 
-    from hpo_astro.dashboard import ReadOnlyArtifacts, artifact_folders
+    from hpo_astro.dashboard import ReadOnlyArtifacts, run_server, served_folder, unserved_folders
     from hpo_astro.storage import read_store
 
+    # One folder, never one the store names (a store from someone else could name any); served as downloads only.
+    folder = served_folder(storage, artifacts_dir)
     with read_store(storage) as store:  # read-only: the dashboard's own writes (notes, ...) are refused
-        # The studies' artifact folders, so that the dashboard serves the best weights listed on their trials.
-        folders = artifact_folders(store, storage)
-        artifacts = ReadOnlyArtifacts(folders) if folders else None
+        for other, studies in unserved_folders(store, folder).items():
+            names, serve = ", ".join(repr(name) for name in studies), shlex.quote(str(other))
+            _note(f"note: {other} (the artifact folder of {names}) is not served; add --artifacts {serve} to serve it")
+        artifacts = ReadOnlyArtifacts([folder]) if folder is not None else None
         shown = f"[{host}]" if ":" in host else host
         console.print(f"optuna-dashboard on {storage}: http://{shown}:{port}/ (Ctrl-C to stop)", highlight=False)
         if host not in ("127.0.0.1", "localhost", "::1"):
             _note(f"warning: bound to {host}, reachable from other machines; optuna-dashboard has no authentication")
         try:
-            optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifacts)
+            run_server(store, host=host, port=port, artifact_store=artifacts)
         except KeyboardInterrupt:
             pass
         except OSError as exc:

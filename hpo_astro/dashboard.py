@@ -1,6 +1,6 @@
 """What optuna-dashboard shows of a study beyond Optuna's own records: the study note (what the study is, the command
-that made it and how to resume it), and the read-only artifact store `hpo-astro dashboard` serves the trials'
-artifacts (the best weights) from.
+that made it and how to resume it), the read-only artifact store `hpo-astro dashboard` serves the trials' artifacts
+(the best weights) from, and the wrapper that serves them as downloads only.
 
 The rest is recorded where the dashboard already looks: the objective's name is the study's metric name
 (`hpo_astro.study.create_or_resume`), its per-epoch values the trials' intermediate values, the other per-epoch
@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import optuna
 
+from hpo_astro.errors import UserError
 from hpo_astro.record import StudyRecord
-from hpo_astro.storage import find_artifact_dir
+from hpo_astro.storage import artifact_dir, store_file
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def study_note(study: optuna.Study, command: list[str], program: str, cwd: Path, storage_url: str) -> str:
@@ -68,22 +71,36 @@ def absolute_storage(url: str) -> str:
     return url
 
 
-def artifact_folders(storage: optuna.storages.BaseStorage, url: str) -> list[Path]:
-    """The artifact folders of every study in the store (where each recorded them, else `<file>.artifacts/` beside
-    the store, for a store copied with that folder), existing ones only, each once."""
-    folders: dict[Path, None] = {}
+def served_folder(url: str, explicit: Path | None = None) -> Path | None:
+    """The one artifact folder `hpo-astro dashboard` serves: `explicit` (its `--artifacts`), else `<file>.artifacts/`
+    beside a SQLite or journal store when it exists. Never the folder a study records: a store from someone else
+    can record any folder, and the dashboard would serve its files."""
+    if explicit is not None:
+        if not explicit.is_dir():
+            raise UserError(f"--artifacts {explicit} is not a folder")
+        return explicit.resolve()
+    beside = artifact_dir(url) if store_file(url) is not None else None
+    return beside.resolve() if beside is not None and beside.is_dir() else None
+
+
+def unserved_folders(storage: optuna.storages.BaseStorage, served: Path | None) -> dict[Path, list[str]]:
+    """The existing artifact folders the store's studies record, other than the served one, each with the studies
+    that record it: the user is told how to serve them (`--artifacts`), as they are no longer served unasked."""
+    unserved: dict[Path, list[str]] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         record = StudyRecord.from_attrs(summary.user_attrs)
-        folder = find_artifact_dir(record.artifacts if record is not None else None, url)
-        if folder is not None:
-            folders[folder.resolve()] = None
-    return list(folders)
+        if record is None or not record.artifacts or not Path(record.artifacts).is_dir():
+            continue
+        folder = Path(record.artifacts).resolve()
+        if folder != served:
+            unserved.setdefault(folder, []).append(summary.study_name)
+    return unserved
 
 
 class ReadOnlyArtifacts:
-    """The artifact store `hpo-astro dashboard` gives optuna-dashboard: it reads an artifact from whichever study
-    folder holds it (artifact ids are UUIDs, unique across folders) and refuses writes and removals, as the read-only
-    study store refuses the dashboard's other writes."""
+    """The artifact store `hpo-astro dashboard` gives optuna-dashboard: it reads an artifact from whichever of the
+    given folders holds it (artifact ids are UUIDs, unique across folders) and refuses writes and removals, as the
+    read-only study store refuses the dashboard's other writes."""
 
     def __init__(self, folders: Iterable[Path]) -> None:
         self.stores = [optuna.artifacts.FileSystemArtifactStore(str(folder)) for folder in folders]
@@ -99,3 +116,56 @@ class ReadOnlyArtifacts:
 
     def remove(self, artifact_id: str) -> None:
         raise PermissionError("hpo-astro dashboard serves the artifacts read-only")
+
+
+# What every artifact response carries instead of the type its store records: a download, never a page.
+DOWNLOAD_HEADERS = (
+    ("Content-Type", "application/octet-stream"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Disposition", "attachment"),
+)
+_REPLACED = {"content-type", "content-encoding", "content-encodings", "content-disposition", "x-content-type-options"}
+
+
+def _is_artifact(environ: dict[str, Any]) -> bool:
+    """Whether a request reached an artifact route: by bottle's matched route (set before the response starts), or
+    by the path as bottle reads it (it rewrites PATH_INFO in place, dropping bytes that are not UTF-8), so that no
+    spelling of the path slips past a prefix test."""
+    rule = getattr(environ.get("bottle.route"), "rule", "")
+    return str(rule).startswith("/artifacts/") or str(environ.get("PATH_INFO", "")).startswith("/artifacts/")
+
+
+def downloads_only(app: WSGIApp) -> WSGIApp:
+    """Wrap optuna-dashboard's WSGI app: it serves an artifact with the content type recorded in the store (a hostile
+    store records text/html: a page on the dashboard's origin, its script run) and `Access-Control-Allow-Origin: *`
+    (any site the user visits may read it). Artifact responses become application/octet-stream, nosniff, attachment;
+    no response allows other origins."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            kept = [(name, value) for name, value in headers if not name.lower().startswith("access-control-")]
+            if _is_artifact(environ):
+                kept = [(name, value) for name, value in kept if name.lower() not in _REPLACED]
+                kept += DOWNLOAD_HEADERS
+            return start_response(status, kept, exc_info)
+
+        return app(environ, start)
+
+    return wrapped
+
+
+def dashboard_app(storage: optuna.storages.BaseStorage, artifact_store: ReadOnlyArtifacts | None) -> WSGIApp:
+    """optuna-dashboard's app on `storage` (through its supported `wsgi` entry point), artifacts as downloads only."""
+    import optuna_dashboard
+
+    return downloads_only(optuna_dashboard.wsgi(storage, artifact_store=artifact_store))
+
+
+def run_server(
+    storage: optuna.storages.BaseStorage, host: str, port: int, artifact_store: ReadOnlyArtifacts | None = None
+) -> None:
+    """`optuna_dashboard.run_server` (same arguments, same bottle/wsgiref server, blocks until Ctrl-C), serving
+    `dashboard_app` instead of the bare app."""
+    import bottle
+
+    bottle.run(dashboard_app(storage, artifact_store), host=host, port=port)

@@ -126,10 +126,10 @@ def test_a_run_ends_with_the_next_commands_as_the_user_types_them(
     steps = [line.split("#")[0].strip() for line in result.stdout.splitlines() if "--storage" in line]
     assert len(steps) == 3 and all(s.startswith(f"{tmp_path / 'bin' / 'hpo-astro'} ") for s in steps)
     # the printed commands work: the dashboard one, run here
-    import optuna_dashboard
+    from hpo_astro import dashboard as dashboard_module
 
     served: list[str] = []
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **k: served.append("served"))
+    monkeypatch.setattr(dashboard_module, "run_server", lambda *a, **k: served.append("served"))
     assert invoke(*shlex.split(steps[0])[1:]).exit_code == 0 and served
 
 

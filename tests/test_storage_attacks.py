@@ -99,7 +99,7 @@ READERS = ("status", "compare", "report", "export", "dashboard")
 @pytest.fixture
 def no_dashboard(monkeypatch: pytest.MonkeyPatch) -> list[optuna.storages.BaseStorage]:
     """optuna-dashboard's server replaced by a call that reads the store it is given, instead of blocking."""
-    import optuna_dashboard
+    from hpo_astro import dashboard as dashboard_module
 
     served: list[optuna.storages.BaseStorage] = []
 
@@ -107,7 +107,7 @@ def no_dashboard(monkeypatch: pytest.MonkeyPatch) -> list[optuna.storages.BaseSt
         served.append(storage)
         optuna.get_all_study_summaries(storage, include_best_trial=False)
 
-    monkeypatch.setattr(optuna_dashboard, "run_server", run_server)
+    monkeypatch.setattr(dashboard_module, "run_server", run_server)
     return served
 
 
