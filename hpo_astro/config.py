@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ OBJECTIVES = {  # name -> (per-epoch metric, direction)
 }
 DEFAULT_CHECKPOINT_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds
+MAX_STUDY_FILE_BYTES = 4 * 2**20  # a study file is a few lines of TOML; /dev/zero or a huge file stops here
 
 
 @dataclass
@@ -118,17 +121,44 @@ class StudyConfig:
 _FILE_KEYS = {f.name for f in dataclasses.fields(StudyConfig)}
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read a TOML study file. Unknown keys, unknown hyperparameters and empty value lists are errors."""
+def read_study_file(path: str | Path) -> dict[str, Any]:
+    """A study file's TOML: read only when it is a regular file of at most `MAX_STUDY_FILE_BYTES` (a device, a FIFO
+    or a huge file is one error line, not a hang or the machine's memory); opened without blocking, checked on the
+    open file."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise UserError(f"study file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise UserError(f"cannot read study file {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UserError(f"cannot read study file {path}: it is {kind}")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_STUDY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read study file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_STUDY_FILE_BYTES:
+        raise UserError(f"{path}: larger than {MAX_STUDY_FILE_BYTES // 2**20} MiB, not a study file")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise UserError(f"cannot read study file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid TOML: values nested too deeply") from None
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read a TOML study file. Unknown keys, unknown hyperparameters and empty value lists are errors."""
+    path = Path(path)
+    raw = read_study_file(path)
     unknown = sorted(set(raw) - _FILE_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_FILE_KEYS))}")

@@ -14,12 +14,11 @@ Files to score: an ExRomana file (`{"TP": [...], "FP": [...]}`: labels known), o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ import torch
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
-from hpo_astro.io import umask, write_error, write_output
+from hpo_astro.io import umask, write_output
 from hpo_astro.metrics import Metrics
 from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, model_manifest, save_model
 from hpo_astro.record import PARAMS_FULL_ATTR
@@ -78,8 +77,7 @@ def export_best(
 def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, events: Events | None) -> Exported:
     trial = best_trial(study)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
-        raise UserError(f"{out} exists and is not an exported model directory; choose another --out")
+    check_export_dir(out)  # before the evaluation, which can take minutes
     splits = study_data(study, data)
     model, evaluation = evaluate_best(study, trial, splits, events, url)
     matches = check_against_cache(study, trial, evaluation, url)  # compare's cache, through compare's own code
@@ -110,27 +108,27 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
 
 
 def _write_directory(out: Path, model: torch.nn.Module, manifest: dict[str, Any]) -> None:
-    """Write into a temporary sibling directory, then swap it into place: never a half-written export."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise write_error(out, exc, f"the model to {out}") from None
-    try:
-        save_model(tmp, model, manifest)
-        tmp.chmod(0o777 & ~umask())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except OSError as exc:
-        raise write_error(out, exc, f"the model to {out}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Write model.pt and model.json into `out`, each file atomically (see `save_model`): only these two files are
+    replaced, whatever else the directory holds (a user's notes, scores of an earlier export) stays."""
+    save_model(out, model, manifest)
+    with contextlib.suppress(OSError):
+        out.chmod(0o777 & ~umask())
+
+
+def check_export_dir(out: Path) -> None:
+    """Refuse an output directory before any work: one that is a file, or holds files but no earlier export (a
+    folder of the user's, `.`), or cannot be written."""
+    import os
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
+        raise UserError(f"{out} exists and is not an exported model directory; choose another --out")
+    existing = next(p for p in (out, *out.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the model to {out}: {existing} is not a writable directory")
+    for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        target = out / name
+        if target.exists() and not target.is_file():
+            raise UserError(f"cannot write the model to {out}: {target} is not a regular file")
 
 
 # --- predict --------------------------------------------------------------------------------------------------
@@ -160,6 +158,8 @@ def load_exported(directory: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise UserError(f"{directory} is not an exported model: {', '.join(missing)} missing (see `hpo-astro export`)")
     try:
         return load_model(directory)
+    except UserError as exc:  # the manifest or the weights file refused before use: name the model directory
+        raise UserError(f"model {directory}: {exc}") from None
     except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{directory}/{MANIFEST_FILE} is not a valid model manifest: {exc}") from None
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:  # wrong shapes, corrupt or unsafe file
@@ -199,11 +199,15 @@ def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
         raise UserError(f"unknown split {split!r}; known: {', '.join(SPLIT_NAMES)}")
     model, manifest = load_exported(model_dir)
     prep_info = manifest.get("preprocessing") or {}
+    where = f"{model_dir}/{MANIFEST_FILE}"
+    if not isinstance(prep_info, dict):
+        raise UserError(f"{where}: preprocessing must be an object, got {type(prep_info).__name__}")
     try:
         prep = PrepConfig.from_manifest(prep_info)  # the recorded settings, contrast included; defaults when absent
     except UserError as exc:
-        raise UserError(f"{model_dir}/{MANIFEST_FILE}: {exc}") from None
-    threshold = float(prep_info.get("threshold", 0.5))
+        raise UserError(f"{where}: {exc}") from None
+    threshold = _manifest_number(prep_info.get("threshold", 0.5), "preprocessing.threshold", where, 0.0, 1.0)
+    pos_weight = _manifest_number(manifest.get("pos_weight", 1.0), "pos_weight", where, 1e-6, 1e6)
     cutouts = load_cutouts(data_path)
     indices = np.arange(len(cutouts.samples))
     if split != "all":
@@ -224,10 +228,21 @@ def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
     metrics = None
     if labels is not None:
         y = torch.from_numpy(labels.astype(np.float32))
-        metrics = metrics_from_logits(logits, y, float(manifest.get("pos_weight", 1.0)), threshold=threshold)
+        metrics = metrics_from_logits(logits, y, pos_weight, threshold=threshold)
     return Prediction(
         indices, labels, scores, (scores >= threshold).astype(np.int64), threshold, prep.channels, metrics
     )
+
+
+def _manifest_number(value: object, name: str, where: str, low: float, high: float) -> float:
+    """A number the manifest records (threshold, pos_weight), checked: finite and within [low, high]."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UserError(f"{where}: {name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise UserError(f"{where}: {name} = {value} is out of range [{low:g}, {high:g}]")
+    return float(value)
 
 
 def write_scores(prediction: Prediction, out: Path) -> Path:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hpo_astro import __version__
+from hpo_astro.errors import UserError
 from hpo_astro.io import write_error
 
 if TYPE_CHECKING:
@@ -25,6 +26,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "Tanh": nn.Tanh,
 }
 FIRST_CHANNELS = 16  # channels of the first conv block; doubled per block
+MAX_IN_CHANNELS = 4  # an ExRomana cutout has four planes
+# A bound on the model's size, checked before anything is allocated: the paper's largest configuration has 4.3
+# million parameters; 50 million (200 MB of float32 weights, about 800 MB with AdamW's state and gradients) leaves
+# room for wider searches, while a manifest or stored configuration asking for gigabytes is refused with one line.
+MAX_PARAMETERS = 50_000_000
 
 
 def _normalization(name: str, width: int) -> nn.Module:
@@ -37,9 +43,52 @@ def _normalization(name: str, width: int) -> nn.Module:
     raise ValueError(f"unknown normalization {name!r}")
 
 
+def architecture(params: Mapping[str, Any], in_channels: Any = 1) -> dict[str, Any]:
+    """The architecture hyperparameters of `params`, checked for what they mean (types, ranges, known names: see
+    `hpo_astro.space`) and for the model's size (at most MAX_PARAMETERS), before any memory is allocated. Whatever
+    the configuration came from (a study file, a model manifest, a store written by someone else), a bad one is a
+    one-line UserError."""
+    from hpo_astro.space import ARCHITECTURE_PARAMS, coerce_value
+
+    if not isinstance(params, Mapping):
+        raise UserError(f"the model's hyperparameters must be an object, got {type(params).__name__}")
+    missing = [name for name in ARCHITECTURE_PARAMS if name not in params]
+    if missing:
+        raise UserError(f"the model's hyperparameters lack {', '.join(missing)}")
+    checked = {name: coerce_value(name, params[name]) for name in ARCHITECTURE_PARAMS}
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or not 1 <= in_channels <= MAX_IN_CHANNELS:
+        raise UserError(f"in_channels must be a whole number from 1 to {MAX_IN_CHANNELS}, got {in_channels!r}")
+    size = parameter_count(checked, in_channels)
+    if size > MAX_PARAMETERS:
+        raise UserError(
+            f"the model would have {size:,} parameters, more than the {MAX_PARAMETERS:,} allowed "
+            f"(conv_layers {checked['conv_layers']}, conv_kernel_size {checked['conv_kernel_size']}, "
+            f"fc_layers {checked['fc_layers']}, fc_width {checked['fc_width']})"
+        )
+    return checked
+
+
+def parameter_count(params: Mapping[str, Any], in_channels: int = 1, image_size: int = 64) -> int:
+    """The number of trainable parameters `build_model` would create, computed without building it."""
+    kernel, width = int(params["conv_kernel_size"]), int(params["fc_width"])
+    total, channels, size = 0, in_channels, image_size
+    for block in range(int(params["conv_layers"])):
+        out = FIRST_CHANNELS * 2**block
+        total += channels * out * kernel * kernel + out
+        channels, size = out, size // 2
+    features = channels * size * size
+    norm = 2 * width if str(params["normalization"]) in ("BatchNorm", "LayerNorm") else 0
+    for _ in range(int(params["fc_layers"]) - 1):
+        total += features * width + width + norm
+        features = width
+    return total + features + 1
+
+
 def build_model(params: Mapping[str, Any], in_channels: int = 1, image_size: int = 64) -> nn.Sequential:
     """`conv_layers` x [Conv2d(k, same) -> act -> MaxPool2d(2)], flatten, `fc_layers - 1` x
-    [Linear(fc_width) -> norm -> act -> Dropout], then Linear(1): one logit, positive = real."""
+    [Linear(fc_width) -> norm -> act -> Dropout], then Linear(1): one logit, positive = real.
+    The configuration is checked first (`architecture`): a bad or oversized one is a UserError."""
+    params = {**params, **architecture(params, in_channels)}
     activation = ACTIVATIONS[str(params["activation"])]
     kernel = int(params["conv_kernel_size"])
     layers: list[nn.Module] = []
@@ -112,23 +161,110 @@ def save_model(directory: str | Path, model: nn.Module, manifest: Mapping[str, A
     for key in ("params", "in_channels"):
         if key not in manifest:
             raise ValueError(f"manifest needs {key!r}")
+    import hashlib
+    import io
+
+    from hpo_astro.io import atomic_write
+
     directory = Path(directory)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    weights = buffer.getvalue()
+    manifest = {**manifest, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), directory / WEIGHTS_FILE)
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    except (OSError, RuntimeError) as exc:  # not a directory, not writable, disk full (torch's zip writer: Runtime)
+    except OSError as exc:  # not a directory, not writable
         raise write_error(directory, exc, f"the model to {directory}") from None
+    # Each file replaced atomically, the manifest last: other files in the directory are left alone, and a crash in
+    # between leaves new weights beside an old manifest, which `load_model` refuses by the digest.
+    with atomic_write(directory / WEIGHTS_FILE) as fh:
+        fh.write(weights)
+    with atomic_write(directory / MANIFEST_FILE) as fh:
+        fh.write((json.dumps(manifest, indent=2, default=str) + "\n").encode())
     return directory
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by `save_model`. Weights load with `weights_only=True`: no code runs."""
+    """Rebuild a model saved by `save_model`. The manifest is checked before anything is built (its architecture and
+    size, see `architecture`), the weights file before it is unpacked (a regular file whose unpacked size fits the
+    model the manifest describes, and the SHA-256 the manifest records), and the weights load with
+    `weights_only=True`: no code runs. Problems are one-line UserErrors."""
     directory = Path(directory)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    model = build_model(manifest["params"], in_channels=int(manifest["in_channels"]))
+    manifest = read_manifest(directory / MANIFEST_FILE)
+    params = architecture(manifest["params"], manifest["in_channels"])
+    weights = directory / WEIGHTS_FILE
+    _check_weights_file(weights, parameter_count(params, manifest["in_channels"]), manifest.get("weights_sha256"))
+    model = build_model(manifest["params"], in_channels=manifest["in_channels"])
     with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them: one line
         warnings.simplefilter("ignore")
-        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+        state = torch.load(weights, map_location=device, weights_only=True)
+    if not isinstance(state, Mapping):
+        raise UserError(f"{weights} does not hold a model's weights (a {type(state).__name__})")
     model.load_state_dict(state)
     return model.to(device).eval(), manifest
+
+
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few kB
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A model manifest, read with a size bound, as a JSON object with `params` and an integral `in_channels`."""
+    text = read_regular_file(path, MAX_MANIFEST_BYTES, "model manifest").decode("utf-8", errors="replace")
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{path} is not a valid model manifest: {exc}") from None
+    if not isinstance(manifest, dict) or "params" not in manifest or "in_channels" not in manifest:
+        raise UserError(f"{path} is not a valid model manifest: it needs an object with params and in_channels")
+    return manifest
+
+
+def read_regular_file(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `limit` bytes: a device (`/dev/zero`), a FIFO or
+    an oversized file is refused before it is read, and the read itself is bounded."""
+    import stat
+
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path} is not a regular file (the {what} must be one)")
+        if info.st_size > limit:
+            raise UserError(f"{path} is {info.st_size:,} bytes, more than a {what} can be ({limit:,})")
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise UserError(f"{path} grew past {limit:,} bytes while being read")
+    return data
+
+
+def _check_weights_file(path: Path, n_params: int, sha256: object) -> None:
+    """Before torch unpacks `path`: a regular file whose archive entries add up to no more than the weights of
+    `n_params` parameters (and BatchNorm statistics) with room for torch's bookkeeping, so a small file that
+    decompresses to gigabytes is refused unread; and, when the manifest records one, the right SHA-256 (an export
+    replaces model.pt before model.json: a crash between the two leaves a pair this check tells apart)."""
+    import hashlib
+    import stat
+    import zipfile
+
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path} is not a regular file")
+    allowed = 8 * n_params + (1 << 20)
+    if info.st_size > allowed:
+        raise UserError(f"{path} is {info.st_size:,} bytes, too large for a model of {n_params:,} parameters")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"cannot load the weights in {path}: not a torch weights file ({exc})") from None
+    if unpacked > allowed:
+        raise UserError(f"{path} unpacks to {unpacked:,} bytes, too large for a model of {n_params:,} parameters")
+    if isinstance(sha256, str):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise UserError(f"{path} is not the weights its manifest names (SHA-256 differs): export again")

@@ -33,8 +33,10 @@ from hpo_astro.errors import write_fault
 from hpo_astro.interrupts import process_interrupts
 from hpo_astro.record import (
     BEST_WEIGHTS_ATTR,
+    FAIL_REASON_ATTR,
     HISTORY_SYSTEM_ATTR,
     PARAMS_FULL_ATTR,
+    SURPLUS_ATTR,
     TRAIN_SEED_ATTR,
     VAL_METRICS_ATTR,
     WALL_TIME_ATTR,
@@ -63,7 +65,6 @@ _UNREADABLE = (
     KeyError,
     optuna.artifacts.exceptions.ArtifactNotFound,
 )
-SURPLUS_ATTR = "surplus"  # trial user attr, True on a trial failed because nothing was left for it (see _SurplusTrial)
 
 
 class TrainFn(Protocol):
@@ -201,7 +202,7 @@ class Objective:
                 raise  # the disk's fault: the checkpoint stays for the retry (see run_study)
             if isinstance(exc, _SurplusTrial):
                 trial.set_user_attr(SURPLUS_ATTR, True)  # not the configuration's fault: not counted as a failure
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(exc).__name__}: {exc}")
             self._drop(trial)
             raise
         checkpoint.remove()

@@ -31,6 +31,8 @@ VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
 IDENTITY = ("strategy", "space", "objective", "data_fingerprint")
 
 # Trial user attributes written by the search and read by `compare`, `report` and `export`: one name each, here.
+FAIL_REASON_ATTR = "fail_reason"  # "ErrorClass: message" of a trial whose objective raised (never on a killed one)
+SURPLUS_ATTR = "surplus"  # True on a trial failed because nothing was left for it (see objective._SurplusTrial)
 PARAMS_FULL_ATTR = "params_full"  # the trial's whole configuration (sampled values, baseline and defaults)
 TRAIN_SEED_ATTR = "train_seed"  # the seed it trained with: retraining with it gives the same model
 VAL_METRICS_ATTR = "val_metrics"  # Metrics.as_dict() of its best epoch on the validation split

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.record import PARAMS_FULL_ATTR
+from hpo_astro.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
 
 MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
 WORKER_ATTR = "worker"  # trial user attr "{hostname}:{pid}" of the process running it (set by the objective)
@@ -117,4 +117,34 @@ def fail_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
         failed.append(trial.number)
         if PARAMS_FULL_ATTR in attrs:
             retry_callback()(study, storage.get_trial(trial._trial_id))
+    requeue_orphans(study, grace_period)
     return failed
+
+
+def requeue_orphans(study: optuna.Study, grace_period: float) -> list[int]:
+    """Re-queue the trials that were failed as dead but never re-queued, because the process that failed them was
+    itself killed between the two steps (Optuna fails every stale trial first, then calls the retry callback for
+    each). Such a trial: failed without a `fail_reason` (an error in the objective records one; so do surplus
+    trials), with its full parameters, retried fewer than MAX_RETRY times, and in no trial's retry history. Only
+    once it has been failed for longer than the grace period: a live worker re-queues within milliseconds, so
+    waiting keeps two workers from both re-queuing it. Returns the numbers re-queued."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", ())}
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
+    requeued = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        if (
+            trial.state != TrialState.FAIL
+            or trial.number in retried
+            or PARAMS_FULL_ATTR not in attrs
+            or FAIL_REASON_ATTR in attrs
+            or attrs.get(SURPLUS_ATTR)
+            or len(trial.system_attrs.get("retry_history", ())) >= MAX_RETRY
+            or trial.datetime_complete is None
+            or trial.datetime_complete > cutoff
+        ):
+            continue
+        retry_callback()(study, copy.deepcopy(trial))
+        requeued.append(trial.number)
+    return requeued

@@ -24,8 +24,8 @@ from hpo_astro.config import StudyConfig
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import write_fault
 from hpo_astro.interrupts import configure_logging, process_interrupts
-from hpo_astro.objective import SURPLUS_ATTR, Objective, TrainFn, checkpoint_prefix
-from hpo_astro.record import PARAMS_FULL_ATTR
+from hpo_astro.objective import Objective, TrainFn, checkpoint_prefix
+from hpo_astro.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
 from hpo_astro.recovery import fail_dead_trials, retry_callback
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
@@ -215,7 +215,7 @@ def _requeue(study: optuna.Study, trial_id: int | None) -> None:
     if trial.state == TrialState.RUNNING:
         storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         trial = storage.get_trial(trial_id)
-    interrupted = "fail_reason" not in trial.user_attrs  # an ordinary error records its reason
+    interrupted = FAIL_REASON_ATTR not in trial.user_attrs  # an ordinary error records its reason
     if trial.state == TrialState.FAIL and PARAMS_FULL_ATTR in trial.user_attrs and interrupted:
         retry_callback()(study, trial)
 
@@ -226,7 +226,7 @@ def _failures_in_a_row(trial: FrozenTrial, before: int) -> int:
     surplus = trial.user_attrs.get(SURPLUS_ATTR, False)
     failures = before + 1 if trial.state == TrialState.FAIL and not surplus else 0
     if failures >= MAX_CONSECUTIVE_FAILURES:
-        reason = trial.user_attrs.get("fail_reason", "unknown error")
+        reason = trial.user_attrs.get(FAIL_REASON_ATTR, "unknown error")
         raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
     return failures
 

@@ -159,6 +159,12 @@ def parse_assignments(items: list[str] | None, space: SearchSpace | None = None)
     return params
 
 
+def coerce_value(name: str, value: Any) -> Value:
+    """One hyperparameter value as the space means it (a known name, a number in its range), from any source: a
+    study file, a model manifest, a store's record. Anything else is a one-line UserError."""
+    return _coerce(name, value)
+
+
 def _coerce(name: str, value: Any) -> Value:
     """Normalise one value from a config file: numbers stay numbers, 'none'-like strings become 'None'."""
     if isinstance(value, bool):

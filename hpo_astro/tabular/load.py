@@ -3,7 +3,7 @@ shipped with the package (`hpo_astro/tables/`)."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,18 @@ from hpo_astro.record import (
     StudyRecord,
     trial_history,
 )
-from hpo_astro.space import SearchSpace
-from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR, Table, TableRow, _float_or_nan, _key
-from hpo_astro.train import EpochMetrics
+from hpo_astro.tabular.table import (
+    EPOCH_FIELDS,
+    TABLE_PREFIX,
+    TEST_METRICS_ATTR,
+    Table,
+    TableRow,
+    _int,
+    _key,
+    _Malformed,
+    _row_from_json,
+)
+from hpo_astro.tabular.validate import check_space, one_line
 
 
 def shipped_tables() -> dict[str, Any]:
@@ -83,26 +92,33 @@ def table_from_store(storage: str, name: str, required: bool = True) -> Table | 
 
 def table_from_study(study: Any, storage: str) -> Table:
     """The table of a `tabulate` study: one row per configuration, from its first complete trial (a grid study run
-    by racing workers may evaluate a configuration twice; training is deterministic, so either gives the row)."""
+    by racing workers may evaluate a configuration twice; training is deterministic, so either gives the row).
+
+    The study's attributes are checked as a file's fields are (any program can write a store): a record or a trial
+    with a missing or ill-typed attribute is one error line naming the study, the trial and the attribute."""
     from optuna.trial import TrialState
 
     name = study.study_name.removeprefix(TABLE_PREFIX)
+    source = f"table study {study.study_name!r} in {storage}"
     record = StudyRecord.from_attrs(study.user_attrs)
     if record is None or record.strategy != "grid":
         raise UserError(f"study {study.study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
-    space = SearchSpace.from_dict(record.space)
-    rows: dict[tuple[int, ...], TableRow] = {}
-    untested = failed = 0
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs:
-            failed += 1
-        if trial.state != TrialState.COMPLETE:
-            continue
-        if TEST_METRICS_ATTR not in trial.user_attrs:
-            untested += 1
-            continue
-        row = _row_from_trial(trial)
-        rows.setdefault(_key(space, row.params, f"trial {trial.number}"), row)
+    try:
+        space = check_space(name, record.space)
+        rows: dict[tuple[int, ...], TableRow] = {}
+        untested = failed = 0
+        for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs:
+                failed += 1
+            if trial.state != TrialState.COMPLETE:
+                continue
+            if TEST_METRICS_ATTR not in trial.user_attrs:
+                untested += 1
+                continue
+            row = _row_from_trial(trial)
+            rows.setdefault(_key(space, row.params, f"trial {trial.number}"), row)
+    except (_Malformed, UserError) as exc:
+        raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
     missing = space.n_combinations() - len(rows)
     if missing:
         why = []
@@ -115,39 +131,62 @@ def table_from_study(study: Any, storage: str) -> Table:
             f"table study {study.study_name!r} in {storage} is unfinished: {missing} of {space.n_combinations()} "
             f"configurations have no row{reason}; finish it with: hpo-astro tabulate --out {name} --storage {storage}"
         )
-    return Table(
-        name=name,
-        space=space.to_dict(),
-        rows=tuple(rows.values()),
-        data_fingerprint=record.data_fingerprint,
-        seed=int(record.seed),
-        max_epochs=record.max_epochs,
-        info={
-            "study": study.study_name,
-            "objective": record.objective,
-            "channels": list(record.channels),
-            "data_source": record.data_source,
-            "hpo_astro_version": record.hpo_astro_version,
-            "training_seconds": round(sum(row.wall_time for row in rows.values()), 1),
-        },
-    )
+    info = {
+        "study": study.study_name,
+        "objective": record.objective,
+        "channels": list(record.channels) if isinstance(record.channels, list | tuple) else record.channels,
+        "data_source": record.data_source,
+        "hpo_astro_version": record.hpo_astro_version,
+    }
+    try:
+        table = Table(
+            name=name,
+            space=space.to_dict(),
+            rows=tuple(rows.values()),
+            data_fingerprint=record.data_fingerprint,
+            seed=record.seed,
+            max_epochs=record.max_epochs,
+            info=info,
+        )
+    except UserError as exc:
+        raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
+    table.info["training_seconds"] = round(sum(row.wall_time for row in table.rows), 1)  # checked: finite, >= 0
+    return table
 
 
 def _row_from_trial(trial: Any) -> TableRow:
+    """A trial's row, its attributes read as a file's row is (`_row_from_json`: types and shapes)."""
     attrs = trial.user_attrs
-    history = tuple(
-        EpochMetrics(**{k: math.nan if v is None else v for k, v in h.items()}) for h in trial_history(trial)
+    where = f"trial {trial.number}"
+    try:
+        history = trial_history(trial)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        raise _Malformed(f"{where}: its per-epoch history is unreadable") from None
+    epochs = []
+    for i, epoch in enumerate(history):
+        if not isinstance(epoch, dict):
+            raise _Malformed(f"{where}: epoch {i + 1} of its history is not an object")
+        absent = [f for f in EPOCH_FIELDS if f not in epoch]
+        if absent:
+            raise _Malformed(f"{where}: epoch {i + 1} of its history lacks {', '.join(absent)}")
+        epochs.append([epoch[f] for f in EPOCH_FIELDS])
+    absent = [a for a in (PARAMS_FULL_ATTR, "best_epoch", "stop_reason", VAL_METRICS_ATTR) if a not in attrs]
+    if absent:
+        raise _Malformed(f"{where} lacks the attribute(s) {', '.join(absent)}")
+    row = _row_from_json(
+        {
+            "params": attrs[PARAMS_FULL_ATTR],
+            "history": epochs,
+            "best_epoch": attrs["best_epoch"],
+            "stop_reason": attrs["stop_reason"],
+            "val_metrics": attrs[VAL_METRICS_ATTR],
+            "test_metrics": attrs[TEST_METRICS_ATTR],
+            "wall_time": attrs.get(WALL_TIME_ATTR, 0.0),
+        },
+        where,
     )
-    wall_time = float(attrs.get(WALL_TIME_ATTR, 0.0))
     # A retried trial's wall time is its own run's; the epochs it inherited were paid for by the interrupted one.
-    inherited = int(attrs.get("resumed_from_epoch", 0))
-    wall_time += sum(h.seconds for h in history[:inherited])
-    return TableRow(
-        params=dict(attrs[PARAMS_FULL_ATTR]),
-        history=history,
-        best_epoch=int(attrs["best_epoch"]),
-        stop_reason=str(attrs["stop_reason"]),
-        val_metrics={k: _float_or_nan(v) for k, v in attrs[VAL_METRICS_ATTR].items()},
-        test_metrics={k: _float_or_nan(v) for k, v in attrs[TEST_METRICS_ATTR].items()},
-        wall_time=wall_time,
-    )
+    inherited = _int(attrs.get("resumed_from_epoch", 0), f"{where}.resumed_from_epoch")
+    if not 0 <= inherited <= len(row.history):
+        raise _Malformed(f"{where}: resumed_from_epoch {inherited} is outside its {len(row.history)} epochs")
+    return dataclasses.replace(row, wall_time=row.wall_time + sum(h.seconds for h in row.history[:inherited]))

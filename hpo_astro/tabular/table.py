@@ -1,16 +1,18 @@
 """A table: the data model (`Table`, `TableRow`, lookup of a configuration's row) and its JSON file format.
 
-The format is plain data (`Table.save`): no pickle, nothing in a table file is ever executed; every field is checked
-when it is read, and a malformed file is one error line.
+The format is plain data (`Table.save`): no pickle, nothing in a table file is ever executed. A file is read only
+when it is a regular file, within a size and a JSON-value budget (a gzip bomb or /dev/zero stops at the budget);
+every field is then checked (types here, values in `validate`), and a malformed file is one error line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 import json
 import math
+import os
+import stat
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,16 +24,34 @@ from hpo_astro.io import atomic_write
 from hpo_astro.metrics import Metrics
 from hpo_astro.objective import TrainFn
 from hpo_astro.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace
+from hpo_astro.tabular.validate import (
+    check_fixed,
+    check_header,
+    check_params,
+    check_row,
+    check_space,
+    norm,
+    one_line,
+    shown,
+)
 from hpo_astro.train import EpochMetrics
 
 TABLE_FORMAT = "hpo-astro-table"
 TABLE_VERSION = 1
 TABLE_PREFIX = "table/"  # a tabulate study is named table/<NAME>
 TEST_METRICS_ATTR = "test_metrics"  # trial user attr: the best weights' metrics on the test split (tabulate only)
-MAX_TABLE_BYTES = 512 * 2**20  # a table file, decompressed; a gzip bomb stops here
+# A table file's budget, decompressed: bytes, and JSON values (what parsing costs: an empty list is ~60 bytes of
+# memory for 3 bytes of file). A table spends ~240 bytes and ~15 values an epoch: both allow ~270,000 epochs (e.g.
+# 2,700 configurations of 100 epochs), and parsing a hostile file within them stays under ~0.5 GB.
+MAX_TABLE_BYTES = 64 * 2**20
+MAX_TABLE_VALUES = 4_000_000
 EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics))
 METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
 _REQUIRED_METRICS = tuple(f.name for f in dataclasses.fields(Metrics) if f.default is dataclasses.MISSING)
+_TOP_KEYS = ("format", "version", "name", "space", "data_fingerprint", "seed", "max_epochs", "info", "epoch_fields")
+_ROW_KEYS = ("params", "history", "best_epoch", "stop_reason", "val_metrics", "test_metrics", "wall_time")
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20  # decompressed a MiB at a time
 
 
 @dataclass(frozen=True)
@@ -69,23 +89,29 @@ class Table:
     _index: dict[tuple[int, ...], TableRow] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        """Check the rows and index them. A row whose params leave hyperparameters out gets the defaults for them,
-        as a trial's configuration does (frozen: the completed rows are set once, here)."""
-        search = _search_space(self.name, self.space)
-        rows = tuple(
-            row
-            if all(n in row.params for n in DEFAULT_PARAMS)
-            else dataclasses.replace(row, params={**DEFAULT_PARAMS, **row.params})
-            for row in self.rows
-        )
+        """Check the whole table (see `validate`) and index its rows: a bad table is refused here, once, not by every
+        trial that would replay it. A row whose params leave hyperparameters out gets the defaults for them, as a
+        trial's configuration does; values are kept as the space spells them (frozen: the rows are set once, here)."""
+        name = check_header(self)
+        search = check_space(name, self.space)
         index: dict[tuple[int, ...], TableRow] = {}
-        for number, row in enumerate(rows):
-            where = f"table {self.name!r}: row {number}"
-            _check_row(where, row)
-            key = _key(search, row.params, where)
+        checked: list[tuple[str, TableRow]] = []
+        for number, row in enumerate(self.rows):
+            where = f"table {name!r}: row {number}"
+            if not isinstance(row, TableRow):
+                raise UserError(f"{where} is not a TableRow")
+            params = check_params(where, row.params)
+            if not all(n in params for n in DEFAULT_PARAMS):
+                params = {**DEFAULT_PARAMS, **params}
+            row = dataclasses.replace(row, params=params)
+            key = _key(search, params, where)
+            where = f"{where} ({_describe(search, key)})"
+            check_row(where, row, self.max_epochs)
             if key in index:
-                raise UserError(f"{where} repeats the configuration of another row ({_describe(search, key)})")
+                raise UserError(f"{where} repeats the configuration of another row")
             index[key] = row
+            checked.append((where, row))
+        check_fixed(name, search, checked)
         object.__setattr__(self, "rows", tuple(index[key] for key in sorted(index)))  # the space's order, whatever
         object.__setattr__(self, "_search", search)  # the source (a file, a store's trial order)
         object.__setattr__(self, "_index", index)
@@ -182,60 +208,61 @@ class Table:
 
     @classmethod
     def load(cls, path: Path) -> Table:
+        """The table in a file (JSON, or gzip'd JSON): a regular file only, at most `MAX_TABLE_BYTES`."""
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise UserError(f"table file not found: {path}") from None
-        except OSError as exc:
-            raise UserError(f"cannot read table {path}: {exc.strerror or exc}") from None
-        return cls.from_bytes(raw, str(path))
+        return cls.from_bytes(_read_file(path, MAX_TABLE_BYTES), str(path))
 
     @classmethod
     def from_bytes(cls, raw: bytes, source: str) -> Table:
-        """A table from a file's bytes (JSON, or gzip'd JSON); `source` names it in error messages."""
-        if raw[:2] == b"\x1f\x8b":
+        """A table from a file's bytes (JSON, or gzip'd JSON); `source` names it in error messages. Decompressed in
+        pieces, stopping past `MAX_TABLE_BYTES`; refused before parsing past `MAX_TABLE_VALUES` JSON values."""
+        try:
+            text = _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
+            if len(text) > MAX_TABLE_BYTES:
+                raise _Malformed(f"larger than {MAX_TABLE_BYTES // 2**20} MiB")
+            values = text.count(b",") + text.count(b"[") + text.count(b"{")  # at least the values parsing makes
+            if values > MAX_TABLE_VALUES:
+                raise _Malformed(f"more than {MAX_TABLE_VALUES:,} JSON values")
             try:
-                with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
-                    raw = gz.read(MAX_TABLE_BYTES + 1)
-            except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-                raise UserError(f"{source}: not a valid hpo-astro table: corrupt gzip data ({exc})") from None
-        if len(raw) > MAX_TABLE_BYTES:
-            raise UserError(f"{source}: not a valid hpo-astro table: larger than {MAX_TABLE_BYTES // 2**20} MiB")
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{source}: not a valid hpo-astro table: not JSON ({reason})") from None
-        try:
+                data = json.loads(text.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise _Malformed(f"not JSON ({reason})") from None
             return cls.from_json(data)
-        except _Malformed as exc:
-            raise UserError(f"{source}: not a valid hpo-astro table: {exc}") from None
-        except UserError as exc:  # a consistency check of the table itself (a value outside its space, ...)
-            raise UserError(f"{source}: not a valid hpo-astro table: {exc}") from None
+        except (_Malformed, UserError) as exc:  # the structure, or a check of the table itself (validate)
+            raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
 
     @classmethod
     def from_json(cls, data: Any) -> Table:
-        """The table in plain JSON data (`to_json`'s format); every field's type and shape is checked."""
+        """The table in plain JSON data (`to_json`'s format): every field's type and shape is checked here, its value
+        by `Table` itself (`validate`), and every configuration of the space must have its row."""
         top = _obj(data, "the file")
+        _known_keys(top, (*_TOP_KEYS, "rows"), "the file")
         if top.get("format") != TABLE_FORMAT:
             raise _Malformed(f"'format' must be {TABLE_FORMAT!r}")
         if top.get("version") != TABLE_VERSION:
-            raise _Malformed(f"unsupported version {top.get('version')!r} (this hpo-astro reads {TABLE_VERSION})")
+            raise _Malformed(f"unsupported version {shown(top.get('version'))} (this hpo-astro reads {TABLE_VERSION})")
         fields = top.get("epoch_fields")
         if fields != list(EPOCH_FIELDS):
             raise _Malformed(f"'epoch_fields' must be {list(EPOCH_FIELDS)}")
         space = _obj(top.get("space"), "space")
         rows = _list(top.get("rows"), "rows")
-        return cls(
+        table = cls(
             name=_str(top.get("name"), "name"),
-            space={name: _list(values, f"space.{name}") for name, values in space.items()},
+            space={name: _list(values, f"space.{shown(name)}") for name, values in space.items()},
             rows=tuple(_row_from_json(row, f"rows[{i}]") for i, row in enumerate(rows)),
             data_fingerprint=_str(top.get("data_fingerprint"), "data_fingerprint"),
             seed=_int(top.get("seed"), "seed"),
             max_epochs=None if top.get("max_epochs") is None else _int(top.get("max_epochs"), "max_epochs"),
             info=_obj(top.get("info", {}), "info"),
         )
+        if table.missing:
+            absent = next(key for key in _keys(table.search_space) if key not in table._index)
+            raise _Malformed(
+                f"table {table.name!r}: {table.missing} of {table.size} configurations of its space have no row "
+                f"(the first: {_describe(table.search_space, absent)}); a table holds every configuration"
+            )
+        return table
 
 
 # --- checks ------------------------------------------------------------------------------------------------------
@@ -245,32 +272,69 @@ class _Malformed(Exception):
     """A table file's structure is wrong (becomes one UserError line naming the file)."""
 
 
-def _search_space(name: str, space: Mapping[str, Any]) -> SearchSpace:
-    if not isinstance(space, Mapping) or not space:
-        raise UserError(f"table {name!r}: the space must name at least one hyperparameter")
-    search = SearchSpace.from_dict(space)
-    for hp, values in search.items():
-        if len({_norm(v) for v in values}) != len(values):
-            raise UserError(f"table {name!r}: hyperparameter {hp!r} lists a value twice")
-    return search
+def _read_file(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` + 1 of them (a larger file is refused by the caller): a device, a FIFO
+    or a folder is refused before anything is read (opened without blocking, checked on the open file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(f"table file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read table {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UserError(f"cannot read table {path}: it is {kind}")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read table {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise UserError(f"{path}: not a valid hpo-astro table: larger than {limit // 2**20} MiB")
+    return raw
 
 
-def _check_row(where: str, row: TableRow) -> None:
-    history = row.history
-    if not history:
-        raise UserError(f"{where} has no epochs")
-    for i, epoch in enumerate(history, start=1):
-        if epoch.epoch != i:
-            raise UserError(f"{where}: epoch {i} of its history says epoch {epoch.epoch}")
-    if not 1 <= row.best_epoch <= len(history):
-        raise UserError(f"{where}: best_epoch {row.best_epoch} is outside its {len(history)} epochs")
-    for label, metrics in (("val_metrics", row.val_metrics), ("test_metrics", row.test_metrics)):
-        extra = [k for k in metrics if k not in METRIC_FIELDS]
-        if extra:  # a table built in code may leave metrics out (NaN when replayed); a file must have them all
-            raise UserError(f"{where}: {label} has unknown {', '.join(extra)}")
-    unknown = [name for name in row.params if name not in PAPER_SPACE]
+def _gunzip(raw: bytes) -> bytes:
+    """gzip'd data (one member or several, as gzip writes them) decompressed a piece at a time, stopping as soon as
+    the output passes `MAX_TABLE_BYTES`: a small file that inflates to gigabytes costs at most that."""
+    out = bytearray()
+    rest = raw
+    while rest:
+        inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        pending = rest
+        try:
+            while not inflate.eof:
+                piece = inflate.decompress(pending, _CHUNK)
+                if not piece and inflate.unconsumed_tail == pending and not inflate.eof:
+                    raise _Malformed("corrupt gzip data (truncated)")  # no input left to make progress with
+                pending = inflate.unconsumed_tail
+                out += piece
+                if len(out) > MAX_TABLE_BYTES:
+                    raise _Malformed(f"larger than {MAX_TABLE_BYTES // 2**20} MiB")
+        except zlib.error as exc:
+            raise _Malformed(f"corrupt gzip data ({exc})") from None
+        rest = inflate.unused_data
+        if rest[:2] != _GZIP_MAGIC and rest.strip(b"\x00"):
+            raise _Malformed("corrupt gzip data (trailing garbage)")
+        if rest[:2] != _GZIP_MAGIC:
+            break
+    return bytes(out)
+
+
+def _known_keys(obj: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = [shown(key) for key in obj if key not in known]
     if unknown:
-        raise UserError(f"{where}: unknown hyperparameter {unknown[0]!r} in its params")
+        raise _Malformed(f"{where} has unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def _keys(search: SearchSpace) -> list[tuple[int, ...]]:
+    """Every configuration's key, in the space's order."""
+    import itertools
+
+    return list(itertools.product(*(range(len(values)) for _, values in search.items())))
 
 
 def _key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tuple[int, ...]:
@@ -281,9 +345,11 @@ def _key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tuple[in
             raise UserError(f"{where}: {name} is not given")
         try:
             value = search.match(name, params[name])
-        except UserError:
-            shown = ", ".join(str(v) for v in values)
-            raise UserError(f"{where}: {name}={params[name]} is not in the table's space ({shown})") from None
+        except (UserError, OverflowError):
+            shown_values = ", ".join(str(v) for v in values)
+            raise UserError(
+                f"{where}: {name}={shown(params[name])} is not in the table's space ({shown_values})"
+            ) from None
         key.append(values.index(value))
     return tuple(key)
 
@@ -293,15 +359,7 @@ def _describe(search: SearchSpace, key: tuple[int, ...]) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return _norm(a) == _norm(b)
-
-
-def _norm(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.lower()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(f"{float(value):.12g}")  # 1e-3, 0.001 and 0.0010000000000000002 are one value
-    return value
+    return norm(a) == norm(b)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -343,11 +401,14 @@ def _number(value: Any, where: str) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Malformed(f"{where} must be a number or null")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float
+        raise _Malformed(f"{where} is too large") from None
 
 
 def _metrics(value: Any, where: str) -> dict[str, float]:
-    metrics = {key: _number(v, f"{where}.{key}") for key, v in _obj(value, where).items()}
+    metrics = {key: _number(v, f"{where}.{shown(key)}") for key, v in _obj(value, where).items()}
     absent = [k for k in _REQUIRED_METRICS if k not in metrics]
     if absent:
         raise _Malformed(f"{where} lacks {', '.join(absent)}")
@@ -356,6 +417,7 @@ def _metrics(value: Any, where: str) -> dict[str, float]:
 
 def _row_from_json(value: Any, where: str) -> TableRow:
     row = _obj(value, where)
+    _known_keys(row, _ROW_KEYS, where)
     history = []
     for i, epoch in enumerate(_list(row.get("history"), f"{where}.history")):
         values = _list(epoch, f"{where}.history[{i}]")
@@ -367,10 +429,7 @@ def _row_from_json(value: Any, where: str) -> TableRow:
     params = _obj(row.get("params"), f"{where}.params")
     for key, param in params.items():
         if isinstance(param, bool) or not isinstance(param, int | float | str):
-            raise _Malformed(f"{where}.params.{key} must be a number or a string")
-    wall_time = _number(row.get("wall_time"), f"{where}.wall_time")
-    if not (math.isfinite(wall_time) and wall_time >= 0):
-        raise _Malformed(f"{where}.wall_time must be a number of seconds >= 0")
+            raise _Malformed(f"{where}.params.{shown(key)} must be a number or a string")
     return TableRow(
         params=dict(params),
         history=tuple(history),
@@ -378,5 +437,5 @@ def _row_from_json(value: Any, where: str) -> TableRow:
         stop_reason=_str(row.get("stop_reason"), f"{where}.stop_reason"),
         val_metrics=_metrics(row.get("val_metrics"), f"{where}.val_metrics"),
         test_metrics=_metrics(row.get("test_metrics"), f"{where}.test_metrics"),
-        wall_time=wall_time,
+        wall_time=_number(row.get("wall_time"), f"{where}.wall_time"),
     )

@@ -82,9 +82,7 @@ def tabulate_config(
     the file's other settings and `overrides` (None: not given). Without a file, the stored study's own
     configuration (to resume it). Checked here, before any store is written: the size limit, no pruner (a table
     needs whole curves), and a resumed table's seed and epoch cap (rows trained otherwise would mix in)."""
-    import tomllib
-
-    from hpo_astro.config import load_config
+    from hpo_astro.config import load_config, read_study_file
     from hpo_astro.storage import store_file
 
     study_name = TABLE_PREFIX + check_name(name)
@@ -98,7 +96,7 @@ def tabulate_config(
         cfg = stored.merged(**overrides)
     else:
         base = load_config(space_file)
-        if "space" not in tomllib.loads(Path(space_file).read_text()):
+        if "space" not in read_study_file(space_file):
             raise UserError(
                 f"{space_file} has no [space]: a table enumerates a finite space, listed as name = [values] under "
                 "[space] in the study file"
