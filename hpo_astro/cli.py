@@ -527,6 +527,17 @@ def worker_command(
         str | None, typer.Option("--devices", help="The device this worker trains on (cpu, cuda, cuda:N).")
     ] = None,
     capture: CaptureOpt = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="For a study whose strategy is a sampler class by import path: that path again, to allow importing "
+            "it (a path only the store names is never imported: importing runs its code).",
+        ),
+    ] = None,
+    trust_sampler: Annotated[
+        bool, typer.Option("--trust-sampler", help="Import the sampler class path the study recorded, whatever it is.")
+    ] = False,
 ) -> None:
     """Join an existing study from another shell or machine, with the configuration it recorded."""
     from hpo_astro.workers import config_from_study
@@ -534,6 +545,7 @@ def worker_command(
     cfg = config_from_study(
         storage,
         study,
+        trusted_sampler=True if trust_sampler else (strategy or False),
         artifacts=artifacts,
         heartbeat_interval=heartbeat,
         grace_period=grace_period,

@@ -52,6 +52,15 @@ class atomic_write:
     def __enter__(self) -> BinaryIO:
         if self.path.is_dir():  # before any work: os.replace would only fail at the very end
             raise UserError(f"cannot write {self.path}: it is a directory")
+        self._direct = is_device(self.path)
+        if not self._direct and self.path.exists() and not self.path.is_file():
+            raise UserError(f"cannot write {self.path}: it is not a regular file (a FIFO, socket or block device)")
+        if self._direct:  # /dev/null, /dev/stdout: written in place; a rename would replace the device node
+            try:
+                self._fh = open(self.path, "wb")
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+            return self._fh
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
@@ -62,6 +71,15 @@ class atomic_write:
         return self._fh
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if self._direct:
+            try:
+                self._fh.close()
+            except OSError as err:
+                if exc is None:
+                    raise write_error(self.path, err) from None
+            if isinstance(exc, OSError):
+                raise write_error(self.path, exc) from None
+            return
         committed = False
         error = exc
         try:
@@ -88,11 +106,27 @@ def umask() -> int:
     return mask
 
 
+def is_device(path: Path) -> bool:
+    """Whether `path` is a character device (/dev/null, a terminal): an output written in place, never replaced.
+    Any other existing path that is not a regular file (a FIFO, a socket, a block device) is refused by
+    `check_output`: writing would block or replace what is there."""
+    import stat
+
+    try:
+        return stat.S_ISCHR(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def check_output(path: Path) -> None:
     """Refuse an output file that cannot be written, before any work is done (and before anything is cached)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a directory")
+    if is_device(path):
+        return
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot write {path}: it is not a regular file (a FIFO, socket or block device)")
     existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {path}: {existing} is not a writable directory")

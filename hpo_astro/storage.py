@@ -259,6 +259,9 @@ def _sqlite_tables(path: Path, new_store_ok: bool = False) -> tuple[set[str], st
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
+            versioned = "version_info" not in tables or bool(
+                connection.execute("SELECT count(*) FROM version_info").fetchone()[0]
+            )
         except sqlite3.OperationalError as exc:
             failure = exc
             if _cannot_open_read_only(exc):
@@ -274,6 +277,12 @@ def _sqlite_tables(path: Path, new_store_ok: bool = False) -> tuple[set[str], st
             # (a database holding some of Optuna's tables: another run is creating the schema right now)
             held = ", ".join(sorted(tables)[:5]) or "no tables"
             raise UserError(f"{path} is not an Optuna study store (a SQLite database holding {held})")
+        if not versioned and not new_store_ok:
+            # Optuna writes its schema version last: a first `run` interrupted while creating the store left this.
+            raise UserError(
+                f"the study store {path} was interrupted while being created: re-run the `hpo-astro run` command "
+                "that created it to complete it"
+            )
         return tables, param
     raise UserError(f"cannot read the study store {path}: {_reason(failure) if failure else 'unknown error'}")
 

@@ -20,6 +20,7 @@ from hpo_astro.objective import TrainFn
 from hpo_astro.record import StudyRecord
 from hpo_astro.run import RunEvents, RunResult, StudyFailed, run_study
 from hpo_astro.storage import open_existing_store
+from hpo_astro.strategies import is_import_path
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
@@ -117,8 +118,14 @@ class _FirstTrialGate:
             self.inner.on_start(study, finished, target)
 
 
-def config_from_study(storage_url: str, study_name: str, **overrides: object) -> StudyConfig:
-    """Rebuild a study's configuration from what it recorded in the store (for `hpo-astro worker`)."""
+def config_from_study(
+    storage_url: str, study_name: str, trusted_sampler: str | bool = False, **overrides: object
+) -> StudyConfig:
+    """Rebuild a study's configuration from what it recorded in the store (for `hpo-astro worker`).
+
+    A study whose strategy is a sampler class by import path would make this process import it, running that
+    module's code: a store is data, possibly someone else's, so the path is imported only when the caller trusts it
+    (`trusted_sampler` True, or the same path given again, e.g. `worker --strategy PATH`)."""
     storage = open_existing_store(storage_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -134,6 +141,13 @@ def config_from_study(storage_url: str, study_name: str, **overrides: object) ->
         raise UserError(
             f"study {study_name!r} was interrupted while being created; re-run the `hpo-astro run` command that "
             "created it (it resumes), then join it"
+        )
+    if isinstance(trusted_sampler, str) and trusted_sampler != record.strategy:
+        raise UserError(f"study {study_name!r} runs {record.strategy!r}, not {trusted_sampler!r}")
+    if is_import_path(record.strategy) and trusted_sampler is not True and trusted_sampler != record.strategy:
+        raise UserError(
+            f"study {study_name!r} runs the sampler class {record.strategy!r}, a path the store names: importing it "
+            f"runs that module's code; if you trust it, pass --strategy {record.strategy} (or --trust-sampler)"
         )
     cfg = record.to_config(storage_url, study_name)
     return cfg.merged(**overrides)

@@ -80,7 +80,7 @@ def test_a_user_sampler_study_resumes_and_a_worker_joins_it(
         run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
     del sys.modules["user_sampler"]  # as in a new process: the worker imports the module itself
     try:
-        worker = invoke("worker", "--study", CYCLING, "--storage", cfg.storage)
+        worker = invoke("worker", "--study", CYCLING, "--storage", cfg.storage, "--strategy", CYCLING)
         assert worker.exit_code == 0, worker.output
         assert "4/4 finished trials" in worker.stdout
         fresh = sys.modules["user_sampler"]
@@ -207,7 +207,7 @@ def test_a_worker_without_the_module_is_refused_with_the_store_untouched(
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
     study = optuna.load_study(study_name="gone_samplers:S", storage=store)
     study.set_user_attr("n_trials", 3)  # one trial left for the worker
-    result = invoke("worker", "--study", "gone_samplers:S", "--storage", store)
+    result = invoke("worker", "--study", "gone_samplers:S", "--storage", store, "--trust-sampler")
     assert_refused(result, "no module named 'gone_samplers'")
     assert len(optuna.load_study(study_name="gone_samplers:S", storage=store).trials) == 2
 
@@ -220,3 +220,34 @@ def test_the_example_study_file_runs(tmp_path: Path, fake_training: None, small_
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="user-sampler", storage=store)
     assert study.user_attrs["strategy"] == "optuna.samplers:BruteForceSampler" and len(study.trials) == 3
+
+
+def test_a_worker_never_imports_a_sampler_path_only_the_store_names(
+    tmp_path: Path, small_file: Path, fake_training: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store is data, maybe someone else's: a worker that joins a study whose strategy is an import path imports
+    it only when told to (the same path again with --strategy, or --trust-sampler). Refused: one line, nothing run,
+    nothing imported, the store untouched."""
+    marker = tmp_path / "ran"
+    (tmp_path / "evil_samplers.py").write_text(
+        f"import pathlib\nimport optuna\npathlib.Path({str(marker)!r}).write_text('imported')\n\n"
+        "class S(optuna.samplers.RandomSampler):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    store = store_url(tmp_path)
+    args = ["--strategy", "evil_samplers:S", "-n", 1, "--data", small_file, "--max-epochs", 1, "--storage", store]
+    assert invoke("run", *args).exit_code == 0
+    marker.unlink()
+    monkeypatch.delitem(sys.modules, "evil_samplers")
+    optuna.load_study(study_name="evil_samplers:S", storage=store).set_user_attr("n_trials", 2)
+    before = (tmp_path / "optuna.db").read_bytes()
+    refused = invoke("worker", "--study", "evil_samplers:S", "--storage", store)
+    assert_refused(refused, "pass --strategy evil_samplers:S (or --trust-sampler)")
+    assert not marker.exists() and "evil_samplers" not in sys.modules
+    assert (tmp_path / "optuna.db").read_bytes() == before
+    other = invoke("worker", "--study", "evil_samplers:S", "--storage", store, "--strategy", "other:S")
+    assert_refused(other, "runs 'evil_samplers:S', not 'other:S'")
+    assert not marker.exists()
+    joined = invoke("worker", "--study", "evil_samplers:S", "--storage", store, "--strategy", "evil_samplers:S")
+    assert joined.exit_code == 0, joined.output
+    assert marker.exists() and len(optuna.load_study(study_name="evil_samplers:S", storage=store).trials) == 2
