@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -218,7 +217,10 @@ def data_synth(
             "exactly the ExRomana format (a NumPy pickle of {'TP': [...], 'FP': [...]}), for compatibility.",
         ),
     ],
-    n: Annotated[int, typer.Option("--n", min=2, help="Number of records.")] = 4676,
+    n: Annotated[
+        int,
+        typer.Option("--n", min=2, max=100_000, help="Number of records (64 KB each in memory while simulating)."),
+    ] = 4676,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Simulation seed.")] = 0,
 ) -> None:
     """Write a simulated data set (.npz, or the exact ExRomana format for .npy)."""
@@ -339,7 +341,7 @@ def train_command(
     ] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for weights and config.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=1024, help="torch CPU threads.")] = None,
 ) -> None:
     """Train one configuration, print per-epoch and validation metrics, save weights and configuration."""
     import torch
@@ -435,7 +437,8 @@ def run_command(
         Path | None, typer.Option("--config", "-c", help="TOML study file (options override it).")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="torch CPU threads per worker (default: cores / workers).")
+        int | None,
+        typer.Option("--threads", min=1, max=1024, help="torch CPU threads per worker (default: cores / workers)."),
     ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", "-w", min=1, help="Worker processes on this machine (default: 1).")
@@ -518,7 +521,7 @@ def _devices(option: str | None) -> tuple[str, ...] | None:
 def worker_command(
     study: Annotated[str, typer.Option("--study", help="The study to join (it must exist in the store).")],
     storage: Annotated[str, typer.Option("--storage", help="Optuna storage URL.")] = "sqlite:///optuna.db",
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=1024, help="torch CPU threads.")] = None,
     artifacts: ArtifactsOpt = None,
     heartbeat: HeartbeatOpt = None,
     grace_period: GraceOpt = None,
@@ -566,18 +569,27 @@ def storage_proxy_command(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 13000,
 ) -> None:
     """Serve a storage to many workers through Optuna's gRPC proxy (workers use --storage grpc://HOST:PORT)."""
+    import socket
     import warnings
 
     from optuna.storages import run_grpc_proxy_server
 
     from hpo_astro.storage import open_storage
 
+    try:  # a host that does not resolve: one line, before the store is opened and before gRPC logs its own
+        socket.getaddrinfo(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise UserError(f"cannot serve on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     backend = open_storage(storage, heartbeat_interval=None)
     console.print(f"serving {storage} at grpc://{host}:{port} (Ctrl-C to stop)", highlight=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with contextlib.suppress(KeyboardInterrupt):
+        try:
             run_grpc_proxy_server(backend, host=host, port=port)
+        except KeyboardInterrupt:
+            pass
+        except (RuntimeError, OSError) as exc:  # gRPC: "Failed to bind to address ..." (a taken port)
+            raise UserError(f"cannot serve on {host}:{port}: {str(exc).splitlines()[0]}") from None
 
 
 def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False, train: TrainFn | None = None) -> RunResult:
@@ -893,7 +905,8 @@ def tabulate_command(
         int | None, typer.Option("--workers", "-w", min=1, help="Worker processes (default: 1).")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="torch CPU threads per worker (default: cores / workers).")
+        int | None,
+        typer.Option("--threads", min=1, max=1024, help="torch CPU threads per worker (default: cores / workers)."),
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the finished table here (default: NAME.json; .gz: gzip'd).")

@@ -24,6 +24,8 @@ OBJECTIVES = {  # name -> (per-epoch metric, direction)
 }
 DEFAULT_CHECKPOINT_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds
+MAX_HEARTBEAT = 3600  # seconds; a heartbeat rarer than hourly tells nothing in time
+MAX_GRACE = 7 * 24 * 3600  # seconds (a week): beyond it a dead trial is never re-queued within a study's life
 MAX_STUDY_FILE_BYTES = 4 * 2**20  # a study file is a few lines of TOML; /dev/zero or a huge file stops here
 
 
@@ -62,7 +64,7 @@ class StudyConfig:
 
     @property
     def study_name(self) -> str:
-        return self.study or self.strategy
+        return self.strategy if self.study is None else self.study
 
     @property
     def direction(self) -> str:
@@ -100,6 +102,11 @@ class StudyConfig:
             raise UserError(
                 f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})"
             )
+        if self.heartbeat_interval > MAX_HEARTBEAT or self.grace_period > MAX_GRACE:
+            raise UserError(
+                f"heartbeat_interval must be at most {MAX_HEARTBEAT} s and grace_period at most {MAX_GRACE} s "
+                f"(one week), got {self.heartbeat_interval} and {self.grace_period}"
+            )
         if self.checkpoint_interval < 0:
             raise UserError(f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval}")
         from hpo_astro.train import resolve_device  # a device that is unknown or not here: one line
@@ -107,8 +114,11 @@ class StudyConfig:
         self.devices = tuple(str(resolve_device(name)) for name in self.devices)
         if self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
+        from hpo_astro.storage import refuse_in_memory  # before the data is loaded or simulated
+
+        refuse_in_memory(self.storage)
         if not self.study_name.strip():
-            raise UserError("the study name is empty")
+            raise UserError("the study name is empty: give --study a name, or leave it out to use the strategy's")
         if self.baseline is not None:
             self.baseline = {name: self.space.match(name, value) for name, value in self.baseline.items()}
         return self

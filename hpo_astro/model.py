@@ -193,7 +193,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     manifest = read_manifest(directory / MANIFEST_FILE)
     params = architecture(manifest["params"], manifest["in_channels"])
     weights = directory / WEIGHTS_FILE
-    _check_weights_file(weights, parameter_count(params, manifest["in_channels"]), manifest.get("weights_sha256"))
+    check_weights_file(weights, parameter_count(params, manifest["in_channels"]), manifest.get("weights_sha256"))
     model = build_model(manifest["params"], in_channels=manifest["in_channels"])
     with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them: one line
         warnings.simplefilter("ignore")
@@ -239,7 +239,7 @@ def read_regular_file(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
-def _check_weights_file(path: Path, n_params: int, sha256: object) -> None:
+def check_weights_file(path: Path, n_params: int, sha256: object) -> None:
     """Before torch unpacks `path`: a regular file whose archive entries add up to no more than the weights of
     `n_params` parameters (and BatchNorm statistics) with room for torch's bookkeeping, so a small file that
     decompresses to gigabytes is refused unread; and, when the manifest records one, the right SHA-256 (an export

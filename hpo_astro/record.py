@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo_astro import __version__
 from hpo_astro.data.prepare import DEFAULT_CHANNELS
+from hpo_astro.errors import UserError
 from hpo_astro.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -111,6 +112,16 @@ class StudyRecord:
         values = {key: value for key, value in attrs.items() if key in known}
         if values.get("channels") is None:
             values.pop("channels", None)
+        for key, value in values.items():
+            if not _has_type(value, _FIELD_TYPES[key]):
+                raise UserError(
+                    f"the study's stored attribute {key!r} is {json.dumps(value)[:80]}, not {_FIELD_TYPES[key][1]}: "
+                    "the store was written by another program"
+                )
+        if "channels" in values:
+            from hpo_astro.data.prepare import parse_channels
+
+            parse_channels(",".join(values["channels"]))  # known plane names, each once: else a one-line UserError
         return cls(**values)
 
     def differences(self, other: StudyRecord) -> list[str]:
@@ -139,6 +150,36 @@ class StudyRecord:
             max_epochs=self.max_epochs,
             artifacts=Path(self.artifacts) if self.artifacts else None,
         )
+
+
+# What each stored attribute must be, as JSON gives it back: (test, how the error names it).
+_STR = (lambda v: isinstance(v, str), "a string")
+_OPT_STR = (lambda v: v is None or isinstance(v, str), "a string or null")
+_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+_OPT_INT = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null")
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    "strategy": _STR,
+    "space": (lambda v: isinstance(v, dict) and all(isinstance(x, list) for x in v.values()), "an object of lists"),
+    "objective": _STR,
+    "data_fingerprint": _STR,
+    "n_trials": _INT,
+    "pruner": _STR,
+    "seed": _INT,
+    "max_epochs": _OPT_INT,
+    "channels": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of plane names"),
+    "data_source": _STR,
+    "data": _OPT_STR,
+    "baseline": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "greedy": (lambda v: isinstance(v, bool), "true or false"),
+    "population_size": _INT,
+    "n_startup_trials": _OPT_INT,
+    "artifacts": _OPT_STR,
+    "hpo_astro_version": _STR,
+}
+
+
+def _has_type(value: Any, expected: tuple[Any, str]) -> bool:
+    return bool(expected[0](value))
 
 
 def _jsonable(value: Any) -> Any:

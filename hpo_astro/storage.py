@@ -76,7 +76,25 @@ def open_storage(
         return _journal(url.removeprefix("journal:"), create=True)
     if url.startswith("grpc://"):
         return _grpc(url)
+    refuse_in_memory(url)
     return _rdb(url, heartbeat_interval, grace_period)
+
+
+def refuse_in_memory(url: str) -> None:
+    """An in-memory SQLite URL keeps nothing after the command and cannot be shared by workers or the heartbeat's
+    own connection: refused in one line (it used to fail with a traceback from Optuna's commit)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise UserError(
+            f"storage {url!r} is an in-memory SQLite database, which keeps nothing: give a file, e.g. "
+            "sqlite:///optuna.db"
+        )
 
 
 def store_file(url: str) -> Path | None:
@@ -188,12 +206,15 @@ def _construct(url: str, build: Any, attempts: int = 1) -> Any:
             if not racing or attempt == attempts - 1:
                 raise UserError(f"cannot open storage {url!r}: {_reason(exc)}") from None
             time.sleep(random.uniform(0.05, 0.3))
-        except (SQLAlchemyError, ValueError, RuntimeError) as exc:  # unreachable, unusable, damaged, too new
+        except (SQLAlchemyError, ValueError, RuntimeError, optuna.exceptions.StorageInternalError) as exc:
+            # unreachable, unusable, damaged, too new (Optuna wraps a failed first commit in StorageInternalError)
             raise UserError(f"cannot open storage {url!r}: {_reason(exc)}") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # Optuna's generic "an exception is raised during the commit": say which
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
@@ -425,6 +446,7 @@ def open_existing_store(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("grpc://"):
         return _grpc(url)
     parsed = _parse(url)
+    refuse_in_memory(url)
     file = store_file(url)
     if file is None:  # a database server: never create tables in it
         return _construct(url, lambda: optuna.storages.RDBStorage(url, skip_table_creation=True))

@@ -113,9 +113,9 @@ def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]
             out.append(
                 StudyStatus(
                     name=study_name,
-                    strategy=study.user_attrs.get("strategy", "?"),
+                    strategy=_shown(study.user_attrs.get("strategy"), str, "?"),
                     direction=study.direction.name.lower(),
-                    target=study.user_attrs.get("n_trials"),
+                    target=_shown(study.user_attrs.get("n_trials"), int, None),
                     counts={k: v for k, v in counts.items() if v},
                     best_value=best.value if best else None,
                     best_params=best.params if best else None,
@@ -123,3 +123,9 @@ def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]
                 )
             )
     return out
+
+
+def _shown(value: object, kind: type, missing: Any) -> Any:
+    """A stored attribute as `status` shows it: of the expected type, else `missing` (status lists every study, those
+    another program wrote with attributes of other types included, and never fails on one)."""
+    return value if isinstance(value, kind) and not isinstance(value, bool) else missing

@@ -143,18 +143,26 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = 
     import torch
 
     from hpo_astro.data.prepare import DEFAULT_CHANNELS
-    from hpo_astro.model import build_model
+    from hpo_astro.model import architecture, build_model, check_weights_file, parameter_count
     from hpo_astro.storage import find_artifact_dir
 
     record = study_record(study)
     saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
     params = trial.user_attrs.get(PARAMS_FULL_ATTR)
     directory = find_artifact_dir(record.artifacts if record is not None else None, url)
-    if not saved or saved.get("trial") != trial.number or not params or directory is None:
-        return None
+    if not isinstance(saved, dict) or saved.get("trial") != trial.number or not params or directory is None:
+        return None  # a pointer another program wrote as a string or a list is no pointer: retrain
     channels = record.channels if record is not None else DEFAULT_CHANNELS
+    checked = architecture(params, len(channels))  # a configuration that cannot be built: one line, before any read
+    artifact_id = saved.get("artifact_id")
+    if not isinstance(artifact_id, str) or not artifact_id or "/" in artifact_id or artifact_id.startswith("."):
+        return None  # no file name inside the folder (a path elsewhere is not followed)
     try:
-        with optuna.artifacts.FileSystemArtifactStore(str(directory)).open_reader(saved["artifact_id"]) as fh:
+        check_weights_file(directory / artifact_id, parameter_count(checked, len(channels)), None)
+    except UserError:
+        return None  # missing, not a regular file, or unpacking to more than the model: retrain instead
+    try:
+        with optuna.artifacts.FileSystemArtifactStore(str(directory)).open_reader(artifact_id) as fh:
             state = torch.load(fh, map_location="cpu", weights_only=True)
         model = build_model(params, in_channels=len(channels))
         model.load_state_dict(state)
@@ -230,7 +238,14 @@ def evaluate_best(
     study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None, url: str | None = None
 ) -> tuple[nn.Module, Evaluation]:
     """Rebuild the trial's model (saved weights, else retraining) and evaluate it."""
+    from hpo_astro.data.prepare import DEFAULT_CHANNELS
+    from hpo_astro.model import architecture
+
     start = time.perf_counter()
+    record = study_record(study)
+    params = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    if params:  # a stored configuration that cannot be built: one line before any note, read or retraining
+        architecture(params, len(record.channels if record is not None else DEFAULT_CHANNELS))
     model = load_trial_model(study, trial, url)
     source = "weights"
     if model is None:
