@@ -561,3 +561,24 @@ def test_a_worker_processes_error_is_raised_again_as_itself(
         assert type(rebuilt) is classes[error] and str(rebuilt) == "the reason"
     if exit_code is not None:  # the command line exits with a UserError's exit_code, 2 when it has none
         assert getattr(rebuilt, "exit_code", 2) == exit_code
+
+
+def test_a_second_benchmark_on_the_same_out_is_refused_while_the_first_runs(tmp_path: Path, table_file: Path) -> None:
+    """Two benchmarks on one DIR (#17, 8): the second is refused in one line, writes nothing, and the first, once
+    done, leaves DIR usable by the next run (the lock is the kernel's: nothing is left behind)."""
+    import fcntl
+    import os
+
+    out = tmp_path / "b"
+    out.mkdir()
+    args = ["benchmark", "--strategies", "random", "--repeats", 2, "-n", 3, "--table", table_file, "--out", out]
+    fd = os.open(out, os.O_RDONLY)  # the first benchmark's lock, held as it holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_refused(invoke(*args), "another benchmark is running in")
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(fd)
+    done = invoke(*args)
+    assert done.exit_code == 0, done.output
+    assert not [p for p in out.iterdir() if "lock" in p.name]

@@ -4,7 +4,10 @@ the store, every evaluation is cached there, every re-training in DIR/retrained.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +63,6 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Run or resume the benchmark `spec` and write its report into `spec.out`. `table`: the table of tabular mode
     already loaded (else `spec.table` names it)."""
-    from hpo_astro.storage import read_store
 
     spec.validate()
     settings: TableSettings | None = None
@@ -82,6 +84,44 @@ def run_benchmark(
         Path(spec.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the output directory {spec.out}: {exc.strerror or exc}") from None
+    with _only_benchmark_in(Path(spec.out)):
+        return _run(spec, plan, table, settings, events, on_outcome)
+
+
+@contextlib.contextmanager
+def _only_benchmark_in(out: Path) -> Iterator[None]:
+    """An exclusive lock on DIR for the whole run (an flock on the directory itself: no lock file is left behind, and
+    the kernel releases it when the process dies, kill -9 included). A second benchmark on the same DIR is refused
+    in one line; it used to race the first to create the same studies and die with a traceback."""
+    try:
+        fd = os.open(out, os.O_RDONLY)
+    except OSError as exc:
+        raise UserError(f"cannot open the output directory {out}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another benchmark is running in {out}; wait for it to end (re-running its command then resumes "
+                "and re-renders), or choose another --out"
+            ) from None
+        except OSError:
+            pass  # a file system without flock: run unlocked, as before
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run(
+    spec: BenchmarkSpec,
+    plan: list[Any],
+    table: Table | None,
+    settings: TableSettings | None,
+    events: Events | None,
+    on_outcome: Callable[[Outcome], None] | None,
+) -> BenchmarkResult:
+    from hpo_astro.storage import read_store
+
     cfg = spec.settings
     source = Source(table, cfg.data, cfg.channels)
     outcomes = run_jobs(plan, spec.storage_url, source, spec.workers, on_outcome)
