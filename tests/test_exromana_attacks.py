@@ -610,7 +610,26 @@ def test_npz_zip_bomb_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     _refused(path, "holds 50000 records, more than the limit")
     monkeypatch.setenv("HPO_ASTRO_MAX_RECORDS", "100000")
     assert _peak_bytes(lambda: exromana.load(path)) < 8 << 20
-    _refused(path, "but its header declares")
+    _refused(path, "refused as a zip bomb")
+
+
+def test_an_honest_npz_zip_bomb_is_refused_by_its_compression_ratio(tmp_path: Path) -> None:
+    """Headers and sizes all consistent, 4,000 records of zeros (262 MB) deflated to about 250 kB: everything adds
+    up, so only the ratio tells it apart from cutouts (which hold noise and compress by less than 2x)."""
+    n = 4_000
+    path = tmp_path / "honest-bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("labels.npy", _npy_bytes(np.array([1, 0] * (n // 2), dtype=np.int8)))
+        zf.writestr("samples.npy", _npy_bytes(np.zeros((n, 64, 64, 4), dtype=np.float32)))
+    assert path.stat().st_size < 1 << 20
+    assert _peak_bytes(lambda: exromana.load(path)) < 8 << 20
+    _refused(path, "refused as a zip bomb")
+    noisy = tmp_path / "noisy.npz"  # real-looking cutouts, deflated: accepted
+    samples = np.random.default_rng(0).normal(100, 10, size=(40, 64, 64, 4)).astype(np.float32)
+    with zipfile.ZipFile(noisy, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("labels.npy", _npy_bytes(np.array([1, 0] * 20, dtype=np.int8)))
+        zf.writestr("samples.npy", _npy_bytes(samples))
+    assert len(exromana.load(noisy).labels) == 40
 
 
 def test_truncated_and_corrupt_npz(tmp_path: Path) -> None:

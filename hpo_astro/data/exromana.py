@@ -54,6 +54,9 @@ CUTOUT_SHAPE = (64, 64, 4)
 PLANE_NAMES = ("sci", "ref", "diff", "scorr")  # the usual ZTF order; names are labels, overridable
 
 MAX_RECORDS_ENV = "HPO_ASTRO_MAX_RECORDS"
+# A deflated .npz member may unpack to at most this many times its compressed size (plus 1 MiB): float cutouts with
+# sky noise compress by less than 2x, while a zip bomb of zeros reaches 1000x (hpo-astro itself writes them stored).
+MAX_DEFLATE_RATIO = 20
 DEFAULT_MAX_RECORDS = 100_000  # the real file has 4,676; the limit bounds what a file can make us allocate
 NPZ_FORMAT = b"hpo-astro/exromana-npz/1"  # stored as the uint8 member `format`, so a reader knows the layout
 
@@ -265,6 +268,13 @@ def _read_member(
         raise UserError(f"{where} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise UserError(f"{where} uses an unsupported compression method ({info.compress_type})")
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + (
+        1 << 20
+    ):
+        raise UserError(
+            f"{where} would unpack {info.compress_size:,} bytes to {info.file_size:,} (more than {MAX_DEFLATE_RATIO}x):"
+            " refused as a zip bomb; cutouts do not compress that well"
+        )
     with zf.open(info) as member:
         header = _read_npy_header(member, info.file_size, where)
         if not (isinstance(header.descr, str) and _PLAIN_DESCR.fullmatch(header.descr)):
