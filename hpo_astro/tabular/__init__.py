@@ -3,8 +3,10 @@ strategies can be replayed against the table at no training cost (as LCBench, NA
 
 Modules, one job each:
 
-* `table`: the data model (`Table`, `TableRow`) and the JSON file format (plain or gzip'd data, no pickle; every
-  field checked when read, a malformed file is one error line).
+* `table`: the data model (`Table`, `TableRow`) and the JSON file format (plain or gzip'd data, no pickle; regular
+  files only, size and JSON values capped; a malformed file is one error line).
+* `validate`: what every table must hold (types, ranges, rows against the space and each other), checked once when a
+  table is made, from a file, a store or code: a bad table is one error line naming the table, the row and the field.
 * `tabulate`: building a table by training. The `tabulate` command runs an ordinary grid study named `table/<NAME>`
   over a study file's `[space]` with `tabulate_train`: the real trainer, then one evaluation of the restored best
   weights on the test split, recorded on the trial (`test_metrics`). It resumes and takes `--workers` like `run`.
@@ -22,6 +24,7 @@ from hpo_astro.tabular.replay import TABLE_ATTR, TableReplay
 from hpo_astro.tabular.table import (
     EPOCH_FIELDS,
     MAX_TABLE_BYTES,
+    MAX_TABLE_VALUES,
     METRIC_FIELDS,
     TABLE_FORMAT,
     TABLE_PREFIX,
@@ -40,13 +43,16 @@ from hpo_astro.tabular.tabulate import (
     test_metrics,
     train_for_study,
 )
+from hpo_astro.tabular.validate import STOP_REASONS
 
 __all__ = [
     "DEFAULT_MAX_CONFIGS",
     "EPOCH_FIELDS",
     "MAX_TABLE_BYTES",
+    "MAX_TABLE_VALUES",
     "METRIC_FIELDS",
     "NAME_PATTERN",
+    "STOP_REASONS",
     "TABLE_ATTR",
     "TABLE_FORMAT",
     "TABLE_PREFIX",

@@ -100,7 +100,10 @@ def table_from_study(study: Any, storage: str) -> Table:
 
     name = study.study_name.removeprefix(TABLE_PREFIX)
     source = f"table study {study.study_name!r} in {storage}"
-    record = StudyRecord.from_attrs(study.user_attrs)
+    try:
+        record = StudyRecord.from_attrs(study.user_attrs)
+    except UserError as exc:  # a record field of the wrong type
+        raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
     if record is None or record.strategy != "grid":
         raise UserError(f"study {study.study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
     try:

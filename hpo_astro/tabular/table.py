@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from hpo_astro.tabular.validate import (
     check_params,
     check_row,
     check_space,
+    field_name,
     norm,
     one_line,
     shown,
@@ -48,7 +50,18 @@ MAX_TABLE_VALUES = 4_000_000
 EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics))
 METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
 _REQUIRED_METRICS = tuple(f.name for f in dataclasses.fields(Metrics) if f.default is dataclasses.MISSING)
-_TOP_KEYS = ("format", "version", "name", "space", "data_fingerprint", "seed", "max_epochs", "info", "epoch_fields")
+_TOP_KEYS = (  # a file's fields; an unknown one is a typo or another format, refused
+    "format",
+    "version",
+    "name",
+    "space",
+    "data_fingerprint",
+    "seed",
+    "max_epochs",
+    "info",
+    "epoch_fields",
+    "rows",
+)
 _ROW_KEYS = ("params", "history", "best_epoch", "stop_reason", "val_metrics", "test_metrics", "wall_time")
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20  # decompressed a MiB at a time
@@ -73,8 +86,9 @@ class Table:
 
     Rows are looked up by the values of the space's hyperparameters, compared as the study files compare them
     (1e-3 == 0.001, 64 == 64.0, "batchnorm" == "BatchNorm"), so a table survives JSON round trips. `rows` are kept
-    in the space's order (the grid's, first hyperparameter slowest), whatever order they were given in. A table may
-    hold fewer rows than its space has configurations (one built by hand); `missing` says how many are absent."""
+    in the space's order (the grid's, first hyperparameter slowest), whatever order they were given in. Every field is
+    checked when a table is made (`validate`). A table built in code may hold fewer rows than its space has
+    configurations (`missing` says how many); one read from a file or a store must hold them all."""
 
     name: str
     space: dict[str, list[Any]]  # hyperparameter -> values (the finite space the table covers)
@@ -105,12 +119,12 @@ class Table:
                 params = {**DEFAULT_PARAMS, **params}
             row = dataclasses.replace(row, params=params)
             key = _key(search, params, where)
-            where = f"{where} ({_describe(search, key)})"
-            check_row(where, row, self.max_epochs)
+            label = f"row {number} ({_describe(search, key)})"
+            check_row(f"table {name!r}: {label}", row, self.max_epochs)
             if key in index:
-                raise UserError(f"{where} repeats the configuration of another row")
+                raise UserError(f"table {name!r}: {label} repeats the configuration of another row")
             index[key] = row
-            checked.append((where, row))
+            checked.append((label, row))
         check_fixed(name, search, checked)
         object.__setattr__(self, "rows", tuple(index[key] for key in sorted(index)))  # the space's order, whatever
         object.__setattr__(self, "_search", search)  # the source (a file, a store's trial order)
@@ -217,10 +231,12 @@ class Table:
         """A table from a file's bytes (JSON, or gzip'd JSON); `source` names it in error messages. Decompressed in
         pieces, stopping past `MAX_TABLE_BYTES`; refused before parsing past `MAX_TABLE_VALUES` JSON values."""
         try:
-            text = _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
+            text: bytes | bytearray = _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
             if len(text) > MAX_TABLE_BYTES:
                 raise _Malformed(f"larger than {MAX_TABLE_BYTES // 2**20} MiB")
-            values = text.count(b",") + text.count(b"[") + text.count(b"{")  # at least the values parsing makes
+            # About one per value parsing would make (a comma before each but the first in a list or an object, a
+            # bracket for each list and object), counted at memory speed before any object is made.
+            values = text.count(b",") + text.count(b"[") + text.count(b"{")
             if values > MAX_TABLE_VALUES:
                 raise _Malformed(f"more than {MAX_TABLE_VALUES:,} JSON values")
             try:
@@ -237,7 +253,7 @@ class Table:
         """The table in plain JSON data (`to_json`'s format): every field's type and shape is checked here, its value
         by `Table` itself (`validate`), and every configuration of the space must have its row."""
         top = _obj(data, "the file")
-        _known_keys(top, (*_TOP_KEYS, "rows"), "the file")
+        _known_keys(top, _TOP_KEYS, "the file")
         if top.get("format") != TABLE_FORMAT:
             raise _Malformed(f"'format' must be {TABLE_FORMAT!r}")
         if top.get("version") != TABLE_VERSION:
@@ -249,7 +265,7 @@ class Table:
         rows = _list(top.get("rows"), "rows")
         table = cls(
             name=_str(top.get("name"), "name"),
-            space={name: _list(values, f"space.{shown(name)}") for name, values in space.items()},
+            space={name: _list(values, f"space.{field_name(name)}") for name, values in space.items()},
             rows=tuple(_row_from_json(row, f"rows[{i}]") for i, row in enumerate(rows)),
             data_fingerprint=_str(top.get("data_fingerprint"), "data_fingerprint"),
             seed=_int(top.get("seed"), "seed"),
@@ -268,13 +284,13 @@ class Table:
 # --- checks ------------------------------------------------------------------------------------------------------
 
 
-class _Malformed(Exception):
-    """A table file's structure is wrong (becomes one UserError line naming the file)."""
+class _Malformed(UserError):
+    """A table file's structure is wrong (a UserError: `from_bytes` and the store's reader prefix the source)."""
 
 
 def _read_file(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, at most `limit` + 1 of them (a larger file is refused by the caller): a device, a FIFO
-    or a folder is refused before anything is read (opened without blocking, checked on the open file)."""
+    """A regular file's bytes, refused past `limit`: a device, a FIFO or a folder is refused before anything is read
+    (opened without blocking, checked on the open file, so neither a FIFO without a writer nor /dev/zero holds us)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -286,18 +302,24 @@ def _read_file(path: Path, limit: int) -> bytes:
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
             raise UserError(f"cannot read table {path}: it is {kind}")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(limit + 1)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # in pieces: read(limit + 1) would set aside the whole limit for any file
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise UserError(f"cannot read table {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if len(raw) > limit:
+    if size > limit:
         raise UserError(f"{path}: not a valid hpo-astro table: larger than {limit // 2**20} MiB")
-    return raw
+    return b"".join(chunks)
 
 
-def _gunzip(raw: bytes) -> bytes:
+def _gunzip(raw: bytes) -> bytearray:
     """gzip'd data (one member or several, as gzip writes them) decompressed a piece at a time, stopping as soon as
     the output passes `MAX_TABLE_BYTES`: a small file that inflates to gigabytes costs at most that."""
     out = bytearray()
@@ -317,11 +339,11 @@ def _gunzip(raw: bytes) -> bytes:
         except zlib.error as exc:
             raise _Malformed(f"corrupt gzip data ({exc})") from None
         rest = inflate.unused_data
-        if rest[:2] != _GZIP_MAGIC and rest.strip(b"\x00"):
-            raise _Malformed("corrupt gzip data (trailing garbage)")
-        if rest[:2] != _GZIP_MAGIC:
+        if rest[:2] != _GZIP_MAGIC:  # not another member: zero padding may follow (gzip allows it), nothing else
+            if rest.strip(b"\x00"):
+                raise _Malformed("corrupt gzip data (trailing garbage)")
             break
-    return bytes(out)
+    return out  # not copied into bytes: at the cap, that copy would double what a bomb costs
 
 
 def _known_keys(obj: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
@@ -332,8 +354,6 @@ def _known_keys(obj: Mapping[str, Any], known: tuple[str, ...], where: str) -> N
 
 def _keys(search: SearchSpace) -> list[tuple[int, ...]]:
     """Every configuration's key, in the space's order."""
-    import itertools
-
     return list(itertools.product(*(range(len(values)) for _, values in search.items())))
 
 
@@ -408,7 +428,7 @@ def _number(value: Any, where: str) -> float:
 
 
 def _metrics(value: Any, where: str) -> dict[str, float]:
-    metrics = {key: _number(v, f"{where}.{shown(key)}") for key, v in _obj(value, where).items()}
+    metrics = {key: _number(v, f"{where}.{field_name(key)}") for key, v in _obj(value, where).items()}
     absent = [k for k in _REQUIRED_METRICS if k not in metrics]
     if absent:
         raise _Malformed(f"{where} lacks {', '.join(absent)}")
@@ -429,7 +449,7 @@ def _row_from_json(value: Any, where: str) -> TableRow:
     params = _obj(row.get("params"), f"{where}.params")
     for key, param in params.items():
         if isinstance(param, bool) or not isinstance(param, int | float | str):
-            raise _Malformed(f"{where}.params.{shown(key)} must be a number or a string")
+            raise _Malformed(f"{where}.params.{field_name(key)} must be a number or a string")
     return TableRow(
         params=dict(params),
         history=tuple(history),

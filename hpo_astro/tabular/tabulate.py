@@ -17,6 +17,7 @@ from hpo_astro.objective import TrainFn
 from hpo_astro.record import StudyRecord
 from hpo_astro.space import SearchSpace
 from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR
+from hpo_astro.tabular.validate import one_line
 from hpo_astro.train import TrainResult
 
 DEFAULT_MAX_CONFIGS = 10_000  # tabulate refuses larger spaces unless --max-configs says otherwise
@@ -134,4 +135,8 @@ def _stored_config(storage: str, study_name: str) -> StudyConfig | None:
         record = StudyRecord.from_attrs(study.user_attrs)
     if record is None:
         raise UserError(f"study {study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
-    return record.to_config(storage, study_name)
+    try:
+        return record.to_config(storage, study_name)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # attributes another program wrote
+        reason = one_line(str(exc))
+        raise UserError(f"table study {study_name!r} in {storage} has an unreadable record ({reason})") from None

@@ -9,6 +9,7 @@ The type checks of the file format itself (a field that is not a number, a list 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,11 @@ def shown(value: Any) -> str:
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
+def field_name(key: Any) -> str:
+    """A key in a field's path (`params.lr`): as it is when it reads as a name, else quoted like a value."""
+    return key if isinstance(key, str) and key.isidentifier() and len(key) <= _SHOWN else shown(key)
+
+
 def one_line(text: str) -> str:
     """A message on one line, whatever the values quoted in it."""
     return " ".join(text.split())
@@ -113,6 +119,10 @@ def _check_info(where: str, info: Any) -> None:
     record); the rest is free-form."""
     if not isinstance(info, Mapping):
         raise UserError(f"{where}: info must be an object, got {shown(info)}")
+    try:
+        json.dumps(info, allow_nan=False)  # what `save` writes
+    except (TypeError, ValueError, RecursionError):
+        raise UserError(f"{where}: info must be plain JSON (no NaN or infinity)") from None
     channels = info.get("channels")
     if channels is not None:
         if not isinstance(channels, list | tuple) or not all(isinstance(c, str) for c in channels):
@@ -125,7 +135,7 @@ def _check_info(where: str, info: Any) -> None:
         if info.get(key) is not None and not isinstance(info[key], str):
             raise UserError(f"{where}: info.{key} must be a string, got {shown(info[key])}")
     objective = info.get("objective")
-    if objective is not None and objective not in OBJECTIVES:
+    if objective is not None and (not isinstance(objective, str) or objective not in OBJECTIVES):
         raise UserError(f"{where}: info.objective must be one of {', '.join(OBJECTIVES)}, got {shown(objective)}")
     seconds = info.get("training_seconds")
     if seconds is not None and not SECONDS.holds(seconds):
@@ -139,7 +149,9 @@ def check_space(name: str, space: Any) -> SearchSpace:
         raise UserError(f"{where}: the space must name at least one hyperparameter")
     for hp, values in space.items():
         if not isinstance(values, list | tuple):
-            raise UserError(f"{where}: space.{shown(hp)} must be a list of values, got {shown(values)}")
+            raise UserError(f"{where}: space.{field_name(hp)} must be a list of values, got {shown(values)}")
+        for value in values:
+            _check_kind(f"{where}: space", hp, value)
     try:
         search = SearchSpace.from_dict(space)
     except OverflowError:  # an integer too large for a float, compared with a float range
@@ -161,6 +173,7 @@ def check_params(where: str, params: Any) -> dict[str, Any]:
     for name, value in params.items():
         if name not in PAPER_SPACE:
             raise UserError(f"{where}: unknown hyperparameter {shown(name)} in its params")
+        _check_kind(f"{where}: params", name, value)
         try:
             out[name] = coerce_value(name, value)
         except OverflowError:
@@ -203,15 +216,15 @@ def check_row(where: str, row: TableRow, max_epochs: int | None) -> None:
 
 def check_fixed(name: str, search: SearchSpace, rows: list[tuple[str, TableRow]]) -> None:
     """The hyperparameters outside the table's space are held fixed: every row must hold the same value (a study
-    fills them in with one value, so a row trained with another is one no trial can reach, or worse, the wrong one)."""
+    fills them in with one value, so a row trained with another is one no trial can reach). `rows`: (label, row)."""
     if not rows:
         return
-    first_where, first = rows[0]
-    for where, row in rows[1:]:
+    first_label, first = rows[0]
+    for label, row in rows[1:]:
         for hp, value in row.params.items():
             if hp not in search and norm(value) != norm(first.params.get(hp)):
                 raise UserError(
-                    f"{where}: params.{hp} = {shown(value)}, but {first_where.split(': ', 1)[-1]} has "
+                    f"table {name!r}: {label}: params.{hp} = {shown(value)}, but {first_label} has "
                     f"{shown(first.params.get(hp))}: a hyperparameter outside the table's space must be the same in "
                     "every row"
                 )
@@ -227,6 +240,14 @@ def norm(value: Any) -> Any:
         except OverflowError:
             return value
     return value
+
+
+def _check_kind(where: str, name: Any, value: Any) -> None:
+    """A named hyperparameter (activation, normalization) takes names: a number for one is refused here, before
+    `coerce_value`, which looks a number up among the numeric ranges."""
+    if name in PAPER_SPACE and isinstance(PAPER_SPACE[name][0], str) and not isinstance(value, str):
+        known = ", ".join(map(str, PAPER_SPACE[name]))
+        raise UserError(f"{where}: {name} = {shown(value)} is not one of its names ({known})")
 
 
 def _check_number(where: str, value: Any, allowed: Range) -> None:
