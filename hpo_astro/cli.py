@@ -247,6 +247,8 @@ def data_convert(
     out: Annotated[Path, typer.Option("--out", help="The .npz file to write.")],
 ) -> None:
     """Read a data file safely, validate it and write it in the project's non-pickle .npz format."""
+    import numpy as np
+
     from hpo_astro.data import exromana
 
     if out.suffix.lower() != ".npz":
@@ -255,6 +257,13 @@ def data_convert(
     if out.exists() and src.exists() and out.samefile(src):
         raise UserError(f"--out {out} is the source file; write the converted file elsewhere")
     data = exromana.load(src)
+    empty = ~np.isfinite(data.samples).any(axis=(1, 2))  # (record, plane) pairs without a single finite pixel
+    if empty.any():  # what `data info`, `train` and `run` refuse: refused here too, before anything is written
+        record, plane = (int(i) for i in np.argwhere(empty)[0])
+        raise UserError(
+            f"{src}: record {record} (plane {plane}) has no finite pixel (all NaN/inf); "
+            f"{int(empty.any(axis=1).sum())} such record(s): remove them from the file"
+        )
     exromana.save_npz(data.samples, data.labels, out)
     counts = data.counts
     console.print(f"converted {src} -> {out}: {counts['TP']} TP + {counts['FP']} FP records")

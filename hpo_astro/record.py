@@ -163,7 +163,7 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "objective": _STR,
     "data_fingerprint": _STR,
     "n_trials": _INT,
-    "pruner": _STR,
+    "pruner": _OPT_STR,  # null in a record of a configuration never validated: the strategy's default
     "seed": _INT,
     "max_epochs": _OPT_INT,
     "channels": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of plane names"),

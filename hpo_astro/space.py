@@ -170,6 +170,8 @@ def _coerce(name: str, value: Any) -> Value:
     if isinstance(value, bool):
         raise UserError(f"value {value!r} of {name!r} must be a number or a string")
     if isinstance(value, int | float):
+        if isinstance(PAPER_SPACE[name][0], str):  # a named choice (normalization, activation) given as a number
+            raise UserError(f"value {value!r} of {name!r} must be one of {', '.join(map(str, PAPER_SPACE[name]))}")
         return _check_value(name, value)
     if isinstance(value, str):
         for known in PAPER_SPACE[name]:

@@ -133,15 +133,17 @@ def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> 
     sqlite = parsed.get_backend_name() == "sqlite"
     file = store_file(url) if sqlite else None
     engine_kwargs: dict[str, Any] = {}
+    new_store = True
     if file is not None:
         _check_writable(file)
         if file.exists():
             had_wal = _wal_file(file).exists()
             try:
-                _sqlite_tables(file, new_store_ok=True)  # refuses another program's database before any write
+                tables, _ = _sqlite_tables(file, new_store_ok=True)  # refuses another program's database first
             except UserError:
                 _remove_read_leftovers(file, had_wal)
                 raise
+            new_store = not tables
     if sqlite:
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     heartbeat: dict[str, Any] = {}
@@ -154,7 +156,7 @@ def _rdb(url: str, heartbeat_interval: int | None, grace_period: int | None) -> 
 
     def build() -> optuna.storages.RDBStorage:
         with _creation_lock(file):
-            if sqlite:
+            if sqlite and new_store:  # an existing store keeps its journal mode: a refused run must not change it
                 _enable_wal(url, engine_kwargs)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
 

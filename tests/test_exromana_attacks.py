@@ -819,6 +819,17 @@ def test_data_convert_refusals(tmp_path: Path, small_file: Path) -> None:
     assert not (tmp_path / "c.npz").exists() and _leftovers(tmp_path) == []
 
 
+def test_data_convert_refuses_a_cutout_that_every_reader_refuses(tmp_path: Path) -> None:
+    """A record whose plane holds no finite pixel: `data info` refuses the file, so `data convert` does not write
+    it into a new file either (it used to, and the converted file was then refused)."""
+    records = _records(2, 1, "f4")
+    records["FP"][0]["sample"][:, :, 3] = np.nan
+    path = _write(tmp_path / "nan.pkl", pickle.dumps(records, protocol=4))
+    assert_refused(invoke("data", "info", path), "no finite pixel")
+    assert_refused(invoke("data", "convert", path, "--out", tmp_path / "c.npz"), "record 2 (plane 3) has no finite")
+    assert not (tmp_path / "c.npz").exists() and _leftovers(tmp_path) == []
+
+
 def test_shared_records_in_the_cli_are_one_line(tmp_path: Path) -> None:
     records = _records(1, 1)
     records["TP"].append(records["TP"][0])

@@ -54,3 +54,9 @@ def test_custom_space_from_a_config() -> None:
     ):
         with pytest.raises(UserError, match=message):
             SearchSpace.from_dict(bad)
+
+
+@pytest.mark.parametrize(("name", "value"), [("normalization", 5), ("activation", 1.5)])
+def test_a_number_for_a_named_choice_is_one_line(name: str, value: object) -> None:
+    with pytest.raises(UserError, match=f"value {value!r} of {name!r} must be one of"):
+        SearchSpace.from_dict({name: [value]})

@@ -188,6 +188,19 @@ def test_an_empty_file_becomes_a_store_for_run_only(tmp_path: Path) -> None:
     assert invoke("status", "--storage", f"sqlite:///{db}").stdout.startswith("no studies")
 
 
+def test_a_refused_run_leaves_an_existing_stores_journal_mode(store: str, small_file: Path) -> None:
+    """`run` refused because the store's study of that name is another study: the store stays in rollback-journal
+    mode and byte-identical (opening it for the run used to switch it to WAL first). New stores are WAL."""
+    db = Path(store.removeprefix("sqlite:///"))
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA journal_mode=DELETE")
+    con.close()
+    before = _snapshot(db)
+    refused = invoke("run", "--study", "random", "--strategy", "tpe", "-n", 3, "--data", small_file, "--storage", store)
+    assert refused.exit_code == 2, refused.output
+    assert _journal_mode(db) == "delete" and _snapshot(db) == before
+
+
 def test_readers_never_switch_the_journal_mode(store: str) -> None:
     """A valid store in rollback-journal mode (made by another tool, or copied): reading it must not turn it into
     WAL mode; compare writes its cache (the store is writable) without switching either."""
