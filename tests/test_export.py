@@ -177,3 +177,83 @@ def test_predict_bad_input(store: str, tmp_path: Path, small_file: Path) -> None
     (mismatched / "model.json").write_text(json.dumps(manifest))
     (mismatched / "model.pt").write_bytes((model / "model.pt").read_bytes())
     assert_refused(invoke("predict", "--model", mismatched, "--data", small_file), "cannot load the weights")
+
+
+# --- #17: what export replaces, and manifests and weights that must not be trusted --------------------------------
+
+
+def test_export_into_an_earlier_export_keeps_the_users_other_files(store: str, tmp_path: Path) -> None:
+    """An export folder where the user keeps notes and scores: a second export replaces model.pt and model.json
+    only (it used to swap the whole folder and delete the rest)."""
+    out = tmp_path / "model"
+    _export(store, "random", out)
+    (out / "notes.txt").write_text("mine")
+    (out / "scores.csv").write_text("index,score\n")
+    manifest = _export(store, "tpe", out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "scores.csv").read_text() == "index,score\n"
+    assert manifest["study"]["name"] == "tpe"
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.pt", "notes.txt", "scores.csv"]
+
+
+def test_export_refuses_the_working_directory_and_an_unwritable_out_before_evaluating(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_refused(invoke("export", "--storage", store, "--study", "random", "--out", "."), "not an exported model")
+    (tmp_path / "a-file").write_text("x")  # an --out below a file: no directory can be made there, even by root
+    result = invoke("export", "--storage", store, "--study", "random", "--out", tmp_path / "a-file" / "m")
+    assert_refused(result, "is not a writable directory")
+    assert "retraining" not in result.output  # refused before the model was rebuilt
+
+
+def test_a_torn_export_is_refused_by_the_weights_digest(store: str, tmp_path: Path, small_file: Path) -> None:
+    """A crash between replacing model.pt and model.json leaves new weights beside an old manifest: the manifest's
+    SHA-256 of model.pt tells them apart."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    _export(store, "random", first)
+    _export(store, "tpe", second)
+    (first / "model.pt").write_bytes((second / "model.pt").read_bytes())
+    assert_refused(invoke("predict", "--model", first, "--data", small_file), "SHA-256 differs")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["params"].update(conv_layers=40), "conv_layers = 40 is out of range"),
+        (lambda m: m.update(in_channels=10**7), "in_channels must be a whole number from 1 to 4"),
+        (lambda m: m["params"].update(fc_width=8192, fc_layers=20), "more than the 50,000,000 allowed"),
+        (lambda m: m.update(preprocessing="zscale"), "preprocessing must be an object"),
+        (lambda m: m.update(pos_weight="x"), "pos_weight must be a finite number"),
+        (lambda m: m["preprocessing"].update(threshold="x"), "threshold must be a finite number"),
+        (lambda m: m["preprocessing"].update(threshold=None), "threshold must be a finite number"),
+        (lambda m: m["preprocessing"].update(threshold=[0.5]), "threshold must be a finite number"),
+        (lambda m: m["params"].update(fc_width=float("inf")), "fc_width = inf is not a finite number"),
+    ],
+)
+def test_a_hostile_manifest_is_refused_before_anything_is_built(
+    change: Callable[[dict], None], message: str, store: str, tmp_path: Path, small_file: Path
+) -> None:
+    out = tmp_path / "model"
+    manifest = _export(store, "random", out)
+    change(manifest)
+    (out / "model.json").write_text(json.dumps(manifest))
+    assert_refused(invoke("predict", "--model", out, "--data", small_file), message)
+
+
+def test_a_weights_zip_bomb_is_refused_before_torch_unpacks_it(store: str, tmp_path: Path, small_file: Path) -> None:
+    """A small model.pt whose archive declares hundreds of MB (a member of zeros, deflated): refused by its
+    unpacked size against the model its manifest describes, and a file that is no torch archive is one line too."""
+    import zipfile
+
+    out = tmp_path / "model"
+    manifest = _export(store, "random", out)
+    manifest.pop("weights_sha256")  # an older export, without the digest: the size check alone must hold
+    (out / "model.json").write_text(json.dumps(manifest))
+    with zipfile.ZipFile(out / "model.pt", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        zf.writestr("archive/data/0", bytes(300 << 20))
+    assert (out / "model.pt").stat().st_size < 2 << 20
+    assert_refused(invoke("predict", "--model", out, "--data", small_file), "too large for a model of")
+    (out / "model.pt").write_text("not a model")
+    assert_refused(invoke("predict", "--model", out, "--data", small_file), "not a torch weights file")

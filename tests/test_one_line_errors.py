@@ -63,11 +63,16 @@ def test_hostile_study_attributes_are_refused_in_one_line(
         assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("value", [math.inf, 10**9, "wide", -3])
-def test_a_stored_configuration_that_cannot_be_built_is_refused(value: object, store: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("fc_width", math.inf), ("fc_width", 10**9), ("fc_width", "wide"), ("fc_width", -3), ("conv_layers", 12)],
+)
+def test_a_stored_configuration_that_cannot_be_built_is_refused(name: str, value: object, store: str) -> None:
+    """A store whose best trial's params_full asks for a model that cannot be built (conv_layers 12 made compare
+    allocate more than 3 GB): refused in one line before anything is read or retrained."""
     study = _first_study(store)
     best = study.best_trial
-    params = {**best.user_attrs["params_full"], "fc_width": value}
+    params = {**best.user_attrs["params_full"], name: value}
     db = store.removeprefix("sqlite:///")
     with sqlite3.connect(db) as con:  # a finished trial: written as another program would, past Optuna's API
         con.execute(
@@ -75,4 +80,4 @@ def test_a_stored_configuration_that_cannot_be_built_is_refused(value: object, s
             (json.dumps(params), best._trial_id),
         )
     study.set_user_attr("best_weights", None)  # so that compare must rebuild the model from params_full
-    assert_refused(invoke("compare", "--storage", store, "--study", GOOD_STUDIES[0]), "fc_width")
+    assert_refused(invoke("compare", "--storage", store, "--study", GOOD_STUDIES[0]), name)

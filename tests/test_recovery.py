@@ -33,7 +33,7 @@ def test_a_trial_failed_as_dead_but_never_requeued_is_requeued_once(tmp_path: Pa
     assert requeue_orphans(study, grace_period=0) == [orphan]
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].system_attrs["retry_history"] == [orphan]
-    assert waiting[0].params == {"lr": 0.1} and waiting[0].user_attrs[PARAMS_FULL_ATTR] == {"lr": 0.1}
+    assert waiting[0].params == study.trials[orphan].params and waiting[0].user_attrs[PARAMS_FULL_ATTR] == {"lr": 0.1}
     assert requeue_orphans(study, grace_period=0) == []  # once: it is in a retry history now
     assert fail_dead_trials(study, grace_period=0) == []  # and the recount that runs before every trial agrees
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
