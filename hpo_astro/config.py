@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import Any
 
 from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.errors import UserError
+from hpo_astro.io import read_regular_file
 from hpo_astro.space import SearchSpace
 from hpo_astro.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from hpo_astro.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
@@ -136,23 +135,7 @@ def read_study_file(path: str | Path) -> dict[str, Any]:
     or a huge file is one error line, not a hang or the machine's memory); opened without blocking, checked on the
     open file."""
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise UserError(f"study file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read study file {path}: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            raise UserError(f"cannot read study file {path}: it is {kind}")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(MAX_STUDY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise UserError(f"cannot read study file {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    raw = read_regular_file(path, MAX_STUDY_FILE_BYTES, "study file")
     if len(raw) > MAX_STUDY_FILE_BYTES:
         raise UserError(f"{path}: larger than {MAX_STUDY_FILE_BYTES // 2**20} MiB, not a study file")
     try:

@@ -138,3 +138,41 @@ def write_output(path: Path, data: str | bytes) -> Path:
     with atomic_write(path) as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
     return path
+
+
+_READ_CHUNK = 1 << 20
+
+
+def read_regular_file(path: Path, limit: int, what: str, missing: str | None = None) -> bytes:
+    """The bytes of `path`, read only when it is a regular file, and at most `limit` + 1 of them (the caller refuses
+    more, in its own words). Opened without blocking and checked on the open file, so a FIFO without a writer,
+    /dev/zero or a folder is refused before anything is read; read in pieces, so a small file costs little memory
+    whatever the limit. `what` names the file in the one-line errors ("study file", "table", "model manifest");
+    `missing` replaces the "WHAT not found: PATH" line."""
+    import stat
+
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(missing or f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UserError(f"cannot read {what} {path}: it is {kind}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(_READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)

@@ -14,7 +14,7 @@ from torch import nn
 
 from hpo_astro import __version__
 from hpo_astro.errors import UserError
-from hpo_astro.io import write_error
+from hpo_astro.io import read_regular_file, write_error
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits, PrepConfig
@@ -209,7 +209,10 @@ MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few kB
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """A model manifest, read with a size bound, as a JSON object with `params` and an integral `in_channels`."""
-    text = read_regular_file(path, MAX_MANIFEST_BYTES, "model manifest").decode("utf-8", errors="replace")
+    raw = read_regular_file(path, MAX_MANIFEST_BYTES, "model manifest")
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise UserError(f"{path} is larger than a model manifest can be ({MAX_MANIFEST_BYTES:,} bytes)")
+    text = raw.decode("utf-8", errors="replace")
     try:
         manifest = json.loads(text)
     except ValueError as exc:
@@ -217,26 +220,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "params" not in manifest or "in_channels" not in manifest:
         raise UserError(f"{path} is not a valid model manifest: it needs an object with params and in_channels")
     return manifest
-
-
-def read_regular_file(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of `path`, which must be a regular file of at most `limit` bytes: a device (`/dev/zero`), a FIFO or
-    an oversized file is refused before it is read, and the read itself is bounded."""
-    import stat
-
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path} is not a regular file (the {what} must be one)")
-        if info.st_size > limit:
-            raise UserError(f"{path} is {info.st_size:,} bytes, more than a {what} can be ({limit:,})")
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise UserError(f"{path} grew past {limit:,} bytes while being read")
-    return data
 
 
 def check_weights_file(path: Path, n_params: int, sha256: object) -> None:

@@ -12,8 +12,6 @@ import gzip
 import itertools
 import json
 import math
-import os
-import stat
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo_astro.errors import UserError
-from hpo_astro.io import atomic_write
+from hpo_astro.io import atomic_write, read_regular_file
 from hpo_astro.metrics import Metrics
 from hpo_astro.objective import TrainFn
 from hpo_astro.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace
@@ -289,34 +287,12 @@ class _Malformed(UserError):
 
 
 def _read_file(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, refused past `limit`: a device, a FIFO or a folder is refused before anything is read
-    (opened without blocking, checked on the open file, so neither a FIFO without a writer nor /dev/zero holds us)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise UserError(f"table file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read table {path}: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            raise UserError(f"cannot read table {path}: it is {kind}")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:  # in pieces: read(limit + 1) would set aside the whole limit for any file
-            chunk = os.read(fd, min(_CHUNK, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise UserError(f"cannot read table {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    """A table file's bytes (see `io.read_regular_file`), refused past `limit`."""
+    data = read_regular_file(path, limit, "table", missing=f"table file not found: {path}")
+    size = len(data)
     if size > limit:
         raise UserError(f"{path}: not a valid hpo-astro table: larger than {limit // 2**20} MiB")
-    return b"".join(chunks)
+    return data
 
 
 def _gunzip(raw: bytes) -> bytearray:
