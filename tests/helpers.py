@@ -128,9 +128,22 @@ def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'optuna.db'}"
 
 
+def journal_url(tmp_path: Path) -> str:
+    """The journal store `optuna.log` in the test's folder: about 5x faster per trial than SQLite (SQLAlchemy's cost
+    per attribute write), for tests whose subject is not the store. Read it with `load_study`."""
+    return f"journal:{tmp_path / 'optuna.log'}"
+
+
+def load_study(url: str, name: str | None = None) -> optuna.Study:
+    """`optuna.load_study` for any URL hpo-astro takes (Optuna's own does not read `journal:` URLs)."""
+    from hpo_astro.storage import open_existing_store
+
+    return optuna.load_study(study_name=name, storage=open_existing_store(url))
+
+
 def study_config(tmp_path: Path, data: Path, **overrides: object) -> StudyConfig:
-    """A random search of 4 trials of at most 3 epochs on `data`, in `store_url(tmp_path)`, with `overrides`."""
-    base = {"storage": store_url(tmp_path), "data": data, "max_epochs": 3, "n_trials": 4}
+    """A random search of 4 trials of at most 3 epochs on `data`, in `journal_url(tmp_path)`, with `overrides`."""
+    base = {"storage": journal_url(tmp_path), "data": data, "max_epochs": 3, "n_trials": 4}
     return StudyConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 

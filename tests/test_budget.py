@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, store_url, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, load_study, store_url, study_config
 from optuna.trial import TrialState
 
 from hpo_astro.data.prepare import load_splits
@@ -28,7 +28,7 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path) 
 
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
-    study = optuna.load_study(study_name="random", storage=cfg.storage)
+    study = load_study(cfg.storage, "random")
     # never left RUNNING: failed, and re-queued with its parameters and its epoch-1 checkpoint
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.WAITING]
     interrupted, queued = study.trials[2], study.trials[3]
@@ -57,7 +57,7 @@ def test_checkpoints_after_the_first_epoch_then_every_interval(
 
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
-    study = optuna.load_study(study_name="random", storage=cfg.storage)
+    study = load_study(cfg.storage, "random")
     assert study.trials[-1].user_attrs["checkpoint"]["epoch"] == checkpointed
     result = run_study(cfg, train=fake_train)
     retried = result.study.trials[-1]

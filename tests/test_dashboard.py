@@ -17,7 +17,7 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 import torch
-from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, store_url, study_config
 from optuna.trial import TrialState
 
 from hpo_astro import dashboard as dashboard_module
@@ -154,7 +154,9 @@ def test_every_weights_file_a_trial_lists_can_be_downloaded(
 ) -> None:
     """Each new best used to delete the previous best's weights, which its trial still listed (Optuna cannot take an
     artifact off a finished trial): the dashboard offered files that were gone."""
-    cfg = study_config(tmp_path, small_file, n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE))
+    cfg = study_config(
+        tmp_path, small_file, storage=store_url(tmp_path), n_trials=3, space=SearchSpace.from_dict(SMALL_SPACE)
+    )
     result = run_study(cfg, train=_improving([0.6, 0.7, 0.8]))
     assert result.study.user_attrs["best_weights"]["trial"] == 2
     pages = crawl_dashboard(cfg.storage, monkeypatch)
@@ -167,7 +169,15 @@ def test_pruned_and_failed_trials_point_at_no_deleted_checkpoint(
     tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     space = SearchSpace.from_dict(SMALL_SPACE)
-    pruned_cfg = study_config(tmp_path, small_file, study="pruned", n_trials=2, space=space, checkpoint_interval=0)
+    pruned_cfg = study_config(
+        tmp_path,
+        small_file,
+        storage=store_url(tmp_path),
+        study="pruned",
+        n_trials=2,
+        space=space,
+        checkpoint_interval=0,
+    )
     with monkeypatch.context() as patch:  # a pruner that prunes every trial after its first epoch
         patch.setattr(run_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
         run_study(pruned_cfg, train=fake_train)
@@ -179,7 +189,15 @@ def test_pruned_and_failed_trials_point_at_no_deleted_checkpoint(
     def failing_train(*args: Any, callbacks: Any = (), **kwargs: Any) -> Any:
         return fake_train(*args, callbacks=[*callbacks, Fails()], **kwargs)
 
-    failed_cfg = study_config(tmp_path, small_file, study="failed", n_trials=2, space=space, checkpoint_interval=0)
+    failed_cfg = study_config(
+        tmp_path,
+        small_file,
+        storage=store_url(tmp_path),
+        study="failed",
+        n_trials=2,
+        space=space,
+        checkpoint_interval=0,
+    )
     with pytest.raises(StudyFailed):
         run_study(failed_cfg, train=failing_train)
     pages = crawl_dashboard(pruned_cfg.storage, monkeypatch)
@@ -231,7 +249,14 @@ def test_trial_history_reads_the_exact_copy_the_curves_and_the_old_attribute() -
 def test_the_curves_are_written_with_each_checkpoint_and_at_the_end(tmp_path: Path, small_file: Path) -> None:
     """Not at every epoch: a store write per metric would cost a fast GPU epoch dearly. A running trial shows its
     curves up to its last checkpoint; a finished one, all of them, exactly."""
-    cfg = study_config(tmp_path, small_file, n_trials=1, max_epochs=4, space=SearchSpace.from_dict(SMALL_SPACE))
+    cfg = study_config(
+        tmp_path,
+        small_file,
+        storage=store_url(tmp_path),
+        n_trials=1,
+        max_epochs=4,
+        space=SearchSpace.from_dict(SMALL_SPACE),
+    )
     seen: list[int] = []
 
     def watching_train(*args: Any, callbacks: Any = (), **kwargs: Any) -> Any:
@@ -276,7 +301,9 @@ def _hostile_store(tmp_path: Path, small_file: Path) -> tuple[str, Path]:
     store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
     store.mkdir()
     space = SearchSpace.from_dict(SMALL_SPACE)
-    cfg = study_config(store, small_file, n_trials=1, max_epochs=1, space=space, artifacts=elsewhere)
+    cfg = study_config(
+        store, small_file, storage=store_url(store), n_trials=1, max_epochs=1, space=space, artifacts=elsewhere
+    )
     run_study(cfg, train=fake_train)
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
     page = tmp_path / "evil.html"
@@ -328,7 +355,9 @@ def test_the_folder_beside_the_store_is_served_as_downloads(
     made, moved = tmp_path / "made", tmp_path / "moved"
     made.mkdir()
     space = SearchSpace.from_dict(SMALL_SPACE)
-    run_study(study_config(made, small_file, n_trials=1, max_epochs=1, space=space), train=fake_train)
+    run_study(
+        study_config(made, small_file, storage=store_url(made), n_trials=1, max_epochs=1, space=space), train=fake_train
+    )
     made.rename(moved)
     pages = crawl_dashboard(f"sqlite:///{moved / 'optuna.db'}", monkeypatch)
     assert pages["stderr"] == ""

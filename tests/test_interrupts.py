@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import SMALL_SPACE, fake_train, patience, study_config
+from helpers import SMALL_SPACE, fake_train, load_study, patience, study_config
 from optuna.trial import TrialState
 
 from hpo_astro import run as run_module
@@ -115,7 +115,7 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
         patch.setattr(tempfile, "TemporaryFile", SignalOnSecondCheckpoint)
         run_study(cfg)
     assert fired
-    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    study = load_study(cfg.storage, cfg.study_name)
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]  # failed and re-queued
     assert failed.user_attrs["checkpoint"]["epoch"] == 2  # the checkpoint being written when the signal came
@@ -143,7 +143,7 @@ def test_a_signal_while_the_sampler_chooses_waits_for_training(
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # undone alone: see the test above
         patch.setattr(run_module, "make_sampler", lambda cfg: SignalWhileChoosing(seed=0))
         run_study(cfg, train=fake_train)
-    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    study = load_study(cfg.storage, cfg.study_name)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert study.trials[2].params == study.trials[1].params  # chosen in full, then re-queued
     assert "fail_reason" not in study.trials[1].user_attrs  # an interrupt, not an error

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, store_url, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, load_study, store_url, study_config
 from optuna.trial import TrialState
 
 from hpo_astro import run as run_module
@@ -218,8 +218,8 @@ def test_new_strategies_resume_an_interrupted_study_with_the_uninterrupted_confi
     assert "5/5 finished trials (3 run by this process)" in resumed.stdout
     whole = invoke("run", *args, "--study", "whole", "--n-trials", 5)
     assert whole.exit_code == 0, whole.output
-    interrupted = optuna.load_study(study_name="interrupted", storage=cfg.storage)
-    assert _configs(interrupted) == _configs(optuna.load_study(study_name="whole", storage=cfg.storage))
+    interrupted = load_study(cfg.storage, "interrupted")
+    assert _configs(interrupted) == _configs(load_study(cfg.storage, "whole"))
     assert [t.state for t in interrupted.trials].count(TrialState.FAIL) == 1  # the interrupted one, re-queued
 
 

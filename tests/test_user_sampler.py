@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import user_sampler
-from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, store_url, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, load_study, store_url, study_config
 from optuna.trial import TrialState
 
 from hpo_astro.run import RunEvents, run_study
@@ -87,7 +87,7 @@ def test_a_user_sampler_study_resumes_and_a_worker_joins_it(
         assert [type(s).__name__ for s in fresh.INSTANCES] == ["CyclingSampler"] and fresh.INSTANCES[0].seed == 2
     finally:
         sys.modules["user_sampler"] = user_sampler
-    study = optuna.load_study(study_name=CYCLING, storage=cfg.storage)
+    study = load_study(cfg.storage, CYCLING)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 4 and len({tuple(sorted(t.params.items())) for t in finished}) == 4
     extended = invoke(
