@@ -4,6 +4,7 @@ helpers.py)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -16,7 +17,11 @@ from helpers import fake_train, make_result_store
 from hpo_astro import objective as objective_module
 from hpo_astro.data import exromana, simulate
 
-torch.set_num_threads(2)
+# One torch thread per test process, and for the commands the tests start (they default to OMP_NUM_THREADS): the
+# suite runs two test processes on two cores, and two threads each oversubscribe them (OpenMP's spinning threads then
+# burn the CPU the other process needs). Tests about thread counts set their own.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

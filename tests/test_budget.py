@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, load_study, store_url, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, journal_url, load_study, study_config
 from optuna.trial import TrialState
 
 from hpo_astro.data.prepare import load_splits
@@ -91,7 +91,7 @@ def test_a_study_interrupted_while_its_configuration_is_written_resumes(
 ) -> None:
     """Ctrl-C after `written` of the study's attributes are committed: the half-written study is not "a different
     study": `worker` says how to finish it, and re-running the same command completes and runs it."""
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     args = ["run", "--n-trials", 2, "--data", small_file, "--max-epochs", 1, "--storage", store]
     calls = []
     original = optuna.Study.set_user_attr
@@ -106,7 +106,7 @@ def test_a_study_interrupted_while_its_configuration_is_written_resumes(
         mp.setattr(optuna.Study, "set_user_attr", interrupted)
         first = invoke(*args)
     assert first.exit_code == 130 and "resume with" in first.stderr
-    study = optuna.load_study(study_name="random", storage=store)
+    study = load_study(store, "random")
     assert len(study.user_attrs) == written and not study.trials
     expected = "interrupted while being created" if written else "no recorded configuration"
     assert_refused(invoke("worker", "--study", "random", "--storage", store), expected)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, load_study, store_url, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, journal_url, load_study, study_config
 from optuna.trial import TrialState
 
 from hpo_astro import run as run_module
@@ -30,7 +30,7 @@ def _grid_config(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small_file: Path) -> None:
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     if strategy == "grid":
         extra = ["--config", _grid_config(tmp_path)]
     else:  # the paper's space without its slowest corners (many small batches, deep stacks): seconds, not minutes
@@ -40,7 +40,7 @@ def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small
     result = invoke("run", *extra, "--n-trials", 3, "--data", small_file, "--max-epochs", 1, "--storage", store)
     assert result.exit_code == 0, result.output
     assert "3/3 finished trials" in result.stdout
-    study = optuna.load_study(study_name=strategy, storage=store)
+    study = load_study(store, strategy)
     trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(trials) == 3 and len(study.trials) == 3
     for t in trials:
@@ -94,7 +94,7 @@ def test_genetic_population_size_is_used(tmp_path: Path, small_file: Path) -> No
 
 
 def test_grid_refuses_the_full_paper_space(tmp_path: Path, small_file: Path) -> None:
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     result = invoke("run", "--strategy", "grid", "--n-trials", 3, "--data", small_file, "--storage", store)
     assert_refused(result, "narrow [space]")
     assert not (tmp_path / "optuna.db").exists()
@@ -181,7 +181,7 @@ def test_new_strategies_run_and_resume_through_the_cli(
 ) -> None:
     """A tiny study through the CLI, extended (`-n 3`, then `-n 6`): the second run resumes the same study and
     proposes new configurations; a third run finds the budget done and runs nothing."""
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     base = ["run", "--strategy", strategy, "--data", small_file, "--max-epochs", 3, "--storage", store]
     first = invoke(*base, "--n-trials", 3)
     assert first.exit_code == 0, first.output
@@ -189,7 +189,7 @@ def test_new_strategies_run_and_resume_through_the_cli(
     second = invoke(*base, "--n-trials", 6)
     assert second.exit_code == 0, second.output
     assert "resuming study" in second.stdout and "6/6 finished trials (3 run by this process)" in second.stdout
-    study = optuna.load_study(study_name=strategy, storage=store)
+    study = load_study(store, strategy)
     assert len(study.trials) == 6 and len(set(_configs(study))) == 6
     assert study.user_attrs["strategy"] == strategy and study.user_attrs["n_trials"] == 6
     again = invoke(*base, "--n-trials", 6)
@@ -227,13 +227,13 @@ def test_new_strategies_resume_an_interrupted_study_with_the_uninterrupted_confi
 def test_a_study_of_a_new_strategy_is_not_resumed_by_another(
     created: str, other: str, tmp_path: Path, small_file: Path, fake_training: None
 ) -> None:
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     base = ["run", "--n-trials", 1, "--data", small_file, "--max-epochs", 1, "--storage", store, "--study", "s"]
     assert invoke(*base, "--strategy", created).exit_code == 0
-    before = optuna.load_study(study_name="s", storage=store)
+    before = load_study(store, "s")
     result = invoke(*base, "--strategy", other)
     assert_refused(result, "different strategy")
-    after = optuna.load_study(study_name="s", storage=store)
+    after = load_study(store, "s")
     assert after.user_attrs == before.user_attrs and len(after.trials) == len(before.trials) == 1
 
 
@@ -288,12 +288,12 @@ def test_bohb_pruner_default_and_override_are_recorded(
 ) -> None:
     config = tmp_path / "bohb.toml"
     config.write_text('strategy = "bohb"\n' + (f'pruner = "{file_pruner}"\n' if file_pruner else ""))
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     result = invoke(
         "run", "--config", config, *pruner_args, "-n", 2, "--data", small_file, "--max-epochs", 3, "--storage", store
     )
     assert result.exit_code == 0, result.output
-    assert optuna.load_study(study_name="bohb", storage=store).user_attrs["pruner"] == expected
+    assert load_study(store, "bohb").user_attrs["pruner"] == expected
     from hpo_astro.strategies import PRUNERS, make_pruner
     from hpo_astro.workers import config_from_study
 
@@ -303,11 +303,11 @@ def test_bohb_pruner_default_and_override_are_recorded(
 
 
 def test_bohb_prunes_on_epochs(tmp_path: Path, small_file: Path, fake_training: None) -> None:
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     args = ["--strategy", "bohb", "-n", 16, "--max-epochs", 9, "--seed", 3, "--data", small_file, "--storage", store]
     result = invoke("run", *args)
     assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="bohb", storage=store)
+    study = load_study(store, "bohb")
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert pruned and any(len(trial_history(t)) < 9 for t in pruned)  # stopped at a Hyperband rung
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 16
@@ -315,7 +315,7 @@ def test_bohb_prunes_on_epochs(tmp_path: Path, small_file: Path, fake_training: 
 
 def test_bohb_refuses_an_unknown_pruner(tmp_path: Path, small_file: Path) -> None:
     args = ["--strategy", "bohb", "--pruner", "hyperbnad", "-n", 2, "--data", small_file]
-    assert_refused(invoke("run", *args, "--storage", store_url(tmp_path)), "unknown pruner 'hyperbnad'")
+    assert_refused(invoke("run", *args, "--storage", journal_url(tmp_path)), "unknown pruner 'hyperbnad'")
     assert not (tmp_path / "optuna.db").exists()
 
 
@@ -365,7 +365,7 @@ def test_qmc_is_built_once_with_the_study_seed(tmp_path: Path, small_file: Path)
 
 
 def test_cmaes_is_refused_with_the_reason(tmp_path: Path, small_file: Path) -> None:
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     result = invoke("run", "--strategy", "cmaes", "-n", 2, "--data", small_file, "--storage", store)
     assert_refused(result, "strategy 'cmaes' does not apply to hpo-astro's search space: every hyperparameter is")
     config = tmp_path / "cmaes.toml"

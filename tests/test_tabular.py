@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from helpers import assert_refused, fake_train, invoke, patience, store_url
+from helpers import assert_refused, fake_train, invoke, journal_url, load_study, patience
 from optuna.trial import TrialState
 
 from hpo_astro import objective as objective_module
@@ -59,7 +59,7 @@ def fake_tabulating(fake_training: None, monkeypatch: pytest.MonkeyPatch) -> Non
 def tabulate(tmp_path: Path, data: Path, *args: object, name: str = "t8") -> Any:
     space = space_file(tmp_path / "space.toml")
     return invoke(
-        "tabulate", "--space", space, "--out", name, "--storage", store_url(tmp_path), "--data", data,
+        "tabulate", "--space", space, "--out", name, "--storage", journal_url(tmp_path), "--data", data,
         "--max-epochs", 3, "--json", tmp_path / f"{name}.json.gz", *args,
     )  # fmt: skip
 
@@ -142,7 +142,7 @@ def bench_config(tmp_path: Path, data: Path, table: Table, **overrides: Any) -> 
     base = {
         "strategy": "grid",
         "study": "bench",
-        "storage": store_url(tmp_path),
+        "storage": journal_url(tmp_path),
         "data": data,
         "space": SearchSpace.from_dict(table.space),
         "n_trials": table.size,
@@ -167,7 +167,7 @@ def test_tabulate_writes_the_whole_table(
     assert table.seed == 5 and table.max_epochs == 3 and table.info["study"] == "table/t8"
     assert table.data_fingerprint == load_splits(small_file).fingerprint  # --data
     assert table.info["data_source"] == str(small_file)
-    study = optuna.load_study(study_name="table/t8", storage=store_url(tmp_path))
+    study = load_study(journal_url(tmp_path), "table/t8")
     assert study.user_attrs["strategy"] == "grid" and study.user_attrs["pruner"] == "none"
     for trial in study.trials:
         row = table.row(trial.user_attrs["params_full"])
@@ -177,11 +177,11 @@ def test_tabulate_writes_the_whole_table(
         assert row.test_metrics == trial.user_attrs[TEST_METRICS_ATTR]
         assert row.test_metrics["accuracy"] == pytest.approx(row.val_metrics["accuracy"] - 0.01)
     # the same table from the store, and by name through load_table
-    assert load_table("t8", store_url(tmp_path)).rows == table.rows
-    assert load_table("table/t8", store_url(tmp_path)).rows == table.rows
+    assert load_table("t8", journal_url(tmp_path)).rows == table.rows
+    assert load_table("table/t8", journal_url(tmp_path)).rows == table.rows
     # without --json the table is NAME.json in the working directory
     monkeypatch.chdir(tmp_path)
-    again = invoke("tabulate", "--out", "t8", "--storage", store_url(tmp_path), "--data", small_file)
+    again = invoke("tabulate", "--out", "t8", "--storage", journal_url(tmp_path), "--data", small_file)
     assert again.exit_code == 0, again.output
     assert "8/8 finished trials (0 run by this process)" in again.stdout  # resumed: nothing left to train
     assert Table.load(tmp_path / "t8.json").rows == table.rows
@@ -209,18 +209,18 @@ def test_an_interrupted_tabulation_resumes_to_the_full_table(
     assert stopped.exit_code == 130 and "resume with" in stopped.stderr
     assert not (tmp_path / "t8.json.gz").exists()  # no table before every configuration has its row
     with pytest.raises(UserError) as unfinished:
-        load_table("t8", store_url(tmp_path))
+        load_table("t8", journal_url(tmp_path))
     assert "unfinished: 6 of 8 configurations have no row" in str(unfinished.value)
-    assert f"hpo-astro tabulate --out t8 --storage {store_url(tmp_path)}" in str(unfinished.value)
+    assert f"hpo-astro tabulate --out t8 --storage {journal_url(tmp_path)}" in str(unfinished.value)
     # the command the message gives (no --space: the study's own configuration) finishes it
     resumed = invoke(
-        "tabulate", "--out", "t8", "--storage", store_url(tmp_path), "--data", small_file,
+        "tabulate", "--out", "t8", "--storage", journal_url(tmp_path), "--data", small_file,
         "--json", tmp_path / "t8.json.gz",
     )  # fmt: skip
     assert resumed.exit_code == 0, resumed.output
     table = Table.load(tmp_path / "t8.json.gz")
     assert len(table.rows) == 8 and all(len(row.history) == 3 for row in table.rows)
-    study = optuna.load_study(study_name="table/t8", storage=store_url(tmp_path))
+    study = load_study(journal_url(tmp_path), "table/t8")
     retried = [t for t in study.trials if "resumed_from_epoch" in t.user_attrs]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
@@ -230,15 +230,15 @@ def test_a_worker_joining_a_table_study_records_test_metrics(
     tmp_path: Path, small_file: Path, fake_tabulating: None
 ) -> None:
     space = space_file(tmp_path / "space.toml")
-    cfg = tabular.tabulate_config(space, "joined", store_url(tmp_path), max_epochs=2, data=small_file)
+    cfg = tabular.tabulate_config(space, "joined", journal_url(tmp_path), max_epochs=2, data=small_file)
     cfg.n_trials = 3  # a first run that stops after 3 configurations
     run_study(cfg, train=tabular.tabulate_train)
-    optuna.load_study(study_name="table/joined", storage=store_url(tmp_path)).set_user_attr("n_trials", 8)
+    load_study(journal_url(tmp_path), "table/joined").set_user_attr("n_trials", 8)
     assert tabular.train_for_study("table/joined") is tabular.tabulate_train
     assert tabular.train_for_study("random") is None
-    joined = invoke("worker", "--study", "table/joined", "--storage", store_url(tmp_path))
+    joined = invoke("worker", "--study", "table/joined", "--storage", journal_url(tmp_path))
     assert joined.exit_code == 0, joined.output
-    assert len(load_table("joined", store_url(tmp_path)).rows) == 8
+    assert len(load_table("joined", journal_url(tmp_path)).rows) == 8
 
 
 def test_tabulate_with_workers_trains_and_tests_for_real(
@@ -262,13 +262,13 @@ def test_tabulate_with_workers_trains_and_tests_for_real(
     with monkeypatch.context() as patch:
         patch.setattr(workers._FirstTrialGate, "on_start", on_start)
         result = invoke(
-            "tabulate", "--space", space, "--out", "real", "--storage", store_url(tmp_path), "--data", small_file,
+            "tabulate", "--space", space, "--out", "real", "--storage", journal_url(tmp_path), "--data", small_file,
             "--max-epochs", 1, "--workers", 2, "--threads", 1, "--json", tmp_path / "real.json",
         )  # fmt: skip
         assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="table/real", storage=store_url(tmp_path))
+    study = load_study(journal_url(tmp_path), "table/real")
     assert len({t.user_attrs["worker"] for t in study.trials} - {me}) == 1  # the spawned worker trained one
     table = Table.load(tmp_path / "real.json")
     assert len(table.rows) == 2
@@ -297,9 +297,9 @@ def test_tabulate_refuses_bad_input_before_the_store_is_opened(
         space.write_text("strategy = 'grid'\n")
     else:
         space_file(space, extra=toml_extra)
-    base = ["--space", space, "--out", "t", "--storage", store_url(tmp_path), "--data", small_file]
+    base = ["--space", space, "--out", "t", "--storage", journal_url(tmp_path), "--data", small_file]
     assert_refused(invoke("tabulate", *base, *args), message)
-    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "optuna.log").exists()
 
 
 def test_tabulate_refuses_a_space_above_the_default_limit(tmp_path: Path) -> None:
@@ -308,22 +308,22 @@ def test_tabulate_refuses_a_space_above_the_default_limit(tmp_path: Path) -> Non
            "activation": ["ReLU", "GELU", "Tanh", "LeakyReLU"], "dropout_rate": [0.0, 0.1, 0.2, 0.3, 0.05]}  # fmt: skip
     big_file = space_file(tmp_path / "big.toml", big)
     result = invoke(
-        "tabulate", "--config", big_file, "--out", "big", "--storage", store_url(tmp_path)
+        "tabulate", "--config", big_file, "--out", "big", "--storage", journal_url(tmp_path)
     )  # --space's alias
     assert_refused(result, "the space has 14,400 configurations, more than the table limit of 10,000")
-    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "optuna.log").exists()
 
 
 def test_tabulate_refuses_to_resume_with_other_settings(
     tmp_path: Path, small_file: Path, fake_tabulating: None
 ) -> None:
-    nothing = invoke("tabulate", "--out", "t8", "--storage", store_url(tmp_path))
+    nothing = invoke("tabulate", "--out", "t8", "--storage", journal_url(tmp_path))
     assert_refused(nothing, "no table study 'table/t8'")
     assert tabulate(tmp_path, small_file).exit_code == 0
-    before = (tmp_path / "optuna.db").read_bytes()
+    before = (tmp_path / "optuna.log").read_bytes()
     assert_refused(tabulate(tmp_path, small_file, "--seed", 1), "was started with seed 0, not 1")
     assert_refused(tabulate(tmp_path, small_file, "--max-epochs", 4), "was started with max epochs 3, not 4")
-    assert (tmp_path / "optuna.db").read_bytes() == before
+    assert (tmp_path / "optuna.log").read_bytes() == before
 
 
 def test_an_incomplete_table_after_a_run_is_one_line(
@@ -473,10 +473,10 @@ def test_load_table_by_path_store_and_shipped_name(tmp_path: Path, small_file: P
     shipped = load_table(SHIPPED)
     assert shipped.name == SHIPPED and shipped.missing == 0
     with pytest.raises(UserError, match=f"not a shipped table \\(shipped: .*{SHIPPED}"):
-        load_table("no-such-table", store_url(tmp_path))
+        load_table("no-such-table", journal_url(tmp_path))
     # a table tabulated under the shipped table's name: the store's comes first (the user's own)
     assert tabulate(tmp_path, small_file, name=SHIPPED).exit_code == 0
-    assert len(load_table(SHIPPED, store_url(tmp_path)).rows) == 8
+    assert len(load_table(SHIPPED, journal_url(tmp_path)).rows) == 8
     assert load_table(SHIPPED).rows == shipped.rows  # without a store: the shipped one
     other = Table.load(tmp_path / f"{SHIPPED}.json.gz")
     assert other.rows != shipped.rows

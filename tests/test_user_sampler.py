@@ -7,10 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import user_sampler
-from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, load_study, store_url, study_config
+from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, journal_url, load_study, study_config
 from optuna.trial import TrialState
 
 from hpo_astro.run import RunEvents, run_study
@@ -39,14 +38,14 @@ def test_a_user_sampler_is_built_once_with_the_study_seed_and_keeps_its_state(
     """One instance per process, built with seed=S, used for every trial (not rebuilt per trial, unlike the
     registry's stochastic samplers: a user's sampler may keep state). It samples every parameter: its first 16
     draws are the 16 configurations of the space."""
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     config = _small_space_file(tmp_path, CYCLING)
     args = ["run", "--config", config, "-n", 16, "--seed", 7, "--data", small_file, "--max-epochs", 2]
     result = invoke(*args, "--storage", store)
     assert result.exit_code == 0, result.output
     [sampler] = user_sampler.INSTANCES
     assert sampler.seed == 7 and sampler.draws == 16
-    study = optuna.load_study(study_name=CYCLING, storage=store)  # the study name defaults to the strategy
+    study = load_study(store, CYCLING)  # the study name defaults to the strategy
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 16
     assert study.user_attrs["strategy"] == CYCLING and study.user_attrs["seed"] == 7
 
@@ -114,7 +113,7 @@ def test_a_user_sampler_study_resumes_and_a_worker_joins_it(
 def test_status_compare_and_report_read_a_user_sampler_study(tmp_path: Path, small_file: Path) -> None:
     """Real training (the commands rebuild and evaluate the best model): the recorded import path is shown as the
     strategy; none of these commands needs to import it."""
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     config = _small_space_file(tmp_path, "user_sampler:NoSeedSampler")
     run = invoke("run", "--config", config, "-n", 2, "--data", small_file, "--max-epochs", 1, "--storage", store)
     assert run.exit_code == 0, run.output
@@ -182,13 +181,13 @@ def test_a_bad_sampler_path_is_refused_with_nothing_written(
 ) -> None:
     _broken_modules(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     result = invoke("run", "--strategy", strategy, "-n", 2, "--data", small_file, "--storage", store)
     assert_refused(result, message)
     config = tmp_path / "bad.toml"
     config.write_text(f'strategy = "{strategy}"\nn_trials = 2\n')
     assert_refused(invoke("run", "--config", config, "--data", small_file, "--storage", store), message)
-    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "optuna.log").exists()
 
 
 def test_a_worker_without_the_module_is_refused_with_the_store_untouched(
@@ -199,26 +198,26 @@ def test_a_worker_without_the_module_is_refused_with_the_store_untouched(
     (tmp_path / "gone_samplers.py").write_text("import optuna\n\nclass S(optuna.samplers.RandomSampler):\n    pass\n")
     with monkeypatch.context() as m:
         m.syspath_prepend(str(tmp_path))
-        store = store_url(tmp_path)
+        store = journal_url(tmp_path)
         args = ["--strategy", "gone_samplers:S", "-n", 2, "--data", small_file, "--max-epochs", 1, "--storage", store]
         assert invoke("run", *args).exit_code == 0
     (tmp_path / "gone_samplers.py").unlink()
     monkeypatch.delitem(sys.modules, "gone_samplers")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
-    study = optuna.load_study(study_name="gone_samplers:S", storage=store)
+    study = load_study(store, "gone_samplers:S")
     study.set_user_attr("n_trials", 3)  # one trial left for the worker
     result = invoke("worker", "--study", "gone_samplers:S", "--storage", store, "--trust-sampler")
     assert_refused(result, "no module named 'gone_samplers'")
-    assert len(optuna.load_study(study_name="gone_samplers:S", storage=store).trials) == 2
+    assert len(load_study(store, "gone_samplers:S").trials) == 2
 
 
 def test_the_example_study_file_runs(tmp_path: Path, fake_training: None, small_file: Path) -> None:
     """studies/user-sampler.toml names an importable sampler class; it runs as it stands (storage and data aside)."""
     example = Path(__file__).resolve().parents[1] / "studies" / "user-sampler.toml"
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     result = invoke("run", "--config", example, "-n", 3, "--data", small_file, "--storage", store)
     assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="user-sampler", storage=store)
+    study = load_study(store, "user-sampler")
     assert study.user_attrs["strategy"] == "optuna.samplers:BruteForceSampler" and len(study.trials) == 3
 
 
@@ -234,20 +233,20 @@ def test_a_worker_never_imports_a_sampler_path_only_the_store_names(
         "class S(optuna.samplers.RandomSampler):\n    pass\n"
     )
     monkeypatch.chdir(tmp_path)
-    store = store_url(tmp_path)
+    store = journal_url(tmp_path)
     args = ["--strategy", "evil_samplers:S", "-n", 1, "--data", small_file, "--max-epochs", 1, "--storage", store]
     assert invoke("run", *args).exit_code == 0
     marker.unlink()
     monkeypatch.delitem(sys.modules, "evil_samplers")
-    optuna.load_study(study_name="evil_samplers:S", storage=store).set_user_attr("n_trials", 2)
-    before = (tmp_path / "optuna.db").read_bytes()
+    load_study(store, "evil_samplers:S").set_user_attr("n_trials", 2)
+    before = (tmp_path / "optuna.log").read_bytes()
     refused = invoke("worker", "--study", "evil_samplers:S", "--storage", store)
     assert_refused(refused, "pass --strategy evil_samplers:S (or --trust-sampler)")
     assert not marker.exists() and "evil_samplers" not in sys.modules
-    assert (tmp_path / "optuna.db").read_bytes() == before
+    assert (tmp_path / "optuna.log").read_bytes() == before
     other = invoke("worker", "--study", "evil_samplers:S", "--storage", store, "--strategy", "other:S")
     assert_refused(other, "runs 'evil_samplers:S', not 'other:S'")
     assert not marker.exists()
     joined = invoke("worker", "--study", "evil_samplers:S", "--storage", store, "--strategy", "evil_samplers:S")
     assert joined.exit_code == 0, joined.output
-    assert marker.exists() and len(optuna.load_study(study_name="evil_samplers:S", storage=store).trials) == 2
+    assert marker.exists() and len(load_study(store, "evil_samplers:S").trials) == 2
