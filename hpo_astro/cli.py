@@ -18,10 +18,10 @@ if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors a
     import optuna
     from optuna.trial import FrozenTrial
 
-    from hpo_astro.config import StudyConfig
-    from hpo_astro.objective import TrainFn
-    from hpo_astro.run import RunResult
-    from hpo_astro.train import TrainState
+    from hpo_astro.core.train import TrainState
+    from hpo_astro.study.config import StudyConfig
+    from hpo_astro.study.objective import TrainFn
+    from hpo_astro.study.run import RunResult
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -355,10 +355,10 @@ def train_command(
     """Train one configuration, print per-epoch and validation metrics, save weights and configuration."""
     import torch
 
+    from hpo_astro.core.model import model_manifest, save_model
+    from hpo_astro.core.space import SearchSpace, parse_assignments
+    from hpo_astro.core.train import resolve_device, train
     from hpo_astro.data.prepare import PrepConfig, load_splits, parse_channels
-    from hpo_astro.model import model_manifest, save_model
-    from hpo_astro.space import SearchSpace, parse_assignments
-    from hpo_astro.train import resolve_device, train
 
     space = SearchSpace.paper()
     params = space.complete(parse_assignments(param, space))
@@ -460,8 +460,8 @@ def run_command(
     capture: CaptureOpt = None,
 ) -> None:
     """Create or resume a study and run it until it holds --n-trials finished trials."""
-    from hpo_astro.config import StudyConfig, load_config
     from hpo_astro.data.prepare import parse_channels
+    from hpo_astro.study.config import StudyConfig, load_config
 
     base = load_config(config) if config else StudyConfig()
     cfg = base.merged(
@@ -506,7 +506,7 @@ def _next_steps(storage: str, study: str) -> None:
     """After a run: the commands that look at its results, as the user can paste them."""
     import shlex
 
-    from hpo_astro.config import DEFAULT_STORAGE
+    from hpo_astro.study.config import DEFAULT_STORAGE
 
     program = _program()
     where = "" if storage == DEFAULT_STORAGE else f" --storage {shlex.quote(storage)}"
@@ -552,7 +552,7 @@ def worker_command(
     ] = False,
 ) -> None:
     """Join an existing study from another shell or machine, with the configuration it recorded."""
-    from hpo_astro.workers import config_from_study
+    from hpo_astro.study.workers import config_from_study
 
     cfg = config_from_study(
         storage,
@@ -583,7 +583,7 @@ def storage_proxy_command(
 
     from optuna.storages import run_grpc_proxy_server
 
-    from hpo_astro.storage import open_storage
+    from hpo_astro.store.storage import open_storage
 
     try:  # a host that does not resolve: one line, before the store is opened and before gRPC logs its own
         socket.getaddrinfo(host, port)
@@ -607,15 +607,15 @@ def _execute(cfg: StudyConfig, threads: int | None, joined: bool = False, train:
     import shlex
     import sys
 
-    from hpo_astro.run import RunEvents, StudyFailed, run_study
-    from hpo_astro.workers import run_workers
+    from hpo_astro.study.run import RunEvents, StudyFailed, run_study
+    from hpo_astro.study.workers import run_workers
 
     resume = " ".join(shlex.quote(a) for a in [_program(), *sys.argv[1:]])
     display = _RunDisplay(cfg)
 
     def start(study: optuna.Study, finished: int, target: int) -> None:
         if not joined:  # the command that made the study, for its note in optuna-dashboard
-            from hpo_astro.dashboard import absolute_storage, study_note, write_note
+            from hpo_astro.results.dashboard import absolute_storage, study_note, write_note
 
             write_note(study, study_note(study, sys.argv[1:], _program(), Path.cwd(), absolute_storage(cfg.storage)))
         display.start(study, finished, target)
@@ -713,7 +713,7 @@ def status_command(
     """Each study with its strategy, trial counts by state, best value and best parameters."""
     from rich.table import Table
 
-    from hpo_astro.study import study_status
+    from hpo_astro.results.status import study_status
 
     rows = study_status(storage, study)
     if not rows:
@@ -809,7 +809,7 @@ def export_command(
     data: StudyDataOpt = None,
 ) -> None:
     """Export a study's best model: weights, hyperparameters and preprocessing (channels, scaling, threshold)."""
-    from hpo_astro.export import export_best
+    from hpo_astro.results.export import export_best
 
     exported = export_best(storage, study, out, data, events=_note)
     t = exported.evaluation.test
@@ -832,7 +832,7 @@ def predict_command(
     ] = "all",
 ) -> None:
     """Score cutouts with an exported model, without the study store; print metrics when labels are present."""
-    from hpo_astro.export import predict, write_scores
+    from hpo_astro.results.export import predict, write_scores
 
     prediction = predict(model, data, split)
     write_scores(prediction, out)
@@ -870,8 +870,8 @@ def dashboard_command(
     """Browse the study store with optuna-dashboard (every trial, its curves and attributes); Ctrl-C stops it."""
     import shlex
 
-    from hpo_astro.dashboard import ReadOnlyArtifacts, run_server, served_folder, unserved_folders
-    from hpo_astro.storage import read_store
+    from hpo_astro.results.dashboard import ReadOnlyArtifacts, run_server, served_folder, unserved_folders
+    from hpo_astro.store.storage import read_store
 
     # One folder, never one the store names (a store from someone else could name any); served as downloads only.
     folder = served_folder(storage, artifacts_dir)
@@ -1019,9 +1019,9 @@ def benchmark_command(
     intervals, pairwise significance and the selection-bias check, as HTML, JSON and CSV. Resumable; a finished
     benchmark only re-renders."""
     from hpo_astro.benchmark import BenchmarkSpec, run_benchmark
-    from hpo_astro.config import load_config
     from hpo_astro.data.prepare import parse_channels
-    from hpo_astro.run import StudyFailed
+    from hpo_astro.study.config import load_config
+    from hpo_astro.study.run import StudyFailed
 
     spec = BenchmarkSpec(
         strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),

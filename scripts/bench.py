@@ -5,8 +5,8 @@
 
 Measured, each side of a ratio back to back in one invocation, repeated, medians reported:
 
-* `trainer`: `hpo_astro.train.train` against a bare PyTorch loop doing the same work (the same model built by
-  `hpo_astro.model.build_model`, data on the device, AdamW, BCE with pos_weight, cosine schedule, per-epoch
+* `trainer`: `hpo_astro.core.train.train` against a bare PyTorch loop doing the same work (the same model built by
+  `hpo_astro.core.model.build_model`, data on the device, AdamW, BCE with pos_weight, cosine schedule, per-epoch
   validation loss) for every batch size, with the default configuration ("default") and the largest one of the
   paper's space ("largest": 4 conv blocks of kernel 7, 5 FC layers of 256). Early stopping is off on both sides
   so both run the same number of epochs. Reported: seconds per epoch, the ratio, step time and images/s. On CUDA
@@ -43,10 +43,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpo_astro.core.model import build_model
+from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE
+from hpo_astro.core.train import resolve_device, seed_everything, train
 from hpo_astro.data.prepare import DataSplits, load_splits
-from hpo_astro.model import build_model
-from hpo_astro.space import DEFAULT_PARAMS, PAPER_SPACE
-from hpo_astro.train import resolve_device, seed_everything, train
 
 LARGEST = {
     **DEFAULT_PARAMS,
@@ -222,9 +222,9 @@ def bench_trainer(args: argparse.Namespace, data: DataSplits, device: torch.devi
 def bench_study(args: argparse.Namespace, data_path: str | None) -> dict[str, Any]:
     """Per-trial cost of a study beyond training (sampler, store writes, per-epoch checkpoints and pruning reports,
     best weights), with trials that train one epoch on 16 cutouts; and a new process's start-up."""
-    from hpo_astro.config import StudyConfig
-    from hpo_astro.run import run_study
-    from hpo_astro.space import SearchSpace
+    from hpo_astro.core.space import SearchSpace
+    from hpo_astro.study.config import StudyConfig
+    from hpo_astro.study.run import run_study
 
     training = [0.0]  # seconds spent training, callbacks excluded
 

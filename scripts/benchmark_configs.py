@@ -15,9 +15,9 @@ import time
 
 import torch
 
+from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.train import evaluate, train
 from hpo_astro.data.prepare import load_splits
-from hpo_astro.space import DEFAULT_PARAMS
-from hpo_astro.train import evaluate, train
 
 CONFIGS: dict[str, dict] = {
     "default (paper-like, untuned)": DEFAULT_PARAMS,

@@ -76,7 +76,7 @@ def main() -> None:
             locks = len(LOCK_ERROR.findall(proc.stdout + proc.stderr))
             if proc.returncode != 0:
                 print(proc.stderr[-2000:], file=sys.stderr)
-            from hpo_astro.storage import open_storage
+            from hpo_astro.store.storage import open_storage
 
             study = optuna.load_study(study_name=f"k{k}", storage=open_storage(url, heartbeat_interval=None))
             failed = len(study.get_trials(states=(optuna.trial.TrialState.FAIL,)))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import fake_train, make_result_store
 
-from hpo_astro import objective as objective_module
 from hpo_astro.data import exromana, simulate
+from hpo_astro.study import objective as objective_module
 
 # One torch thread per test process, and for the commands the tests start (they default to OMP_NUM_THREADS): the
 # suite runs two test processes on two cores, and two threads each oversubscribe them (OpenMP's spinning threads then

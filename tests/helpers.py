@@ -17,14 +17,14 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner, Result
 
-from hpo_astro import run as run_module
 from hpo_astro.cli import app
-from hpo_astro.config import StudyConfig
+from hpo_astro.core.metrics import Metrics
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.core.train import Callback, EpochMetrics, TrainResult, TrainState
 from hpo_astro.data.prepare import DataSplits
-from hpo_astro.metrics import Metrics
-from hpo_astro.run import run_study
-from hpo_astro.space import SearchSpace
-from hpo_astro.train import Callback, EpochMetrics, TrainResult, TrainState
+from hpo_astro.study import run as run_module
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.run import run_study
 
 
 def write_npy_object(path: Path, obj: object) -> Path:
@@ -44,8 +44,8 @@ def slowness() -> float:
     tests are `patience(seconds)`, so a slow or loaded machine waits longer instead of failing."""
     import torch
 
-    from hpo_astro.space import DEFAULT_PARAMS
-    from hpo_astro.train import train
+    from hpo_astro.core.space import DEFAULT_PARAMS
+    from hpo_astro.core.train import train
 
     params = {**DEFAULT_PARAMS, "conv_layers": 2, "fc_layers": 2, "fc_width": 32, "batch_size": 16, "t_max": 10}
     data = noise_splits(64)
@@ -136,7 +136,7 @@ def journal_url(tmp_path: Path) -> str:
 
 def load_study(url: str, name: str | None = None) -> optuna.Study:
     """`optuna.load_study` for any URL hpo-astro takes (Optuna's own does not read `journal:` URLs)."""
-    from hpo_astro.storage import open_existing_store
+    from hpo_astro.store.storage import open_existing_store
 
     return optuna.load_study(study_name=name, storage=open_existing_store(url))
 
@@ -163,7 +163,7 @@ def fake_train(
     resume: Mapping[str, Any] | None = None,
     **_: object,
 ) -> TrainResult:
-    """Same contract as `hpo_astro.train.train`, with a one-weight model and scripted metrics (milliseconds)."""
+    """Same contract as `hpo_astro.core.train.train`, with a one-weight model and scripted metrics (milliseconds)."""
     import torch
 
     epochs = min(int(params["t_max"]), max_epochs or 10**6)

@@ -19,9 +19,9 @@ import sqlalchemy
 from helpers import patience
 from optuna.trial import TrialState
 
+from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import CONFIG_KEY, EXHAUSTED_KEY, SLOT_KEY
-from hpo_astro.space import DEFAULT_PARAMS, PAPER_SPACE
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

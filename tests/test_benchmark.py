@@ -19,16 +19,16 @@ from helpers import assert_refused, invoke
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 
-from hpo_astro import strategies as strategies_module
 from hpo_astro.benchmark import BenchmarkSpec, run_benchmark
 from hpo_astro.benchmark.analysis import analyze
 from hpo_astro.benchmark.collect import StudyRun, TrialRecord
 from hpo_astro.benchmark.runner import StudyOutcome
-from hpo_astro.record import WALL_TIME_ATTR
-from hpo_astro.run import run_study
-from hpo_astro.space import SearchSpace
-from hpo_astro.tabular import TEST_METRICS_ATTR, Table, TableRow
-from hpo_astro.train import EpochMetrics
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.core.train import EpochMetrics
+from hpo_astro.store.record import WALL_TIME_ATTR
+from hpo_astro.study import strategies as strategies_module
+from hpo_astro.study.run import run_study
+from hpo_astro.tabular import TEST_METRICS_ATTR, Table, TableReplay, TableRow
 
 SPACE = {"conv_layers": [1, 2, 3, 4], "lr": [0.1, 0.01, 0.001, 0.0001], "activation": ["ReLU", "GELU", "Tanh"]}
 EPOCHS = 4
@@ -164,7 +164,7 @@ def test_anytime_curves_ranks_and_final_numbers_agree_with_the_studies(tmp_path:
 def _run(result: Any, study: str) -> StudyRun:
     from hpo_astro.benchmark.collect import collect
     from hpo_astro.benchmark.plan import jobs
-    from hpo_astro.storage import read_store
+    from hpo_astro.store.storage import read_store
 
     spec_ = result.spec
     with read_store(spec_.storage_url) as storage:
@@ -212,7 +212,7 @@ def _runs(result: Any, strategy: str) -> list[StudyRun]:
 
     from hpo_astro.benchmark.collect import collect
     from hpo_astro.benchmark.plan import jobs
-    from hpo_astro.storage import read_store
+    from hpo_astro.store.storage import read_store
 
     s = result.spec
     with read_store(s.storage_url) as storage:
@@ -301,7 +301,7 @@ def test_a_study_already_in_the_store_is_resumed_there(tmp_path: Path) -> None:
     from hpo_astro.benchmark.runner import table_data
 
     (tmp_path / "bench").mkdir()
-    run_study(partial, train=table.train_fn(), data=table_data(table))
+    run_study(partial, train=TableReplay(table), data=table_data(table))
     result = run_benchmark(s, table=table)
     (outcome,) = result.studies
     assert outcome.ran == 4 and not outcome.in_memory and outcome.finished == 6
@@ -340,7 +340,7 @@ def test_storage_seed_name_repeats_objective_and_top_k(tmp_path: Path) -> None:
 def test_a_study_files_start_up_trials_apply_to_the_strategies_that_have_them(tmp_path: Path) -> None:
     """`n_startup_trials` in a benchmark's study file is shared by every strategy: the model-based ones take it,
     random (which `run` would refuse it for) runs without it."""
-    from hpo_astro.config import StudyConfig
+    from hpo_astro.study.config import StudyConfig
 
     s = spec(tmp_path, ("random", "tpe", "bayesian"), repeats=1, n_trials=4, base=StudyConfig(n_startup_trials=2))
     run_benchmark(s, table=make_table())
@@ -440,7 +440,7 @@ def test_training_mode_evaluates_each_best_once_and_retrains_the_top_configurati
     assert [t["retrain_seeds"] for t in top] == [[2], [2]] and all(t["luck"] is not None for t in top)
     retrained = json.loads((out / "retrained.json").read_text())["entries"]
     assert len(retrained) == 1 and top[0]["params"] == top[1]["params"]
-    from hpo_astro.report.evaluate import CACHE_ATTR
+    from hpo_astro.results.evaluate import CACHE_ATTR
 
     study = optuna.load_study(study_name="bench/train/random/seed-0", storage=journal(out))
     assert study.user_attrs["space"]["fc_width"] == [32, 64] and CACHE_ATTR in study.user_attrs  # evaluated once
@@ -539,7 +539,7 @@ def test_a_worker_processes_error_is_raised_again_as_itself(
     from hpo_astro.benchmark import runner
     from hpo_astro.errors import UserError
     from hpo_astro.io import CannotWrite
-    from hpo_astro.run import StudyFailed, WriteFailed
+    from hpo_astro.study.run import StudyFailed, WriteFailed
 
     classes = {c.__name__: c for c in (CannotWrite, UserError, WriteFailed, StudyFailed, KeyError)}
 

@@ -10,13 +10,13 @@ import pytest
 from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, journal_url, load_study, study_config
 from optuna.trial import TrialState
 
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.core.train import TrainState
 from hpo_astro.data.prepare import load_splits
-from hpo_astro.objective import SURPLUS_ATTR, Objective
-from hpo_astro.record import trial_history
-from hpo_astro.run import RunEvents, run_study
-from hpo_astro.space import SearchSpace
-from hpo_astro.storage import artifact_store
-from hpo_astro.train import TrainState
+from hpo_astro.store.record import trial_history
+from hpo_astro.store.storage import artifact_store
+from hpo_astro.study.objective import SURPLUS_ATTR, Objective
+from hpo_astro.study.run import RunEvents, run_study
 
 
 def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path) -> None:

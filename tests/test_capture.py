@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import fake_train, invoke, noise_splits, store_url, study_config
 
-from hpo_astro.config import load_config
-from hpo_astro.run import run_study
-from hpo_astro.space import DEFAULT_PARAMS
-from hpo_astro.train import TrainState, train, use_capture
+from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.train import TrainState, train, use_capture
+from hpo_astro.study.config import load_config
+from hpo_astro.study.run import run_study
 
 PARAMS = {**DEFAULT_PARAMS, "conv_layers": 1, "fc_layers": 1, "fc_width": 16, "batch_size": 8, "t_max": 4}
 
@@ -55,7 +55,7 @@ def test_no_capture_from_the_command_line_and_the_study_file(
     tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[object] = []
-    monkeypatch.setattr("hpo_astro.objective.default_train", _recording(seen))
+    monkeypatch.setattr("hpo_astro.study.objective.default_train", _recording(seen))
     store = store_url(tmp_path)
     base = ["--data", small_file, "--max-epochs", 1, "--storage", store]
     assert invoke("run", "-n", 1, *base, "--no-capture").exit_code == 0
@@ -81,7 +81,7 @@ def test_a_worker_joins_on_the_device_and_mode_it_is_given(
         seen.append((kwargs["device"], kwargs["capture"]))
         return fake_train(*args, **kwargs)
 
-    monkeypatch.setattr("hpo_astro.objective.default_train", fit)
+    monkeypatch.setattr("hpo_astro.study.objective.default_train", fit)
     store = store_url(tmp_path)
     assert invoke("run", "-n", 1, "--data", small_file, "--max-epochs", 1, "--storage", store).exit_code == 0
     study = optuna.load_study(study_name="random", storage=store)

@@ -73,7 +73,7 @@ def test_train_saves_weights_and_configuration(small_file: Path, tmp_path: Path)
     assert manifest["params"]["lr"] == 1e-3  # a documented default
     assert manifest["in_channels"] == 2 and manifest["preprocessing"]["channels"] == ["diff", "scorr"]
     assert manifest["seed"] == 1 and len(manifest["history"]) == 2
-    from hpo_astro.model import load_model
+    from hpo_astro.core.model import load_model
 
     model, _ = load_model(out)
     assert model[0].in_channels == 2

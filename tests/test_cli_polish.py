@@ -126,7 +126,7 @@ def test_a_run_ends_with_the_next_commands_as_the_user_types_them(
     steps = [line.split("#")[0].strip() for line in result.stdout.splitlines() if "--storage" in line]
     assert len(steps) == 3 and all(s.startswith(f"{tmp_path / 'bin' / 'hpo-astro'} ") for s in steps)
     # the printed commands work: the dashboard one, run here
-    from hpo_astro import dashboard as dashboard_module
+    from hpo_astro.results import dashboard as dashboard_module
 
     served: list[str] = []
     monkeypatch.setattr(dashboard_module, "run_server", lambda *a, **k: served.append("served"))

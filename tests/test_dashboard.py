@@ -20,12 +20,12 @@ import torch
 from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, store_url, study_config
 from optuna.trial import TrialState
 
-from hpo_astro import dashboard as dashboard_module
-from hpo_astro import run as run_module
-from hpo_astro.dashboard import ReadOnlyArtifacts
-from hpo_astro.record import CURVE_PREFIX, HISTORY_ATTR, HISTORY_SYSTEM_ATTR, trial_history
-from hpo_astro.run import StudyFailed, run_study
-from hpo_astro.space import SearchSpace
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.results import dashboard as dashboard_module
+from hpo_astro.results.dashboard import ReadOnlyArtifacts
+from hpo_astro.store.record import CURVE_PREFIX, HISTORY_ATTR, HISTORY_SYSTEM_ATTR, trial_history
+from hpo_astro.study import run as run_module
+from hpo_astro.study.run import StudyFailed, run_study
 
 SERIES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr", "seconds")
 MAX_ATTR_LENGTH = 1024  # optuna-dashboard cuts an attribute's value here (optuna_dashboard._serializer)

@@ -11,10 +11,10 @@ import optuna
 import pytest
 from helpers import assert_refused, fake_train, invoke
 
-from hpo_astro.config import StudyConfig, load_config
-from hpo_astro.record import StudyRecord
-from hpo_astro.run import run_study
-from hpo_astro.strategies import make_sampler
+from hpo_astro.store.record import StudyRecord
+from hpo_astro.study.config import StudyConfig, load_config
+from hpo_astro.study.run import run_study
+from hpo_astro.study.strategies import make_sampler
 
 DEMO = Path(__file__).parent.parent / "studies" / "quick-demo.toml"
 
@@ -49,7 +49,7 @@ def test_tpe_proposes_the_demos_trials_after_its_start_up(
 def test_n_startup_trials_is_recorded_for_joining_workers(tmp_path: Path) -> None:
     cfg = StudyConfig(strategy="bayesian", n_trials=5, n_startup_trials=2)
     record = StudyRecord.from_run(cfg, "f" * 16, cfg.channels, "", tmp_path)
-    rebuilt = StudyRecord.from_attrs(record.to_attrs()).to_config("sqlite:///x.db", "b")  # type: ignore[union-attr]
+    rebuilt = StudyConfig.from_record(StudyRecord.from_attrs(record.to_attrs()), "sqlite:///x.db", "b")  # type: ignore[union-attr]
     assert rebuilt.n_startup_trials == 2
     assert make_sampler(rebuilt.validate()).inner._n_startup_trials == 2
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import assert_refused, fake_train, invoke, study_config
 
-from hpo_astro.run import run_study
-from hpo_astro.workers import device_pool, placed
+from hpo_astro.study.run import run_study
+from hpo_astro.study.workers import device_pool, placed
 
 
 def test_the_pool_is_the_given_devices_else_every_gpu_else_the_cpu() -> None:

@@ -15,10 +15,10 @@ import optuna
 import pytest
 from helpers import assert_refused, invoke
 
+from hpo_astro.core.model import load_model
+from hpo_astro.core.train import evaluate
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig, load_splits, stratified_split
-from hpo_astro.model import load_model
-from hpo_astro.train import evaluate
 
 
 def _compare(store: str, name: str) -> dict:
@@ -110,7 +110,7 @@ def test_predict_uses_the_recorded_zscale_contrast(store: str, tmp_path: Path, s
     was recorded) is read as the 0.25 it was made with."""
     import shutil
 
-    from hpo_astro.export import predict
+    from hpo_astro.results.export import predict
 
     model = tmp_path / "model"
     manifest = _export(store, "tpe", model)

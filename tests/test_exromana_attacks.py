@@ -493,7 +493,7 @@ def test_save_picks_the_format_by_suffix_and_load_by_content(tmp_path: Path) -> 
     swapped = _write(tmp_path / "swapped.npy", npz.read_bytes())
     assert exromana.load(swapped).counts == {"TP": 3, "FP": 2}
     # read_raw of an .npz gives a checked set that validate passes through (export.load_cutouts relies on it)
-    from hpo_astro.export import load_cutouts
+    from hpo_astro.results.export import load_cutouts
 
     cutouts = load_cutouts(npz)
     assert cutouts.labels is not None and cutouts.labels.tolist() == [1, 1, 1, 0, 0]

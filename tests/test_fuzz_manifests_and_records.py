@@ -17,13 +17,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hpo_astro.core.model import MAX_PARAMETERS, build_model, model_manifest, save_model
+from hpo_astro.core.space import DEFAULT_PARAMS
 from hpo_astro.data import exromana, simulate
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.errors import UserError
-from hpo_astro.export import load_exported, predict
-from hpo_astro.model import MAX_PARAMETERS, build_model, model_manifest, save_model
-from hpo_astro.record import StudyRecord
-from hpo_astro.space import DEFAULT_PARAMS
+from hpo_astro.results.export import load_exported, predict
+from hpo_astro.store.record import StudyRecord
+from hpo_astro.study.config import StudyConfig
 
 EXPLORE = os.environ.get("HPO_ASTRO_FUZZ_EXAMPLES")
 FUZZ = settings(
@@ -139,7 +140,7 @@ def test_mutated_study_attributes_give_a_record_none_or_one_line(changes: dict[s
     try:
         record = StudyRecord.from_attrs(attrs)
         if record is not None:
-            record.to_config("sqlite:///x.db", "s").validate()
+            StudyConfig.from_record(record, "sqlite:///x.db", "s").validate()
     except UserError as exc:
         assert "\n" not in str(exc).strip()
 
@@ -149,5 +150,5 @@ def test_the_unmutated_cases_pass(model_dir: tuple[Path, Path]) -> None:
     directory, data = model_dir
     assert len(predict(directory, data).scores) == 24
     record = StudyRecord.from_attrs(RECORD)
-    assert record is not None and record.to_config("sqlite:///x.db", "s").validate().n_trials == 5
+    assert record is not None and StudyConfig.from_record(record, "sqlite:///x.db", "s").validate().n_trials == 5
     torch.manual_seed(0)

@@ -17,9 +17,9 @@ import pytest
 from helpers import SMALL_SPACE, fake_train, load_study, patience, study_config
 from optuna.trial import TrialState
 
-from hpo_astro import run as run_module
-from hpo_astro.run import run_study
-from hpo_astro.space import SearchSpace
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.study import run as run_module
+from hpo_astro.study.run import run_study
 
 
 def _cheap_space(folder: Path) -> Path:
@@ -166,10 +166,10 @@ def test_importing_the_library_leaves_logging_alone_and_a_run_configures_it() ->
     code = """
 import logging, optuna
 optuna.logging.set_verbosity(optuna.logging.DEBUG)
-import hpo_astro.cli, hpo_astro.run, hpo_astro.study, hpo_astro.workers
+import hpo_astro.cli, hpo_astro.study.run, hpo_astro.study.create, hpo_astro.study.workers
 optimize = logging.getLogger("optuna.study._optimize")
 assert optuna.logging.get_verbosity() == optuna.logging.DEBUG and not optimize.filters
-from hpo_astro.interrupts import configure_logging
+from hpo_astro.study.interrupts import configure_logging
 configure_logging()
 configure_logging()
 assert optuna.logging.get_verbosity() == optuna.logging.WARNING and len(optimize.filters) == 1

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hpo_astro.metrics import classification_metrics, fpr_at_fnr, roc_auc
+from hpo_astro.core.metrics import classification_metrics, fpr_at_fnr, roc_auc
 
 
 def _auc_pairwise(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -10,14 +10,14 @@ import pytest
 from helpers import fake_train, study_config
 from optuna.trial import TrialState
 
-from hpo_astro.config import StudyConfig
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.data.prepare import load_splits
-from hpo_astro.objective import Objective, finite_metric
-from hpo_astro.record import trial_history
-from hpo_astro.run import run_study
-from hpo_astro.space import SearchSpace
-from hpo_astro.storage import artifact_store
-from hpo_astro.strategies import make_pruner
+from hpo_astro.store.record import trial_history
+from hpo_astro.store.storage import artifact_store
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.objective import Objective, finite_metric
+from hpo_astro.study.run import run_study
+from hpo_astro.study.strategies import make_pruner
 
 
 def test_pruning_callback_prunes_and_keeps_the_metrics(tmp_path: Path, small_file: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import optuna
 
-from hpo_astro.config import StudyConfig
-from hpo_astro.record import VERSION_KEY, StudyRecord
-from hpo_astro.space import SearchSpace
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.store.record import VERSION_KEY, StudyRecord
+from hpo_astro.study.config import StudyConfig
 
 
 def _config(tmp_path: Path) -> StudyConfig:
@@ -41,7 +41,7 @@ def test_every_field_round_trips_through_the_store(tmp_path: Path) -> None:
         study.set_user_attr(key, value)
     stored = StudyRecord.from_attrs(optuna.load_study(study_name="s", storage=cfg.storage).user_attrs)
     assert stored == dataclasses.replace(record, artifacts=str(cfg.artifacts.resolve()))
-    assert stored.to_config(cfg.storage, "s") == cfg
+    assert StudyConfig.from_record(stored, cfg.storage, "s") == cfg
     assert list(record.to_attrs())[-1] == VERSION_KEY  # written last: marks the record whole
 
 

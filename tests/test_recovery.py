@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo_astro.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
-from hpo_astro.recovery import fail_dead_trials, requeue_orphans
-from hpo_astro.storage import open_storage
+from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
+from hpo_astro.store.recovery import fail_dead_trials, requeue_orphans
+from hpo_astro.store.storage import open_storage
 
 
 def _failed(study: optuna.Study, **attrs: object) -> int:

@@ -12,10 +12,10 @@ import optuna
 import pytest
 from helpers import GOOD_STUDIES, assert_refused, invoke, patience
 
+from hpo_astro.core.train import evaluate, train
 from hpo_astro.data.prepare import PrepConfig, load_splits
 from hpo_astro.report import compare, figures
-from hpo_astro.report import evaluate as report_eval
-from hpo_astro.train import evaluate, train
+from hpo_astro.results import evaluate as report_eval
 
 
 def _json(store: str, *extra: object) -> dict:
@@ -350,7 +350,7 @@ def test_png_writes_images_when_kaleido_can(store: str, tmp_path: Path, monkeypa
 
 
 def test_dashboard_binds_to_localhost_and_prints_the_url(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpo_astro import dashboard as dashboard_module
+    from hpo_astro.results import dashboard as dashboard_module
 
     calls: list[tuple] = []
     monkeypatch.setattr(
@@ -366,7 +366,7 @@ def test_dashboard_binds_to_localhost_and_prints_the_url(store: str, monkeypatch
 
 
 def test_dashboard_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> None:
-    from hpo_astro import dashboard as dashboard_module
+    from hpo_astro.results import dashboard as dashboard_module
 
     monkeypatch.setattr(dashboard_module, "run_server", lambda *a, **k: pytest.fail("must not start"))
     assert_refused(invoke("dashboard", "--storage", f"sqlite:///{tmp_path / 'none.db'}"), "no study store at")

@@ -11,8 +11,8 @@ import pytest
 from helpers import invoke
 from plotly.colors import sample_colorscale
 
-from hpo_astro.record import HISTORY_SYSTEM_ATTR
 from hpo_astro.report import figures
+from hpo_astro.store.record import HISTORY_SYSTEM_ATTR
 
 
 def _study(n_trials: int, epochs: int) -> optuna.Study:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace, parse_assignments
 from hpo_astro.errors import UserError
-from hpo_astro.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace, parse_assignments
 
 
 def test_paper_space_size() -> None:

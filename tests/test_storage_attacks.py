@@ -26,12 +26,12 @@ from helpers import assert_refused, invoke, patience
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from hpo_astro import recovery as recovery_module
-from hpo_astro import storage as storage_module
 from hpo_astro.errors import UserError
-from hpo_astro.recovery import fail_dead_trials, process_token
-from hpo_astro.report import evaluate
-from hpo_astro.storage import (
+from hpo_astro.results import evaluate
+from hpo_astro.store import recovery as recovery_module
+from hpo_astro.store import storage as storage_module
+from hpo_astro.store.recovery import fail_dead_trials, process_token
+from hpo_astro.store.storage import (
     close_store,
     open_existing_store,
     open_storage,
@@ -101,7 +101,7 @@ READERS = ("status", "compare", "report", "export", "dashboard")
 @pytest.fixture
 def no_dashboard(monkeypatch: pytest.MonkeyPatch) -> list[optuna.storages.BaseStorage]:
     """optuna-dashboard's server replaced by a call that reads the store it is given, instead of blocking."""
-    from hpo_astro import dashboard as dashboard_module
+    from hpo_astro.results import dashboard as dashboard_module
 
     served: list[optuna.storages.BaseStorage] = []
 

@@ -11,12 +11,12 @@ import pytest
 from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, journal_url, load_study, study_config
 from optuna.trial import TrialState
 
-from hpo_astro import run as run_module
-from hpo_astro.record import trial_history
-from hpo_astro.run import RunEvents, run_study
-from hpo_astro.space import SearchSpace
-from hpo_astro.strategies import STRATEGIES
-from hpo_astro.train import TrainState
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.core.train import TrainState
+from hpo_astro.store.record import trial_history
+from hpo_astro.study import run as run_module
+from hpo_astro.study.run import RunEvents, run_study
+from hpo_astro.study.strategies import STRATEGIES
 
 
 def _grid_config(tmp_path: Path) -> Path:
@@ -72,7 +72,7 @@ def test_same_seed_gives_the_same_configurations(strategy: str, tmp_path: Path, 
 
 
 def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_file: Path) -> None:
-    from hpo_astro.strategies import make_sampler
+    from hpo_astro.study.strategies import make_sampler
 
     cfg = study_config(tmp_path, small_file, strategy="bayesian", n_trials=13, space=SearchSpace.from_dict(SMALL_SPACE))
     sampler = make_sampler(cfg)
@@ -87,7 +87,7 @@ def test_bayesian_fits_a_gaussian_process_after_startup(tmp_path: Path, small_fi
 
 
 def test_genetic_population_size_is_used(tmp_path: Path, small_file: Path) -> None:
-    from hpo_astro.strategies import make_sampler
+    from hpo_astro.study.strategies import make_sampler
 
     sampler = make_sampler(study_config(tmp_path, small_file, strategy="genetic", population_size=7))
     assert isinstance(sampler.inner, optuna.samplers.NSGAIISampler) and sampler.inner._population_size == 7
@@ -256,7 +256,7 @@ def test_the_run_help_lists_every_strategy_and_the_import_path_form() -> None:
 
 
 def test_bohb_is_multivariate_tpe_with_hyperband_by_default(tmp_path: Path, small_file: Path) -> None:
-    from hpo_astro.strategies import make_pruner, make_sampler
+    from hpo_astro.study.strategies import make_pruner, make_sampler
 
     cfg = study_config(tmp_path, small_file, strategy="bohb", max_epochs=9).validate()
     sampler = make_sampler(cfg)
@@ -294,8 +294,8 @@ def test_bohb_pruner_default_and_override_are_recorded(
     )
     assert result.exit_code == 0, result.output
     assert load_study(store, "bohb").user_attrs["pruner"] == expected
-    from hpo_astro.strategies import PRUNERS, make_pruner
-    from hpo_astro.workers import config_from_study
+    from hpo_astro.study.strategies import PRUNERS, make_pruner
+    from hpo_astro.study.workers import config_from_study
 
     joined = config_from_study(store, "bohb")  # a worker runs with the pruner the study recorded
     assert joined.pruner == expected
@@ -354,7 +354,7 @@ def test_qmc_resumed_continues_the_sequence(tmp_path: Path, small_file: Path) ->
 
 
 def test_qmc_is_built_once_with_the_study_seed(tmp_path: Path, small_file: Path) -> None:
-    from hpo_astro.strategies import SHARED_PLAN, make_sampler
+    from hpo_astro.study.strategies import SHARED_PLAN, make_sampler
 
     sampler = make_sampler(study_config(tmp_path, small_file, strategy="qmc", seed=5))
     assert "qmc" in SHARED_PLAN and isinstance(sampler, optuna.samplers.QMCSampler)
@@ -394,8 +394,8 @@ def test_cmaes_on_this_space_is_its_random_fallback() -> None:
 
 
 def test_the_study_files_of_the_new_strategies_load() -> None:
-    from hpo_astro.config import load_config
-    from hpo_astro.strategies import make_pruner, make_sampler
+    from hpo_astro.study.config import load_config
+    from hpo_astro.study.strategies import make_pruner, make_sampler
 
     root = Path(__file__).resolve().parents[1] / "studies"
     expected = {

@@ -12,8 +12,8 @@ import optuna
 import pytest
 from helpers import assert_refused, invoke, store_url
 
-from hpo_astro.config import StudyConfig, load_config
-from hpo_astro.space import SearchSpace
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.study.config import StudyConfig, load_config
 
 
 def _digest(path: Path) -> str:

@@ -29,8 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import Result
 
+from hpo_astro.core.train import EpochMetrics
 from hpo_astro.errors import UserError
-from hpo_astro.record import (
+from hpo_astro.store.record import (
     HISTORY_SYSTEM_ATTR,
     PARAMS_FULL_ATTR,
     VAL_METRICS_ATTR,
@@ -38,9 +39,8 @@ from hpo_astro.record import (
     StudyRecord,
     curve_attrs,
 )
-from hpo_astro.tabular import TEST_METRICS_ATTR, Table, TableRow, load_table, table_from_study
+from hpo_astro.tabular import TEST_METRICS_ATTR, Table, TableReplay, TableRow, load_table, table_from_study
 from hpo_astro.tabular.validate import EPOCH_RANGES, METRIC_RANGES
-from hpo_astro.train import EpochMetrics
 
 SPACE = {"lr": [1e-3, 1e-2]}
 NAME = "small"
@@ -280,7 +280,8 @@ BAD_STUDIES: dict[str, tuple[Callable[[dict], None], str | re.Pattern[str]]] = {
         "trial 0: epoch 1 of its history lacks seconds",
     ),
     "negative seconds": (_set(("trials", 1, "history", 0, "seconds"), -1.0), "history[0].seconds = -1.0 must be"),
-    # a record field of the wrong type: refused by the record reader (hpo_astro.record) or, past it, by the table's
+    # a record field of the wrong type: refused by the record reader (hpo_astro.store.record) or, past it, by the
+    # table's
     "seed a string": (_record("seed", "zero"), _either("seed must be a whole number", "attribute 'seed' is \"zero\"")),
     "channels 5": (_record("channels", 5), _either("info.channels must be a list", "attribute 'channels' is 5")),
     "channels bogus": (_record("channels", ["bogus"]), "info.channels: unknown channel 'bogus'"),
@@ -361,7 +362,7 @@ def test_the_commands_refuse_what_is_not_a_regular_file(command: str, where: str
 
 
 def test_a_huge_study_file_is_refused(tmp_path: Path) -> None:
-    from hpo_astro.config import MAX_STUDY_FILE_BYTES
+    from hpo_astro.study.config import MAX_STUDY_FILE_BYTES
 
     path = tmp_path / "huge.toml"
     path.write_bytes(b'strategy = "random"\n' + b"#" * MAX_STUDY_FILE_BYTES + b"\n")
@@ -490,7 +491,7 @@ def assert_valid(table: Table, work: Path) -> None:
     """A table that loaded is one the package can use: it saves, loads back the same, and every row replays."""
     table.save(work / "again.json")
     assert Table.load(work / "again.json").to_json() == table.to_json()  # compared as JSON: NaN is null there
-    replay = table.train_fn()
+    replay = TableReplay(table)
     for row in table.rows:
         result = replay(row.params, None)
         assert result.history == list(row.history) and math.isfinite(result.wall_time) and result.wall_time >= 0

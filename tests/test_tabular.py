@@ -22,17 +22,18 @@ import torch
 from helpers import assert_refused, fake_train, invoke, journal_url, load_study, patience
 from optuna.trial import TrialState
 
-from hpo_astro import objective as objective_module
-from hpo_astro import tabular, workers
-from hpo_astro.config import StudyConfig
+from hpo_astro import tabular
+from hpo_astro.core.metrics import Metrics
+from hpo_astro.core.space import DEFAULT_PARAMS, SearchSpace
+from hpo_astro.core.train import EpochMetrics, TrainState
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.errors import UserError
-from hpo_astro.metrics import Metrics
-from hpo_astro.record import trial_history
-from hpo_astro.run import RunEvents, run_study
-from hpo_astro.space import DEFAULT_PARAMS, SearchSpace
-from hpo_astro.tabular import TEST_METRICS_ATTR, Table, TableRow, load_table, shipped_tables
-from hpo_astro.train import EpochMetrics, TrainState
+from hpo_astro.store.record import trial_history
+from hpo_astro.study import objective as objective_module
+from hpo_astro.study import workers
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.run import RunEvents, run_study
+from hpo_astro.tabular import TEST_METRICS_ATTR, Table, TableReplay, TableRow, load_table, shipped_tables
 
 SPACE = {"conv_layers": [1, 2], "lr": [1e-3, 1e-2], "activation": ["ReLU", "GELU"]}  # 8 configurations
 SHIPPED = "astro-small"
@@ -498,7 +499,7 @@ def test_the_shipped_table(tmp_path: Path) -> None:
     ranked = list(recipe["fanova_importances"])
     assert list(table.space) == [name for name in ranked if name in table.space]  # the space: the most important
     row = table.rows[0]
-    replayed = table.train_fn()(row.params, None)
+    replayed = TableReplay(table)(row.params, None)
     assert replayed.history == list(row.history) and replayed.extra_attrs[TEST_METRICS_ATTR] == row.test_metrics
 
 
@@ -507,7 +508,7 @@ def test_the_shipped_table(tmp_path: Path) -> None:
 
 def test_a_replay_is_the_recorded_curve(tmp_path: Path, small_file: Path) -> None:
     table = make_table()
-    replay = table.train_fn()
+    replay = TableReplay(table)
     for row in table.rows:
         recorder = Recorder()
         result = replay(row.params, None, callbacks=[recorder], max_epochs=None, seed=3, resume=None, device="cpu")
@@ -533,14 +534,14 @@ def test_a_replay_is_the_recorded_curve(tmp_path: Path, small_file: Path) -> Non
 def test_a_replay_ends_where_the_tabulated_run_stopped_early() -> None:
     table = make_table(row=lambda p: make_row(p, epochs=9, best=4))  # best at 4, stopped 5 epochs later
     row = table.rows[0]
-    result = table.train_fn()(row.params, None)
+    result = TableReplay(table)(row.params, None)
     assert len(result.history) == 9 and result.stop_reason == "early_stopping" and result.best_epoch == 4
     assert result.val_metrics.accuracy == row.val_metrics["accuracy"]
 
 
 def test_pruning_acts_on_replayed_curves(tmp_path: Path, small_file: Path) -> None:
     table = make_table()
-    result = run_study(bench_config(tmp_path, small_file, table, pruner="median"), train=table.train_fn())
+    result = run_study(bench_config(tmp_path, small_file, table, pruner="median"), train=TableReplay(table))
     pruned = result.study.get_trials(states=(TrialState.PRUNED,))
     complete = result.study.get_trials(states=(TrialState.COMPLETE,))
     assert result.finished == 16 and pruned and complete
@@ -557,9 +558,9 @@ def test_a_replay_resumes_from_its_checkpoint(tmp_path: Path, small_file: Path) 
     table = make_table()
     row = table.rows[5]
     first = Recorder(stop_at=4)
-    table.train_fn()(row.params, None, callbacks=[first])
+    TableReplay(table)(row.params, None, callbacks=[first])
     rest = Recorder()
-    resumed = table.train_fn()(row.params, None, callbacks=[rest], resume=first.checkpoint)
+    resumed = TableReplay(table)(row.params, None, callbacks=[rest], resume=first.checkpoint)
     assert rest.epochs == list(range(5, 11)) and resumed.history == list(row.history)
     assert resumed.best_epoch == row.best_epoch and TEST_METRICS_ATTR in resumed.extra_attrs
     # in a study: Ctrl-C in a trial's third epoch, then the same run resumes it from its epoch-2 checkpoint
@@ -570,8 +571,8 @@ def test_a_replay_resumes_from_its_checkpoint(tmp_path: Path, small_file: Path) 
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg, RunEvents(on_epoch=interrupt), train=table.train_fn())
-    result = run_study(cfg, train=table.train_fn())
+        run_study(cfg, RunEvents(on_epoch=interrupt), train=TableReplay(table))
+    result = run_study(cfg, train=TableReplay(table))
     assert result.finished == 16
     retried = [t for t in result.study.trials if "resumed_from_epoch" in t.user_attrs]
     assert len(retried) == 1 and retried[0].user_attrs["resumed_from_epoch"] == 2
@@ -584,21 +585,21 @@ def test_a_replay_resumes_from_its_checkpoint(tmp_path: Path, small_file: Path) 
 def test_max_epochs_truncates_the_replay() -> None:
     table = make_table(row=lambda p: make_row(p, epochs=10, best=6))
     row = table.rows[3]
-    short = table.train_fn()(row.params, None, max_epochs=4)
+    short = TableReplay(table)(row.params, None, max_epochs=4)
     assert short.history == list(row.history[:4]) and short.stop_reason == "max_epochs" and short.best_epoch == 4
     assert short.wall_time == pytest.approx(sum(h.seconds for h in row.history[:4]))
     assert TEST_METRICS_ATTR not in short.extra_attrs  # its best weights (epoch 4) were never tested
     assert short.val_metrics.accuracy == row.history[3].val_accuracy and math.isnan(short.val_metrics.precision)
-    past_best = table.train_fn()(row.params, None, max_epochs=8)
+    past_best = TableReplay(table)(row.params, None, max_epochs=8)
     assert past_best.best_epoch == 6 and past_best.extra_attrs[TEST_METRICS_ATTR] == row.test_metrics
-    longer = table.train_fn()(row.params, None, max_epochs=50)  # a table cannot replay epochs it never ran
+    longer = TableReplay(table)(row.params, None, max_epochs=50)  # a table cannot replay epochs it never ran
     assert longer.history == list(row.history) and longer.stop_reason == "early_stopping"
     assert table.covers(10) and table.covers(4) and not table.covers(11) and not table.covers(None)
 
 
 def test_a_configuration_missing_from_the_table_is_refused(tmp_path: Path, small_file: Path) -> None:
     table = make_table(skip=1)  # the first configuration (lr 0.1, batch 4) has no row
-    replay = table.train_fn()
+    replay = TableReplay(table)
     with pytest.raises(UserError, match=r"configuration not in table 'hand': lr=0.1 batch_size=4 has no row \(15 of"):
         replay({**DEFAULT_PARAMS, "lr": 0.1, "batch_size": 4}, None)
     with pytest.raises(UserError, match=r"lr=0.5 is not in the table's space"):
@@ -621,7 +622,7 @@ def test_a_table_built_by_hand_fills_in_defaults_and_refuses_duplicates() -> Non
     assert table.rows[0].params == {**DEFAULT_PARAMS, "lr": 1e-3, "batch_size": 64}
     sparse = TableRow(**{**rows[0].__dict__, "val_metrics": {"accuracy": 0.9, "loss": 0.2}, "test_metrics": {}})
     lean = Table(name="h", space={"lr": [1e-3]}, rows=(sparse,), data_fingerprint="x", seed=0, max_epochs=None)
-    result = lean.train_fn()({"lr": 1e-3}, None)  # metrics a table built in code leaves out are NaN
+    result = TableReplay(lean)({"lr": 1e-3}, None)  # metrics a table built in code leaves out are NaN
     assert result.val_metrics.accuracy == 0.9 and math.isnan(result.val_metrics.f1)
     with pytest.raises(UserError, match="repeats the configuration"):
         Table(name="h", space={"lr": [1e-3]}, rows=rows * 2, data_fingerprint="x", seed=0, max_epochs=None)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import noise_splits
 
+from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.train import EarlyStopping, TrainState, batches, evaluate, train
 from hpo_astro.data.prepare import load_splits
-from hpo_astro.space import DEFAULT_PARAMS
-from hpo_astro.train import EarlyStopping, TrainState, batches, evaluate, train
 
 # Overfits the noise below quickly: validation loss turns up after a few epochs.
 OVERFIT = {**DEFAULT_PARAMS, "lr": 1e-2, "batch_size": 16, "t_max": 50, "dropout_rate": 0.0}

@@ -12,10 +12,10 @@ import user_sampler
 from helpers import SMALL_SPACE, assert_refused, fake_train, invoke, journal_url, load_study, study_config
 from optuna.trial import TrialState
 
-from hpo_astro.run import RunEvents, run_study
-from hpo_astro.space import SearchSpace
-from hpo_astro.strategies import make_sampler
-from hpo_astro.train import TrainState
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.core.train import TrainState
+from hpo_astro.study.run import RunEvents, run_study
+from hpo_astro.study.strategies import make_sampler
 
 CYCLING = "user_sampler:CyclingSampler"
 

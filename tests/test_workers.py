@@ -19,12 +19,12 @@ import pytest
 from helpers import assert_refused, invoke, patience, slowness
 from optuna.trial import TrialState
 
-from hpo_astro import workers
-from hpo_astro.config import StudyConfig
-from hpo_astro.objective import SURPLUS_ATTR
-from hpo_astro.run import RunEvents
-from hpo_astro.space import SearchSpace
-from hpo_astro.workers import config_from_study, run_workers, threads_per_worker
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.study import workers
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.objective import SURPLUS_ATTR
+from hpo_astro.study.run import RunEvents
+from hpo_astro.study.workers import config_from_study, run_workers, threads_per_worker
 
 # Small, quick architectures: a trial of a few epochs takes about a second on the small data set.
 FAST_SPACE = {
@@ -277,7 +277,7 @@ def test_a_joining_worker_rebuilds_the_configuration(tmp_path: Path, small_file:
     cfg = config_from_study(storage, "join", n_trials=3)
     assert cfg.strategy == "random" and cfg.n_trials == 3 and cfg.max_epochs == 2
     assert cfg.space == SearchSpace.from_dict(FAST_SPACE) and cfg.data == small_file
-    from hpo_astro.run import run_study
+    from hpo_astro.study.run import run_study
 
     result = run_study(cfg)
     assert result.finished == 3
@@ -298,7 +298,7 @@ def test_grpc_storage_proxy(tmp_path: Path, small_file: Path) -> None:
 
     from optuna.storages import run_grpc_proxy_server
 
-    from hpo_astro.storage import open_storage
+    from hpo_astro.store.storage import open_storage
 
     backend = open_storage(f"sqlite:///{tmp_path / 'behind-proxy.db'}", heartbeat_interval=None)
     with socket.socket() as sock:

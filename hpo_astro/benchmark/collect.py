@@ -1,6 +1,6 @@
 """Reading a benchmark's studies back from the store: per study, its trials as plain records (the analysis never sees
 Optuna), and the test metric of its best configuration: from the table's row in tabular mode, else evaluated once
-by `hpo_astro.report.evaluate` (the model rebuilt from the saved weights or retrained with the trial's seed, cached
+by `hpo_astro.results.evaluate` (the model rebuilt from the saved weights or retrained with the trial's seed, cached
 in the store, exactly as `compare` does it).
 """
 
@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.benchmark.plan import BenchmarkSpec, Job
 from hpo_astro.errors import UserError
-from hpo_astro.record import PARAMS_FULL_ATTR, WALL_TIME_ATTR
+from hpo_astro.store.record import PARAMS_FULL_ATTR, WALL_TIME_ATTR
 from hpo_astro.tabular import TEST_METRICS_ATTR
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -117,8 +117,8 @@ def collect(
     events: Events | None = None,
 ) -> list[StudyRun]:
     """Every job's study as a `StudyRun`. In training mode each best configuration is evaluated on the test split
-    once (and cached in the store): `hpo_astro.report.evaluate.best_evaluation`."""
-    from hpo_astro.report.evaluate import best_evaluation
+    once (and cached in the store): `hpo_astro.results.evaluate.best_evaluation`."""
+    from hpo_astro.results.evaluate import best_evaluation
 
     runs: list[StudyRun] = []
     memo: dict = {}  # the data, loaded once for every evaluation that needs it

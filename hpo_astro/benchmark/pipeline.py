@@ -69,7 +69,7 @@ def run_benchmark(
     if table is not None:
         settings = spec.for_table(table)
     elif spec.table is not None:
-        from hpo_astro.config import DEFAULT_STORAGE
+        from hpo_astro.study.config import DEFAULT_STORAGE
         from hpo_astro.tabular import load_table
 
         # A `tabulate` study is looked for in --storage, else where `tabulate` writes by default.
@@ -77,7 +77,7 @@ def run_benchmark(
         settings = spec.for_table(table)
     plan = jobs(spec, settings)
     for job in plan[: len(spec.strategies)]:  # the space, baseline and the like: one line before anything is written
-        from hpo_astro.strategies import make_sampler
+        from hpo_astro.study.strategies import make_sampler
 
         make_sampler(job.config.validate())
     try:
@@ -120,7 +120,7 @@ def _run(
     events: Events | None,
     on_outcome: Callable[[Outcome], None] | None,
 ) -> BenchmarkResult:
-    from hpo_astro.storage import read_store
+    from hpo_astro.store.storage import read_store
 
     cfg = spec.settings
     source = Source(table, cfg.data, cfg.channels)
@@ -171,7 +171,7 @@ def _run(
 
 def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None) -> dict[str, Any]:
     """The benchmark's settings as the report states them (also the "benchmark" object of benchmark.json)."""
-    from hpo_astro.report.html import _display_url
+    from hpo_astro.results.page import display_url
 
     cfg = spec.settings
     out: dict[str, Any] = {
@@ -188,7 +188,7 @@ def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None) -> di
         "top_k": spec.top_k,
         "pruner": cfg.pruner or "each strategy's default",
         "max_epochs": settings.max_epochs if settings else cfg.max_epochs,
-        "storage": _display_url(spec.storage_url),
+        "storage": display_url(spec.storage_url),
         "study_names": spec.study_name("<strategy>", 0).replace(f"seed-{spec.study_seed(0)}", "seed-<seed>"),
         "mode": "tabular" if table is not None else "training",
     }

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpo_astro.config import MAX_SEED, OBJECTIVES, StudyConfig
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.errors import UserError
 from hpo_astro.io import check_output
-from hpo_astro.space import SearchSpace
-from hpo_astro.strategies import STARTUP_STRATEGIES
+from hpo_astro.study.config import MAX_SEED, OBJECTIVES, StudyConfig
+from hpo_astro.study.strategies import STARTUP_STRATEGIES
 
 if TYPE_CHECKING:
     from hpo_astro.tabular import Table
@@ -172,7 +172,7 @@ class BenchmarkSpec:
         except UserError as exc:
             raise UserError(f"table {table.name!r}: space: {exc}") from None
         if table.rows:  # a study completes the sampled values with the defaults: the table must hold them too
-            from hpo_astro.space import DEFAULT_PARAMS
+            from hpo_astro.core.space import DEFAULT_PARAMS
 
             probe = {**DEFAULT_PARAMS, **{name: table.rows[0].params[name] for name in table.space}}
             try:

@@ -26,7 +26,7 @@ from hpo_astro.benchmark import stats
 from hpo_astro.benchmark.analysis import Analysis, Curves
 from hpo_astro.io import write_output
 from hpo_astro.report.figures import TEMPLATE
-from hpo_astro.report.html import _e, _figure_html, _page, _table
+from hpo_astro.results.page import escape, figure_html, page, table_html
 
 COLORS = qualitative.Plotly
 
@@ -357,11 +357,12 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
     m = a.metric
     direction = "higher" if a.maximize else "lower"
     parts = [f'<p class="muted">generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>']
-    parts.append(_table(["setting", "value"], [(k, _fact(v)) for k, v in facts.items()]))
+    parts.append(table_html(["setting", "value"], [(k, _fact(v)) for k, v in facts.items()]))
     parts.append("<h2>Summary per strategy</h2>")
     parts.append(
-        f'<p class="muted">Means over repeats with bootstrap 95% confidence intervals. Objective: validation {_e(m)} '
-        f"({direction} is better). Mean rank at {a.n_trials} trials: 1 = best in every repeat.</p>"
+        '<p class="muted">Means over repeats with bootstrap 95% confidence intervals. '
+        f"Objective: validation {escape(m)} ({direction} is better). "
+        f"Mean rank at {a.n_trials} trials: 1 = best in every repeat.</p>"
     )
     rows = [
         [
@@ -378,7 +379,7 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
         for s in a.summary
     ]
     parts.append(
-        _table(
+        table_html(
             [
                 "strategy",
                 "repeats",
@@ -393,17 +394,17 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
             rows,
         )
     )
-    parts += [f'<p class="note">{_e(n)}</p>' for n in a.notes]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in a.notes]
     parts += [
         "<h2>Anytime performance</h2>",
         '<p class="muted">Best validation objective so far: median over repeats (line) and 95% band (2.5th to 97.5th '
         "percentile, shaded). Training time is each trial's recorded training time summed in trial order"
         + (" (in tabular mode: the table's recorded time of the epochs replayed)" if tabular else "")
         + ".</p>",
-        _figure_html(anytime_figure(a.by_trials, m, "Best validation objective vs trials")),
-        _figure_html(anytime_figure(a.by_time, m, "Best validation objective vs cumulative training time")),
-        _figure_html(rank_figure(a.by_trials, "Mean rank of each strategy vs trials")),
-        _figure_html(rank_figure(a.by_time, "Mean rank of each strategy vs cumulative training time")),
+        figure_html(anytime_figure(a.by_trials, m, "Best validation objective vs trials")),
+        figure_html(anytime_figure(a.by_time, m, "Best validation objective vs cumulative training time")),
+        figure_html(rank_figure(a.by_trials, "Mean rank of each strategy vs trials")),
+        figure_html(rank_figure(a.by_time, "Mean rank of each strategy vs cumulative training time")),
         "<h2>Final quality</h2>",
         '<p class="muted">'
         + (
@@ -414,13 +415,13 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
             "with its seed; cached in the store, as `hpo-astro compare` does)."
         )
         + "</p>",
-        _figure_html(final_figure(a)),
+        figure_html(final_figure(a)),
         f"<h2>Pairwise comparison at {a.budget} trials</h2>",
         '<p class="muted">Paired by repeat (repeat r of every strategy ran with the same seed). Wilcoxon signed-rank '
         "test, two-sided, zero differences dropped; p-values adjusted with Holm's method over the pairs of each "
         f"table; significant: adjusted p &lt; {stats.ALPHA}. Effect size: matched-pairs rank-biserial correlation "
         "(+1: the first strategy better in every repeat, -1: the second). Median difference: first minus second, "
-        f"oriented so that &gt; 0 favours the first ({direction} {_e(m)} is better).</p>",
+        f"oriented so that &gt; 0 favours the first ({direction} {escape(m)} is better).</p>",
     ]
     for family, heading in (
         ("validation", f"Best validation {m} after {a.budget} trials"),
@@ -440,10 +441,10 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
             for p in a.pairwise
             if p.family == family
         ]
-        parts.append(f"<h3>{_e(heading)}</h3>")
+        parts.append(f"<h3>{escape(heading)}</h3>")
         if rows:
             header = ["A", "B", "pairs", "median A-B", "rank-biserial", "p", "p (Holm)", "significant"]
-            parts.append(_table(header, rows))
+            parts.append(table_html(header, rows))
         else:
             parts.append('<p class="note">one strategy: nothing to compare.</p>')
     parts += [
@@ -451,7 +452,7 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
         '<p class="muted">A study\'s best trial was selected as the best of many noisy validation measurements, so its '
         "validation number is optimistic. Per study: validation minus test of the best trial (oriented: &gt; 0 = "
         "validation promised more than test gave); the summary table above has its mean per strategy.</p>",
-        _figure_html(selection_figure(a)),
+        figure_html(selection_figure(a)),
         "<h3>Top configurations of each strategy</h3>",
     ]
     if not a.top:
@@ -496,12 +497,12 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
             "studies that found it",
             "configuration",
         ]
-        parts.append(_table(header, rows))
+        parts.append(table_html(header, rows))
     parts.append(
         '<p class="muted">Files: benchmark.json (everything), strategies.csv, studies.csv, anytime_trials.csv, '
         "anytime_seconds.csv, pairwise.csv, top_configurations.csv.</p>"
     )
-    return _page(f"Benchmark {facts.get('name', '')}", '<a href="index.html">benchmark</a>', "\n".join(parts))
+    return page(f"Benchmark {facts.get('name', '')}", '<a href="index.html">benchmark</a>', "\n".join(parts))
 
 
 def _fact(value: Any) -> str:

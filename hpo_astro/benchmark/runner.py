@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from hpo_astro.benchmark.plan import Job
 from hpo_astro.errors import UserError
-from hpo_astro.interrupts import process_interrupts
 from hpo_astro.io import CannotWrite
-from hpo_astro.run import StudyFailed, WriteFailed, run_study
+from hpo_astro.study.interrupts import process_interrupts
+from hpo_astro.study.run import StudyFailed, WriteFailed, run_study
 
 if TYPE_CHECKING:
     import optuna
@@ -100,12 +100,14 @@ class Runner:
         self._data: DataSplits | None = None
         self._journal: BatchingJournal | None = None
         # One replay for every study of this process: it keeps what it learns about rows (the models' sizes).
-        self._train = source.table.train_fn() if source.table is not None else None
+        from hpo_astro.tabular import TableReplay
+
+        self._train = TableReplay(source.table) if source.table is not None else None
 
     @property
     def storage(self) -> optuna.storages.BaseStorage:
         if self._storage is None:
-            from hpo_astro.storage import open_storage
+            from hpo_astro.store.storage import open_storage
 
             storage = open_storage(self.url)  # checks the store (or creates it) as `run` does
             if self.url.startswith("journal:"):
@@ -178,8 +180,8 @@ class Runner:
         )
 
     def retrain(self, job: RetrainJob) -> RetrainOutcome:
-        from hpo_astro import objective
-        from hpo_astro.train import evaluate
+        from hpo_astro.core.train import evaluate
+        from hpo_astro.study import objective
 
         start = time.perf_counter()
         data = self.data
@@ -226,7 +228,7 @@ def _pool(
     workers: int,
     on_outcome: Callable[[Outcome], None] | None,
 ) -> list[Outcome]:
-    from hpo_astro.workers import threads_per_worker
+    from hpo_astro.study.workers import threads_per_worker
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding store connections and threads
     tasks: multiprocessing.Queue = context.Queue()

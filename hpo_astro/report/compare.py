@@ -1,7 +1,7 @@
 """The paper's final table done right: each study's best trial evaluated on train, val and test, with the search's
 statistics, rendered as a terminal table, Markdown, CSV or JSON.
 
-The best trials' evaluations (rebuilt model, cache in the store) come from `hpo_astro.report.evaluate`; this module
+The best trials' evaluations (rebuilt model, cache in the store) come from `hpo_astro.results.evaluate`; this module
 adds the search statistics, assembles one row per study and renders the table.
 
 Definitions used in the table (also printed under the Markdown table):
@@ -30,8 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo_astro.errors import UserError
-from hpo_astro.record import PARAMS_FULL_ATTR
-from hpo_astro.report.evaluate import (
+from hpo_astro.results.evaluate import (
     SPLITS,
     Evaluation,
     Events,
@@ -41,7 +40,8 @@ from hpo_astro.report.evaluate import (
     load_studies,
     study_record,
 )
-from hpo_astro.storage import read_store
+from hpo_astro.store.record import PARAMS_FULL_ATTR
+from hpo_astro.store.storage import read_store
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from hpo_astro.record import VAL_METRICS_ATTR, StudyRecord, trial_history
+from hpo_astro.store.record import VAL_METRICS_ATTR, StudyRecord, trial_history
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ORDER_SCALE = "Viridis"  # trial order: dark purple (#440154) early, through blue and green, to yellow (#fde725) late

@@ -8,7 +8,6 @@ the report refuses with one line before doing any work.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import re
 import time
@@ -26,7 +25,7 @@ from hpo_astro.errors import UserError
 from hpo_astro.io import write_output
 from hpo_astro.report import figures
 from hpo_astro.report.compare import METRIC_NAMES, NOTES, StudyResult, compare_study, format_duration, table_rows
-from hpo_astro.report.evaluate import (
+from hpo_astro.results.evaluate import (
     SPLITS,
     Events,
     NoCompletedTrial,
@@ -35,25 +34,13 @@ from hpo_astro.report.evaluate import (
     study_data,
     study_record,
 )
-from hpo_astro.storage import close_store, open_existing_store
+from hpo_astro.results.page import display_url, escape, figure_html, page, table_html
+from hpo_astro.store.storage import close_store, open_existing_store
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits
 
 GALLERY_LIMIT = 40  # misclassified cutouts shown per best model, most confident errors first
-PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
-nav { font-size: 0.9em; margin-bottom: 1em; } nav a { margin-right: 0.8em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-.note { color: #8a5a00; background: #fff8e6; padding: 0.4em 0.7em; border-left: 3px solid #e0a800; }
-.muted { color: #666; font-size: 0.9em; }
-.gallery { display: flex; flex-wrap: wrap; gap: 0.6em; }
-.gallery figure { margin: 0; font-size: 0.8em; text-align: center; }
-.gallery img { image-rendering: pixelated; border: 1px solid #999; }
-"""
 
 
 @dataclass
@@ -108,31 +95,6 @@ def _slug(name: str, taken: set[str]) -> str:
     return slug
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _figure_html(fig: go.Figure) -> str:
-    return pio.to_html(fig, full_html=False, include_plotlyjs=False, config=PLOTLY_CONFIG)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _page(title: str, nav: str, body: str) -> str:
-    from plotly.offline import get_plotlyjs
-
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n"
-        f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n'
-        f"<nav>{nav}</nav>\n<h1>{_e(title)}</h1>\n{body}\n</body>\n</html>\n"
-    )
-
-
 def cutout_data_uri(planes: np.ndarray, scale: int = 2) -> str:
     """A (C, H, W) cutout in [0, 1] as a grayscale PNG data URI, planes side by side."""
     from PIL import Image
@@ -168,7 +130,7 @@ def _gallery(entry: _StudyEntry) -> str:
         f"showing {'all' if len(shown) == n_wrong else f'the first {len(shown)}'}, most confident errors first. "
         "Each caption gives the true class, the model's prediction and its score (the probability of real). "
         "Planes shown: "
-        f"{_e(', '.join(entry.data.channels))} (ZScale-scaled, as the model sees them).</p>"
+        f"{escape(', '.join(entry.data.channels))} (ZScale-scaled, as the model sees them).</p>"
     )
     if not len(shown):
         return intro
@@ -179,8 +141,8 @@ def _gallery(entry: _StudyEntry) -> str:
         # Which label is the truth and which the model's: a bare "real" read as either.
         caption = f"test #{i}: truth {truth}, predicted {predicted} (score {scores[i]:.3f})"
         items.append(
-            f'<figure><img src="{cutout_data_uri(entry.data.x_test[i].numpy())}" alt="{_e(caption)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>"
+            f'<figure><img src="{cutout_data_uri(entry.data.x_test[i].numpy())}" alt="{escape(caption)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
         )
     return intro + '<div class="gallery">' + "".join(items) + "</div>"
 
@@ -198,7 +160,7 @@ class _Figures:
     def __call__(self, key: str, fig: go.Figure) -> str:
         if self.keep:
             self.saved.append((f"{self.page}-{key}", fig))
-        return _figure_html(fig)
+        return figure_html(fig)
 
 
 def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
@@ -221,24 +183,24 @@ def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
         ("max epochs", max_epochs or "t_max"),
         ("data", f"{source} (fingerprint {fingerprint}, channels {','.join(channels)})"),
     ]
-    parts = [_table(["study", study.study_name], facts)]
+    parts = [table_html(["study", study.study_name], facts)]
     result = entry.result
     if result is not None:
         ev = result.evaluation
         parts.append(f"<h2>Best configuration: trial #{result.best_trial}</h2>")
         parts.append(
-            f'<p class="muted">objective {_e(result.objective)} = {result.best_value:.4f}; model '
+            f'<p class="muted">objective {escape(result.objective)} = {result.best_value:.4f}; model '
             f"{'rebuilt from its saved weights' if ev.source == 'weights' else 'retrained with its stored seed'}"
             f"{'' if ev.reproduced is not False else ' (its validation metrics differ from the trial record!)'}; "
             f"search: {result.stats.n_finished} finished trials, "
             f"{format_duration(result.stats.wall_time_sum_s)} of trial time, within 1% of the final best after "
             f"{result.stats.trials_to_within or 'n/a'} trials.</p>"
         )
-        parts.append(_table(["hyperparameter", "value"], list(result.params.items())))
+        parts.append(table_html(["hyperparameter", "value"], list(result.params.items())))
         rows = [[split, *(f"{getattr(ev, split)[m]:.4f}" for m in METRIC_NAMES)] for split in SPLITS]
-        parts.append(_table(["split", *METRIC_NAMES], rows))
+        parts.append(table_html(["split", *METRIC_NAMES], rows))
     else:
-        parts.append(f'<p class="note">{_e(entry.note)}; its best-model sections are left out.</p>')
+        parts.append(f'<p class="note">{escape(entry.note)}; its best-model sections are left out.</p>')
     parts += [
         "<h2>(a) Improvement time series</h2>",
         figs("improvement", figures.improvement_figure(study)),
@@ -249,12 +211,12 @@ def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
         "<h2>Optuna's visualisations</h2>",
     ]
     for plot in figures.optuna_plots(study):
-        parts.append(f"<h3>{_e(plot.title)}</h3>")
+        parts.append(f"<h3>{escape(plot.title)}</h3>")
         if plot.figure is None:
-            parts.append(f'<p class="note">not drawn: {_e(plot.note or "no data")}</p>')
+            parts.append(f'<p class="note">not drawn: {escape(plot.note or "no data")}</p>')
         else:
             if plot.note:
-                parts.append(f'<p class="note">Optuna: {_e(plot.note)}</p>')
+                parts.append(f'<p class="note">Optuna: {escape(plot.note)}</p>')
             parts.append(figs(plot.key, plot.figure))
     if result is not None and entry.data is not None:
         threshold = float(result.evaluation.test.get("threshold", 0.5))
@@ -266,7 +228,7 @@ def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
         )
         parts += ["<h2>Best model on the test split</h2>", figs("confusion", confusion)]
         parts += ["<h3>Misclassified test cutouts</h3>", _gallery(entry)]
-    return _page(f"Study {study.study_name}", nav, "\n".join(parts))
+    return page(f"Study {study.study_name}", nav, "\n".join(parts))
 
 
 def _index_page(
@@ -278,41 +240,30 @@ def _index_page(
     images: Sequence[str],
 ) -> str:
     results = [e.result for e in entries if e.result is not None]
-    parts = [f'<p class="muted">study store {_e(store)}; generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>']
+    parts = [f'<p class="muted">study store {escape(store)}; generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>']
     parts.append("<h2>Final table: best configuration of each study</h2>")
     if results:
         rows = table_rows(results)
-        parts.append(_table(["", *(r.study for r in results)], rows))
-        parts.append('<ul class="muted">' + "".join(f"<li>{_e(n)}</li>" for n in NOTES) + "</ul>")
+        parts.append(table_html(["", *(r.study for r in results)], rows))
+        parts.append('<ul class="muted">' + "".join(f"<li>{escape(n)}</li>" for n in NOTES) + "</ul>")
     else:
         parts.append('<p class="note">no study has a completed trial, so there is no best model to evaluate.</p>')
     notes = [e.note for e in entries if e.result is None] + [why for _, why in skipped]
-    parts += [f'<p class="note">{_e(n)}</p>' for n in notes]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
     parts += ["<h2>Running best across studies</h2>", *overlays, "<h2>Studies</h2><ul>"]
     for e in entries:
         best = f"best {e.result.best_value:.4f} (trial #{e.result.best_trial})" if e.result else e.note
         record = study_record(e.study)
         parts.append(
-            f'<li><a href="study-{_e(e.slug)}.html">{_e(e.study.study_name)}</a> '
-            f"({_e(record.strategy if record is not None else '?')}): {_e(best)}</li>"
+            f'<li><a href="study-{escape(e.slug)}.html">{escape(e.study.study_name)}</a> '
+            f"({escape(record.strategy if record is not None else '?')}): {escape(best)}</li>"
         )
     parts.append("</ul>")
     if images:
         parts.append("<h2>Static images</h2><ul>")
-        parts += [f'<li><a href="{_e(p)}">{_e(p)}</a></li>' for p in images]
+        parts += [f'<li><a href="{escape(p)}">{escape(p)}</a></li>' for p in images]
         parts.append("</ul>")
-    return _page("hpo-astro report", nav, "\n".join(parts))
-
-
-def _display_url(url: str) -> str:
-    """The store's URL with any password hidden; a URL SQLAlchemy does not parse (journal:PATH) is shown as is."""
-    import sqlalchemy.exc
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):  # not an SQLAlchemy URL; a port that is not a number
-        return url
+    return page("hpo-astro report", nav, "\n".join(parts))
 
 
 def build_report(
@@ -374,7 +325,7 @@ def _build_report(
     except OSError as exc:
         raise UserError(f"cannot create the report directory {out}: {exc.strerror or exc}") from None
     nav = '<a href="index.html">index</a>' + "".join(
-        f'<a href="study-{_e(e.slug)}.html">{_e(e.study.study_name)}</a>' for e in entries
+        f'<a href="study-{escape(e.slug)}.html">{escape(e.study.study_name)}</a>' for e in entries
     )
     pages: list[Path] = []
     saved: list[tuple[str, go.Figure]] = []
@@ -390,7 +341,7 @@ def _build_report(
     ]
     saved += figs.saved
     listed = [f"png/{name}.png" for name, _ in saved]
-    index_html = _index_page(entries, skipped, nav, overlays, _display_url(url), listed)
+    index_html = _index_page(entries, skipped, nav, overlays, display_url(url), listed)
     images = [_write_png(fig, out / "png" / f"{name}.png") for name, fig in saved] if png else []
     index = write_output(out / "index.html", index_html)
     return Report(out, [index, *pages], images, skipped)

@@ -1,4 +1,4 @@
-"""Custom Optuna samplers (the others come from Optuna itself, see `hpo_astro.strategies`)."""
+"""Custom Optuna samplers (the others come from Optuna itself, see `hpo_astro.study.strategies`)."""
 
 from hpo_astro.samplers.ablation import AblationSampler
 

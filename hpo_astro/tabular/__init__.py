@@ -12,7 +12,8 @@ Modules, one job each:
   weights on the test split, recorded on the trial (`test_metrics`). It resumes and takes `--workers` like `run`.
 * `load`: finding and reading a table (`load_table`): a JSON file, a finished `table/<NAME>` study in a store, or a
   table shipped with the package (`hpo_astro/tables/`).
-* `replay`: `Table.train_fn()` answers a trial from the table instead of training: it replays the configuration's
+* `row`: a table's row (`TableRow`) and the typed readers of a table file's JSON values.
+* `replay`: `TableReplay(table)` answers a trial from the table instead of training: it replays the configuration's
   recorded curve epoch by epoch through the trainer's callbacks, so pruners, early stopping and checkpoints act as
   in a real run, and charges the recorded epoch times.
 
@@ -21,17 +22,15 @@ The names other modules use are re-exported here: `from hpo_astro.tabular import
 
 from hpo_astro.tabular.load import load_table, shipped_tables, table_from_store, table_from_study
 from hpo_astro.tabular.replay import TABLE_ATTR, TableReplay
+from hpo_astro.tabular.row import EPOCH_FIELDS, METRIC_FIELDS, TableRow
 from hpo_astro.tabular.table import (
-    EPOCH_FIELDS,
     MAX_TABLE_BYTES,
     MAX_TABLE_VALUES,
-    METRIC_FIELDS,
     TABLE_FORMAT,
     TABLE_PREFIX,
     TABLE_VERSION,
     TEST_METRICS_ATTR,
     Table,
-    TableRow,
 )
 from hpo_astro.tabular.tabulate import (
     DEFAULT_MAX_CONFIGS,

@@ -9,24 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from hpo_astro.errors import UserError
-from hpo_astro.record import (
+from hpo_astro.store.record import (
     PARAMS_FULL_ATTR,
     VAL_METRICS_ATTR,
     WALL_TIME_ATTR,
     StudyRecord,
     trial_history,
 )
-from hpo_astro.tabular.table import (
-    EPOCH_FIELDS,
-    TABLE_PREFIX,
-    TEST_METRICS_ATTR,
-    Table,
-    TableRow,
-    _int,
-    _key,
-    _Malformed,
-    _row_from_json,
-)
+from hpo_astro.tabular.row import EPOCH_FIELDS, Malformed, TableRow, json_int, row_from_json
+from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR, Table, space_key
 from hpo_astro.tabular.validate import check_space, one_line
 
 
@@ -49,7 +40,7 @@ def load_table(name: str, storage: str | None = None) -> Table:
     Looked up in this order: a path (anything naming an existing file, or ending in .json / .json.gz, or with a
     folder in it); the finished study `table/<NAME>` in `storage`, when given and the store exists (what you
     tabulated yourself comes before a shipped table of the same name); a shipped table."""
-    from hpo_astro.storage import store_file
+    from hpo_astro.store.storage import store_file
 
     if not name.strip():
         raise UserError("the table name is empty")
@@ -77,7 +68,7 @@ def table_from_store(storage: str, name: str, required: bool = True) -> Table | 
     and it is not `required`. An unfinished study is refused, saying what is missing and how to finish it."""
     import optuna
 
-    from hpo_astro.storage import read_store
+    from hpo_astro.store.storage import read_store
 
     study_name = TABLE_PREFIX + name
     with read_store(storage) as backend:
@@ -119,8 +110,8 @@ def table_from_study(study: Any, storage: str) -> Table:
                 untested += 1
                 continue
             row = _row_from_trial(trial)
-            rows.setdefault(_key(space, row.params, f"trial {trial.number}"), row)
-    except (_Malformed, UserError) as exc:
+            rows.setdefault(space_key(space, row.params, f"trial {trial.number}"), row)
+    except (Malformed, UserError) as exc:
         raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
     missing = space.n_combinations() - len(rows)
     if missing:
@@ -158,25 +149,25 @@ def table_from_study(study: Any, storage: str) -> Table:
 
 
 def _row_from_trial(trial: Any) -> TableRow:
-    """A trial's row, its attributes read as a file's row is (`_row_from_json`: types and shapes)."""
+    """A trial's row, its attributes read as a file's row is (`row_from_json`: types and shapes)."""
     attrs = trial.user_attrs
     where = f"trial {trial.number}"
     try:
         history = trial_history(trial)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError):
-        raise _Malformed(f"{where}: its per-epoch history is unreadable") from None
+        raise Malformed(f"{where}: its per-epoch history is unreadable") from None
     epochs = []
     for i, epoch in enumerate(history):
         if not isinstance(epoch, dict):
-            raise _Malformed(f"{where}: epoch {i + 1} of its history is not an object")
+            raise Malformed(f"{where}: epoch {i + 1} of its history is not an object")
         absent = [f for f in EPOCH_FIELDS if f not in epoch]
         if absent:
-            raise _Malformed(f"{where}: epoch {i + 1} of its history lacks {', '.join(absent)}")
+            raise Malformed(f"{where}: epoch {i + 1} of its history lacks {', '.join(absent)}")
         epochs.append([epoch[f] for f in EPOCH_FIELDS])
     absent = [a for a in (PARAMS_FULL_ATTR, "best_epoch", "stop_reason", VAL_METRICS_ATTR) if a not in attrs]
     if absent:
-        raise _Malformed(f"{where} lacks the attribute(s) {', '.join(absent)}")
-    row = _row_from_json(
+        raise Malformed(f"{where} lacks the attribute(s) {', '.join(absent)}")
+    row = row_from_json(
         {
             "params": attrs[PARAMS_FULL_ATTR],
             "history": epochs,
@@ -189,7 +180,7 @@ def _row_from_trial(trial: Any) -> TableRow:
         where,
     )
     # A retried trial's wall time is its own run's; the epochs it inherited were paid for by the interrupted one.
-    inherited = _int(attrs.get("resumed_from_epoch", 0), f"{where}.resumed_from_epoch")
+    inherited = json_int(attrs.get("resumed_from_epoch", 0), f"{where}.resumed_from_epoch")
     if not 0 <= inherited <= len(row.history):
-        raise _Malformed(f"{where}: resumed_from_epoch {inherited} is outside its {len(row.history)} epochs")
+        raise Malformed(f"{where}: resumed_from_epoch {inherited} is outside its {len(row.history)} epochs")
     return dataclasses.replace(row, wall_time=row.wall_time + sum(h.seconds for h in row.history[:inherited]))

@@ -1,4 +1,4 @@
-"""Replay: a study's trials answered from a table instead of training (`TableReplay`, what `Table.train_fn()`
+"""Replay: a study's trials answered from a table instead of training (`TableReplay`, what `TableReplay(table)`
 returns), through the trainer's callbacks, so pruners, early stopping and checkpoints act as in a real run."""
 
 from __future__ import annotations
@@ -9,16 +9,17 @@ from typing import Any
 
 import torch
 
+from hpo_astro.core.metrics import Metrics
+from hpo_astro.core.train import Callback, TrainResult, TrainState
 from hpo_astro.data.prepare import DataSplits
-from hpo_astro.metrics import Metrics
-from hpo_astro.tabular.table import _REQUIRED_METRICS, TEST_METRICS_ATTR, Table, TableRow
-from hpo_astro.train import Callback, TrainResult, TrainState
+from hpo_astro.tabular.row import REQUIRED_METRICS, TableRow
+from hpo_astro.tabular.table import TEST_METRICS_ATTR, Table
 
 TABLE_ATTR = "table"  # trial user attr of a replayed trial: the table that answered it
 
 
 class TableReplay:
-    """`Table.train_fn()`: `hpo_astro.train.train`'s contract, answered from the table.
+    """`TableReplay(table)`: `hpo_astro.core.train.train`'s contract, answered from the table.
 
     * The curve is the row's, replayed through the same `TrainState` and callbacks as the trainer: a pruner sees
       every epoch's metric and may stop it, a checkpoint callback saves the replay's state, and `resume` (such a
@@ -107,7 +108,7 @@ class TableReplay:
 
     def _count(self, row: TableRow) -> int:
         """The real model's parameter count, built on the meta device (no memory, no time)."""
-        from hpo_astro.model import build_model, count_parameters
+        from hpo_astro.core.model import build_model, count_parameters
 
         if id(row) not in self._n_params:
             channels = len(self.table.info.get("channels") or [None])
@@ -119,7 +120,7 @@ class TableReplay:
 def _epoch_val_metrics(row: TableRow, epoch: int) -> Metrics:
     """The validation metrics of a replayed run whose best epoch is `epoch` (see `TableReplay`)."""
     if epoch == row.best_epoch:
-        return Metrics(**{**dict.fromkeys(_REQUIRED_METRICS, math.nan), **row.val_metrics})
+        return Metrics(**{**dict.fromkeys(REQUIRED_METRICS, math.nan), **row.val_metrics})
     h = row.history[epoch - 1]
     nan = math.nan
     return Metrics(

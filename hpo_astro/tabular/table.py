@@ -1,4 +1,5 @@
-"""A table: the data model (`Table`, `TableRow`, lookup of a configuration's row) and its JSON file format.
+"""A table: the data model (`Table`, lookup of a configuration's row; its rows are `row.TableRow`) and its JSON
+file format.
 
 The format is plain data (`Table.save`): no pickle, nothing in a table file is ever executed. A file is read only
 when it is a regular file, within a size and a JSON-value budget (a gzip bomb or /dev/zero stops at the budget);
@@ -18,11 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace
 from hpo_astro.errors import UserError
 from hpo_astro.io import atomic_write, read_regular_file
-from hpo_astro.metrics import Metrics
-from hpo_astro.objective import TrainFn
-from hpo_astro.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace
+from hpo_astro.tabular.row import (
+    EPOCH_FIELDS,
+    Malformed,
+    TableRow,
+    json_int,
+    json_list,
+    json_object,
+    json_string,
+    known_keys,
+    row_from_json,
+)
 from hpo_astro.tabular.validate import (
     check_fixed,
     check_header,
@@ -34,7 +44,6 @@ from hpo_astro.tabular.validate import (
     one_line,
     shown,
 )
-from hpo_astro.train import EpochMetrics
 
 TABLE_FORMAT = "hpo-astro-table"
 TABLE_VERSION = 1
@@ -45,9 +54,6 @@ TEST_METRICS_ATTR = "test_metrics"  # trial user attr: the best weights' metrics
 # 2,700 configurations of 100 epochs), and parsing a hostile file within them stays under ~0.5 GB.
 MAX_TABLE_BYTES = 64 * 2**20
 MAX_TABLE_VALUES = 4_000_000
-EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics))
-METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
-_REQUIRED_METRICS = tuple(f.name for f in dataclasses.fields(Metrics) if f.default is dataclasses.MISSING)
 _TOP_KEYS = (  # a file's fields; an unknown one is a typo or another format, refused
     "format",
     "version",
@@ -60,22 +66,8 @@ _TOP_KEYS = (  # a file's fields; an unknown one is a typo or another format, re
     "epoch_fields",
     "rows",
 )
-_ROW_KEYS = ("params", "history", "best_epoch", "stop_reason", "val_metrics", "test_metrics", "wall_time")
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20  # decompressed a MiB at a time
-
-
-@dataclass(frozen=True)
-class TableRow:
-    """One configuration as it trained."""
-
-    params: dict[str, Any]  # the full configuration, every hyperparameter (what the objective trains: params_full)
-    history: tuple[EpochMetrics, ...]  # per-epoch metrics, early stopping on: the curve ends where training ended
-    best_epoch: int
-    stop_reason: str
-    val_metrics: dict[str, float]  # Metrics.as_dict() of the best epoch on the validation split
-    test_metrics: dict[str, float]  # the best epoch's weights on the test split, measured once when tabulated
-    wall_time: float  # seconds its training took
 
 
 @dataclass(frozen=True)
@@ -104,7 +96,7 @@ class Table:
         """Check the whole table (see `validate`) and index its rows: a bad table is refused here, once, not by every
         trial that would replay it. A row whose params leave hyperparameters out gets the defaults for them, as a
         trial's configuration does; values are kept as the space spells them (frozen: the rows are set once, here)."""
-        name = check_header(self)
+        name = check_header(self.name, self.data_fingerprint, self.seed, self.max_epochs, self.info)
         search = check_space(name, self.space)
         index: dict[tuple[int, ...], TableRow] = {}
         checked: list[tuple[str, TableRow]] = []
@@ -116,7 +108,7 @@ class Table:
             if not all(n in params for n in DEFAULT_PARAMS):
                 params = {**DEFAULT_PARAMS, **params}
             row = dataclasses.replace(row, params=params)
-            key = _key(search, params, where)
+            key = space_key(search, params, where)
             label = f"row {number} ({_describe(search, key)})"
             check_row(f"table {name!r}: {label}", row, self.max_epochs)
             if key in index:
@@ -153,7 +145,7 @@ class Table:
         unknown = [name for name in params if name not in PAPER_SPACE]
         if unknown:
             raise UserError(f"unknown hyperparameter {unknown[0]!r}; known: {', '.join(PAPER_SPACE)}")
-        key = _key(search, params, f"configuration not in table {self.name!r}")
+        key = space_key(search, params, f"configuration not in table {self.name!r}")
         row = self._index.get(key)
         if row is None:
             raise UserError(
@@ -167,15 +159,6 @@ class Table:
                     f"not {name}={value}"
                 )
         return row
-
-    def train_fn(self) -> TrainFn:
-        """A stand-in for `hpo_astro.train.train` that answers from the table: it replays the row's per-epoch curve
-        through the callbacks (so pruners and early stopping act), stops where a callback asks, and reports the
-        recorded training time of the epochs replayed as its wall time; the row's test metrics go in
-        `TrainResult.extra_attrs`. A picklable object (not a closure), so it can be handed to worker processes."""
-        from hpo_astro.tabular.replay import TableReplay  # imported here: replay imports this module
-
-        return TableReplay(self)
 
     def to_json(self) -> dict[str, Any]:
         """The table as plain JSON data (the file format; non-finite numbers become null)."""
@@ -231,48 +214,48 @@ class Table:
         try:
             text: bytes | bytearray = _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
             if len(text) > MAX_TABLE_BYTES:
-                raise _Malformed(f"larger than {MAX_TABLE_BYTES // 2**20} MiB")
+                raise Malformed(f"larger than {MAX_TABLE_BYTES // 2**20} MiB")
             # About one per value parsing would make (a comma before each but the first in a list or an object, a
             # bracket for each list and object), counted at memory speed before any object is made.
             values = text.count(b",") + text.count(b"[") + text.count(b"{")
             if values > MAX_TABLE_VALUES:
-                raise _Malformed(f"more than {MAX_TABLE_VALUES:,} JSON values")
+                raise Malformed(f"more than {MAX_TABLE_VALUES:,} JSON values")
             try:
                 data = json.loads(text.decode("utf-8"))
             except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise _Malformed(f"not JSON ({reason})") from None
+                raise Malformed(f"not JSON ({reason})") from None
             return cls.from_json(data)
-        except (_Malformed, UserError) as exc:  # the structure, or a check of the table itself (validate)
+        except (Malformed, UserError) as exc:  # the structure, or a check of the table itself (validate)
             raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
 
     @classmethod
     def from_json(cls, data: Any) -> Table:
         """The table in plain JSON data (`to_json`'s format): every field's type and shape is checked here, its value
         by `Table` itself (`validate`), and every configuration of the space must have its row."""
-        top = _obj(data, "the file")
-        _known_keys(top, _TOP_KEYS, "the file")
+        top = json_object(data, "the file")
+        known_keys(top, _TOP_KEYS, "the file")
         if top.get("format") != TABLE_FORMAT:
-            raise _Malformed(f"'format' must be {TABLE_FORMAT!r}")
+            raise Malformed(f"'format' must be {TABLE_FORMAT!r}")
         if top.get("version") != TABLE_VERSION:
-            raise _Malformed(f"unsupported version {shown(top.get('version'))} (this hpo-astro reads {TABLE_VERSION})")
+            raise Malformed(f"unsupported version {shown(top.get('version'))} (this hpo-astro reads {TABLE_VERSION})")
         fields = top.get("epoch_fields")
         if fields != list(EPOCH_FIELDS):
-            raise _Malformed(f"'epoch_fields' must be {list(EPOCH_FIELDS)}")
-        space = _obj(top.get("space"), "space")
-        rows = _list(top.get("rows"), "rows")
+            raise Malformed(f"'epoch_fields' must be {list(EPOCH_FIELDS)}")
+        space = json_object(top.get("space"), "space")
+        rows = json_list(top.get("rows"), "rows")
         table = cls(
-            name=_str(top.get("name"), "name"),
-            space={name: _list(values, f"space.{field_name(name)}") for name, values in space.items()},
-            rows=tuple(_row_from_json(row, f"rows[{i}]") for i, row in enumerate(rows)),
-            data_fingerprint=_str(top.get("data_fingerprint"), "data_fingerprint"),
-            seed=_int(top.get("seed"), "seed"),
-            max_epochs=None if top.get("max_epochs") is None else _int(top.get("max_epochs"), "max_epochs"),
-            info=_obj(top.get("info", {}), "info"),
+            name=json_string(top.get("name"), "name"),
+            space={name: json_list(values, f"space.{field_name(name)}") for name, values in space.items()},
+            rows=tuple(row_from_json(row, f"rows[{i}]") for i, row in enumerate(rows)),
+            data_fingerprint=json_string(top.get("data_fingerprint"), "data_fingerprint"),
+            seed=json_int(top.get("seed"), "seed"),
+            max_epochs=None if top.get("max_epochs") is None else json_int(top.get("max_epochs"), "max_epochs"),
+            info=json_object(top.get("info", {}), "info"),
         )
         if table.missing:
             absent = next(key for key in _keys(table.search_space) if key not in table._index)
-            raise _Malformed(
+            raise Malformed(
                 f"table {table.name!r}: {table.missing} of {table.size} configurations of its space have no row "
                 f"(the first: {_describe(table.search_space, absent)}); a table holds every configuration"
             )
@@ -280,10 +263,6 @@ class Table:
 
 
 # --- checks ------------------------------------------------------------------------------------------------------
-
-
-class _Malformed(UserError):
-    """A table file's structure is wrong (a UserError: `from_bytes` and the store's reader prefix the source)."""
 
 
 def _read_file(path: Path, limit: int) -> bytes:
@@ -307,25 +286,19 @@ def _gunzip(raw: bytes) -> bytearray:
             while not inflate.eof:
                 piece = inflate.decompress(pending, _CHUNK)
                 if not piece and inflate.unconsumed_tail == pending and not inflate.eof:
-                    raise _Malformed("corrupt gzip data (truncated)")  # no input left to make progress with
+                    raise Malformed("corrupt gzip data (truncated)")  # no input left to make progress with
                 pending = inflate.unconsumed_tail
                 out += piece
                 if len(out) > MAX_TABLE_BYTES:
-                    raise _Malformed(f"larger than {MAX_TABLE_BYTES // 2**20} MiB")
+                    raise Malformed(f"larger than {MAX_TABLE_BYTES // 2**20} MiB")
         except zlib.error as exc:
-            raise _Malformed(f"corrupt gzip data ({exc})") from None
+            raise Malformed(f"corrupt gzip data ({exc})") from None
         rest = inflate.unused_data
         if rest[:2] != _GZIP_MAGIC:  # not another member: zero padding may follow (gzip allows it), nothing else
             if rest.strip(b"\x00"):
-                raise _Malformed("corrupt gzip data (trailing garbage)")
+                raise Malformed("corrupt gzip data (trailing garbage)")
             break
     return out  # not copied into bytes: at the cap, that copy would double what a bomb costs
-
-
-def _known_keys(obj: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
-    unknown = [shown(key) for key in obj if key not in known]
-    if unknown:
-        raise _Malformed(f"{where} has unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def _keys(search: SearchSpace) -> list[tuple[int, ...]]:
@@ -333,7 +306,7 @@ def _keys(search: SearchSpace) -> list[tuple[int, ...]]:
     return list(itertools.product(*(range(len(values)) for _, values in search.items())))
 
 
-def _key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tuple[int, ...]:
+def space_key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tuple[int, ...]:
     """The configuration's position in the space: the index of each hyperparameter's value."""
     key = []
     for name, values in search.items():
@@ -365,73 +338,3 @@ def _finite_or_none(value: float | None) -> float | None:
 
 def _float_or_nan(value: Any) -> float:
     return math.nan if value is None else float(value)
-
-
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Malformed(f"{where} must be an object")
-    return value
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _Malformed(f"{where} must be a list")
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _Malformed(f"{where} must be a string")
-    return value
-
-
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Malformed(f"{where} must be a whole number")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    """A number, or null for a non-finite one."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Malformed(f"{where} must be a number or null")
-    try:
-        return float(value)
-    except OverflowError:  # an integer beyond any float
-        raise _Malformed(f"{where} is too large") from None
-
-
-def _metrics(value: Any, where: str) -> dict[str, float]:
-    metrics = {key: _number(v, f"{where}.{field_name(key)}") for key, v in _obj(value, where).items()}
-    absent = [k for k in _REQUIRED_METRICS if k not in metrics]
-    if absent:
-        raise _Malformed(f"{where} lacks {', '.join(absent)}")
-    return metrics
-
-
-def _row_from_json(value: Any, where: str) -> TableRow:
-    row = _obj(value, where)
-    _known_keys(row, _ROW_KEYS, where)
-    history = []
-    for i, epoch in enumerate(_list(row.get("history"), f"{where}.history")):
-        values = _list(epoch, f"{where}.history[{i}]")
-        if len(values) != len(EPOCH_FIELDS):
-            raise _Malformed(f"{where}.history[{i}] must hold {len(EPOCH_FIELDS)} values ({', '.join(EPOCH_FIELDS)})")
-        number = _int(values[0], f"{where}.history[{i}].epoch")
-        rest = [_number(v, f"{where}.history[{i}].{f}") for f, v in zip(EPOCH_FIELDS[1:], values[1:], strict=True)]
-        history.append(EpochMetrics(number, *rest))
-    params = _obj(row.get("params"), f"{where}.params")
-    for key, param in params.items():
-        if isinstance(param, bool) or not isinstance(param, int | float | str):
-            raise _Malformed(f"{where}.params.{field_name(key)} must be a number or a string")
-    return TableRow(
-        params=dict(params),
-        history=tuple(history),
-        best_epoch=_int(row.get("best_epoch"), f"{where}.best_epoch"),
-        stop_reason=_str(row.get("stop_reason"), f"{where}.stop_reason"),
-        val_metrics=_metrics(row.get("val_metrics"), f"{where}.val_metrics"),
-        test_metrics=_metrics(row.get("test_metrics"), f"{where}.test_metrics"),
-        wall_time=_number(row.get("wall_time"), f"{where}.wall_time"),
-    )

@@ -9,16 +9,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpo_astro.config import StudyConfig
+from hpo_astro.core.metrics import Metrics
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.core.train import TrainResult
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError
-from hpo_astro.metrics import Metrics
-from hpo_astro.objective import TrainFn
-from hpo_astro.record import StudyRecord
-from hpo_astro.space import SearchSpace
+from hpo_astro.store.record import StudyRecord
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.objective import TrainFn
 from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR
 from hpo_astro.tabular.validate import one_line
-from hpo_astro.train import TrainResult
 
 DEFAULT_MAX_CONFIGS = 10_000  # tabulate refuses larger spaces unless --max-configs says otherwise
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -28,7 +28,7 @@ def tabulate_train(params: Mapping[str, Any], data: DataSplits, **options: Any) 
     """The trainer of a `tabulate` study: train as `run` does (every keyword the objective passes goes through), then
     evaluate the restored best weights on the test split once and record that on the trial (`test_metrics`). A
     module-level function, so worker processes get it."""
-    from hpo_astro import objective
+    from hpo_astro.study import objective
 
     trainer = objective.default_train  # looked up now: the tests replace it by a fast stand-in
     result = trainer(params, data, **options)
@@ -39,7 +39,7 @@ def tabulate_train(params: Mapping[str, Any], data: DataSplits, **options: Any) 
 
 def test_metrics(result: TrainResult, data: DataSplits) -> Metrics:
     """The trained model (best weights restored) on the test split."""
-    from hpo_astro.train import evaluate
+    from hpo_astro.core.train import evaluate
 
     return evaluate(result.model, data.x_test, data.y_test, data.pos_weight)
 
@@ -83,8 +83,8 @@ def tabulate_config(
     the file's other settings and `overrides` (None: not given). Without a file, the stored study's own
     configuration (to resume it). Checked here, before any store is written: the size limit, no pruner (a table
     needs whole curves), and a resumed table's seed and epoch cap (rows trained otherwise would mix in)."""
-    from hpo_astro.config import load_config, read_study_file
-    from hpo_astro.storage import store_file
+    from hpo_astro.store.storage import store_file
+    from hpo_astro.study.config import load_config, read_study_file
 
     study_name = TABLE_PREFIX + check_name(name)
     file = store_file(storage)
@@ -125,7 +125,7 @@ def _stored_config(storage: str, study_name: str) -> StudyConfig | None:
     """The configuration a stored table study recorded (read-only, the store closed again); None if there is none."""
     import optuna
 
-    from hpo_astro.storage import read_store
+    from hpo_astro.store.storage import read_store
 
     with read_store(storage) as backend:
         try:
@@ -136,7 +136,7 @@ def _stored_config(storage: str, study_name: str) -> StudyConfig | None:
     if record is None:
         raise UserError(f"study {study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
     try:
-        return record.to_config(storage, study_name)
+        return StudyConfig.from_record(record, storage, study_name)
     except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # attributes another program wrote
         reason = one_line(str(exc))
         raise UserError(f"table study {study_name!r} in {storage} has an unreadable record ({reason})") from None

@@ -13,23 +13,20 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hpo_astro.config import MAX_SEED, OBJECTIVES
+from hpo_astro.core.space import PAPER_SPACE, SearchSpace, coerce_value
+from hpo_astro.core.train import EpochMetrics
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
-from hpo_astro.space import PAPER_SPACE, SearchSpace, coerce_value
-from hpo_astro.train import EpochMetrics
+from hpo_astro.study.config import MAX_SEED, OBJECTIVES
+from hpo_astro.tabular.row import TableRow, field_name, shown
 
-if TYPE_CHECKING:
-    from hpo_astro.tabular.table import Table, TableRow
-
-# How a tabulated run ends (`hpo_astro.train`); a pruned run is never a row (`tabulate_train` does not test it), and a
-# row that says "pruned" would be replayed as pruned in every study.
+# How a tabulated run ends (`hpo_astro.core.train`); a pruned run is never a row (`tabulate_train` does not test
+# it), and a row that says "pruned" would be replayed as pruned in every study.
 STOP_REASONS = ("max_epochs", "early_stopping", "diverged")
 MAX_EPOCHS_LIMIT = 2**63 - 1  # a table's epoch cap: any whole number a store keeps
 MAX_NAME_LENGTH = 200
-_SHOWN = 40  # characters of a bad value quoted in a message
 
 
 @dataclass(frozen=True)
@@ -82,35 +79,23 @@ METRIC_RANGES: dict[str, Range] = {
 }
 
 
-def shown(value: Any) -> str:
-    """A value quoted in a message: its repr, cut short (a message is one line of reasonable length)."""
-    text = repr(value)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-
-
-def field_name(key: Any) -> str:
-    """A key in a field's path (`params.lr`): as it is when it reads as a name, else quoted like a value."""
-    return key if isinstance(key, str) and key.isidentifier() and len(key) <= _SHOWN else shown(key)
-
-
 def one_line(text: str) -> str:
     """A message on one line, whatever the values quoted in it."""
     return " ".join(text.split())
 
 
-def check_header(table: Table) -> str:
+def check_header(name: Any, data_fingerprint: Any, seed: Any, max_epochs: Any, info: Any) -> str:
     """The table's own fields (name, fingerprint, seed, epoch cap, provenance); returns its name for messages."""
-    name = table.name
     if not (isinstance(name, str) and name.strip() and name.isprintable() and len(name) <= MAX_NAME_LENGTH):
         raise UserError(f"a table name must be 1 to {MAX_NAME_LENGTH} printable characters, got {shown(name)}")
     where = f"table {name!r}"
-    if not isinstance(table.data_fingerprint, str):
-        raise UserError(f"{where}: data_fingerprint must be a string, got {shown(table.data_fingerprint)}")
-    if not _whole(table.seed) or not 0 <= table.seed <= MAX_SEED:
-        raise UserError(f"{where}: seed must be a whole number from 0 to {MAX_SEED}, got {shown(table.seed)}")
-    if table.max_epochs is not None and (not _whole(table.max_epochs) or not 1 <= table.max_epochs <= MAX_EPOCHS_LIMIT):
-        raise UserError(f"{where}: max_epochs must be null or a whole number >= 1, got {shown(table.max_epochs)}")
-    _check_info(where, table.info)
+    if not isinstance(data_fingerprint, str):
+        raise UserError(f"{where}: data_fingerprint must be a string, got {shown(data_fingerprint)}")
+    if not _whole(seed) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{where}: seed must be a whole number from 0 to {MAX_SEED}, got {shown(seed)}")
+    if max_epochs is not None and (not _whole(max_epochs) or not 1 <= max_epochs <= MAX_EPOCHS_LIMIT):
+        raise UserError(f"{where}: max_epochs must be null or a whole number >= 1, got {shown(max_epochs)}")
+    _check_info(where, info)
     return name
 
 

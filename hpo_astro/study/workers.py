@@ -14,13 +14,13 @@ import sys
 
 import optuna
 
-from hpo_astro.config import StudyConfig
 from hpo_astro.errors import UserError
-from hpo_astro.objective import TrainFn
-from hpo_astro.record import StudyRecord
-from hpo_astro.run import RunEvents, RunResult, StudyFailed, run_study
-from hpo_astro.storage import open_existing_store
-from hpo_astro.strategies import is_import_path
+from hpo_astro.store.record import StudyRecord
+from hpo_astro.store.storage import open_existing_store
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.objective import TrainFn
+from hpo_astro.study.run import RunEvents, RunResult, StudyFailed, run_study
+from hpo_astro.study.strategies import is_import_path
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
@@ -64,7 +64,7 @@ def run_workers(
     """Run `cfg.workers` processes on the study: this one (with the display) plus `workers - 1` children,
     each with `threads` torch threads (default: the cores split between them). `train` replaces the trainer in
     every process (see `run_study`); the children get it by pickling, so it must be a module-level function or a
-    picklable object (e.g. `hpo_astro.tabular.tabulate_train`, a table's `train_fn()`)."""
+    picklable object (e.g. `hpo_astro.tabular.tabulate_train`, a table's `TableReplay`)."""
     import torch
 
     threads = threads or threads_per_worker(cfg.workers)
@@ -149,5 +149,5 @@ def config_from_study(
             f"study {study_name!r} runs the sampler class {record.strategy!r}, a path the store names: importing it "
             f"runs that module's code; if you trust it, pass --strategy {record.strategy} (or --trust-sampler)"
         )
-    cfg = record.to_config(storage_url, study_name)
+    cfg = StudyConfig.from_record(record, storage_url, study_name)
     return cfg.merged(**overrides)

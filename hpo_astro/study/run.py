@@ -20,19 +20,19 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.config import StudyConfig
+from hpo_astro.core.train import TrainState
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import write_fault
-from hpo_astro.interrupts import configure_logging, process_interrupts
-from hpo_astro.objective import Objective, TrainFn, checkpoint_prefix
-from hpo_astro.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
-from hpo_astro.recovery import fail_dead_trials, retry_callback
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
-from hpo_astro.storage import artifact_store, open_storage
-from hpo_astro.strategies import make_pruner, make_sampler
-from hpo_astro.study import create_or_resume, study_record
-from hpo_astro.train import TrainState
+from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
+from hpo_astro.store.recovery import fail_dead_trials, retry_callback
+from hpo_astro.store.storage import artifact_store, open_storage
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.create import create_or_resume, study_record
+from hpo_astro.study.interrupts import configure_logging, process_interrupts
+from hpo_astro.study.objective import Objective, TrainFn, checkpoint_prefix
+from hpo_astro.study.strategies import make_pruner, make_sampler
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
@@ -100,8 +100,8 @@ def run_study(
     storage: optuna.storages.BaseStorage | None = None,
 ) -> RunResult:
     """Create or resume the study and run trials until it holds `target` finished trials. `train` replaces the
-    trainer (default `hpo_astro.train.train`), e.g. by a fast stand-in or a table's answers; `data` is splits loaded
-    once for many studies (default: `cfg.data` is loaded); `storage` an open store to use instead of opening
+    trainer (default `hpo_astro.core.train.train`), e.g. by a fast stand-in or a table's answers; `data` is splits
+    loaded once for many studies (default: `cfg.data` is loaded); `storage` an open store to use instead of opening
     `cfg.storage` (which still names the artifact folder), e.g. an in-memory one (`hpo_astro.benchmark`)."""
     configure_logging()
     events = events or RunEvents()
@@ -163,7 +163,7 @@ class _Counts(NamedTuple):
 
 def _recount(study: optuna.Study, grace_period: float) -> _Counts:
     """The study's trials by state, every worker's, once the trials whose process died are failed and re-queued
-    (see `hpo_astro.recovery.fail_dead_trials`)."""
+    (see `hpo_astro.store.recovery.fail_dead_trials`)."""
     fail_dead_trials(study, grace_period)
     trials = study.get_trials(deepcopy=False)
     return _Counts(
@@ -207,7 +207,7 @@ _RESUME_HINT = "the trial was re-queued; free some space and re-run the same com
 def _requeue(study: optuna.Study, trial_id: int | None) -> None:
     """After Ctrl-C / SIGTERM: fail the interrupted trial if Optuna has not, and re-queue it with its parameters
     and checkpoint (what the heartbeat does for a dead process). Signals are deferred until training starts (see
-    `hpo_astro.interrupts`), so an interrupted trial always has its id and its full parameters."""
+    `hpo_astro.study.interrupts`), so an interrupted trial always has its id and its full parameters."""
     if trial_id is None:
         return
     storage = study._storage

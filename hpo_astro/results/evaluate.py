@@ -28,8 +28,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
-from hpo_astro.record import BEST_WEIGHTS_ATTR, PARAMS_FULL_ATTR, TRAIN_SEED_ATTR, VAL_METRICS_ATTR, StudyRecord
-from hpo_astro.storage import close_store, writable_store
+from hpo_astro.store.record import BEST_WEIGHTS_ATTR, PARAMS_FULL_ATTR, TRAIN_SEED_ATTR, VAL_METRICS_ATTR, StudyRecord
+from hpo_astro.store.storage import close_store, writable_store
 
 if TYPE_CHECKING:
     from torch import nn
@@ -142,9 +142,9 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = 
     recorded its artifacts, then beside the store at `url` (a store copied elsewhere)."""
     import torch
 
+    from hpo_astro.core.model import architecture, build_model, check_weights_file, parameter_count
     from hpo_astro.data.prepare import DEFAULT_CHANNELS
-    from hpo_astro.model import architecture, build_model, check_weights_file, parameter_count
-    from hpo_astro.storage import find_artifact_dir
+    from hpo_astro.store.storage import find_artifact_dir
 
     record = study_record(study)
     saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
@@ -182,7 +182,7 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = 
 def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> nn.Module:
     """Retrain the trial's full configuration with its seed and the study's epoch cap: the same model, because
     training is deterministic for a seed."""
-    from hpo_astro.train import train
+    from hpo_astro.core.train import train
 
     params = trial.user_attrs.get(PARAMS_FULL_ATTR)
     if not params:
@@ -212,10 +212,10 @@ class Evaluation:
 
 
 def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, source: str, seconds: float) -> Evaluation:
-    """Metrics on train, val and test, on CPU, as `hpo_astro.train.evaluate` computes them during training."""
+    """Metrics on train, val and test, on CPU, as `hpo_astro.core.train.evaluate` computes them during training."""
     import torch
 
-    from hpo_astro.train import metrics_from_logits, predict_logits
+    from hpo_astro.core.train import metrics_from_logits, predict_logits
 
     model = model.cpu().eval()
     data = data.to("cpu")
@@ -238,8 +238,8 @@ def evaluate_best(
     study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None, url: str | None = None
 ) -> tuple[nn.Module, Evaluation]:
     """Rebuild the trial's model (saved weights, else retraining) and evaluate it."""
+    from hpo_astro.core.model import architecture
     from hpo_astro.data.prepare import DEFAULT_CHANNELS
-    from hpo_astro.model import architecture
 
     start = time.perf_counter()
     record = study_record(study)

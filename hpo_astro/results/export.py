@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hpo_astro.core.metrics import Metrics
+from hpo_astro.core.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, model_manifest, save_model
 from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
 from hpo_astro.io import umask, write_output
-from hpo_astro.metrics import Metrics
-from hpo_astro.model import MANIFEST_FILE, WEIGHTS_FILE, load_model, model_manifest, save_model
-from hpo_astro.record import PARAMS_FULL_ATTR
-from hpo_astro.report.evaluate import (
+from hpo_astro.results.evaluate import (
     Evaluation,
     Events,
     best_trial,
@@ -45,7 +44,8 @@ from hpo_astro.report.evaluate import (
     study_record,
     trial_seed,
 )
-from hpo_astro.storage import read_store
+from hpo_astro.store.record import PARAMS_FULL_ATTR
+from hpo_astro.store.storage import read_store
 
 if TYPE_CHECKING:
     import optuna
@@ -192,8 +192,8 @@ class Prediction:
 
 def predict(model_dir: Path, data_path: Path, split: str = "all") -> Prediction:
     """Score the cutouts of `data_path` (or one split of it, as training split it) with an exported model."""
+    from hpo_astro.core.train import metrics_from_logits, predict_logits
     from hpo_astro.data.prepare import preprocess, stratified_split
-    from hpo_astro.train import metrics_from_logits, predict_logits
 
     if split not in SPLIT_NAMES:
         raise UserError(f"unknown split {split!r}; known: {', '.join(SPLIT_NAMES)}")

@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.pruners import BasePruner
@@ -22,21 +21,19 @@ from optuna.samplers import BaseSampler
 from hpo_astro.errors import UserError
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.trial_seeded import TrialSeededSampler
-
-if TYPE_CHECKING:  # config imports the registries; the reverse import is for type hints only
-    from hpo_astro.config import StudyConfig
+from hpo_astro.store.record import RunSettings
 
 GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
 
 
-def _grid(cfg: StudyConfig) -> BaseSampler:
+def _grid(cfg: RunSettings) -> BaseSampler:
     size = cfg.space.n_combinations()
     if size > GRID_LIMIT:
         raise UserError(f"the grid has {size:,} combinations (limit {GRID_LIMIT:,}); narrow [space] in a study file")
     return optuna.samplers.GridSampler(cfg.space.to_dict(), seed=cfg.seed)
 
 
-def _genetic(cfg: StudyConfig) -> BaseSampler:
+def _genetic(cfg: RunSettings) -> BaseSampler:
     # The paper's GA: population 10, uniform crossover, mutation 0.1. NSGA-II keeps its elites by construction
     # (parents and offspring compete for the next population) rather than a fixed count of 2.
     return optuna.samplers.NSGAIISampler(
@@ -52,7 +49,7 @@ def _genetic(cfg: StudyConfig) -> BaseSampler:
 ABLATION_WAIT = 6 * 3600.0
 
 
-def _ablation(cfg: StudyConfig) -> BaseSampler:
+def _ablation(cfg: RunSettings) -> BaseSampler:
     return AblationSampler(
         cfg.space.to_dict(), baseline=cfg.baseline, greedy=cfg.greedy, seed=cfg.seed, wait_timeout=ABLATION_WAIT
     )
@@ -62,11 +59,11 @@ def _ablation(cfg: StudyConfig) -> BaseSampler:
 STARTUP_STRATEGIES = ("tpe", "bohb", "bayesian")
 
 
-def _startup(cfg: StudyConfig) -> dict[str, int]:
+def _startup(cfg: RunSettings) -> dict[str, int]:
     return {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
 
 
-def _bohb(cfg: StudyConfig) -> BaseSampler:
+def _bohb(cfg: RunSettings) -> BaseSampler:
     # Optuna's BOHB-like recipe: TPE with the Hyperband pruner (the strategy's default pruner, `DEFAULT_PRUNERS`).
     # multivariate: one joint density over all hyperparameters, as BOHB's KDE (Optuna 5 defaults to it for one
     # objective; said explicitly so that another default cannot change the strategy). TPE also learns from the
@@ -74,7 +71,7 @@ def _bohb(cfg: StudyConfig) -> BaseSampler:
     return optuna.samplers.TPESampler(multivariate=True, seed=cfg.seed, **_startup(cfg))
 
 
-def _qmc(cfg: StudyConfig) -> BaseSampler:
+def _qmc(cfg: RunSettings) -> BaseSampler:
     # Scrambled Sobol: the scramble is drawn from the study's seed, and the sampler keeps its position in the
     # sequence in the study's system attributes (a key made of the seed and the space), which is why it is built
     # once with the study's seed (`SHARED_PLAN`). Its first trial is a RandomSampler draw with that seed: Optuna's
@@ -85,7 +82,7 @@ def _qmc(cfg: StudyConfig) -> BaseSampler:
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=cfg.seed)
 
 
-STRATEGIES: dict[str, Callable[[StudyConfig], BaseSampler]] = {
+STRATEGIES: dict[str, Callable[[RunSettings], BaseSampler]] = {
     "random": lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed),
     "ablation": _ablation,
     "genetic": _genetic,
@@ -193,7 +190,7 @@ def _accepts_seed(cls: type[BaseSampler]) -> bool:
     )
 
 
-def _user_sampler(cfg: StudyConfig) -> BaseSampler:
+def _user_sampler(cfg: RunSettings) -> BaseSampler:
     """The user's sampler, built once per process: `Class(seed=cfg.seed)` when it takes a seed, else `Class()`."""
     cls = load_sampler_class(cfg.strategy)
     kwargs = {"seed": cfg.seed} if _accepts_seed(cls) else {}
@@ -207,7 +204,7 @@ def _user_sampler(cfg: StudyConfig) -> BaseSampler:
     return sampler
 
 
-def make_sampler(cfg: StudyConfig) -> BaseSampler:
+def make_sampler(cfg: RunSettings) -> BaseSampler:
     """The strategy's sampler (see `SHARED_PLAN` for how each is seeded). A user's sampler class is built once
     per process with the study's seed and never rebuilt per trial: it may keep state between trials."""
     check_strategy(cfg.strategy)
@@ -219,13 +216,13 @@ def make_sampler(cfg: StudyConfig) -> BaseSampler:
     return TrialSeededSampler(lambda seed: factory(dataclasses.replace(cfg, seed=seed)), cfg.seed)
 
 
-def _max_epochs(cfg: StudyConfig) -> int:
+def _max_epochs(cfg: RunSettings) -> int:
     """The most epochs a trial can run: --max-epochs, else the largest t_max of the space."""
     return cfg.max_epochs or max(int(v) for v in cfg.space.get("t_max", (100,)))
 
 
 # Pruners work on epochs: each trial reports its objective metric after every epoch.
-PRUNERS: dict[str, Callable[[StudyConfig], BasePruner]] = {
+PRUNERS: dict[str, Callable[[RunSettings], BasePruner]] = {
     "none": lambda cfg: optuna.pruners.NopPruner(),
     "median": lambda cfg: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     "hyperband": lambda cfg: optuna.pruners.HyperbandPruner(
@@ -235,14 +232,14 @@ PRUNERS: dict[str, Callable[[StudyConfig], BasePruner]] = {
 }
 
 
-def pruner_name(cfg: StudyConfig) -> str:
+def pruner_name(cfg: RunSettings) -> str:
     """The pruner the study runs with: the one given (--pruner, the study file), else the strategy's default."""
     if cfg.pruner is not None:
         return cfg.pruner
     return DEFAULT_PRUNERS.get(cfg.strategy, "none")
 
 
-def make_pruner(cfg: StudyConfig) -> BasePruner:
+def make_pruner(cfg: RunSettings) -> BasePruner:
     name = pruner_name(cfg)
     try:
         factory = PRUNERS[name]

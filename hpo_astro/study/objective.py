@@ -27,11 +27,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpo_astro.config import StudyConfig
+from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.train import Callback, TrainResult, TrainState
+from hpo_astro.core.train import train as default_train
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import write_fault
-from hpo_astro.interrupts import process_interrupts
-from hpo_astro.record import (
+from hpo_astro.samplers.ablation import EXHAUSTED_KEY
+from hpo_astro.store.record import (
     BEST_WEIGHTS_ATTR,
     FAIL_REASON_ATTR,
     HISTORY_SYSTEM_ATTR,
@@ -42,11 +44,9 @@ from hpo_astro.record import (
     WALL_TIME_ATTR,
     curve_attrs,
 )
-from hpo_astro.recovery import WORKER_ATTR, WORKER_START_ATTR, process_token
-from hpo_astro.samplers.ablation import EXHAUSTED_KEY
-from hpo_astro.space import DEFAULT_PARAMS
-from hpo_astro.train import Callback, TrainResult, TrainState
-from hpo_astro.train import train as default_train
+from hpo_astro.store.recovery import WORKER_ATTR, WORKER_START_ATTR, process_token
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.interrupts import process_interrupts
 
 # Trials that hold a place in the budget: finished, or running or queued to finish.
 HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -68,7 +68,8 @@ _UNREADABLE = (
 
 
 class TrainFn(Protocol):
-    """What the objective calls to train a configuration: `hpo_astro.train.train`, or a stand-in with its contract."""
+    """What the objective calls to train a configuration: `hpo_astro.core.train.train`, or a stand-in with its
+    contract."""
 
     def __call__(
         self,
@@ -157,7 +158,7 @@ class ArtifactCheckpoint:
 
 def record_curves(trial: optuna.Trial, history: Iterable[Any]) -> None:
     """Write a trial's per-epoch metrics (`EpochMetrics`): exactly, for `record.trial_history`, and as the rounded
-    `curve_*` user attributes that optuna-dashboard shows (see `hpo_astro.record`)."""
+    `curve_*` user attributes that optuna-dashboard shows (see `hpo_astro.store.record`)."""
     rows = [asdict(h) for h in history]
     trial.storage.set_trial_system_attr(trial._trial_id, HISTORY_SYSTEM_ATTR, rows)
     for key, values in curve_attrs(rows).items():
@@ -183,7 +184,7 @@ class Objective:
     target: int
     store: optuna.artifacts.FileSystemArtifactStore
     on_epoch: Callable[[int, TrainState], None] | None = None
-    train: TrainFn | None = None  # None: `default_train` (hpo_astro.train.train), looked up when a trial trains
+    train: TrainFn | None = None  # None: `default_train` (hpo_astro.core.train.train), looked up when a trial trains
     current_trial_id: int | None = field(default=None, init=False)
     write_failure: str | None = field(default=None, init=False)  # set when a trial failed for want of disk
 

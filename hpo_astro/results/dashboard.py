@@ -3,8 +3,8 @@ that made it and how to resume it), the read-only artifact store `hpo-astro dash
 (the best weights) from, and the wrapper that serves them as downloads only.
 
 The rest is recorded where the dashboard already looks: the objective's name is the study's metric name
-(`hpo_astro.study.create_or_resume`), its per-epoch values the trials' intermediate values, the other per-epoch
-metrics one `curve_*` user attribute each (`hpo_astro.record`), the best weights an artifact of their trial.
+(`hpo_astro.study.create.create_or_resume`), its per-epoch values the trials' intermediate values, the other per-epoch
+metrics one `curve_*` user attribute each (`hpo_astro.store.record`), the best weights an artifact of their trial.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 import optuna
 
 from hpo_astro.errors import UserError
-from hpo_astro.record import StudyRecord
-from hpo_astro.storage import artifact_dir, store_file
+from hpo_astro.store.record import StudyRecord
+from hpo_astro.store.storage import artifact_dir, store_file
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

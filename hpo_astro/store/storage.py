@@ -6,7 +6,7 @@ URLs:
   SQLite runs in WAL mode with a long busy timeout, so concurrent workers wait instead of failing with
   "database is locked";
 * `journal:PATH` -> Optuna's `JournalStorage` on a log file (shared file systems). Optuna has no heartbeat there:
-  `hpo_astro.recovery.fail_dead_trials` fails and re-queues a trial whose worker process on this machine is gone;
+  `hpo_astro.store.recovery.fail_dead_trials` fails and re-queues a trial whose worker process on this machine is gone;
 * `grpc://HOST:PORT` -> Optuna's `GrpcStorageProxy` to a `hpo-astro storage-proxy` server (many workers).
 
 Two ways in: `open_storage` for the commands that write (run, worker, storage-proxy), which refuses to turn
@@ -33,7 +33,7 @@ from urllib.parse import quote
 import optuna
 
 from hpo_astro.errors import UserError
-from hpo_astro.recovery import retry_callback
+from hpo_astro.store.recovery import retry_callback
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
+from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
 
 MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
 WORKER_ATTR = "worker"  # trial user attr "{hostname}:{pid}" of the process running it (set by the objective)

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.errors import UserError
 from hpo_astro.io import read_regular_file
-from hpo_astro.space import SearchSpace
-from hpo_astro.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
-from hpo_astro.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
+from hpo_astro.store.record import StudyRecord
+from hpo_astro.store.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
+from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVES = {  # name -> (per-epoch metric, direction)
@@ -108,12 +109,12 @@ class StudyConfig:
             )
         if self.checkpoint_interval < 0:
             raise UserError(f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval}")
-        from hpo_astro.train import resolve_device  # a device that is unknown or not here: one line
+        from hpo_astro.core.train import resolve_device  # a device that is unknown or not here: one line
 
         self.devices = tuple(str(resolve_device(name)) for name in self.devices)
         if self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
-        from hpo_astro.storage import refuse_in_memory  # before the data is loaded or simulated
+        from hpo_astro.store.storage import refuse_in_memory  # before the data is loaded or simulated
 
         refuse_in_memory(self.storage)
         if not self.study_name.strip():
@@ -121,6 +122,28 @@ class StudyConfig:
         if self.baseline is not None:
             self.baseline = {name: self.space.match(name, value) for name, value in self.baseline.items()}
         return self
+
+    @classmethod
+    def from_record(cls, record: StudyRecord, storage: str, study_name: str) -> StudyConfig:
+        """The configuration that made a stored study (for a worker that joins it)."""
+        return cls(
+            strategy=record.strategy,
+            n_trials=record.n_trials,
+            study=study_name,
+            storage=storage,
+            space=SearchSpace.from_dict(record.space),
+            baseline=record.baseline,
+            greedy=bool(record.greedy),
+            population_size=int(record.population_size),
+            n_startup_trials=record.n_startup_trials,
+            pruner=record.pruner,
+            objective=record.objective,
+            seed=int(record.seed),
+            data=Path(record.data) if record.data else None,
+            channels=tuple(record.channels),
+            max_epochs=record.max_epochs,
+            artifacts=Path(record.artifacts) if record.artifacts else None,
+        )
 
     def merged(self, **overrides: Any) -> StudyConfig:
         """A copy with every override that is not None applied (command-line options over the file)."""

@@ -3,7 +3,7 @@
 AdamW + BCEWithLogits (pos_weight balances the 2:1 real:bogus imbalance) + CosineAnnealingLR(T_max=t_max),
 at most t_max epochs (or `max_epochs` when smaller), whole splits held as tensors and indexed per batch.
 After every epoch the callbacks see a `TrainState` and may ask to stop; early stopping on validation loss is
-one such callback, Optuna pruning (in `hpo_astro.objective`) another. The best-val-loss weights are restored.
+one such callback, Optuna pruning (in `hpo_astro.study.objective`) another. The best-val-loss weights are restored.
 
 On CUDA the training step (gather the batch, forward, loss, backward, AdamW step) is recorded once per trial as a
 CUDA graph and replayed (`CapturedStep`): this small CNN is launch-bound on a GPU, so a replayed step costs a fraction
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpo_astro.core.metrics import Metrics, classification_metrics
+from hpo_astro.core.model import build_model, count_parameters
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError
-from hpo_astro.metrics import Metrics, classification_metrics
-from hpo_astro.model import build_model, count_parameters
 
 EVAL_BATCH = 1024
 CHECKPOINT_FORMAT = 1

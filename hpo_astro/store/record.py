@@ -14,18 +14,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpo_astro import __version__
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.data.prepare import DEFAULT_CHANNELS
 from hpo_astro.errors import UserError
-from hpo_astro.space import SearchSpace
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
-
-    # config -> storage -> recovery -> record: the reverse import is for type hints only
-    from hpo_astro.config import StudyConfig
 
 VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
 # Fields that must agree when a run resumes a stored study.
@@ -52,6 +49,24 @@ WALL_TIME_ATTR = "wall_time"  # seconds its training took (a replayed trial: the
 BEST_WEIGHTS_ATTR = "best_weights"
 
 
+class RunSettings(Protocol):
+    """What a record is made of: the settings of a run (a `hpo_astro.study.config.StudyConfig`), as a structural
+    type, so that the store layer does not import the study layer above it."""
+
+    strategy: str
+    space: SearchSpace
+    objective: str
+    n_trials: int | None
+    pruner: str | None
+    seed: int
+    max_epochs: int | None
+    data: Path | None
+    baseline: dict[str, Any] | None
+    greedy: bool
+    population_size: int
+    n_startup_trials: int | None
+
+
 @dataclass(frozen=True)
 class StudyRecord:
     """A study's recorded configuration and data. Field order is the order the attributes are written in."""
@@ -76,7 +91,7 @@ class StudyRecord:
 
     @classmethod
     def from_run(
-        cls, cfg: StudyConfig, fingerprint: str, channels: tuple[str, ...], source: str, artifacts: Path
+        cls, cfg: RunSettings, fingerprint: str, channels: tuple[str, ...], source: str, artifacts: Path
     ) -> StudyRecord:
         """The record of a run of `cfg` on data with this fingerprint, channels and source file."""
         return cls(
@@ -128,29 +143,6 @@ class StudyRecord:
         """The identity fields on which two records disagree."""
         return [key for key in IDENTITY if _jsonable(getattr(self, key)) != _jsonable(getattr(other, key))]
 
-    def to_config(self, storage: str, study_name: str) -> StudyConfig:
-        """The configuration that made the study (for a worker that joins it)."""
-        from hpo_astro.config import StudyConfig
-
-        return StudyConfig(
-            strategy=self.strategy,
-            n_trials=self.n_trials,
-            study=study_name,
-            storage=storage,
-            space=SearchSpace.from_dict(self.space),
-            baseline=self.baseline,
-            greedy=bool(self.greedy),
-            population_size=int(self.population_size),
-            n_startup_trials=self.n_startup_trials,
-            pruner=self.pruner,
-            objective=self.objective,
-            seed=int(self.seed),
-            data=Path(self.data) if self.data else None,
-            channels=tuple(self.channels),
-            max_epochs=self.max_epochs,
-            artifacts=Path(self.artifacts) if self.artifacts else None,
-        )
-
 
 # What each stored attribute must be, as JSON gives it back: (test, how the error names it).
 _STR = (lambda v: isinstance(v, str), "a string")
@@ -190,7 +182,7 @@ def _jsonable(value: Any) -> Any:
 def curve_attrs(history: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     """The trial user attributes that show per-epoch metrics (`EpochMetrics` as dicts, epoch order) to people: one
     list per metric, values rounded to `CURVE_DIGITS` significant digits. The epochs themselves are listed only when
-    they are not 1, 2, 3, ... (they always are for `hpo_astro.train`)."""
+    they are not 1, 2, 3, ... (they always are for `hpo_astro.core.train`)."""
     names = list(dict.fromkeys(key for row in history for key in row))
     epochs = [row.get("epoch") for row in history]
     if "epoch" in names and epochs == list(range(1, len(history) + 1)):

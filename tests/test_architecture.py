@@ -1,0 +1,165 @@
+"""The package's own import graph: layers that only import downwards, no import circles, no private names taken
+across packages, and modules of a readable size. docs/architecture.md draws the same layers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hpo_astro"
+
+# Bottom to top: a module may import its own layer and the layers below it, never one above.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("hpo_astro", "errors", "io"),  # the foundation: the package face, the exception types, safe file writing
+    ("data", "samplers"),
+    ("core",),
+    ("store",),
+    ("study",),
+    ("results",),
+    ("report", "tabular"),
+    ("benchmark",),
+    ("cli", "__main__"),
+)
+# Files allowed past the size limit: the simulator (one physical model, read top to bottom) and the pickle
+# interpreter (one opcode table).
+LONG_FILES = {"data/simulate.py", "data/safe_pickle.py"}
+MAX_LINES = 400
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(path: Path, name: str) -> list[tuple[str, str | None, int]]:
+    """(module imported, name taken from it or None, line) for every import of the package in `path`, wherever it
+    stands (top level, inside a function, under TYPE_CHECKING): each is an arrow in the design."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[tuple[str, str | None, int]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, None, node.lineno) for a in node.names if a.name.split(".")[0] == "hpo_astro"]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.split(".")[0] == "hpo_astro":
+                found += [(base, a.name, node.lineno) for a in node.names]
+    return found
+
+
+def _target(modules: dict[str, Path], imported: str, taken: str | None) -> str:
+    """The module an import lands in: `from hpo_astro.x import y` is module hpo_astro.x.y when y is a module."""
+    if taken is not None and f"{imported}.{taken}" in modules:
+        return f"{imported}.{taken}"
+    return imported
+
+
+def _room(module: str) -> str:
+    """The folder (or foundation module) a module belongs to: `hpo_astro.core.train` -> core, `hpo_astro.io` -> io."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _layer(module: str) -> int:
+    for level, rooms in enumerate(LAYERS):
+        if _room(module) in rooms:
+            return level
+    raise AssertionError(f"{module} is in no layer: add its folder to LAYERS and to docs/architecture.md")
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for imported, taken, _ in _imports(path, name):
+            target = _target(modules, imported, taken)
+            if target != name and target in modules:
+                graph[name].add(target)
+    return graph
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    modules = _modules()
+    upward = []
+    for name, path in modules.items():
+        for imported, taken, line in _imports(path, name):
+            target = _target(modules, imported, taken)
+            if target in modules and _layer(target) > _layer(name):
+                upward.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
+    assert not upward, "imports that go up the layers:\n" + "\n".join(upward)
+
+
+def test_no_import_circles() -> None:
+    graph = _graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_no_private_name_is_imported_from_another_room() -> None:
+    modules = _modules()
+    private = []
+    for name, path in modules.items():
+        for imported, taken, line in _imports(path, name):
+            target = _target(modules, imported, taken)
+            if _room(target) == _room(name):
+                continue
+            names = [p for p in target.split(".")[1:] if p.startswith("_") and p != "__init__"]
+            if taken is not None and target == imported and taken.startswith("_") and taken != "__version__":
+                names.append(taken)
+            if names:
+                private.append(f"{path.relative_to(PACKAGE)}:{line} takes {', '.join(names)} from {target}")
+    assert not private, "private names used across packages:\n" + "\n".join(private)
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(PACKAGE)) not in LONG_FILES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_checks_see_a_circle_an_upward_import_and_a_private_name(tmp_path: Path) -> None:
+    """The checks above must be able to fail: a made-up graph with each fault is caught."""
+    source = tmp_path / "mod.py"
+    source.write_text("from hpo_astro.cli import main\nfrom hpo_astro.store.storage import _reason\n")
+    found = _imports(source, "hpo_astro.core.mod")
+    assert ("hpo_astro.cli", "main", 1) in found and ("hpo_astro.store.storage", "_reason", 2) in found
+    assert _layer("hpo_astro.cli") > _layer("hpo_astro.core.train")
+    assert _room("hpo_astro.store.storage") != _room("hpo_astro.core.train")
