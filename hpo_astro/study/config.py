@@ -14,9 +14,9 @@ from hpo_astro.errors import UserError
 from hpo_astro.io import read_regular_file
 from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
+from hpo_astro.study.defaults import DEFAULT_STORAGE
 from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVES = {  # name -> (per-epoch metric, direction)
     "accuracy": ("val_accuracy", "maximize"),
     "loss": ("val_loss", "minimize"),

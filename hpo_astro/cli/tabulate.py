@@ -1,0 +1,65 @@
+"""The `tabulate` command: every configuration of a finite space trained once, written as the table that
+`benchmark --table` replays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hpo_astro.cli.application import app
+from hpo_astro.cli.options import DataOpt, StorageOpt, TableEpochsOpt, TableSeedOpt, TableWorkersOpt, WorkerThreadsOpt
+from hpo_astro.cli.output import console, fail
+from hpo_astro.cli.study import execute_study
+from hpo_astro.errors import UserError
+from hpo_astro.study.defaults import DEFAULT_STORAGE
+
+
+@app.command("tabulate")
+def tabulate_command(
+    out: Annotated[str, typer.Option("--out", help="The table's name: its study is table/NAME in the store.")],
+    space: Annotated[
+        Path | None,
+        typer.Option(
+            "--space",
+            "--config",
+            help="Study file whose space section is enumerated (its other settings apply, except strategy, study, "
+            "n_trials and pruner). Leave out to resume the table study in the store.",
+        ),
+    ] = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    data: DataOpt = None,
+    max_epochs: TableEpochsOpt = None,
+    seed: TableSeedOpt = None,
+    workers: TableWorkersOpt = None,
+    threads: WorkerThreadsOpt = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the finished table here (default: NAME.json; .gz: gzip'd).")
+    ] = None,
+    max_configs: Annotated[
+        int, typer.Option("--max-configs", min=1, help="Refuse a space with more configurations than this.")
+    ] = 10_000,
+) -> None:
+    """Train every configuration of a finite space once, whole curves and test metrics included (a grid study
+    named table/NAME: resumable, --workers like run), then write the table that `benchmark --table` replays."""
+    from hpo_astro import tabular
+    from hpo_astro.io import check_output
+
+    json_path = json_out or Path(f"{tabular.check_name(out)}.json")
+    check_output(json_path)  # before hours of training, not after
+    cfg = tabular.tabulate_config(
+        space, out, storage, max_configs, data=data, max_epochs=max_epochs, seed=seed, workers=workers
+    )
+    result = execute_study(cfg, threads, train=tabular.tabulate_train)
+    try:
+        table = tabular.table_from_study(result.study, cfg.storage)
+    except UserError as exc:  # configurations whose training failed: not the input's fault
+        fail(str(exc), code=1)
+    table.save(json_path)
+    epochs = sum(len(row.history) for row in table.rows)
+    console.print(
+        f"table {out!r}: {len(table.rows)} configurations, {epochs} epochs, "
+        f"{table.info['training_seconds']:.0f} s of training; wrote {json_path}",
+        highlight=False,
+    )
