@@ -28,3 +28,8 @@ def write_fault(exc: BaseException) -> str | None:
             return " ".join(str(current).split())[:200]
         current = current.__cause__ or current.__context__
     return None
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's whole message on one line; for a database error wrapped by SQLAlchemy, the driver's own."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())

@@ -9,10 +9,11 @@ there is space.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from hpo_astro.errors import UserError, write_fault
 
@@ -176,3 +177,29 @@ def read_regular_file(path: Path, limit: int, what: str, missing: str | None = N
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, in one line, a store file that cannot be created or written: its folder missing, not a file, no
+    write permission."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UserError(f"storage directory does not exist: {directory}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"storage {path} is not a file")
+    if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(directory, os.W_OK)):
+        raise UserError(f"storage is not writable: {path}")
+
+
+def strict_json(value: Any) -> Any:
+    """A value JSON can hold without NaN: NaN and infinities become null, NumPy arrays and numbers become Python
+    lists and numbers (by their `tolist`/`item`: no NumPy import here), tuples lists, and keys strings."""
+    if hasattr(value, "tolist") and not isinstance(value, list | tuple | dict | str):
+        return strict_json(value.tolist())  # a NumPy array or number (item() of a scalar is tolist() too)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value

@@ -163,3 +163,39 @@ def test_the_checks_see_a_circle_an_upward_import_and_a_private_name(tmp_path: P
     assert ("hpo_astro.cli", "main", 1) in found and ("hpo_astro.store.storage", "_reason", 2) in found
     assert _layer("hpo_astro.cli") > _layer("hpo_astro.core.train")
     assert _room("hpo_astro.store.storage") != _room("hpo_astro.core.train")
+
+
+def _layout_rows() -> dict[str, str]:
+    """The README's layout table: path cell -> description cell."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## Layout") :]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_the_readme_layout_and_the_architecture_page_match_the_tree() -> None:
+    """Every module is named in its folder's row of the README's layout table, every path the table names exists,
+    and docs/architecture.md places every folder of the package in a layer."""
+    rows = _layout_rows()
+    root = PACKAGE.parent
+    named = [p.strip("`") for cell in rows for p in cell.split(", ")]
+    assert [p for p in named if not (root / p).exists()] == []
+    unlisted = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        relative = path.relative_to(root).as_posix()
+        folder = f"`{path.parent.relative_to(root).as_posix()}/`"
+        if f"`{relative}`" not in " ".join(rows) and f"`{path.stem}`" not in rows.get(folder, ""):
+            unlisted.append(relative)
+    assert unlisted == [], "modules missing from the README's layout table"
+    page = (root / "docs" / "architecture.md").read_text()
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and any(p.glob("*.py")))
+    assert [f for f in folders if f"`{f}/`" not in page] == []
+    assert all(
+        f"`{room}/`" in page or f"`{room}.py`" in page for rooms in LAYERS[1:] for room in rooms if room != "__main__"
+    )

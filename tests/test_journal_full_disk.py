@@ -15,7 +15,8 @@ import pytest
 from helpers import invoke, patience
 from optuna.trial import TrialState
 
-from hpo_astro.store.storage import drop_incomplete_tail, open_storage
+from hpo_astro.store.journal import drop_incomplete_tail
+from hpo_astro.store.storage import open_storage
 
 CHEAP = "[space]\nconv_layers = [1]\nfc_layers = [1]\nbatch_size = [256]\nlr = [1e-2, 1e-3, 1e-4]\n"
 

@@ -19,9 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_astro.benchmark.plan import BenchmarkSpec, Job
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import PARAMS_FULL_ATTR, WALL_TIME_ATTR
+from hpo_astro.store.trials import FINISHED, better
 from hpo_astro.tabular import TEST_METRICS_ATTR
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def incumbent(trials: Sequence[TrialRecord], maximize: bool) -> TrialRecord | No
     better)."""
     best: TrialRecord | None = None
     for t in trials:
-        if t.value is not None and (best is None or (t.value > best.value if maximize else t.value < best.value)):  # type: ignore[operator]
+        if t.value is not None and better(t.value, None if best is None else best.value, maximize):
             best = t
     return best
 
@@ -184,11 +183,11 @@ def top_configurations(runs: Sequence[StudyRun], k: int, maximize: bool) -> dict
                 if old is None:
                     seen[key] = Candidate(strategy, t.params, t.value, t.test, (run.study,))
                 else:
-                    better = t.value > old.value if maximize else t.value < old.value
+                    improves = better(t.value, old.value, maximize)
                     seen[key] = Candidate(
                         strategy,
                         old.params,
-                        t.value if better else old.value,
+                        t.value if improves else old.value,
                         old.test if old.test is not None else t.test,
                         old.found_by if run.study in old.found_by else (*old.found_by, run.study),
                     )

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.stats
 
 from hpo_astro.report.compare import WITHIN, trials_to_within
+from hpo_astro.store import trials
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -29,17 +30,7 @@ BOOTSTRAP_RESAMPLES = 9999
 
 def running_best(values: Sequence[float | None], maximize: bool) -> np.ndarray:
     """Best value so far after each position (NaN until the first value; None/NaN entries never improve it)."""
-    out = np.full(len(values), np.nan)
-    best = math.nan
-    for i, value in enumerate(values):
-        if (
-            value is not None
-            and math.isfinite(value)
-            and (math.isnan(best) or (value > best if maximize else value < best))
-        ):
-            best = float(value)
-        out[i] = best
-    return out
+    return np.array([math.nan if v is None else v for v in trials.running_best(values, maximize)], dtype=float)
 
 
 def at_costs(cumulative: Sequence[float], best: Sequence[float], grid: Sequence[float]) -> np.ndarray:

@@ -12,69 +12,37 @@ of an eager one. On CPU, or with `capture=False`, every step runs eagerly (`Eage
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from hpo_astro.core.epochs import Callback, EarlyStopping, EpochLoop, EpochMetrics
 from hpo_astro.core.metrics import Metrics, classification_metrics
 from hpo_astro.core.model import build_model, count_parameters
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError
 
 EVAL_BATCH = 1024
-CHECKPOINT_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int  # 1-based
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    val_roc_auc: float
-    lr: float  # learning rate used during this epoch
-    seconds: float
+@dataclass(kw_only=True)
+class TrainState(EpochLoop):
+    """What a callback sees after each epoch of a training run: the epoch loop (`EpochLoop`) and the trainer's own
+    state, everything needed to checkpoint or stop the run."""
 
-
-@dataclass
-class TrainState:
-    """What a callback sees after each epoch; everything needed to checkpoint or stop the run."""
-
-    params: Mapping[str, Any]
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     shuffle_generator: torch.Generator
-    max_epochs: int
-    history: list[EpochMetrics] = field(default_factory=list)
-    best_epoch: int = 0  # 0 = no finite validation loss yet
-    best_val_loss: float = math.inf
     best_weights: dict[str, torch.Tensor] | None = None
-    best_val_metrics: dict[str, float] | None = None  # the full validation metrics of the best epoch
-    stop_reason: str | None = None
 
-    @property
-    def epoch(self) -> int:
-        return len(self.history)
-
-    @property
-    def last(self) -> EpochMetrics:
-        return self.history[-1]
-
-    @property
-    def epochs_since_best(self) -> int:
-        return self.epoch - self.best_epoch
-
-    def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
+    def keep_best(self) -> None:
+        self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to continue this run bit-for-bit after the last finished epoch.
@@ -82,29 +50,19 @@ class TrainState:
         Only tensors, numbers, strings, lists and dicts: it loads back with `torch.load(weights_only=True)`.
         """
         return {
-            "format": CHECKPOINT_FORMAT,
-            "params": dict(self.params),
-            "max_epochs": self.max_epochs,
+            **self.bookkeeping(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "shuffle_rng": self.shuffle_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "history": [asdict(h) for h in self.history],
-            "best_epoch": self.best_epoch,
-            "best_val_loss": self.best_val_loss,
             "best_weights": self.best_weights,
-            "best_val_metrics": self.best_val_metrics,
-            "stop_reason": self.stop_reason,
         }
 
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         """Continue from `checkpoint` (made by `checkpoint()` for the same parameters)."""
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a checkpoint of this trainer version")
-        if dict(checkpoint["params"]) != dict(self.params):
-            raise ValueError("the checkpoint was made for other hyperparameters")
+        self.restore_bookkeeping(checkpoint)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -112,30 +70,7 @@ class TrainState:
         torch.set_rng_state(checkpoint["torch_rng"])
         if checkpoint["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-        self.history = [EpochMetrics(**h) for h in checkpoint["history"]]
-        self.best_epoch = int(checkpoint["best_epoch"])
-        self.best_val_loss = float(checkpoint["best_val_loss"])
         self.best_weights = checkpoint["best_weights"]
-        self.best_val_metrics = checkpoint.get("best_val_metrics")  # absent from older checkpoints: recomputed
-        self.stop_reason = checkpoint["stop_reason"]
-
-
-class Callback(Protocol):
-    def on_epoch_end(self, state: TrainState) -> None:
-        """Called after each epoch's metrics are in `state.history`; call `state.request_stop` to stop."""
-
-
-class EarlyStopping:
-    """Stop when validation loss has not improved for `patience` epochs."""
-
-    def __init__(self, patience: int) -> None:
-        if patience < 1:
-            raise ValueError("patience must be >= 1")
-        self.patience = patience
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        if state.epochs_since_best >= self.patience:
-            state.request_stop("early_stopping")
 
 
 @dataclass
@@ -150,7 +85,7 @@ class TrainResult:
     seed: int
     train_metrics: Metrics | None  # of the restored best-epoch weights; None unless `evaluate_train` asked for them
     val_metrics: Metrics  # of the best epoch (the restored weights), as measured when that epoch ended
-    model: nn.Module = field(repr=False)
+    model: nn.Module | None = field(repr=False)  # the restored best weights; None when nothing was trained (a replay)
     # More trial user attributes for the objective to record (name -> JSON value), e.g. test metrics a table keeps.
     extra_attrs: dict[str, Any] = field(default_factory=dict)
 
@@ -378,7 +313,14 @@ def train(
     callbacks = list(callbacks)
     if early_stopping:
         callbacks.insert(0, EarlyStopping(int(params["early_stop_patience"])))
-    state = TrainState(params, model, optimizer, scheduler, generator, epochs)
+    state = TrainState(
+        params=params,
+        max_epochs=epochs,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        shuffle_generator=generator,
+    )
     if resume is not None:
         state.restore(resume)
         _settle_optimizer(optimizer, device, captured)
@@ -390,7 +332,7 @@ def train(
     eager = EagerStep(model, optimizer, criterion, x, y)
     step = CapturedStep(eager, batch_size) if captured else eager
 
-    while state.epoch < epochs and state.stop_reason is None:
+    while state.running:
         epoch_start = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])
         model.train()
@@ -401,46 +343,33 @@ def train(
             loss_sum += batch_loss
             correct += batch_correct
         scheduler.step()
-        train_loss = (loss_sum / len(x)).item()
         val = evaluate(model, data.x_val, data.y_val, data.pos_weight)
-        val_loss = val.loss if math.isfinite(val.loss) else math.inf
-        state.history.append(
-            EpochMetrics(
-                epoch=state.epoch + 1,
-                train_loss=train_loss,
-                train_accuracy=(correct / len(x)).item(),
-                val_loss=val.loss,
-                val_accuracy=val.accuracy,
-                val_roc_auc=val.roc_auc,
-                lr=lr,
-                seconds=time.perf_counter() - epoch_start,
-            )
+        metrics = EpochMetrics(
+            epoch=state.epoch + 1,
+            train_loss=(loss_sum / len(x)).item(),
+            train_accuracy=(correct / len(x)).item(),
+            val_loss=val.loss,
+            val_accuracy=val.accuracy,
+            val_roc_auc=val.roc_auc,
+            lr=lr,
+            seconds=time.perf_counter() - epoch_start,
         )
-        if val_loss < state.best_val_loss:
-            state.best_val_loss, state.best_epoch = val_loss, state.epoch
-            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            state.best_val_metrics = val.as_dict()
-        if not math.isfinite(train_loss):
-            state.request_stop("diverged")
-        for callback in callbacks:
-            callback.on_epoch_end(state)
-        if state.stop_reason is not None:
-            break
+        state.end_epoch(metrics, val.as_dict, callbacks)  # best epoch (its weights kept), divergence, callbacks
 
-    if state.best_weights is not None:
-        model.load_state_dict(state.best_weights)
-    else:  # never a finite validation loss: keep the last weights
-        state.best_epoch = state.epoch
+    had_best = state.best_epoch > 0
+    best_epoch, stop_reason = state.finish()
+    if had_best and state.best_weights is not None:
+        model.load_state_dict(state.best_weights)  # else never a finite validation loss: the last weights stay
     # The best epoch's validation metrics were measured when it ended, on these very weights: not measured again.
-    if state.best_weights is not None and state.best_val_metrics is not None:
+    if had_best and state.best_val_metrics is not None:
         val_metrics = Metrics(**state.best_val_metrics)
     else:
         val_metrics = evaluate(model, data.x_val, data.y_val, data.pos_weight)
     return TrainResult(
         params=dict(params),
         history=state.history,
-        best_epoch=state.best_epoch,
-        stop_reason=state.stop_reason or "max_epochs",
+        best_epoch=best_epoch,
+        stop_reason=stop_reason,
         n_params=count_parameters(model),
         wall_time=time.perf_counter() - start,
         device=str(device),

@@ -12,10 +12,7 @@ is atomic (temporary file beside the target, renamed into place).
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import io
-import math
 import os
 import re
 import struct
@@ -30,6 +27,13 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from hpo_astro.data import safe_pickle
+from hpo_astro.data.npy import (
+    NPY_MAGIC,
+    ClampedFile,
+    describe_descr,
+    read_npy_header,
+    read_npz_member,
+)
 from hpo_astro.data.safe_pickle import UnsafePickleError
 from hpo_astro.errors import UserError
 from hpo_astro.io import atomic_write
@@ -54,17 +58,10 @@ CUTOUT_SHAPE = (64, 64, 4)
 PLANE_NAMES = ("sci", "ref", "diff", "scorr")  # the usual ZTF order; names are labels, overridable
 
 MAX_RECORDS_ENV = "HPO_ASTRO_MAX_RECORDS"
-# A deflated .npz member may unpack to at most this many times its compressed size (plus 1 MiB): float cutouts with
-# sky noise compress by less than 2x, while a zip bomb of zeros reaches 1000x (hpo-astro itself writes them stored).
-MAX_DEFLATE_RATIO = 20
 DEFAULT_MAX_RECORDS = 100_000  # the real file has 4,676; the limit bounds what a file can make us allocate
 NPZ_FORMAT = b"hpo-astro/exromana-npz/1"  # stored as the uint8 member `format`, so a reader knows the layout
 
-_NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
-_MAX_NPY_HEADER = 10_000  # NumPy's own default `max_header_size`
-_PLAIN_DESCR = re.compile(r"[<>|=]?(f2|f4|f8|i1|i2|i4|i8|u1|u2|u4|u8|b1)")
-_READ_CHUNK = 1 << 24
 
 
 def max_records() -> int:
@@ -143,7 +140,7 @@ def read_raw(path: str | os.PathLike) -> Any:
         with path.open("rb") as fh:
             head = fh.read(8)
             fh.seek(0)
-            if head.startswith(_NPY_MAGIC):
+            if head.startswith(NPY_MAGIC):
                 return _read_npy_object(fh, path)
             if head[:1] == b"\x80":
                 return _unpickle(fh, path)
@@ -163,139 +160,16 @@ def _unpickle(fh: BinaryIO, path: Path) -> Any:
         raise UserError(f"{path}: {exc}") from None
 
 
-@dataclass(frozen=True)
-class _NpyHeader:
-    descr: object
-    fortran_order: bool
-    shape: tuple[int, ...]
-    size: int  # bytes from the magic string to the end of the header: where the data starts
-
-
-def _read_npy_header(fh: BinaryIO, available: int, where: str) -> _NpyHeader:
-    """Parse a `.npy` header from `fh` without trusting it: its length is checked against `available` (the bytes
-    the file or zip member holds) before it is read, and its dict must have exactly NumPy's three keys."""
-
-    def corrupt(why: str) -> UserError:
-        return UserError(f"{where}: corrupt .npy header: {why}")
-
-    prefix = fh.read(8)
-    if len(prefix) < 8 or not prefix.startswith(_NPY_MAGIC):
-        raise corrupt("no NumPy magic string")
-    version = (prefix[6], prefix[7])
-    if version == (1, 0):
-        length_format = "<H"
-    elif version in ((2, 0), (3, 0)):
-        length_format = "<I"
-    else:
-        raise corrupt(f"unknown format version {version[0]}.{version[1]}")
-    length_bytes = fh.read(struct.calcsize(length_format))
-    if len(length_bytes) != struct.calcsize(length_format):
-        raise corrupt("the file ends inside the header")
-    length = struct.unpack(length_format, length_bytes)[0]
-    size = 8 + len(length_bytes) + length
-    if length > _MAX_NPY_HEADER:
-        raise corrupt(f"the header declares {length} bytes (NumPy accepts at most {_MAX_NPY_HEADER})")
-    if size > available:
-        raise corrupt(f"the header declares {length} bytes but the file ends before")
-    raw = fh.read(length)
-    if len(raw) != length:
-        raise corrupt("the file ends inside the header")
-    try:
-        header = ast.literal_eval(raw.decode("utf-8" if version == (3, 0) else "latin-1"))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
-        raise corrupt("the header is not a Python literal") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise corrupt("the header is not a dict of descr, fortran_order and shape")
-    shape, fortran = header["shape"], header["fortran_order"]
-    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):  # bool is not a size
-        raise corrupt("the shape is not a tuple of non-negative integers")
-    if len(shape) > 32:
-        raise corrupt(f"{len(shape)} dimensions")
-    if not isinstance(fortran, bool):
-        raise corrupt("fortran_order is not a boolean")
-    return _NpyHeader(header["descr"], fortran, shape, size)
-
-
-def _describe_descr(descr: object) -> str:
-    return repr(descr)[:60] if isinstance(descr, str) else f"a {type(descr).__name__} dtype description"
-
-
 def _read_npy_object(fh: BinaryIO, path: Path) -> Any:
     available = os.fstat(fh.fileno()).st_size
-    header = _read_npy_header(fh, available, str(path))
+    header = read_npy_header(fh, available, str(path))
     if not (isinstance(header.descr, str) and re.fullmatch(r"[<>|=]?O", header.descr) and header.shape == ()):
         raise UserError(
-            f"{path}: not an ExRomana file: holds a {_describe_descr(header.descr)} array of shape "
+            f"{path}: not an ExRomana file: holds a {describe_descr(header.descr)} array of shape "
             f"{header.shape if len(header.shape) <= 8 else '(...)'}, expected a pickled dict"
         )
     # np.save stores a 0-d object array: the reader turns that wrapper into its single element, the dict.
     return _unpickle(fh, path)
-
-
-class _ClampedFile:
-    """A read-only file whose `read(n)` never asks for more than the file holds: zipfile trusts sizes from the
-    archive's directory, and a buffered read allocates the size it is asked for before reading."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self._size = os.fstat(fh.fileno()).st_size
-
-    def read(self, n: int | None = -1) -> bytes:
-        left = max(0, self._size - self._fh.tell())
-        return self._fh.read(left if n is None or n < 0 else min(n, left))
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._fh.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._fh.tell()
-
-    def seekable(self) -> bool:
-        return True
-
-
-def _read_member(
-    zf: zipfile.ZipFile, name: str, path: Path, check_shape: Callable[[tuple[int, ...]], None]
-) -> np.ndarray:
-    """One `.npy` member of an `.npz`, refused unless its header is plain and its size is exactly what the header
-    declares, so a crafted header or a zip bomb allocates no more than the member really holds."""
-    where = f"{path}: member {name}"
-    try:
-        info = zf.getinfo(name)
-    except KeyError:
-        raise UserError(f"{path}: not an ExRomana .npz file: no {name!r} member") from None
-    if info.flag_bits & 0x1:
-        raise UserError(f"{where} is encrypted")
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise UserError(f"{where} uses an unsupported compression method ({info.compress_type})")
-    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + (
-        1 << 20
-    ):
-        raise UserError(
-            f"{where} would unpack {info.compress_size:,} bytes to {info.file_size:,} (more than {MAX_DEFLATE_RATIO}x):"
-            " refused as a zip bomb; cutouts do not compress that well"
-        )
-    with zf.open(info) as member:
-        header = _read_npy_header(member, info.file_size, where)
-        if not (isinstance(header.descr, str) and _PLAIN_DESCR.fullmatch(header.descr)):
-            raise UserError(f"{where}: dtype {_describe_descr(header.descr)} is not a plain numeric type")
-        dtype = np.dtype(header.descr)
-        check_shape(header.shape)
-        nbytes = math.prod(header.shape) * dtype.itemsize
-        if info.file_size != header.size + nbytes:
-            raise UserError(f"{where}: holds {info.file_size} bytes, but its header declares {header.size + nbytes}")
-        buffer = np.empty(nbytes, dtype=np.uint8)
-        done = 0
-        while done < nbytes:
-            chunk = member.read(min(_READ_CHUNK, nbytes - done))
-            if not chunk:
-                raise UserError(f"{where}: the file ends early (truncated)")
-            buffer[done : done + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-            done += len(chunk)
-    order = "F" if header.fortran_order else "C"
-    if dtype.kind == "b":
-        return (buffer != 0).reshape(header.shape, order=order)  # any non-zero byte is True
-    return buffer.view(dtype).reshape(header.shape, order=order)
 
 
 def _read_npz(path: Path) -> ExRomanaSet:
@@ -309,13 +183,13 @@ def _read_npz(path: Path) -> ExRomanaSet:
             raise _too_many(source, shape[0], limit)
 
     try:
-        with path.open("rb") as raw, zipfile.ZipFile(_ClampedFile(raw)) as zf:  # type: ignore[arg-type]
+        with path.open("rb") as raw, zipfile.ZipFile(ClampedFile(raw)) as zf:  # type: ignore[arg-type]
             names = set(zf.namelist())
             if "format.npy" in names:
-                marker = _read_member(zf, "format.npy", path, _marker_shape(source))
+                marker = read_npz_member(zf, "format.npy", path, _marker_shape(source))
                 if marker.dtype != np.uint8 or marker.tobytes() != NPZ_FORMAT:
                     raise UserError(f"{source}: unknown .npz format marker (expected {NPZ_FORMAT.decode()})")
-            labels = _read_member(zf, "labels.npy", path, label_shape)
+            labels = read_npz_member(zf, "labels.npy", path, label_shape)
             if labels.dtype.kind not in "iub":
                 raise UserError(f"{source}: labels have dtype {labels.dtype}, expected integers")
             n = len(labels)
@@ -324,7 +198,7 @@ def _read_npz(path: Path) -> ExRomanaSet:
                 if shape != (n, *CUTOUT_SHAPE):
                     raise UserError(f"{source}: samples have shape {shape}, expected ({n}, 64, 64, 4) for {n} labels")
 
-            samples = _read_member(zf, "samples.npy", path, sample_shape)
+            samples = read_npz_member(zf, "samples.npy", path, sample_shape)
             if samples.dtype.kind not in "fiu":
                 raise UserError(f"{source}: samples have dtype {samples.dtype}, expected a numeric array")
     except UserError:

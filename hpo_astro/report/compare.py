@@ -30,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo_astro.errors import UserError
+from hpo_astro.io import strict_json
 from hpo_astro.results.evaluate import (
     SPLITS,
     Evaluation,
@@ -42,6 +43,7 @@ from hpo_astro.results.evaluate import (
 )
 from hpo_astro.store.record import PARAMS_FULL_ATTR
 from hpo_astro.store.storage import read_store
+from hpo_astro.store.trials import FINISHED
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -49,7 +51,6 @@ if TYPE_CHECKING:
 WITHIN = 0.01  # "trials to within 1% of the final best"
 FORMATS = ("table", "markdown", "csv", "json")
 METRIC_NAMES = ("loss", "accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 # --- search statistics ------------------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ def render(comparison: Comparison, fmt: str) -> str:
             "skipped": [{"study": name, "reason": why} for name, why in comparison.skipped],
             "notes": list(NOTES),
         }
-        return json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n"
+        return json.dumps(strict_json(payload), indent=2, allow_nan=False) + "\n"
     if fmt == "table":
         from rich.console import Console
 
@@ -312,17 +313,6 @@ def render(comparison: Comparison, fmt: str) -> str:
         console.print(rich_table(comparison))
         return console.export_text()
     raise UserError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN and infinities (e.g. ROC AUC of a one-class split) become null: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
 
 
 def check_format(fmt: str) -> str:

@@ -30,8 +30,8 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from hpo_astro.store.record import VAL_METRICS_ATTR, StudyRecord, trial_history
+from hpo_astro.store.trials import FINISHED, maximizes, running_best
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 ORDER_SCALE = "Viridis"  # trial order: dark purple (#440154) early, through blue and green, to yellow (#fde725) late
 ORDER_COLOURS = "dark purple early, yellow late"  # how the figures describe ORDER_SCALE
 TEMPLATE = "plotly_white"
@@ -58,16 +58,6 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 def _val(trial: FrozenTrial, name: str) -> float | None:
     value = (trial.user_attrs.get(VAL_METRICS_ATTR) or {}).get(name)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def _running(values: Sequence[float | None], maximize: bool) -> list[float | None]:
-    out: list[float | None] = []
-    best: float | None = None
-    for v in values:
-        if v is not None:
-            best = v if best is None else (max(best, v) if maximize else min(best, v))
-        out.append(best)
-    return out
 
 
 def improvement_figure(study: optuna.Study) -> go.Figure:
@@ -99,7 +89,7 @@ def improvement_figure(study: optuna.Study) -> go.Figure:
                     row=row,
                     col=1,
                 )
-        best = _running([v if c else None for v, c in zip(values, complete, strict=True)], maximize)
+        best = running_best([v if c else None for v, c in zip(values, complete, strict=True)], maximize)
         fig.add_trace(
             go.Scatter(
                 x=numbers,
@@ -226,14 +216,14 @@ class Progress:
 
 
 def search_progress(study: optuna.Study) -> Progress:
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = maximizes(study)
     elapsed, best = 0.0, None
     numbers, minutes, bests = [], [], []
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if trial.duration is not None:
             elapsed += trial.duration.total_seconds()
-        if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
-            best = trial.value if best is None else (max(best, trial.value) if maximize else min(best, trial.value))
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            best = running_best([best, trial.value], maximize)[-1]
         if best is not None and trial.state in FINISHED:
             numbers.append(trial.number)
             minutes.append(elapsed / 60)

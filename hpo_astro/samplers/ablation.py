@@ -1,18 +1,17 @@
 """AblationSampler: one hyperparameter at a time, from a baseline (the paper's "ablation-style search").
 
-The module depends on Optuna and NumPy only, so that it can be published on its own; its contract is the docstring
-of `AblationSampler`.
+The module (with `ablation_plan`, the plan's keys and rules) depends on Optuna and NumPy only, so that it can be
+published on its own; its contract is the docstring of `AblationSampler`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import optuna
@@ -20,22 +19,24 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-SLOT_KEY = "ablation:slot"
-PLAN_KEY = "ablation:plan"  # (hyperparameter names, values, baseline, greedy): identifies the plan
-CONFIG_KEY = "ablation:config"
-EXHAUSTED_KEY = "ablation:exhausted"  # the trial got no slot: it evaluates nothing
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-_PLAN_VALUE_TYPES = (type(None), bool, int, float, str)  # what a JSON store gives back unchanged
-
-PlanValue = None | bool | int | float | str
-
-
-class _Choice(NamedTuple):
-    slot: int | None  # None: no slot for this trial
-    lost: bool  # the slot is re-evaluated: its trials are presumed lost
-    blockers: list[FrozenTrial]  # unfinished trials standing in the way when `slot` is None
-    can_wait: bool  # greedy: the blockers are earlier sweeps, which may finish soon
+from hpo_astro.samplers.ablation_plan import (
+    CONFIG_KEY,
+    EXHAUSTED_KEY,
+    FINISHED,
+    HOLDING,
+    PLAN_KEY,
+    SLOT_KEY,
+    Choice,
+    all_running_since,
+    by_state,
+    check_directions,
+    fail_stale_trials,
+    finished_slots,
+    plan_value,
+    same,
+    trial_numbers,
+    value_in,
+)
 
 
 class AblationSampler(BaseSampler):
@@ -128,11 +129,11 @@ class AblationSampler(BaseSampler):
         lost_after: float | None = None,
     ) -> None:
         self._names = list(search_space)
-        self._values = {name: [_plan_value(name, v) for v in values] for name, values in search_space.items()}
+        self._values = {name: [plan_value(name, v) for v in values] for name, values in search_space.items()}
         for name, values in self._values.items():
             if not values:
                 raise ValueError(f"hyperparameter {name!r} has no values")
-        baseline = {name: _plan_value(name, v) for name, v in (baseline or {}).items()}
+        baseline = {name: plan_value(name, v) for name, v in (baseline or {}).items()}
         unknown = set(baseline) - set(self._names)
         if unknown:
             raise ValueError(f"baseline names not in the search space: {sorted(unknown)}")
@@ -141,7 +142,7 @@ class AblationSampler(BaseSampler):
             drawn = self._values[name][rng.randint(len(self._values[name]))]
             if name not in baseline:
                 baseline[name] = drawn
-            elif not any(_same(baseline[name], v) for v in self._values[name]):
+            elif not any(same(baseline[name], v) for v in self._values[name]):
                 raise ValueError(f"baseline {name}={baseline[name]!r} is not among its values")
         self.baseline = {name: baseline[name] for name in self._names}
         self.greedy = greedy
@@ -180,7 +181,7 @@ class AblationSampler(BaseSampler):
     def is_exhausted(self, study: optuna.Study) -> bool:
         """True when every slot is held by a finished (complete or pruned) trial."""
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        return len(self._finished_slots(trials)) == self.n_slots
+        return len(finished_slots(trials, self._plan_id)) == self.n_slots
 
     # --- BaseSampler -------------------------------------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class AblationSampler(BaseSampler):
         attrs = self._trial_attrs(study, trial)
         if attrs.get(EXHAUSTED_KEY):
             return {}  # sample_independent says why
-        return {name: self._in(name, attrs[CONFIG_KEY][name], search_space[name]) for name in names}
+        return {name: value_in(name, attrs[CONFIG_KEY][name], search_space[name]) for name in names}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if SLOT_KEY in trial.system_attrs or trial.system_attrs.get(EXHAUSTED_KEY):
@@ -235,15 +236,15 @@ class AblationSampler(BaseSampler):
                 "AblationSampler: the plan has no slot left for this trial (it is finished, or its remaining slots "
                 "are held by other trials); nothing is evaluated"
             )
-        return self._in(param_name, attrs[CONFIG_KEY][param_name], param_distribution)
+        return value_in(param_name, attrs[CONFIG_KEY][param_name], param_distribution)
 
     def after_trial(
         self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         # Called before the trial's own state is written, so count its slot here when it finished.
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        finished = self._finished_slots(trials)
-        if state in _FINISHED and SLOT_KEY in trial.system_attrs and self._mine(trial):
+        finished = finished_slots(trials, self._plan_id)
+        if state in FINISHED and SLOT_KEY in trial.system_attrs and self._mine(trial):
             finished.add(trial.system_attrs[SLOT_KEY])
         if len(finished) == self.n_slots or trial.system_attrs.get(EXHAUSTED_KEY):
             # Outside study.optimize (ask and tell) there is no loop to stop, and stop() raises: the caller checks
@@ -254,11 +255,7 @@ class AblationSampler(BaseSampler):
     # --- choosing a slot ----------------------------------------------------------------------------------------
 
     def _check_directions(self, study: optuna.Study) -> None:
-        if self.greedy and len(study.directions) > 1:
-            raise ValueError(
-                f"AblationSampler: greedy=True needs a single-objective study (the best value of a sweep is "
-                f"undefined with {len(study.directions)} objectives); use greedy=False"
-            )
+        check_directions(self.greedy, len(study.directions))
 
     def _trial_attrs(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         """The trial's system attributes, read from the store (a FrozenTrial given by a caller may predate them)."""
@@ -271,7 +268,7 @@ class AblationSampler(BaseSampler):
             attrs = study._storage.get_trial_system_attrs(trial._trial_id)
         return attrs
 
-    def _wait_for_slot(self, study: optuna.Study, trial: FrozenTrial) -> tuple[_Choice, list[FrozenTrial]]:
+    def _wait_for_slot(self, study: optuna.Study, trial: FrozenTrial) -> tuple[Choice, list[FrozenTrial]]:
         storage = study._storage
         started = time.monotonic()
         while True:
@@ -291,19 +288,19 @@ class AblationSampler(BaseSampler):
             held = [t for t in trials if t.number != trial.number and self._holds(t, choice.slot)]
             warnings.warn(
                 f"AblationSampler: trial {trial.number} evaluates slot {choice.slot} again: its trials "
-                f"{_numbers(held)} have been running longer than lost_after={self._lost_after:g} s and are presumed "
-                "lost",
+                f"{trial_numbers(held)} have been running longer than lost_after={self._lost_after:g} s and are "
+                "presumed lost",
                 stacklevel=2,
             )
         elif choice.blockers:
             if choice.can_wait:
                 reason = (
-                    f"waited {self._wait_timeout:g} s for the earlier sweeps to finish ({_by_state(choice.blockers)}) "
+                    f"waited {self._wait_timeout:g} s for the earlier sweeps to finish ({by_state(choice.blockers)}) "
                     "and gets no slot; with several workers give wait_timeout above a trial's duration"
                 )
             else:
                 held = "; ".join(
-                    f"slot {s} is held by {_by_state([t for t in choice.blockers if t.system_attrs[SLOT_KEY] == s])}"
+                    f"slot {s} is held by {by_state([t for t in choice.blockers if t.system_attrs[SLOT_KEY] == s])}"
                     for s in sorted({t.system_attrs[SLOT_KEY] for t in choice.blockers})
                 )
                 reason = f"finds no free slot: {held}; the plan finishes when they finish or fail"
@@ -318,7 +315,7 @@ class AblationSampler(BaseSampler):
         time.sleep(self._poll_interval)
         # Optuna fails the trials whose heartbeat stopped before each trial of study.optimize; while a trial waits
         # here, that check is this loop's job, or a dead trial would keep the waiting one waiting.
-        _fail_stale_trials(study)
+        fail_stale_trials(study)
 
     def _choosing(self, trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:
         """The lower-numbered running trials that may still be choosing a slot."""
@@ -332,18 +329,18 @@ class AblationSampler(BaseSampler):
             and t._trial_id not in self._given_up
         ]
 
-    def _choose(self, trials: Sequence[FrozenTrial], number: int) -> _Choice:
+    def _choose(self, trials: Sequence[FrozenTrial], number: int) -> Choice:
         holders: dict[int, list[FrozenTrial]] = {}
         for t in trials:
-            if t.number != number and t.state in _HOLDING and SLOT_KEY in t.system_attrs and self._mine(t):
+            if t.number != number and t.state in HOLDING and SLOT_KEY in t.system_attrs and self._mine(t):
                 holders.setdefault(t.system_attrs[SLOT_KEY], []).append(t)
-        unfinished = sorted(s for s, held in holders.items() if not any(t.state in _FINISHED for t in held))
+        unfinished = sorted(s for s, held in holders.items() if not any(t.state in FINISHED for t in held))
         free = [s for s in range(self.n_slots) if s not in holders]
         if free:
             sweep = self._slots[free[0]][0]
             blocking = [s for s in unfinished if self.greedy and self._slots[s][0] < sweep]
             if not blocking:
-                return _Choice(free[0], False, [], False)
+                return Choice(free[0], False, [], False)
         else:
             blocking = unfinished
         now = datetime.datetime.now()  # the clock Optuna's storages give datetime_start with
@@ -351,31 +348,17 @@ class AblationSampler(BaseSampler):
         if lost:
             # The slot left unattended longest, so that successive trials spread over the lost slots.
             slot = min(lost, key=lambda s: (max(t.datetime_start for t in holders[s]), s))
-            return _Choice(slot, True, [], False)
-        return _Choice(None, False, [t for s in blocking for t in holders[s]], bool(free))
+            return Choice(slot, True, [], False)
+        return Choice(None, False, [t for s in blocking for t in holders[s]], bool(free))
 
     def _is_lost(self, held: Sequence[FrozenTrial], now: datetime.datetime) -> bool:
-        return self._lost_after is not None and all(
-            t.state == TrialState.RUNNING
-            and t.datetime_start is not None
-            and (now - t.datetime_start).total_seconds() >= self._lost_after
-            for t in held
-        )
-
-    # --- state in the store -------------------------------------------------------------------------------------
+        return self._lost_after is not None and all_running_since(held, now, self._lost_after)
 
     def _mine(self, t: FrozenTrial) -> bool:
-        return _same(t.system_attrs.get(PLAN_KEY), self._plan_id)
+        return same(t.system_attrs.get(PLAN_KEY), self._plan_id)
 
     def _holds(self, t: FrozenTrial, slot: int | None) -> bool:
-        return t.state in _HOLDING and t.system_attrs.get(SLOT_KEY) == slot and self._mine(t)
-
-    def _finished_slots(self, trials: Sequence[FrozenTrial]) -> set[int]:
-        return {
-            t.system_attrs[SLOT_KEY]
-            for t in trials
-            if t.state in _FINISHED and SLOT_KEY in t.system_attrs and self._mine(t)
-        }
+        return t.state in HOLDING and t.system_attrs.get(SLOT_KEY) == slot and self._mine(t)
 
     def _adopted(
         self, sweeps: int, trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection | None
@@ -385,7 +368,7 @@ class AblationSampler(BaseSampler):
         config = dict(self.baseline)
         if not self.greedy:
             return config
-        finished = self._finished_slots(trials)
+        finished = finished_slots(trials, self._plan_id)
         for sweep in range(sweeps):
             if not set(self._sweep_slots[sweep]) <= finished:
                 break
@@ -414,60 +397,3 @@ class AblationSampler(BaseSampler):
             if best is None or key < best:
                 best, best_value = key, t.system_attrs[CONFIG_KEY][name]
         return None if best is None else {name: best_value}
-
-    @staticmethod
-    def _in(name: str, value: PlanValue, distribution: BaseDistribution) -> Any:
-        """`value` in the distribution's own type, or ValueError when the distribution does not contain it."""
-        try:
-            internal = distribution.to_internal_repr(value)
-            # BaseDistribution has no public membership test; Optuna's own samplers use _contains too.
-            contained = distribution._contains(internal)
-        except ValueError:  # e.g. a string for a float range, a value not among a categorical's choices
-            contained = False
-        if not contained:
-            raise ValueError(
-                f"AblationSampler planned {name}={value!r}, which the objective's {distribution} does not contain; "
-                f"suggest {name!r} with a distribution containing the plan's values"
-            )
-        return distribution.to_external_repr(internal)
-
-
-def _plan_value(name: str, value: Any) -> PlanValue:
-    """A value that survives the store's JSON round trip unchanged (NumPy scalars become Python ones)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if not isinstance(value, _PLAN_VALUE_TYPES):
-        raise TypeError(f"hyperparameter {name!r}: value {value!r} is not None, bool, int, float or str")
-    return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality of plans and values where NaN equals NaN (a NaN read back from a JSON store is a new object)."""
-    if a == b:
-        return True
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
-
-
-def _numbers(trials: Sequence[FrozenTrial]) -> list[int]:
-    return sorted(t.number for t in trials)
-
-
-def _by_state(trials: Sequence[FrozenTrial]) -> str:
-    """E.g. "running trial 3" or "running trials [3, 5], waiting trial 8"."""
-    parts = []
-    for state in (TrialState.RUNNING, TrialState.WAITING):
-        numbers = _numbers([t for t in trials if t.state == state])
-        if numbers:
-            label = state.name.lower()
-            parts.append(f"{label} trial {numbers[0]}" if len(numbers) == 1 else f"{label} trials {numbers}")
-    return ", ".join(parts)
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Let Optuna fail the running trials whose heartbeat stopped (a no-op without a heartbeat). Hyperband's bracket
-    view of the study (what samplers get with HyperbandPruner) wraps the study itself, which failure callbacks need."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(getattr(study, "_study", study))

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from hpo_astro.core.space import DEFAULT_PARAMS
 from hpo_astro.core.train import Callback, TrainResult, TrainState
@@ -45,11 +44,11 @@ from hpo_astro.store.record import (
     curve_attrs,
 )
 from hpo_astro.store.recovery import WORKER_ATTR, WORKER_START_ATTR, process_token
+from hpo_astro.store.trials import HOLDING, better, maximizes
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.interrupts import process_interrupts
 
 # Trials that hold a place in the budget: finished, or running or queued to finish.
-HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 # Trial user attr: {"artifact_id", "epoch"} of the trial's last checkpoint while it can still be resumed from it
 # (running, or interrupted and re-queued); once the trial has ended the file is deleted and the pointer becomes
 # {"epoch", "deleted": true} (Optuna cannot remove an attribute).
@@ -275,7 +274,8 @@ class Objective:
         value = finite_metric(
             getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
         )
-        self._keep_if_best(trial, value, result.model)
+        if result.model is not None:  # a replayed trial trained nothing: no weights to keep
+            self._keep_if_best(trial, value, result.model)
         return value, checkpoint
 
     def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
@@ -299,8 +299,7 @@ class Objective:
         bests stay: their trials list them too, and Optuna cannot take an artifact off a finished trial."""
         study = trial.study
         best = study.user_attrs.get(BEST_WEIGHTS_ATTR)
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        if best is not None and not (value > best["value"] if maximize else value < best["value"]):
+        if best is not None and not better(value, best["value"], maximizes(study)):
             return
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial-{trial.number}-weights.pt"

@@ -28,13 +28,13 @@ from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
 from hpo_astro.store.recovery import fail_dead_trials, retry_callback
 from hpo_astro.store.storage import artifact_store, open_storage
+from hpo_astro.store.trials import FINISHED
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.create import create_or_resume, study_record
 from hpo_astro.study.interrupts import configure_logging, process_interrupts
 from hpo_astro.study.objective import Objective, TrainFn, checkpoint_prefix
 from hpo_astro.study.strategies import make_pruner, make_sampler
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_SECONDS = 1.0
 

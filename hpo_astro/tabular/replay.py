@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from hpo_astro.core.epochs import Callback, EpochLoop
 from hpo_astro.core.metrics import Metrics
-from hpo_astro.core.train import Callback, TrainResult, TrainState
+from hpo_astro.core.train import TrainResult
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.tabular.row import REQUIRED_METRICS, TableRow
 from hpo_astro.tabular.table import TEST_METRICS_ATTR, Table
@@ -38,7 +39,7 @@ class TableReplay:
       `test_metrics`. A replay pruned or truncated before the row's best epoch reports no test metrics: its model
       was never tested.
     * `seed` and `data` are not used: the curve is the one trained with the table's seed, which the result
-      reports; the model is a one-weight stand-in, and n_params the real model's count.
+      reports; there is no model (`model` is None: no weights to keep), and n_params is the real model's count.
     """
 
     def __init__(self, table: Table) -> None:
@@ -52,57 +53,48 @@ class TableReplay:
         callbacks: Iterable[Callback] = (),
         max_epochs: int | None = None,
         seed: int = 0,
-        device: str | torch.device = "auto",
-        early_stopping: bool = True,
         resume: Mapping[str, Any] | None = None,
-        evaluate_train: bool = False,
-        capture: bool | None = None,
-        **_: Any,  # options of the trainer that mean nothing to a replay (later ones too)
+        **_: Any,  # the trainer's other options (device, capture, ...) mean nothing to a replay
     ) -> TrainResult:
         row = self.table.row(params)
         history = row.history
         limit = len(history) if max_epochs is None else max(1, min(len(history), int(max_epochs)))
-        model = torch.nn.Linear(1, 1)  # the checkpoint needs a model, an optimiser and a schedule: tiny ones
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-        state = TrainState(params, model, optimizer, scheduler, torch.Generator().manual_seed(seed), limit)
+        state = EpochLoop(params, limit)
         if resume is not None:
-            state.restore(resume)
+            state.restore(resume)  # a checkpoint of an earlier version also holds a stand-in model's state: not read
         callbacks = list(callbacks)
-        while state.epoch < limit and state.stop_reason is None:
+        while state.running:
             epoch = history[state.epoch]
-            state.history.append(epoch)
-            val_loss = epoch.val_loss if math.isfinite(epoch.val_loss) else math.inf
-            # The trainer's rule (strictly lower: the first best wins), except that a tie goes to the row's best
-            # epoch: curves kept in a study are rounded, and the trainer chose that epoch at full precision.
-            if val_loss < state.best_val_loss or (val_loss == state.best_val_loss and state.epoch == row.best_epoch):
-                state.best_val_loss, state.best_epoch = val_loss, state.epoch
-                state.best_val_metrics = _epoch_val_metrics(row, state.epoch).as_dict()
-            if state.epoch == len(history) and row.stop_reason != "max_epochs":
+            number = state.epoch + 1
+            state.end_epoch(
+                epoch,
+                lambda number=number: _epoch_val_metrics(row, number).as_dict(),
+                callbacks,
+                # The trainer's rule (strictly lower: the first best wins), except that a tie goes to the row's best
+                # epoch: curves kept in a study are rounded, and the trainer chose that epoch at full precision.
+                prefer=number == row.best_epoch,
                 # The run ended here by early stopping (or divergence), which the trainer decides before the other
                 # callbacks; replayed as recorded rather than recomputed from the (rounded) curve.
-                state.request_stop(row.stop_reason)
-            for callback in callbacks:
-                callback.on_epoch_end(state)
-        if state.best_epoch == 0:  # never a finite validation loss: the trainer keeps the last weights
-            state.best_epoch = state.epoch
+                stop=row.stop_reason if number == len(history) and row.stop_reason != "max_epochs" else None,
+            )
+        best_epoch, stop_reason = state.finish()
         reached_end = state.epoch >= len(history)
-        best_is_rows = state.best_epoch == row.best_epoch and math.isfinite(history[row.best_epoch - 1].val_loss)
+        best_is_rows = best_epoch == row.best_epoch and math.isfinite(history[row.best_epoch - 1].val_loss)
         extra: dict[str, Any] = {TABLE_ATTR: self.table.name}
         if reached_end or best_is_rows:
             extra[TEST_METRICS_ATTR] = dict(row.test_metrics)
         return TrainResult(
             params=dict(params),
             history=state.history,
-            best_epoch=state.best_epoch,
-            stop_reason=state.stop_reason or (row.stop_reason if reached_end else "max_epochs"),
+            best_epoch=best_epoch,
+            stop_reason=stop_reason,
             n_params=self._count(row),
             wall_time=sum(h.seconds for h in state.history),
             device="cpu",
             seed=self.table.seed,
             train_metrics=None,
-            val_metrics=_epoch_val_metrics(row, state.best_epoch),
-            model=model,
+            val_metrics=_epoch_val_metrics(row, best_epoch),
+            model=None,  # nothing was trained: no weights to keep
             extra_attrs=extra,
         )
 

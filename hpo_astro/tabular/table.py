@@ -21,7 +21,7 @@ from typing import Any
 
 from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace
 from hpo_astro.errors import UserError
-from hpo_astro.io import atomic_write, read_regular_file
+from hpo_astro.io import atomic_write, read_regular_file, strict_json
 from hpo_astro.tabular.row import (
     EPOCH_FIELDS,
     Malformed,
@@ -177,12 +177,13 @@ class Table:
                 {
                     "params": row.params,
                     "history": [
-                        [int(h.epoch), *(_finite_or_none(getattr(h, f)) for f in EPOCH_FIELDS[1:])] for h in row.history
+                        [int(h.epoch), *(strict_json(float(getattr(h, f))) for f in EPOCH_FIELDS[1:])]
+                        for h in row.history
                     ],
                     "best_epoch": row.best_epoch,
                     "stop_reason": row.stop_reason,
-                    "val_metrics": {k: _finite_or_none(v) for k, v in row.val_metrics.items()},
-                    "test_metrics": {k: _finite_or_none(v) for k, v in row.test_metrics.items()},
+                    "val_metrics": strict_json({k: float(v) for k, v in row.val_metrics.items()}),
+                    "test_metrics": strict_json({k: float(v) for k, v in row.test_metrics.items()}),
                     "wall_time": row.wall_time,
                 }
                 for row in self.rows  # in the space's order: the same table gives the same bytes
@@ -329,11 +330,6 @@ def _describe(search: SearchSpace, key: tuple[int, ...]) -> str:
 
 def _same(a: Any, b: Any) -> bool:
     return norm(a) == norm(b)
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    """JSON has no NaN or infinity: a diverged epoch's loss is written as null (read back as NaN)."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _float_or_nan(value: Any) -> float:
