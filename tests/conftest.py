@@ -10,12 +10,12 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from helpers import fake_train, make_result_store
 
 from hpo_astro.data import exromana, simulate
-from hpo_astro.study import objective as objective_module
 
 # One torch thread per test process, and for the commands the tests start (they default to OMP_NUM_THREADS): the
 # suite runs two test processes on two cores, and two threads each oversubscribe them (OpenMP's spinning threads then
@@ -119,4 +119,4 @@ def store(result_template: Path, tmp_path: Path) -> str:
 def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trials of CLI commands train in milliseconds: `helpers.fake_train` becomes the objective's default trainer.
     Only for `invoke(...)`, which cannot pass a trainer; tests that call `run_study` pass `train=fake_train`."""
-    monkeypatch.setattr(objective_module, "default_train", fake_train)
+    monkeypatch.setattr(helpers, "TRAINER", fake_train)

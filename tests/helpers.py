@@ -73,9 +73,16 @@ def patience(seconds: float) -> float:
 runner = CliRunner()
 
 
-def invoke(*args: object) -> Result:
-    """Run `hpo-astro ARGS...` in-process; every argument is passed as a string."""
-    return runner.invoke(app, [str(a) for a in args])
+# The trainer `invoke` hands to the app (Click's context object, see `hpo_astro.cli.output.injected_trainer`): None
+# trains for real; the `fake_training` fixture sets `fake_train` for one test.
+TRAINER: Any = None
+
+
+def invoke(*args: object, train: Any = None) -> Result:
+    """Run `hpo-astro ARGS...` in-process; every argument is passed as a string. `train` (else `TRAINER`) replaces the
+    trainer of the trials the command runs."""
+    trainer = train or TRAINER
+    return runner.invoke(app, [str(a) for a in args], obj={"train": trainer} if trainer else None)
 
 
 def assert_refused(result: Result, message: str | re.Pattern[str]) -> None:

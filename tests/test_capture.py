@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import helpers
 import optuna
 import pytest
 import torch
@@ -55,7 +56,7 @@ def test_no_capture_from_the_command_line_and_the_study_file(
     tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[object] = []
-    monkeypatch.setattr("hpo_astro.study.objective.default_train", _recording(seen))
+    monkeypatch.setattr(helpers, "TRAINER", _recording(seen))
     store = store_url(tmp_path)
     base = ["--data", small_file, "--max-epochs", 1, "--storage", store]
     assert invoke("run", "-n", 1, *base, "--no-capture").exit_code == 0
@@ -81,7 +82,7 @@ def test_a_worker_joins_on_the_device_and_mode_it_is_given(
         seen.append((kwargs["device"], kwargs["capture"]))
         return fake_train(*args, **kwargs)
 
-    monkeypatch.setattr("hpo_astro.study.objective.default_train", fit)
+    monkeypatch.setattr(helpers, "TRAINER", fit)
     store = store_url(tmp_path)
     assert invoke("run", "-n", 1, "--data", small_file, "--max-epochs", 1, "--storage", store).exit_code == 0
     study = optuna.load_study(study_name="random", storage=store)

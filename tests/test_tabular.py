@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import helpers
 import optuna
 import pytest
 import torch
@@ -29,7 +30,6 @@ from hpo_astro.core.train import EpochMetrics, TrainState
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import trial_history
-from hpo_astro.study import objective as objective_module
 from hpo_astro.study import workers
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.run import RunEvents, run_study
@@ -205,7 +205,7 @@ def test_an_interrupted_tabulation_resumes_to_the_full_table(
             options["callbacks"] = [*options["callbacks"], Interrupt()]
         return fake_train(params, data, **options)
 
-    monkeypatch.setattr(objective_module, "default_train", interrupted)
+    monkeypatch.setattr(helpers, "TRAINER", interrupted)
     stopped = tabulate(tmp_path, small_file)
     assert stopped.exit_code == 130 and "resume with" in stopped.stderr
     assert not (tmp_path / "t8.json.gz").exists()  # no table before every configuration has its row
@@ -337,7 +337,7 @@ def test_an_incomplete_table_after_a_run_is_one_line(
             raise RuntimeError("boom")
         return fake_train(params, data, **options)
 
-    monkeypatch.setattr(objective_module, "default_train", failing)
+    monkeypatch.setattr(helpers, "TRAINER", failing)
     result = tabulate(tmp_path, small_file)
     assert result.exit_code == 1, result.output
     assert "1 of 8 configurations have no row (1 trial(s) failed" in result.stderr

@@ -181,13 +181,12 @@ class Runner:
 
     def retrain(self, job: RetrainJob) -> RetrainOutcome:
         from hpo_astro.core.train import evaluate
-        from hpo_astro.study import objective
+        from hpo_astro.core.train import train as train_configuration
 
         start = time.perf_counter()
         data = self.data
-        train = objective.default_train  # looked up now, as the objective does (tests replace it)
         with process_interrupts.allowed():
-            result = train(
+            result = train_configuration(
                 job.params, data, callbacks=(), max_epochs=job.max_epochs, seed=job.seed, resume=None, device="auto"
             )
         test = evaluate(result.model, data.x_test, data.y_test, data.pos_weight)

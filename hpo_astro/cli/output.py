@@ -4,10 +4,13 @@ it prints for them to paste (`program`, `resume_command`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from hpo_astro.core.train import TrainFn
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -46,3 +49,11 @@ def resume_command() -> str:
     import sys
 
     return " ".join(shlex.quote(a) for a in [program(), *sys.argv[1:]])
+
+
+def injected_trainer(ctx: typer.Context) -> TrainFn | None:
+    """The trainer the caller handed to the app as Click's context object: `app(obj={"train": fn})` or
+    `CliRunner().invoke(app, args, obj={"train": fn})` (e.g. a fast stand-in in tests, a wrapped trainer in a
+    notebook); None, the real trainer."""
+    obj = ctx.find_root().obj
+    return obj.get("train") if isinstance(obj, dict) else None

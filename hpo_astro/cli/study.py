@@ -43,7 +43,7 @@ from hpo_astro.cli.options import (
     search_settings,
     worker_settings,
 )
-from hpo_astro.cli.output import console, err_console, fail, program, resume_command
+from hpo_astro.cli.output import console, err_console, fail, injected_trainer, program, resume_command
 from hpo_astro.errors import UserError
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 
@@ -51,14 +51,14 @@ if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors a
     import optuna
     from optuna.trial import FrozenTrial
 
-    from hpo_astro.core.train import TrainState
+    from hpo_astro.core.train import TrainFn, TrainState
     from hpo_astro.study.config import StudyConfig
-    from hpo_astro.study.objective import TrainFn
     from hpo_astro.study.run import RunResult
 
 
 @app.command("run")
 def run_command(
+    ctx: typer.Context,
     strategy: StrategyOpt = None,
     n_trials: TrialsOpt = None,
     study: StudyNameOpt = None,
@@ -91,7 +91,7 @@ def run_command(
         **search_settings(data, channels, max_epochs, pruner, objective, seed, workers),
         **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture),
     )
-    execute_study(cfg, threads)
+    execute_study(cfg, threads, train=injected_trainer(ctx))
     _next_steps(cfg.storage, cfg.study_name)
 
 
@@ -115,6 +115,7 @@ def _next_steps(storage: str, study: str) -> None:
 
 @app.command("worker")
 def worker_command(
+    ctx: typer.Context,
     study: JoinedStudyOpt,
     storage: StorageOpt = DEFAULT_STORAGE,
     threads: ThreadsOpt = None,
@@ -140,7 +141,9 @@ def worker_command(
     )
     from hpo_astro.tabular import train_for_study
 
-    execute_study(cfg, threads, joined=True, train=train_for_study(cfg.study_name))  # a table study: test metrics
+    execute_study(
+        cfg, threads, joined=True, train=train_for_study(cfg.study_name, injected_trainer(ctx))
+    )  # a table study: test metrics
     _next_steps(cfg.storage, cfg.study_name)
 
 

@@ -10,7 +10,7 @@ import typer
 
 from hpo_astro.cli.application import app
 from hpo_astro.cli.options import DataOpt, StorageOpt, TableEpochsOpt, TableSeedOpt, TableWorkersOpt, WorkerThreadsOpt
-from hpo_astro.cli.output import console, fail
+from hpo_astro.cli.output import console, fail, injected_trainer
 from hpo_astro.cli.study import execute_study
 from hpo_astro.errors import UserError
 from hpo_astro.study.defaults import DEFAULT_STORAGE
@@ -18,6 +18,7 @@ from hpo_astro.study.defaults import DEFAULT_STORAGE
 
 @app.command("tabulate")
 def tabulate_command(
+    ctx: typer.Context,
     out: Annotated[str, typer.Option("--out", help="The table's name: its study is table/NAME in the store.")],
     space: Annotated[
         Path | None,
@@ -51,7 +52,8 @@ def tabulate_command(
     cfg = tabular.tabulate_config(
         space, out, storage, max_configs, data=data, max_epochs=max_epochs, seed=seed, workers=workers
     )
-    result = execute_study(cfg, threads, train=tabular.tabulate_train)
+    trainer = injected_trainer(ctx)
+    result = execute_study(cfg, threads, train=tabular.TabulateTrain(trainer) if trainer else tabular.tabulate_train)
     try:
         table = tabular.table_from_study(result.study, cfg.storage)
     except UserError as exc:  # configurations whose training failed: not the input's fault

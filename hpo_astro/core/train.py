@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -103,6 +103,24 @@ class TrainResult:
             "train_metrics": None if self.train_metrics is None else self.train_metrics.as_dict(),
             "val_metrics": self.val_metrics.as_dict(),
         }
+
+
+class TrainFn(Protocol):
+    """What a study calls to train a configuration: `train` below, or anything with its contract (a table's replay,
+    `hpo_astro.tabular.TableReplay`; a fast stand-in in the tests)."""
+
+    def __call__(
+        self,
+        params: Mapping[str, Any],
+        data: DataSplits,
+        *,
+        callbacks: Iterable[Callback],
+        max_epochs: int | None,
+        seed: int,
+        resume: Mapping[str, Any] | None,
+        device: str,
+        capture: bool,
+    ) -> TrainResult: ...
 
 
 def resolve_device(name: str = "auto") -> torch.device:

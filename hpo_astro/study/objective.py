@@ -18,17 +18,17 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 import torch
 
 from hpo_astro.core.space import DEFAULT_PARAMS
-from hpo_astro.core.train import Callback, TrainResult, TrainState
-from hpo_astro.core.train import train as default_train
+from hpo_astro.core.train import TrainFn, TrainState
+from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import write_fault
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
@@ -64,24 +64,6 @@ _UNREADABLE = (
     KeyError,
     optuna.artifacts.exceptions.ArtifactNotFound,
 )
-
-
-class TrainFn(Protocol):
-    """What the objective calls to train a configuration: `hpo_astro.core.train.train`, or a stand-in with its
-    contract."""
-
-    def __call__(
-        self,
-        params: Mapping[str, Any],
-        data: DataSplits,
-        *,
-        callbacks: Iterable[Callback],
-        max_epochs: int | None,
-        seed: int,
-        resume: Mapping[str, Any] | None,
-        device: str,
-        capture: bool,
-    ) -> TrainResult: ...
 
 
 class _SurplusTrial(Exception):
@@ -183,7 +165,7 @@ class Objective:
     target: int
     store: optuna.artifacts.FileSystemArtifactStore
     on_epoch: Callable[[int, TrainState], None] | None = None
-    train: TrainFn | None = None  # None: `default_train` (hpo_astro.core.train.train), looked up when a trial trains
+    train: TrainFn = train_configuration  # the trainer: `hpo_astro.core.train.train`, a table's replay, a stand-in
     current_trial_id: int | None = field(default=None, init=False)
     write_failure: str | None = field(default=None, init=False)  # set when a trial failed for want of disk
 
@@ -244,7 +226,7 @@ class Objective:
         checkpoint = ArtifactCheckpoint(trial, self.store, inherited, self.cfg.checkpoint_interval)
         reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve
         callbacks = [OptunaPruning(trial, self.cfg.metric, self.on_epoch, max(reported, default=0)), checkpoint]
-        fit = self.train or default_train
+        fit = self.train
         with process_interrupts.allowed():
             result = fit(
                 params,

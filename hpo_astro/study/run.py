@@ -20,7 +20,8 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.core.train import TrainState
+from hpo_astro.core.train import TrainFn, TrainState
+from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import write_fault
 from hpo_astro.samplers import AblationSampler
@@ -32,7 +33,7 @@ from hpo_astro.store.trials import FINISHED
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.create import create_or_resume, study_record
 from hpo_astro.study.interrupts import configure_logging, process_interrupts
-from hpo_astro.study.objective import Objective, TrainFn, checkpoint_prefix
+from hpo_astro.study.objective import Objective, checkpoint_prefix
 from hpo_astro.study.strategies import make_pruner, make_sampler
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -151,7 +152,7 @@ def _open(
     study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs["artifacts"]))
-    return study, target, Objective(cfg, data, target, store, on_epoch, train)
+    return study, target, Objective(cfg, data, target, store, on_epoch, train or train_configuration)
 
 
 class _Counts(NamedTuple):

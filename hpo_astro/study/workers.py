@@ -14,11 +14,11 @@ import sys
 
 import optuna
 
+from hpo_astro.core.train import TrainFn
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import open_existing_store
 from hpo_astro.study.config import StudyConfig
-from hpo_astro.study.objective import TrainFn
 from hpo_astro.study.run import RunEvents, RunResult, StudyFailed, run_study
 from hpo_astro.study.strategies import is_import_path
 

@@ -35,6 +35,7 @@ from hpo_astro.tabular.table import (
 from hpo_astro.tabular.tabulate import (
     DEFAULT_MAX_CONFIGS,
     NAME_PATTERN,
+    TabulateTrain,
     check_name,
     check_size,
     tabulate_config,
@@ -60,6 +61,7 @@ __all__ = [
     "Table",
     "TableReplay",
     "TableRow",
+    "TabulateTrain",
     "check_name",
     "check_size",
     "load_table",

@@ -6,17 +6,18 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpo_astro.core.metrics import Metrics
 from hpo_astro.core.space import SearchSpace
-from hpo_astro.core.train import TrainResult
+from hpo_astro.core.train import TrainFn, TrainResult
+from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import StudyRecord
 from hpo_astro.study.config import StudyConfig
-from hpo_astro.study.objective import TrainFn
 from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR
 from hpo_astro.tabular.validate import one_line
 
@@ -24,17 +25,22 @@ DEFAULT_MAX_CONFIGS = 10_000  # tabulate refuses larger spaces unless --max-conf
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def tabulate_train(params: Mapping[str, Any], data: DataSplits, **options: Any) -> TrainResult:
-    """The trainer of a `tabulate` study: train as `run` does (every keyword the objective passes goes through), then
-    evaluate the restored best weights on the test split once and record that on the trial (`test_metrics`). A
-    module-level function, so worker processes get it."""
-    from hpo_astro.study import objective
+@dataclass(frozen=True)
+class TabulateTrain:
+    """The trainer of a `tabulate` study: train as `run` does with `trainer` (every keyword the objective passes goes
+    through), then evaluate the restored best weights on the test split once and record that on the trial
+    (`test_metrics`). A picklable object (its trainer a module-level function), so worker processes get it."""
 
-    trainer = objective.default_train  # looked up now: the tests replace it by a fast stand-in
-    result = trainer(params, data, **options)
-    if result.stop_reason != "pruned":  # a pruned trial is not a row; nothing to test
-        result.extra_attrs[TEST_METRICS_ATTR] = test_metrics(result, data).as_dict()
-    return result
+    trainer: TrainFn = train_configuration
+
+    def __call__(self, params: Mapping[str, Any], data: DataSplits, **options: Any) -> TrainResult:
+        result = self.trainer(params, data, **options)
+        if result.stop_reason != "pruned":  # a pruned trial is not a row; nothing to test
+            result.extra_attrs[TEST_METRICS_ATTR] = test_metrics(result, data).as_dict()
+        return result
+
+
+tabulate_train = TabulateTrain()  # with the real trainer
 
 
 def test_metrics(result: TrainResult, data: DataSplits) -> Metrics:
@@ -47,9 +53,12 @@ def test_metrics(result: TrainResult, data: DataSplits) -> Metrics:
 test_metrics.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name
 
 
-def train_for_study(study_name: str) -> TrainFn | None:
-    """The trainer a worker joining `study_name` must use: `tabulate_train` for a table study, else the default."""
-    return tabulate_train if study_name.startswith(TABLE_PREFIX) else None
+def train_for_study(study_name: str, trainer: TrainFn | None = None) -> TrainFn | None:
+    """The trainer a worker joining `study_name` must use: `trainer` (None: the real one), wrapped by `TabulateTrain`
+    for a table study."""
+    if study_name.startswith(TABLE_PREFIX):
+        return TabulateTrain(trainer) if trainer is not None else tabulate_train
+    return trainer
 
 
 def check_name(name: str) -> str:
