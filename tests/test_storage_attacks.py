@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from hpo_astro.errors import UserError
 from hpo_astro.results import evaluate
 from hpo_astro.store import recovery as recovery_module
+from hpo_astro.store import sqlite_file as sqlite_file_module
 from hpo_astro.store import storage as storage_module
 from hpo_astro.store.recovery import fail_dead_trials, process_token
 from hpo_astro.store.storage import (
@@ -319,7 +320,7 @@ def test_concurrent_first_opens_of_a_new_store_all_succeed(
         def no_flock(fd: int, operation: int) -> None:
             raise OSError(38, "Function not implemented")
 
-        monkeypatch.setattr(storage_module.fcntl, "flock", no_flock)
+        monkeypatch.setattr(sqlite_file_module.fcntl, "flock", no_flock)
     context = multiprocessing.get_context("fork")  # the children inherit the patch
     n = 4
     for round_ in range(5):
@@ -499,7 +500,7 @@ def test_a_store_that_mode_ro_cannot_open_is_read_as_immutable(store: str, monke
             return real_connect(database, *args, factory=NoModeRo, **kwargs)  # type: ignore[misc]
         return real_connect(database, *args, **kwargs)  # type: ignore[misc]
 
-    monkeypatch.setattr(storage_module.sqlite3, "connect", connect)
+    monkeypatch.setattr(sqlite_file_module.sqlite3, "connect", connect)
     db = Path(store.removeprefix("sqlite:///"))
     before = _snapshot(db)
     with read_store(store) as storage:
