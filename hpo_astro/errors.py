@@ -1,13 +1,42 @@
-"""Errors the command line reports in one line: `UserError` (bad input, exit 2) and failed writes to the disk or the
-study store (`write_fault`, exit 1: the run can be resumed once there is space)."""
+"""The errors hpo-astro reports in one line, one hierarchy, each class with the exit code the command line ends with:
+
+* `UserError` (exit 2): bad input (a file, a URL, an option value); nothing was written.
+* `CannotWrite` (exit 1): the machine refused a write (disk full, quota, I/O error), not the input.
+* `StudyFailed` (exit 1): a study stopped (several trials failed in a row); `WriteFailed`: it stopped because a
+  checkpoint, the weights or the store could not be written, and re-running the same command resumes it.
+
+`write_fault` tells a failed write to the disk or the store from other errors."""
 
 from __future__ import annotations
 
 import errno
 
 
-class UserError(Exception):
+class HpoAstroError(Exception):
+    """An error reported in one line (the message as-is); the command line exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class UserError(HpoAstroError):
     """Bad input from the user (a file, a URL, an option value). The message is shown as-is, on one line."""
+
+    exit_code = 2
+
+
+class CannotWrite(UserError):
+    """The machine refused a write (disk full, quota, I/O error): not the user's input; exit code 1."""
+
+    exit_code = 1
+
+
+class StudyFailed(HpoAstroError):
+    """Several trials in a row failed: something is wrong beyond one configuration (a bug, the device)."""
+
+
+class WriteFailed(StudyFailed):
+    """A checkpoint, the best weights or the study store could not be written (disk full, quota, I/O error). Not the
+    configuration's fault: the run stops and the trial is re-queued, so re-running the same command resumes."""
 
 
 # errno values that mean "the disk, not the input": full, over quota, file too large, read-only, I/O error

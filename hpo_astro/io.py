@@ -15,13 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hpo_astro.errors import UserError, write_fault
-
-
-class CannotWrite(UserError):
-    """The machine refused a write (disk full, quota, I/O error): not the user's input; exit code 1."""
-
-    exit_code = 1
+from hpo_astro.errors import CannotWrite, UserError, write_fault
 
 
 def os_reason(exc: BaseException) -> str:

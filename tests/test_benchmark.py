@@ -552,8 +552,7 @@ def test_a_worker_processes_error_is_raised_again_as_itself(
     results: queue.Queue = queue.Queue()
     tasks.put((0, None))
     runner._child("unused", None, torch.get_num_threads(), tasks, results)  # type: ignore[arg-type]
-    kind, index, payload = results.get_nowait()
-    rebuilt = runner._rebuilt(*payload)
+    kind, index, rebuilt = results.get_nowait()
     assert kind == "error" and index == 0
     if error == "KeyError":
         assert type(rebuilt) is StudyFailed and "KeyError" in str(rebuilt)

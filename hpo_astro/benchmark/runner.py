@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import queue
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo_astro.benchmark.plan import Job
-from hpo_astro.errors import UserError
-from hpo_astro.io import CannotWrite
+from hpo_astro.errors import HpoAstroError, StudyFailed
 from hpo_astro.study.interrupts import process_interrupts
-from hpo_astro.study.run import StudyFailed, WriteFailed, run_study
+from hpo_astro.study.run import run_study
 
 if TYPE_CHECKING:
     import optuna
@@ -227,7 +224,7 @@ def _pool(
     workers: int,
     on_outcome: Callable[[Outcome], None] | None,
 ) -> list[Outcome]:
-    from hpo_astro.study.workers import threads_per_worker
+    from hpo_astro.study.workers import child_processes, threads_per_worker
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding store connections and threads
     tasks: multiprocessing.Queue = context.Queue()
@@ -243,47 +240,23 @@ def _pool(
     ]
     outcomes: list[Outcome | None] = [None] * len(jobs)
     remaining = len(jobs)
-    try:
-        with process_interrupts.installed():
-            for child in children:
-                child.start()
-            while remaining:
-                try:
-                    kind, index, payload = results.get(timeout=0.5)
-                except queue.Empty:
-                    if not any(child.is_alive() for child in children):
-                        raise StudyFailed("the benchmark's worker processes ended before their jobs") from None
-                    continue
-                if kind == "error":
-                    raise _rebuilt(*payload)
-                outcomes[index] = payload
-                remaining -= 1
-                if on_outcome:
-                    on_outcome(payload)
-    except BaseException:
+    with child_processes(children), process_interrupts.installed():
         for child in children:
-            if child.is_alive() and child.pid is not None:
-                os.kill(child.pid, signal.SIGTERM)  # each re-queues its running trial and exits
-        raise
-    finally:
-        for child in children:
-            if child.pid is not None:
-                child.join()
+            child.start()
+        while remaining:
+            try:
+                kind, index, payload = results.get(timeout=0.5)
+            except queue.Empty:
+                if not any(child.is_alive() for child in children):
+                    raise StudyFailed("the benchmark's worker processes ended before their jobs") from None
+                continue
+            if kind == "error":
+                raise payload  # the worker's own error: its class, so its exit code, kept
+            outcomes[index] = payload
+            remaining -= 1
+            if on_outcome:
+                on_outcome(payload)
     return [o for o in outcomes if o is not None]
-
-
-# The errors a worker reports by name and the parent raises again as themselves (so CannotWrite, a full disk, keeps
-# its exit code 1 and UserError its 2); anything else is a bug in the worker.
-_KNOWN_ERRORS: dict[str, type[Exception]] = {
-    cls.__name__: cls for cls in (UserError, CannotWrite, StudyFailed, WriteFailed)
-}
-
-
-def _rebuilt(kind: str, message: str) -> Exception:
-    """A worker's error, raised again in the parent with its meaning (its class, so its exit code) kept."""
-    if kind in _KNOWN_ERRORS:
-        return _KNOWN_ERRORS[kind](message)
-    return StudyFailed(f"a benchmark worker failed: {kind}: {message}")
 
 
 def _child(
@@ -301,14 +274,16 @@ def _child(
                 index, job = item
                 try:
                     results.put(("ok", index, runner.run(job)))
-                except (UserError, StudyFailed) as exc:
-                    results.put(("error", index, (type(exc).__name__, str(exc))))
+                except HpoAstroError as exc:  # a one-line error: the parent raises it again as it is
+                    results.put(("error", index, type(exc)(str(exc))))
                     return
                 except Exception as exc:  # a bug: the parent says so in one line, the traceback stays here
                     import traceback
 
                     traceback.print_exc()
-                    results.put(("error", index, (type(exc).__name__, str(exc))))
+                    results.put(
+                        ("error", index, StudyFailed(f"a benchmark worker failed: {type(exc).__name__}: {exc}"))
+                    )
                     return
     except KeyboardInterrupt:
         sys.exit(130)

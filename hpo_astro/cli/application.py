@@ -38,7 +38,7 @@ class _Group(TyperGroup):
         except typer.Exit:  # a command that has said its one line already (Click's Exit is a RuntimeError)
             raise
         except UserError as exc:  # bad input: exit 2; a write the machine refused (CannotWrite): exit 1
-            fail(str(exc), code=getattr(exc, "exit_code", 2))
+            fail(str(exc), code=exc.exit_code)
         except _UsageError as exc:
             if getattr(exc, "ctx", None):
                 command = exc.ctx.command_path

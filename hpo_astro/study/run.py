@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_astro.core.train import TrainFn, TrainState
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
-from hpo_astro.errors import write_fault
+from hpo_astro.errors import StudyFailed, WriteFailed, write_fault
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
@@ -38,15 +38,6 @@ from hpo_astro.study.strategies import make_pruner, make_sampler
 
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_SECONDS = 1.0
-
-
-class StudyFailed(Exception):
-    """Several trials in a row failed: something is wrong beyond one configuration (a bug, the device)."""
-
-
-class WriteFailed(StudyFailed):
-    """A checkpoint, the best weights or the study store could not be written (disk full, quota, I/O error). Not the
-    configuration's fault: the run stops and the trial is re-queued, so re-running the same command resumes."""
 
 
 @dataclass

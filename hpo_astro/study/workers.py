@@ -6,11 +6,13 @@ Every worker runs the same `run_study` loop against the shared store; the store 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 import optuna
 
@@ -76,7 +78,7 @@ def run_workers(
     # The study is created here first (see _FirstTrialGate), so children never race on a half-made study.
     context = multiprocessing.get_context("spawn")
     children: list[multiprocessing.process.BaseProcess] = []
-    try:
+    with child_processes(children):
         first = _FirstTrialGate(events)
         for worker in range(1, cfg.workers):
             child = context.Process(
@@ -86,19 +88,31 @@ def run_workers(
             )
             children.append(child)
         first.children = children
-        return run_study(placed(cfg, 0, pool), first.events(), train)
+        result = run_study(placed(cfg, 0, pool), first.events(), train)
+    failed = [c.name for c in children if c.exitcode not in (0, None, 130, -signal.SIGTERM)]
+    if failed:
+        raise StudyFailed(f"worker process(es) {', '.join(failed)} failed; see their messages above")
+    return result
+
+
+@contextlib.contextmanager
+def child_processes(
+    children: list[multiprocessing.process.BaseProcess],
+) -> Iterator[list[multiprocessing.process.BaseProcess]]:
+    """Worker processes stopped and waited for however the block ends: on any error (Ctrl-C and SIGTERM included)
+    each live child is sent SIGTERM (it checkpoints and re-queues its running trial), then every started child is
+    joined. The one pool pattern of `run_workers` and the benchmark's runner."""
+    try:
+        yield children
     except BaseException:
         for child in children:
-            if child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)  # children checkpoint and re-queue their trials
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
         raise
     finally:
         for child in children:
             if child.pid is not None:
                 child.join()
-        failed = [c.name for c in children if c.exitcode not in (0, None, 130, -signal.SIGTERM)]
-        if failed and sys.exc_info()[0] is None:
-            raise StudyFailed(f"worker process(es) {', '.join(failed)} failed; see their messages above")
 
 
 class _FirstTrialGate:
