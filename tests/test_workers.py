@@ -343,3 +343,24 @@ def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path, monke
     missing = invoke("worker", "--study", "nope", "--storage", store)
     assert_refused(missing, "no study named 'nope'")
     assert_refused(invoke("storage-proxy", "--storage", "not a url"), "malformed storage URL")
+
+
+def _print_marker(marker: str, parent: None) -> None:
+    print(f"{marker} {os.environ.get('HPO_ASTRO_MARKER')}", file=sys.stderr, flush=True)
+
+
+def test_a_worker_writes_to_the_parents_current_output_with_its_current_environment(
+    capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers start from a fork server (started once, by an earlier test, with other output and variables): each
+    takes its parent's output and environment as they are when it starts, so its messages reach the user (here the
+    capture) and its cache is the one set now."""
+    from hpo_astro.study.workers import ParentContext, worker_context
+
+    for round_ in (1, 2):
+        monkeypatch.setenv("HPO_ASTRO_MARKER", f"set-for-round-{round_}")
+        child = worker_context().Process(target=_print_marker, args=(f"marker-{round_}", ParentContext()))
+        child.start()
+        child.join()
+        assert child.exitcode == 0
+        assert f"marker-{round_} set-for-round-{round_}" in capfd.readouterr().err

@@ -224,9 +224,9 @@ def _pool(
     workers: int,
     on_outcome: Callable[[Outcome], None] | None,
 ) -> list[Outcome]:
-    from hpo_astro.study.workers import child_processes, threads_per_worker
+    from hpo_astro.study.workers import ParentContext, child_processes, threads_per_worker, worker_context
 
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding store connections and threads
+    context = worker_context()  # never a fork of this process, which holds store connections and threads
     tasks: multiprocessing.Queue = context.Queue()
     results: multiprocessing.Queue = context.Queue()
     for index, job in enumerate(jobs):
@@ -235,7 +235,9 @@ def _pool(
         tasks.put(None)
     threads = threads_per_worker(workers)
     children = [
-        context.Process(target=_child, args=(url, source, threads, tasks, results), name=f"hpo-astro-bench-{i}")
+        context.Process(
+            target=_child, args=(url, source, threads, tasks, results, ParentContext()), name=f"hpo-astro-bench-{i}"
+        )
         for i in range(workers)
     ]
     outcomes: list[Outcome | None] = [None] * len(jobs)
@@ -260,7 +262,12 @@ def _pool(
 
 
 def _child(
-    url: str, source: Source, threads: int, tasks: multiprocessing.Queue, results: multiprocessing.Queue
+    url: str,
+    source: Source,
+    threads: int,
+    tasks: multiprocessing.Queue,
+    results: multiprocessing.Queue,
+    parent: None = None,  # a ParentContext, adopted as it was unpickled
 ) -> None:
     import sys
 
