@@ -2,4 +2,5 @@
 
 from hpo_astro.cli import main
 
-main()
+if __name__ == "__main__":  # not when a worker process imports its parent's main module
+    main()
