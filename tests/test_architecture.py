@@ -199,3 +199,58 @@ def test_the_readme_layout_and_the_architecture_page_match_the_tree() -> None:
     assert all(
         f"`{room}/`" in page or f"`{room}.py`" in page for rooms in LAYERS[1:] for room in rooms if room != "__main__"
     )
+
+
+_SETTERS = {"set_user_attr", "set_system_attr", "set_trial_user_attr", "set_trial_system_attr"}
+_SETTERS |= {"set_study_user_attr", "set_study_system_attr"}
+_ATTRS = {"user_attrs", "system_attrs"}
+_HOME = {"store/record.py", "samplers/ablation_plan.py"}  # the keys' one definition (the sampler's own, standalone)
+
+
+def _string(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _key_literals(tree: ast.AST) -> list[tuple[int, str]]:
+    """Store keys spelled as string literals: `x.set_user_attr("key", ...)`, `x.user_attrs["key"]`,
+    `x.user_attrs.get("key")` (and the system and storage-level forms)."""
+    found: list[tuple[int, str | None]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            name, args, owner = node.func.attr, node.args, node.func.value
+            if name in _SETTERS:
+                storage_level = name.startswith(("set_trial_", "set_study_")) and len(args) > 1
+                found.append((node.lineno, _string(args[1] if storage_level else args[0])))
+            elif name == "get" and isinstance(owner, ast.Attribute) and owner.attr in _ATTRS:
+                found.append((node.lineno, _string(args[0])))
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr in _ATTRS:
+            found.append((node.lineno, _string(node.slice)))
+    return [(line, key) for line, key in found if key is not None]
+
+
+OPTUNA_KEYS = {"retry_history", "failed_trial", "fixed_params"}  # Optuna's own trial system attributes
+
+
+def test_every_store_key_is_spelled_once() -> None:
+    """Each attribute key the package stores is a constant in `store/record.py` (the ablation sampler's in its plan
+    module): nowhere else is a key written as a string where a study or trial attribute is set or read."""
+    literals = [
+        f"{path.relative_to(PACKAGE)}:{line} {key!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).as_posix() not in _HOME
+        for line, key in _key_literals(ast.parse(path.read_text()))
+        if key not in OPTUNA_KEYS
+    ]
+    assert literals == []
+    probe = ast.parse('t.set_user_attr("a", 1)\ns.storage.set_trial_system_attr(i, "b", 2)\nt.user_attrs.get("c")\n')
+    assert [k for _, k in _key_literals(probe)] == ["a", "b", "c"]  # the check sees each form
+
+
+def test_the_record_keys_name_record_fields() -> None:
+    import dataclasses
+
+    from hpo_astro.store import record
+
+    fields = {f.name for f in dataclasses.fields(record.StudyRecord)}
+    keys = {record.STRATEGY_KEY, record.N_TRIALS_KEY, record.FINGERPRINT_KEY, record.ARTIFACTS_KEY, record.VERSION_KEY}
+    assert keys <= fields and set(record.IDENTITY) <= fields

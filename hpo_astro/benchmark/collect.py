@@ -18,9 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.benchmark.plan import BenchmarkSpec, Job
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import PARAMS_FULL_ATTR, WALL_TIME_ATTR
+from hpo_astro.store.record import FINGERPRINT_KEY, PARAMS_FULL_ATTR, TEST_METRICS_ATTR, WALL_TIME_ATTR
 from hpo_astro.store.trials import FINISHED, better
-from hpo_astro.tabular import TEST_METRICS_ATTR
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def collect(
                 trials=trials,
                 best_trial=best.number if best is not None else None,
                 best_test=best_test,
-                fingerprint=str(study.user_attrs.get("data_fingerprint", "")),
+                fingerprint=str(study.user_attrs.get(FINGERPRINT_KEY, "")),
             )
         )
     return runs

@@ -28,7 +28,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import BEST_WEIGHTS_ATTR, PARAMS_FULL_ATTR, TRAIN_SEED_ATTR, VAL_METRICS_ATTR, StudyRecord
+from hpo_astro.store.record import (
+    BEST_WEIGHTS_ATTR,
+    CACHE_ATTR,
+    PARAMS_FULL_ATTR,
+    TRAIN_SEED_ATTR,
+    VAL_METRICS_ATTR,
+    StudyRecord,
+)
 from hpo_astro.store.storage import close_store, writable_store
 
 if TYPE_CHECKING:
@@ -36,7 +43,6 @@ if TYPE_CHECKING:
 
     from hpo_astro.data.prepare import DataSplits, PrepConfig
 
-CACHE_ATTR = "compare_cache"
 CACHE_VERSION = 1  # bump when the evaluation changes, so stale cached numbers are recomputed
 SPLITS = ("train", "val", "test")
 Events = Callable[[str], None]  # where progress and warnings go (the CLI prints them on stderr)

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo_astro.errors import UserError
+from hpo_astro.store.record import N_TRIALS_KEY, STRATEGY_KEY
 from hpo_astro.store.storage import read_store, store_file
 
 
@@ -50,9 +51,9 @@ def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]
             out.append(
                 StudyStatus(
                     name=study_name,
-                    strategy=_shown(study.user_attrs.get("strategy"), str, "?"),
+                    strategy=_shown(study.user_attrs.get(STRATEGY_KEY), str, "?"),
                     direction=study.direction.name.lower(),
-                    target=_shown(study.user_attrs.get("n_trials"), int, None),
+                    target=_shown(study.user_attrs.get(N_TRIALS_KEY), int, None),
                     counts={k: v for k, v in counts.items() if v},
                     best_value=best.value if best else None,
                     best_params=best.params if best else None,

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
+# Record fields read on their own (a study's record is one user attribute per `StudyRecord` field).
+STRATEGY_KEY, N_TRIALS_KEY, FINGERPRINT_KEY, ARTIFACTS_KEY = "strategy", "n_trials", "data_fingerprint", "artifacts"
 # Fields that must agree when a run resumes a stored study.
 IDENTITY = ("strategy", "space", "objective", "data_fingerprint")
 
@@ -45,8 +47,22 @@ CURVE_PREFIX = "curve_"
 CURVE_DIGITS = 4
 HISTORY_ATTR = "history"  # studies made by earlier versions: the exact history in this one user attribute
 WALL_TIME_ATTR = "wall_time"  # seconds its training took (a replayed trial: the recorded training time)
-# Study user attribute: where the best trial's weights are, {"trial", "artifact_id", "value"}.
+BEST_EPOCH_ATTR = "best_epoch"  # the epoch whose weights the trial kept (lowest validation loss)
+STOP_REASON_ATTR = "stop_reason"  # max_epochs, early_stopping, diverged, pruned
+N_PARAMS_ATTR = "n_params"  # the model's trainable parameters
+DEVICE_ATTR = "device"  # where it trained
+TEST_METRICS_ATTR = "test_metrics"  # the best weights' metrics on the test split (tabulate and replayed trials only)
+TABLE_ATTR = "table"  # the table that answered a replayed trial
+# While a trial runs: who runs it, and where its last checkpoint is (retries inherit both, see store.recovery).
+WORKER_ATTR = "worker"  # "{hostname}:{pid}" of the process running it
+WORKER_START_ATTR = "worker_start"  # recovery.process_token() of that process, so a reused pid is told apart
+CHECKPOINT_ATTR = "checkpoint"  # {"artifact_id", "epoch"} while resumable; {"epoch", "deleted": true} once it ended
+RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial continued after
+
+# Study user attributes besides the record: where the best trial's weights are, {"trial", "artifact_id", "value"};
+# the best trials' evaluations, kept by `hpo_astro.results.evaluate`.
 BEST_WEIGHTS_ATTR = "best_weights"
+CACHE_ATTR = "compare_cache"
 
 
 class RunSettings(Protocol):

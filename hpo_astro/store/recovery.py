@@ -18,11 +18,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
+from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR, WORKER_ATTR, WORKER_START_ATTR
 
 MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
-WORKER_ATTR = "worker"  # trial user attr "{hostname}:{pid}" of the process running it (set by the objective)
-WORKER_START_ATTR = "worker_start"  # trial user attr: process_token() of that process, so a reused pid is told apart
 
 
 class _Retry(optuna.storages.RetryHeartbeatStaleTrialCallback):

@@ -33,17 +33,25 @@ from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import write_fault
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.store.record import (
+    BEST_EPOCH_ATTR,
     BEST_WEIGHTS_ATTR,
+    CHECKPOINT_ATTR,
+    DEVICE_ATTR,
     FAIL_REASON_ATTR,
     HISTORY_SYSTEM_ATTR,
+    N_PARAMS_ATTR,
     PARAMS_FULL_ATTR,
+    RESUMED_FROM_EPOCH_ATTR,
+    STOP_REASON_ATTR,
     SURPLUS_ATTR,
     TRAIN_SEED_ATTR,
     VAL_METRICS_ATTR,
     WALL_TIME_ATTR,
+    WORKER_ATTR,
+    WORKER_START_ATTR,
     curve_attrs,
 )
-from hpo_astro.store.recovery import WORKER_ATTR, WORKER_START_ATTR, process_token
+from hpo_astro.store.recovery import process_token
 from hpo_astro.store.trials import HOLDING, better, maximizes
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.interrupts import process_interrupts
@@ -52,7 +60,6 @@ from hpo_astro.study.interrupts import process_interrupts
 # Trial user attr: {"artifact_id", "epoch"} of the trial's last checkpoint while it can still be resumed from it
 # (running, or interrupted and re-queued); once the trial has ended the file is deleted and the pointer becomes
 # {"epoch", "deleted": true} (Optuna cannot remove an attribute).
-CHECKPOINT_ATTR = "checkpoint"
 # A checkpoint that is gone or was cut short: FileNotFoundError and the like (OSError, ArtifactNotFound), an empty file
 # (EOFError), a truncated zip (RuntimeError), bytes that are not a checkpoint (KeyError, UnpicklingError), or a
 # pointer without its artifact id (KeyError).
@@ -240,11 +247,11 @@ class Objective:
             )
         record_curves(trial, result.history)  # the whole run: the last checkpoint may be epochs behind
         for key, value in {
-            "best_epoch": result.best_epoch,
-            "stop_reason": result.stop_reason,
+            BEST_EPOCH_ATTR: result.best_epoch,
+            STOP_REASON_ATTR: result.stop_reason,
             WALL_TIME_ATTR: result.wall_time,
-            "n_params": result.n_params,
-            "device": result.device,
+            N_PARAMS_ATTR: result.n_params,
+            DEVICE_ATTR: result.device,
             TRAIN_SEED_ATTR: result.seed,
             VAL_METRICS_ATTR: result.val_metrics.as_dict(),
             **result.extra_attrs,
@@ -272,7 +279,7 @@ class Objective:
             return None, None
         if dict(checkpoint.get("params", {})) != params:
             return None, pointer["artifact_id"]
-        trial.set_user_attr("resumed_from_epoch", int(pointer["epoch"]))
+        trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, int(pointer["epoch"]))
         return checkpoint, pointer["artifact_id"]
 
     def _keep_if_best(self, trial: optuna.Trial, value: float, model: torch.nn.Module) -> None:

@@ -26,7 +26,7 @@ from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import StudyFailed, WriteFailed, write_fault
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
-from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
+from hpo_astro.store.record import ARTIFACTS_KEY, FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
 from hpo_astro.store.recovery import fail_dead_trials, retry_callback
 from hpo_astro.store.storage import artifact_store, open_storage
 from hpo_astro.store.trials import FINISHED
@@ -142,7 +142,7 @@ def _open(
         storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
     study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
     target = target_trials(cfg, sampler)
-    store = artifact_store(Path(study.user_attrs["artifacts"]))
+    store = artifact_store(Path(study.user_attrs[ARTIFACTS_KEY]))
     return study, target, Objective(cfg, data, target, store, on_epoch, train or train_configuration)
 
 
@@ -228,5 +228,5 @@ def _remove_orphan_checkpoints(study: optuna.Study) -> None:
     removing the old one leaves one behind). Only when no trial of the study is running or queued."""
     if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         return
-    for path in Path(study.user_attrs["artifacts"]).glob(f"{checkpoint_prefix(study)}*"):
+    for path in Path(study.user_attrs[ARTIFACTS_KEY]).glob(f"{checkpoint_prefix(study)}*"):
         path.unlink(missing_ok=True)

@@ -20,8 +20,9 @@ Modules, one job each:
 The names other modules use are re-exported here: `from hpo_astro.tabular import X`.
 """
 
+from hpo_astro.store.record import TABLE_ATTR, TEST_METRICS_ATTR
 from hpo_astro.tabular.load import load_table, shipped_tables, table_from_store, table_from_study
-from hpo_astro.tabular.replay import TABLE_ATTR, TableReplay
+from hpo_astro.tabular.replay import TableReplay
 from hpo_astro.tabular.row import EPOCH_FIELDS, METRIC_FIELDS, TableRow
 from hpo_astro.tabular.table import (
     MAX_TABLE_BYTES,
@@ -29,7 +30,6 @@ from hpo_astro.tabular.table import (
     TABLE_FORMAT,
     TABLE_PREFIX,
     TABLE_VERSION,
-    TEST_METRICS_ATTR,
     Table,
 )
 from hpo_astro.tabular.tabulate import (

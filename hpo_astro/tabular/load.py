@@ -10,14 +10,19 @@ from typing import Any
 
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import (
+    BEST_EPOCH_ATTR,
+    FAIL_REASON_ATTR,
     PARAMS_FULL_ATTR,
+    RESUMED_FROM_EPOCH_ATTR,
+    STOP_REASON_ATTR,
+    TEST_METRICS_ATTR,
     VAL_METRICS_ATTR,
     WALL_TIME_ATTR,
     StudyRecord,
     trial_history,
 )
 from hpo_astro.tabular.row import EPOCH_FIELDS, Malformed, TableRow, json_int, row_from_json
-from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR, Table, space_key
+from hpo_astro.tabular.table import TABLE_PREFIX, Table, space_key
 from hpo_astro.tabular.validate import check_space, one_line
 
 
@@ -102,7 +107,7 @@ def table_from_study(study: Any, storage: str) -> Table:
         rows: dict[tuple[int, ...], TableRow] = {}
         untested = failed = 0
         for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-            if trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs:
+            if trial.state == TrialState.FAIL and FAIL_REASON_ATTR in trial.user_attrs:
                 failed += 1
             if trial.state != TrialState.COMPLETE:
                 continue
@@ -164,15 +169,15 @@ def _row_from_trial(trial: Any) -> TableRow:
         if absent:
             raise Malformed(f"{where}: epoch {i + 1} of its history lacks {', '.join(absent)}")
         epochs.append([epoch[f] for f in EPOCH_FIELDS])
-    absent = [a for a in (PARAMS_FULL_ATTR, "best_epoch", "stop_reason", VAL_METRICS_ATTR) if a not in attrs]
+    absent = [a for a in (PARAMS_FULL_ATTR, BEST_EPOCH_ATTR, STOP_REASON_ATTR, VAL_METRICS_ATTR) if a not in attrs]
     if absent:
         raise Malformed(f"{where} lacks the attribute(s) {', '.join(absent)}")
     row = row_from_json(
         {
             "params": attrs[PARAMS_FULL_ATTR],
             "history": epochs,
-            "best_epoch": attrs["best_epoch"],
-            "stop_reason": attrs["stop_reason"],
+            "best_epoch": attrs[BEST_EPOCH_ATTR],
+            "stop_reason": attrs[STOP_REASON_ATTR],
             "val_metrics": attrs[VAL_METRICS_ATTR],
             "test_metrics": attrs[TEST_METRICS_ATTR],
             "wall_time": attrs.get(WALL_TIME_ATTR, 0.0),
@@ -180,7 +185,7 @@ def _row_from_trial(trial: Any) -> TableRow:
         where,
     )
     # A retried trial's wall time is its own run's; the epochs it inherited were paid for by the interrupted one.
-    inherited = json_int(attrs.get("resumed_from_epoch", 0), f"{where}.resumed_from_epoch")
+    inherited = json_int(attrs.get(RESUMED_FROM_EPOCH_ATTR, 0), f"{where}.{RESUMED_FROM_EPOCH_ATTR}")
     if not 0 <= inherited <= len(row.history):
         raise Malformed(f"{where}: resumed_from_epoch {inherited} is outside its {len(row.history)} epochs")
     return dataclasses.replace(row, wall_time=row.wall_time + sum(h.seconds for h in row.history[:inherited]))

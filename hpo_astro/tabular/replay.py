@@ -13,10 +13,9 @@ from hpo_astro.core.epochs import Callback, EpochLoop
 from hpo_astro.core.metrics import Metrics
 from hpo_astro.core.train import TrainResult
 from hpo_astro.data.prepare import DataSplits
+from hpo_astro.store.record import TABLE_ATTR, TEST_METRICS_ATTR
 from hpo_astro.tabular.row import REQUIRED_METRICS, TableRow
-from hpo_astro.tabular.table import TEST_METRICS_ATTR, Table
-
-TABLE_ATTR = "table"  # trial user attr of a replayed trial: the table that answered it
+from hpo_astro.tabular.table import Table
 
 
 class TableReplay:

@@ -48,7 +48,6 @@ from hpo_astro.tabular.validate import (
 TABLE_FORMAT = "hpo-astro-table"
 TABLE_VERSION = 1
 TABLE_PREFIX = "table/"  # a tabulate study is named table/<NAME>
-TEST_METRICS_ATTR = "test_metrics"  # trial user attr: the best weights' metrics on the test split (tabulate only)
 # A table file's budget, decompressed: bytes, and JSON values (what parsing costs: an empty list is ~60 bytes of
 # memory for 3 bytes of file). A table spends ~240 bytes and ~15 values an epoch: both allow ~270,000 epochs (e.g.
 # 2,700 configurations of 100 epochs), and parsing a hostile file within them stays under ~0.5 GB.

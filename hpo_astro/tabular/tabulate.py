@@ -16,9 +16,9 @@ from hpo_astro.core.train import TrainFn, TrainResult
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import StudyRecord
+from hpo_astro.store.record import TEST_METRICS_ATTR, StudyRecord
 from hpo_astro.study.config import StudyConfig
-from hpo_astro.tabular.table import TABLE_PREFIX, TEST_METRICS_ATTR
+from hpo_astro.tabular.table import TABLE_PREFIX
 from hpo_astro.tabular.validate import one_line
 
 DEFAULT_MAX_CONFIGS = 10_000  # tabulate refuses larger spaces unless --max-configs says otherwise
