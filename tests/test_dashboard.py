@@ -169,15 +169,8 @@ def test_pruned_and_failed_trials_point_at_no_deleted_checkpoint(
     tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     space = SearchSpace.from_dict(SMALL_SPACE)
-    pruned_cfg = study_config(
-        tmp_path,
-        small_file,
-        storage=store_url(tmp_path),
-        study="pruned",
-        n_trials=2,
-        space=space,
-        checkpoint_interval=0,
-    )
+    two_trials = {"storage": store_url(tmp_path), "n_trials": 2, "space": space, "checkpoint_interval": 0}
+    pruned_cfg = study_config(tmp_path, small_file, study="pruned", **two_trials)
     with monkeypatch.context() as patch:  # a pruner that prunes every trial after its first epoch
         patch.setattr(run_module, "make_pruner", lambda cfg: optuna.pruners.ThresholdPruner(lower=2.0))
         run_study(pruned_cfg, train=fake_train)
@@ -189,15 +182,7 @@ def test_pruned_and_failed_trials_point_at_no_deleted_checkpoint(
     def failing_train(*args: Any, callbacks: Any = (), **kwargs: Any) -> Any:
         return fake_train(*args, callbacks=[*callbacks, Fails()], **kwargs)
 
-    failed_cfg = study_config(
-        tmp_path,
-        small_file,
-        storage=store_url(tmp_path),
-        study="failed",
-        n_trials=2,
-        space=space,
-        checkpoint_interval=0,
-    )
+    failed_cfg = study_config(tmp_path, small_file, study="failed", **two_trials)
     with pytest.raises(StudyFailed):
         run_study(failed_cfg, train=failing_train)
     pages = crawl_dashboard(pruned_cfg.storage, monkeypatch)
