@@ -84,14 +84,23 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+def _arrows() -> list[tuple[str, Path, str, str | None, int]]:
+    """(importing module, its file, module imported, name taken or None, line) for every import of the package."""
+    modules = _modules()
+    return [
+        (name, path, _target(modules, imported, taken), taken, line)
+        for name, path in modules.items()
+        for imported, taken, line in _imports(path, name)
+    ]
+
+
 def test_every_import_goes_down_the_layers() -> None:
     modules = _modules()
-    upward = []
-    for name, path in modules.items():
-        for imported, taken, line in _imports(path, name):
-            target = _target(modules, imported, taken)
-            if target in modules and _layer(target) > _layer(name):
-                upward.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
+    upward = [
+        f"{path.relative_to(PACKAGE)}:{line} imports {target}"
+        for name, path, target, _, line in _arrows()
+        if target in modules and _layer(target) > _layer(name)
+    ]
     assert not upward, "imports that go up the layers:\n" + "\n".join(upward)
 
 
@@ -133,16 +142,19 @@ def test_no_import_circles() -> None:
 def test_no_private_name_is_imported_from_another_room() -> None:
     modules = _modules()
     private = []
-    for name, path in modules.items():
-        for imported, taken, line in _imports(path, name):
-            target = _target(modules, imported, taken)
-            if _room(target) == _room(name):
-                continue
-            names = [p for p in target.split(".")[1:] if p.startswith("_") and p != "__init__"]
-            if taken is not None and target == imported and taken.startswith("_") and taken != "__version__":
-                names.append(taken)
-            if names:
-                private.append(f"{path.relative_to(PACKAGE)}:{line} takes {', '.join(names)} from {target}")
+    for name, path, target, taken, line in _arrows():
+        if _room(target) == _room(name):
+            continue
+        names = [p for p in target.split(".")[1:] if p.startswith("_") and p != "__init__"]
+        if (
+            taken is not None
+            and f"{target}.{taken}" not in modules
+            and taken.startswith("_")
+            and taken != "__version__"
+        ):
+            names.append(taken)
+        if names:
+            private.append(f"{path.relative_to(PACKAGE)}:{line} takes {', '.join(names)} from {target}")
     assert not private, "private names used across packages:\n" + "\n".join(private)
 
 
