@@ -39,10 +39,10 @@ FAST_SPACE = {
 }
 
 
-def _toml(path: Path, **values: object) -> Path:
+def _toml(path: Path, space: dict[str, list] | None = None, **values: object) -> Path:
     lines = [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
     lines.append("[space]")
-    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in FAST_SPACE.items()]
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in {**FAST_SPACE, **(space or {})}.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -171,10 +171,14 @@ def test_sigterm_checkpoints_and_requeues(tmp_path: Path, small_file: Path) -> N
     db = tmp_path / "term.db"
     config = _toml(
         tmp_path / "term.toml",
+        # One long trial (no early stop before epoch 12), so the signal cannot land between two trials: a short
+        # one can end between the moment its first checkpoint is seen and the moment the signal arrives (an epoch here
+        # takes about 0.3 s: eleven of them left are seconds of margin against a poll of 0.1 s).
+        space={"early_stop_patience": [12], "t_max": [12]},
         strategy="random",
         study="term",
-        n_trials=2,
-        max_epochs=4,
+        n_trials=1,
+        max_epochs=12,
         storage=f"sqlite:///{db}",
         data=str(small_file),
         seed=1,
@@ -201,7 +205,7 @@ def test_sigterm_checkpoints_and_requeues(tmp_path: Path, small_file: Path) -> N
     study = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
     retry = [t for t in study.trials if t.system_attrs.get("retry_history")]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].user_attrs["resumed_from_epoch"] >= 1
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
 
 
 def _wait_for_other_workers(study: optuna.Study, n: int, timeout: float = 180.0) -> None:
