@@ -59,6 +59,13 @@ def write_fault(exc: BaseException) -> str | None:
     return None
 
 
-def one_line(exc: BaseException) -> str:
-    """An error's whole message on one line; for a database error wrapped by SQLAlchemy, the driver's own."""
-    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+def one_line(message: str | BaseException) -> str:
+    """A message, or an error's whole message, on one line, whatever the values quoted in it; for a database error
+    wrapped by SQLAlchemy, the driver's own."""
+    return " ".join(str(getattr(message, "orig", None) or message).split())
+
+
+def described(exc: BaseException) -> str:
+    """`ErrorClass: message`: how a failure someone else's code raised is reported (a trial's fail_reason, a sampler
+    class that failed to import or construct, a plot Optuna refused)."""
+    return f"{type(exc).__name__}: {exc}"

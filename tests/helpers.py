@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner, Result
 
-from hpo_astro.cli import app
+from hpo_astro.cli import main
 from hpo_astro.core.metrics import Metrics
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import Callback, EpochMetrics, TrainResult, TrainState
@@ -79,10 +80,25 @@ TRAINER: Any = None
 
 
 def invoke(*args: object, train: Any = None) -> Result:
-    """Run `hpo-astro ARGS...` in-process; every argument is passed as a string. `train` (else `TRAINER`) replaces the
-    trainer of the trials the command runs."""
+    """Run `hpo-astro ARGS...` in-process, through the console script's `main` (its error boundary included), with
+    standard input, output and error captured; every argument is passed as a string. `train` (else `TRAINER`)
+    replaces the trainer of the trials the command runs. An exception `main` lets through is the result's
+    `exception` (exit code 1), as with Click's test runner."""
     trainer = train or TRAINER
-    return runner.invoke(app, [str(a) for a in args], obj={"train": trainer} if trainer else None)
+    exception: BaseException | None = None
+    exc_info = None
+    with runner.isolation() as (stdout, stderr, output):
+        try:
+            exit_code = main([str(a) for a in args], prog_name="hpo-astro", obj={"train": trainer} if trainer else None)
+        except Exception as exc:
+            exception, exc_info, exit_code = exc, sys.exc_info(), 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        captured = stdout.getvalue(), stderr.getvalue(), output.getvalue()
+    if exit_code and exception is None:
+        exception = SystemExit(exit_code)
+    return Result(runner, *captured, return_value=None, exit_code=exit_code, exception=exception, exc_info=exc_info)
 
 
 def assert_refused(result: Result, message: str | re.Pattern[str]) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy
+from ablation_objective import objective, worker
 from helpers import patience
 from optuna.trial import TrialState
 
@@ -24,17 +25,6 @@ from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import CONFIG_KEY, EXHAUSTED_KEY, SLOT_KEY
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-
-def _score(params: dict) -> float:
-    """A deterministic stand-in for validation accuracy: prefers the *last* value of every hyperparameter."""
-    return sum(PAPER_SPACE[n].index(v) / len(PAPER_SPACE[n]) for n, v in params.items())
-
-
-def _objective(trial: optuna.Trial) -> float:
-    if trial.study._storage.get_trial_system_attrs(trial._trial_id).get(EXHAUSTED_KEY):
-        raise RuntimeError("surplus")  # what hpo_astro's objective does: nothing left to evaluate
-    return _score({n: trial.suggest_categorical(n, list(v)) for n, v in PAPER_SPACE.items()})
 
 
 def _expected_perturbations(baseline: dict) -> Counter:
@@ -51,7 +41,7 @@ def test_the_paper_space_gives_exactly_47_perturbations_then_stops() -> None:
     sampler = AblationSampler(PAPER_SPACE, baseline=DEFAULT_PARAMS)
     assert sampler.n_slots == 47
     study = optuna.create_study(sampler=sampler, direction="maximize")
-    study.optimize(_objective, n_trials=100)  # stops by itself
+    study.optimize(objective, n_trials=100)  # stops by itself
     assert len(study.trials) == 47
     configs = _complete_configs(study)
     assert configs == _expected_perturbations(DEFAULT_PARAMS)
@@ -73,11 +63,11 @@ def test_baseline_is_drawn_with_the_seed() -> None:
 def test_greedy_mode_adopts_the_best_value_of_each_sweep() -> None:
     sampler = AblationSampler(PAPER_SPACE, baseline=DEFAULT_PARAMS, greedy=True)
     study = optuna.create_study(sampler=sampler, direction="maximize")
-    study.optimize(_objective, n_trials=100)
+    study.optimize(objective, n_trials=100)
     trials = sorted(study.trials, key=lambda t: t.system_attrs[SLOT_KEY])
     assert len(trials) == 47 and all(t.state == TrialState.COMPLETE for t in trials)
     names = list(PAPER_SPACE)
-    best = {n: PAPER_SPACE[n][-1] for n in names}  # _score prefers the last value
+    best = {n: PAPER_SPACE[n][-1] for n in names}  # score prefers the last value
     for t in trials:
         sweep = _sweep_of(t, sampler)
         assert (
@@ -121,7 +111,7 @@ def test_interrupted_and_resumed_with_a_new_sampler(tmp_path: Path, greedy: bool
         calls["n"] += 1
         if calls["n"] in (5, 6, 20):
             raise RuntimeError("simulated crash")  # the trial fails and releases its slot
-        return _objective(trial)
+        return objective(trial)
 
     first = optuna.create_study(
         study_name="s",
@@ -135,30 +125,12 @@ def test_interrupted_and_resumed_with_a_new_sampler(tmp_path: Path, greedy: bool
     second = optuna.load_study(
         study_name="s", storage=storage, sampler=AblationSampler(PAPER_SPACE, baseline=DEFAULT_PARAMS, greedy=greedy)
     )
-    second.optimize(_objective, n_trials=100)
+    second.optimize(objective, n_trials=100)
     complete = second.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(t.system_attrs[SLOT_KEY] for t in complete) == list(range(47))  # none twice, none skipped
     assert len(second.get_trials(states=(TrialState.FAIL,))) == 3
     if not greedy:
         assert _complete_configs(second) == _expected_perturbations(DEFAULT_PARAMS)
-
-
-def _worker(storage: str, n_trials: int) -> None:
-    import os
-    import time
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-    def slow(trial: optuna.Trial) -> float:
-        trial.set_user_attr("pid", os.getpid())
-        value = _objective(trial)
-        time.sleep(0.02)
-        return value
-
-    study = optuna.load_study(
-        study_name="s", storage=storage, sampler=AblationSampler(PAPER_SPACE, baseline=DEFAULT_PARAMS)
-    )
-    study.optimize(slow, n_trials=n_trials, catch=(RuntimeError,))
 
 
 def test_two_processes_share_the_plan_without_duplicates(tmp_path: Path) -> None:
@@ -169,7 +141,7 @@ def test_two_processes_share_the_plan_without_duplicates(tmp_path: Path) -> None
         direction="maximize",
     )
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(storage, 40)) for _ in range(2)]
+    procs = [ctx.Process(target=worker, args=(storage, 40)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -213,7 +185,7 @@ def _attrs(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) 
     return study._storage.get_trial_system_attrs(trial._trial_id)
 
 
-def test_a_planned_value_outside_the_objectives_distribution_is_refused() -> None:
+def test_a_planned_value_outside_theobjectives_distribution_is_refused() -> None:
     study = optuna.create_study(sampler=AblationSampler({"x": [0.15, 0.5]}, baseline={"x": 0.15}))
     with pytest.raises(ValueError, match=r"x=0\.5, .*FloatDistribution\(.*low=0\.1"):
         study.optimize(lambda t: t.suggest_float("x", 0.1, 0.2), n_trials=2)
@@ -221,7 +193,7 @@ def test_a_planned_value_outside_the_objectives_distribution_is_refused() -> Non
     assert study.trials[1].params == {}  # never evaluated with the out-of-range value
 
 
-def test_a_planned_value_takes_the_type_of_the_objectives_distribution() -> None:
+def test_a_planned_value_takes_the_type_of_theobjectives_distribution() -> None:
     seen: list[object] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -233,7 +205,7 @@ def test_a_planned_value_takes_the_type_of_the_objectives_distribution() -> None
     assert seen == [1.0, 3] and [type(v) for v in seen] == [float, int]
 
 
-def test_multi_objective_studies_run_the_plan_without_greedy() -> None:
+def test_multiobjective_studies_run_the_plan_without_greedy() -> None:
     study = optuna.create_study(
         directions=["minimize", "maximize"], sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE)
     )
@@ -242,7 +214,7 @@ def test_multi_objective_studies_run_the_plan_without_greedy() -> None:
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
 
 
-def test_greedy_refuses_a_multi_objective_study_at_its_first_suggestion() -> None:
+def test_greedy_refuses_a_multiobjective_study_at_its_first_suggestion() -> None:
     study = optuna.create_study(
         directions=["minimize", "maximize"], sampler=AblationSampler(SMALL, baseline=SMALL_BASELINE, greedy=True)
     )

@@ -32,12 +32,11 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        # (the test runner names the program "root")
-        (["--bogus"], "No such option: --bogus (see 'root --help')"),
-        (["bogus"], "No such command 'bogus'. (see 'root --help')"),
-        (["data", "--bogus"], "No such option: --bogus (see 'root data --help')"),
-        (["compare", "--format"], "Option '--format' requires an argument. (see 'root compare --help')"),
-        (["run", "--n-trials", "x"], "(see 'root run --help')"),
+        (["--bogus"], "No such option: --bogus (see 'hpo-astro --help')"),
+        (["bogus"], "No such command 'bogus'. (see 'hpo-astro --help')"),
+        (["data", "--bogus"], "No such option: --bogus (see 'hpo-astro data --help')"),
+        (["compare", "--format"], "Option '--format' requires an argument. (see 'hpo-astro compare --help')"),
+        (["run", "--n-trials", "x"], "(see 'hpo-astro run --help')"),
     ],
 )
 def test_every_usage_error_is_one_line(args: list[str], message: str) -> None:
@@ -166,3 +165,26 @@ def test_files_written_for_the_user_follow_the_umask(
     assert len(cached) == 2
     for path in [tmp_path / "sim.npz", tmp_path / "gallery.png", *cached]:
         assert _mode(path) == expected, path
+
+
+def test_the_command_line_choices_are_the_library_names() -> None:
+    """The fixed choices (`Literal` types in light modules, for the parser) name exactly what the library knows."""
+    from typing import get_args
+
+    from hpo_astro.report import FormatName
+    from hpo_astro.report.compare import FORMATS
+    from hpo_astro.results import SplitName
+    from hpo_astro.results.export import SPLIT_NAMES
+    from hpo_astro.study.config import OBJECTIVES
+    from hpo_astro.study.defaults import ObjectiveName, PrunerName
+    from hpo_astro.study.strategies import PRUNERS
+
+    assert get_args(PrunerName) == tuple(PRUNERS)
+    assert get_args(ObjectiveName) == tuple(OBJECTIVES)
+    assert get_args(FormatName) == FORMATS == ("table", "markdown", "csv", "json")
+    assert get_args(SplitName) == SPLIT_NAMES == ("all", "train", "val", "test")
+    for args, choices in (
+        (["compare", "--format", "xml"], "'table', 'markdown', 'csv', 'json'"),
+        (["predict", "--model", "m", "--data", "d", "--split", "dev"], "'all', 'train', 'val', 'test'"),
+    ):
+        assert_refused(invoke(*args), f"is not one of {choices}")

@@ -163,7 +163,12 @@ def test_predict_bad_input(store: str, tmp_path: Path, small_file: Path) -> None
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_refused(invoke("predict", "--model", empty, "--data", small_file), "model.json, model.pt missing")
-    assert_refused(invoke("predict", "--model", model, "--data", small_file, "--split", "dev"), "unknown split 'dev'")
+    assert_refused(invoke("predict", "--model", model, "--data", small_file, "--split", "dev"), "'dev' is not one of")
+    from hpo_astro.errors import UserError
+    from hpo_astro.results.export import predict
+
+    with pytest.raises(UserError, match="unknown split 'dev'; known: all, train, val, test"):  # called from Python
+        predict(model, small_file, "dev")
     assert_refused(invoke("predict", "--model", model, "--data", tmp_path / "no.npy"), "data file not found")
     broken = tmp_path / "broken"
     broken.mkdir()

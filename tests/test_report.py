@@ -228,7 +228,7 @@ def test_empty_store_and_missing_store(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["compare", "--study", "nope"], "no study named 'nope'"),
-        (["compare", "--format", "xml"], "unknown format 'xml'; known: table, markdown, csv, json"),
+        (["compare", "--format", "xml"], "'xml' is not one of 'table', 'markdown', 'csv', 'json'"),
         (["report", "--study", "nope", "--out", "r"], "no study named 'nope'"),
         (["compare", "--storage", "not a url"], "malformed storage URL"),
     ],
@@ -384,3 +384,12 @@ def test_reproduce_paper_script_arguments() -> None:
     assert usage.returncode == 0 and "--quick" in usage.stdout and "set -euo" not in usage.stdout
     bad = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True, timeout=patience(30))
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown argument '--fast'")
+
+
+def test_compare_checks_its_format_when_called_from_python() -> None:
+    from hpo_astro.errors import UserError
+    from hpo_astro.report.compare import check_format
+
+    assert check_format("csv") == "csv"
+    with pytest.raises(UserError, match="unknown format 'xml'; known: table, markdown, csv, json"):
+        check_format("xml")

@@ -60,3 +60,16 @@ def test_custom_space_from_a_config() -> None:
 def test_a_number_for_a_named_choice_is_one_line(name: str, value: object) -> None:
     with pytest.raises(UserError, match=f"value {value!r} of {name!r} must be one of"):
         SearchSpace.from_dict({name: [value]})
+
+
+def test_one_rule_says_when_two_values_are_the_same() -> None:
+    """Study files, baselines and tables compare values by `value_key`: names in any case, numbers to 12 significant
+    digits (so a value survives a JSON round trip); the command line's strings name numbers; a bool is no number."""
+    from hpo_astro.core.space import same_value, value_key
+
+    assert value_key(1e-3) == value_key(0.001) == value_key(0.0010000000000000002)
+    assert value_key(64) == value_key(64.0) and value_key("BatchNorm") == value_key("batchnorm")
+    assert value_key(1e-3) != value_key(1.0001e-3)
+    assert same_value(0.001, "1e-3") and same_value("ReLU", "relu") and same_value(64, 64.0)
+    assert not same_value(1, True) and not same_value(0.001, "fast") and not same_value("ReLU", 1)
+    assert value_key(10**400) == 10**400  # too large for a float: kept as it is

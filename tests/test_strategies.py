@@ -315,6 +315,9 @@ def test_bohb_prunes_on_epochs(tmp_path: Path, small_file: Path, fake_training: 
 
 def test_bohb_refuses_an_unknown_pruner(tmp_path: Path, small_file: Path) -> None:
     args = ["--strategy", "bohb", "--pruner", "hyperbnad", "-n", 2, "--data", small_file]
+    assert_refused(invoke("run", *args, "--storage", journal_url(tmp_path)), "'hyperbnad' is not one of 'none'")
+    (tmp_path / "bohb.toml").write_text('strategy = "bohb"\npruner = "hyperbnad"\n')
+    args = ["--config", tmp_path / "bohb.toml", "-n", 2, "--data", small_file]
     assert_refused(invoke("run", *args, "--storage", journal_url(tmp_path)), "unknown pruner 'hyperbnad'")
     assert not (tmp_path / "optuna.db").exists()
 

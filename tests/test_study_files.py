@@ -71,6 +71,9 @@ BAD_CONFIGS = {
     "nan lr": ("[space]\nlr = [nan]\n", "not a finite number"),
     "negative seed": ("seed = -1\n", "seed must be between 0 and 4294967295"),
     "huge seed": ("seed = 1099511627776\n", "seed must be between 0 and 4294967295"),
+    # the command line's choices are checked by the parser; a study file's by the configuration
+    "unknown pruner": ('pruner = "early"\n', "unknown pruner 'early'; known: none, median, hyperband"),
+    "unknown objective": ('objective = "f1"\n', "unknown objective 'f1'; known: accuracy, loss, roc_auc"),
 }
 
 
@@ -88,8 +91,8 @@ def test_bad_study_files(kind: str, tmp_path: Path, small_file: Path) -> None:
     ("args", "message"),
     [
         (["--strategy", "annealing"], "unknown strategy 'annealing'"),
-        (["--pruner", "early"], "unknown pruner 'early'"),
-        (["--objective", "f1"], "unknown objective 'f1'"),
+        (["--pruner", "early"], "Invalid value for '--pruner': Value error, 'early' is not one of 'none', 'median', "),
+        (["--objective", "f1"], "Invalid value for '--objective': Value error, 'f1' is not one of 'accuracy', "),
         (["--n-trials", "0"], "--n-trials must be positive"),
         (["--n-trials", "-3"], "--n-trials must be positive"),
         (["--config", "missing.toml"], "study file not found"),

@@ -4,6 +4,7 @@ truncation, missing configurations)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import json
@@ -29,7 +30,7 @@ from hpo_astro.core.space import DEFAULT_PARAMS, SearchSpace
 from hpo_astro.core.train import EpochMetrics, TrainState
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import trial_history
+from hpo_astro.store.record import StudyRecord, trial_history
 from hpo_astro.study import workers
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.run import RunEvents, run_study
@@ -234,12 +235,49 @@ def test_a_worker_joining_a_table_study_records_test_metrics(
     cfg = tabular.tabulate_config(space, "joined", journal_url(tmp_path), max_epochs=2, data=small_file)
     cfg.n_trials = 3  # a first run that stops after 3 configurations
     run_study(cfg, train=tabular.tabulate_train)
-    load_study(journal_url(tmp_path), "table/joined").set_user_attr("n_trials", 8)
-    assert tabular.train_for_study("table/joined") is tabular.tabulate_train
-    assert tabular.train_for_study("random") is None
+    study = load_study(journal_url(tmp_path), "table/joined")
+    study.set_user_attr("n_trials", 8)
+    assert study.user_attrs["trial_kind"] == "tabulated"  # the record says what its trials are, not the name
+    assert workers.joined_study(journal_url(tmp_path), "table/joined")[1] == "tabulated"
+    assert tabular.train_for_kind("tabulated", "table/joined") is tabular.tabulate_train
+    assert tabular.train_for_kind("trained", "random") is None
     joined = invoke("worker", "--study", "table/joined", "--storage", journal_url(tmp_path))
     assert joined.exit_code == 0, joined.output
     assert len(load_table("joined", journal_url(tmp_path)).rows) == 8
+
+
+def test_the_trial_kind_comes_from_the_record_not_the_name(tmp_path: Path, small_file: Path) -> None:
+    """A study `run` names table/x trains (a worker joining it records no test metrics); a record of an earlier
+    version, which had no trial_kind, is a table study when its name says so; resuming a study with a trainer of
+    another kind is refused."""
+    cfg = bench_config(tmp_path, small_file, make_table(), study="table/x", n_trials=2, max_epochs=2)
+    run_study(cfg, train=helpers.TRAINER)
+    study = load_study(journal_url(tmp_path), "table/x")
+    assert study.user_attrs["trial_kind"] == "trained"
+    study.set_user_attr("n_trials", 3)
+    joined = invoke("worker", "--study", "table/x", "--storage", journal_url(tmp_path))
+    assert joined.exit_code == 0, joined.output
+    trials = load_study(journal_url(tmp_path), "table/x").get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3 and not any(TEST_METRICS_ATTR in t.user_attrs for t in trials)
+    refused = invoke("tabulate", "--out", "x", "--storage", journal_url(tmp_path), "--data", small_file)
+    assert_refused(refused, "study 'table/x' in the store holds trained trials, and this command runs tabulated ones")
+    record = StudyRecord.from_attrs(study.user_attrs)
+    assert record is not None
+    earlier = dataclasses.replace(record, trial_kind=None)  # what an earlier version wrote
+    assert (earlier.kind_of("table/x"), earlier.kind_of("random")) == ("tabulated", "trained")
+    with pytest.raises(UserError, match="'trial_kind' is \"grown\", not one of trained, tabulated, replayed"):
+        StudyRecord.from_attrs({**study.user_attrs, "trial_kind": "grown"})
+
+
+def test_a_worker_cannot_join_a_replay_study(tmp_path: Path, small_file: Path) -> None:
+    table = make_table()
+    cfg = bench_config(tmp_path, small_file, table, n_trials=2)
+    run_study(cfg, train=TableReplay(table))
+    assert load_study(journal_url(tmp_path), "bench").user_attrs["trial_kind"] == "replayed"
+    joined = invoke("worker", "--study", "bench", "--storage", journal_url(tmp_path))
+    assert_refused(joined, "study 'bench' replays a table (made by `hpo-astro benchmark`): a worker cannot join it")
+    with pytest.raises(UserError, match="'bench' in the store holds replayed trials, and this command runs trained"):
+        run_study(cfg, train=helpers.TRAINER)
 
 
 def test_tabulate_with_workers_trains_and_tests_for_real(

@@ -94,10 +94,11 @@ def _wait(condition: Callable[[], bool], proc: subprocess.Popen, what: str, limi
 
 
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path) -> None:
-    """6 SIGKILLs over one study, at seeded random moments: while the process starts, as its trial begins, and after
-    1-3 checkpointed epochs; the same command restarted each time. Ends with exactly N finished trials, none running,
-    every killed trial retried (resuming from its checkpoint), and a sound database. Every wait is for progress
-    (a trial of this process running, a checkpoint written), so a slow machine only takes longer."""
+    """5 SIGKILLs over one study, in a seeded random order: while the process starts, as its trial begins, and after
+    1, 2 and 3 checkpointed epochs (somewhere inside the next one); the same command restarted each time. Ends with
+    exactly N finished trials, none running, every killed trial retried (resuming from its checkpoint), and a sound
+    database. Every wait is for progress (a trial of this process running, a checkpoint written), so a slow machine
+    only takes longer."""
     n_trials, db = 6, tmp_path / "chaos.db"
     config = _toml(
         tmp_path / "chaos.toml",
@@ -115,7 +116,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
     cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
     env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
     rng = random.Random(0)
-    moments = ["starting", 0, 1, 2, 3, rng.choice([0, 1, 2])]  # each moment at least once, in a seeded order
+    moments: list[str | int] = ["starting", 0, 1, 2, 3]  # each moment once (a process start costs seconds)
     rng.shuffle(moments)
     hits = 0
     for moment in moments:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo_astro.benchmark.plan import Job
-from hpo_astro.errors import HpoAstroError, StudyFailed
+from hpo_astro.errors import HpoAstroError, StudyFailed, described
 from hpo_astro.study.interrupts import process_interrupts
 from hpo_astro.study.run import run_study
 
@@ -288,9 +288,7 @@ def _child(
                     import traceback
 
                     traceback.print_exc()
-                    results.put(
-                        ("error", index, StudyFailed(f"a benchmark worker failed: {type(exc).__name__}: {exc}"))
-                    )
+                    results.put(("error", index, StudyFailed(f"a benchmark worker failed: {described(exc)}")))
                     return
     except KeyboardInterrupt:
         sys.exit(130)

@@ -5,73 +5,32 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
-from hpo_astro.cli.output import console, fail, note
+from hpo_astro.cli.output import console, fail, note, program
 from hpo_astro.errors import UserError, write_fault
 
-# Click's UsageError (Typer vendors Click, so reach it through a public subclass).
-_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+# Click's usage error (an unknown option, a value out of range, a missing command): Typer vendors Click privately
+# and exports only a subclass, `BadParameter`.
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
-class _Group(TyperGroup):
-    """Bad input anywhere below (a UserError, or a usage error such as an option out of range) becomes one line
-    on stderr and exit code 2, with no traceback. Also how every command's help reads (see `_polish`)."""
-
-    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def,override]
-        # The top level's own usage errors (an unknown option, a missing command) arise here, before `invoke`, where
-        # Typer would draw them in a Rich box: one `error:` line too. Asking for help with no arguments stays help.
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except _UsageError as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":
-                raise
-            command = exc.ctx.command_path if getattr(exc, "ctx", None) else info_name
-            fail(f"{exc.format_message()} (see '{command} --help')")
-
-    def invoke(self, ctx: typer.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except typer.Exit:  # a command that has said its one line already (Click's Exit is a RuntimeError)
-            raise
-        except UserError as exc:  # bad input: exit 2; a write the machine refused (CannotWrite): exit 1
-            fail(str(exc), code=exc.exit_code)
-        except _UsageError as exc:
-            if getattr(exc, "ctx", None):
-                command = exc.ctx.command_path
-            else:  # raised while the subcommand parsed its options: its help, not the group's
-                command = " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand]))
-            fail(f"{exc.format_message()} (see '{command} --help')")
-        except Exception as exc:  # a full disk or a failing store anywhere: one line too, never a traceback
-            reason = write_fault(exc)
-            if reason is not None:
-                fail(f"cannot write: {reason}; free some space and re-run the same command", code=1)
-            if not _store_fault(exc):
-                raise
-            fail(f"the study store failed: {' '.join(str(getattr(exc, 'orig', None) or exc).split()[:40])}")
-
-    def get_command(self, ctx: typer.Context, cmd_name: str):  # type: ignore[no-untyped-def,override]
-        command = super().get_command(ctx, cmd_name)
-        if command is not None:
-            _polish(command, ctx)
-        return command
-
-    def get_params(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
-        return [_as_flag(param) for param in super().get_params(ctx)]  # the group's own: --version, --help
-
-
-def _polish(command: typer.core.TyperCommand, ctx: typer.Context) -> None:
-    """How a command's help reads, for every command (those added later too): a docstring's line breaks are not
-    sentence breaks (Rich help keeps them, so a command's summary in the list stopped mid-sentence), and a boolean
-    flag takes no value, so it is shown as `--png`, not `--png <bool>`."""
+def _polish(command: typer.core.TyperCommand | TyperGroup) -> None:
+    """How a command's help reads, for every command: a docstring's line breaks are not sentence breaks (Rich help
+    keeps them, so a command's summary in the list stopped mid-sentence), and a boolean flag takes no value, so it is
+    shown as `--png`, not `--png <bool>`."""
     if command.help:
         command.help = _unwrap(command.help)
     for param in command.params:
         _as_flag(param)
-    _as_flag(command.get_help_option(ctx))
+    _as_flag(command.get_help_option(typer.Context(command)))
+    for sub in getattr(command, "commands", {}).values():
+        _polish(sub)
 
 
 def _unwrap(text: str) -> str:
@@ -89,6 +48,22 @@ def _as_flag(param: object) -> object:
     return param
 
 
+def _command_path(root: TyperGroup, args: Sequence[str] | None, prog_name: str | None) -> str:
+    """The words naming the command `args` ran (e.g. `hpo-astro data synth`), for an error raised while it parsed
+    its options, which carries no context to say so. The only options before a command name are flags."""
+    import sys
+
+    words, command = [prog_name or program()], root
+    for arg in sys.argv[1:] if args is None else args:
+        sub = getattr(command, "commands", {}).get(arg)
+        if sub is None and not arg.startswith("-"):
+            break
+        if sub is not None:
+            words.append(arg)
+            command = sub
+    return " ".join(words)
+
+
 def _store_fault(exc: BaseException) -> bool:
     """A database error past the checks made when the store was opened (a page damaged after its integrity check,
     a lock held past the busy timeout): bad input, one line. sqlalchemy is looked up only if already loaded."""
@@ -102,13 +77,12 @@ def _store_fault(exc: BaseException) -> bool:
 
 
 app = typer.Typer(
-    cls=_Group,
     help="Hyperparameter search for real/bogus CNNs on astronomical cutouts (Optuna studies).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-data_app = typer.Typer(cls=_Group, help="Simulate, download and inspect ExRomana data files.", no_args_is_help=True)
+data_app = typer.Typer(help="Simulate, download and inspect ExRomana data files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -142,6 +116,34 @@ def _global_options(
     logger.addHandler(_library_notes)  # the same handler each time: added once per process
 
 
-def main() -> None:
-    """The `hpo-astro` console script (the commands register themselves when `hpo_astro.cli` is imported)."""
-    app()
+def main(args: Sequence[str] | None = None, prog_name: str | None = None, obj: Any = None) -> int:
+    """The `hpo-astro` console script: run the command line `args` (default: the process's) and return its exit code.
+    `obj` is handed to the commands as Click's context object (`hpo_astro.cli.output.injected_trainer` reads it).
+
+    The one error boundary: bad input (a `UserError`, a usage error) is one `error:` line on stderr and exit code 2,
+    a write the machine refused or a failing store one line and exit code 1, never a traceback; anything else is a
+    bug and shows its traceback."""
+    command = typer.main.get_command(app)  # the commands register themselves when `hpo_astro.cli` is imported
+    _polish(command)
+    try:
+        try:
+            returned = command.main(args=args, prog_name=prog_name, standalone_mode=False, obj=obj)
+            return returned if isinstance(returned, int) else 0  # an int: the code of a `typer.Exit`
+        except UserError as exc:  # bad input: exit 2; a write the machine refused (CannotWrite): exit 1
+            fail(str(exc), code=exc.exit_code)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `hpo-astro` alone: the help is printed already
+                return 2
+            path = exc.ctx.command_path if getattr(exc, "ctx", None) else _command_path(command, args, prog_name)
+            fail(f"{exc.format_message()} (see '{path} --help')")
+        except typer.Abort:  # end of input at a prompt
+            fail("aborted", code=1)
+        except Exception as exc:  # a full disk or a failing store anywhere: one line too, never a traceback
+            reason = write_fault(exc)
+            if reason is not None:
+                fail(f"cannot write: {reason}; free some space and re-run the same command", code=1)
+            if not _store_fault(exc):
+                raise
+            fail(f"the study store failed: {' '.join(str(getattr(exc, 'orig', None) or exc).split()[:40])}")
+    except typer.Exit as exc:  # `fail` said its one line
+        return exc.exit_code

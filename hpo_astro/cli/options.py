@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hpo_astro.study.defaults import DEFAULT_STORAGE
+from hpo_astro.study.defaults import DEFAULT_STORAGE, ObjectiveName, PrunerName
 
 MAX_SEED = 2**32 - 1  # the seeds Optuna's samplers take (study.config checks the same bound)
 LOCALHOST = "127.0.0.1"  # where a server listens unless told otherwise
@@ -86,15 +86,11 @@ TrialEpochsOpt = Annotated[int | None, typer.Option("--max-epochs", help="Cap ep
 TableEpochsOpt = Annotated[int | None, typer.Option("--max-epochs", min=1, help="Cap epochs per configuration.")]
 BenchmarkEpochsOpt = Annotated[int | None, typer.Option("--max-epochs", min=1, help="Cap epochs per trial.")]
 PrunerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--pruner", help="none, median, hyperband or successive-halving (default: hyperband for bohb, else none)."
-    ),
+    PrunerName | None,
+    typer.Option("--pruner", help="Stop poor trials early (default: hyperband for bohb, else none)."),
 ]
-BenchmarkPrunerOpt = Annotated[
-    str | None, typer.Option("--pruner", help="none, median, hyperband or successive-halving.")
-]
-ObjectiveOpt = Annotated[str | None, typer.Option("--objective", help="accuracy, loss or roc_auc (validation).")]
+BenchmarkPrunerOpt = Annotated[PrunerName | None, typer.Option("--pruner", help="Stop poor trials early.")]
+ObjectiveOpt = Annotated[ObjectiveName | None, typer.Option("--objective", help="What to optimise, on validation.")]
 
 # --seed
 SimulationSeedOpt = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Simulation seed.")]

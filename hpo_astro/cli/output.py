@@ -52,8 +52,7 @@ def resume_command() -> str:
 
 
 def injected_trainer(ctx: typer.Context) -> TrainFn | None:
-    """The trainer the caller handed to the app as Click's context object: `app(obj={"train": fn})` or
-    `CliRunner().invoke(app, args, obj={"train": fn})` (e.g. a fast stand-in in tests, a wrapped trainer in a
-    notebook); None, the real trainer."""
+    """The trainer the caller handed to the app as Click's context object: `main(args, obj={"train": fn})` (e.g. a
+    fast stand-in in tests, a wrapped trainer in a notebook); None, the real trainer."""
     obj = ctx.find_root().obj
     return obj.get("train") if isinstance(obj, dict) else None

@@ -22,6 +22,8 @@ from hpo_astro.cli.options import (
 )
 from hpo_astro.cli.output import console, note
 from hpo_astro.errors import UserError
+from hpo_astro.report import FormatName
+from hpo_astro.results import SplitName
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 
 
@@ -29,7 +31,7 @@ from hpo_astro.study.defaults import DEFAULT_STORAGE
 def compare_command(
     storage: StorageOpt = DEFAULT_STORAGE,
     study: StudiesOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
+    fmt: Annotated[FormatName, typer.Option("--format", help="How to print it.")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     data: StudyDataOpt = None,
 ) -> None:
@@ -99,7 +101,7 @@ def predict_command(
     data: ScoredDataOpt,
     out: Annotated[Path, typer.Option("--out", help="CSV of index,label,score,prediction.")] = Path("scores.csv"),
     split: Annotated[
-        str, typer.Option("--split", help="all, or train/val/test: that split of a labelled file, as in training.")
+        SplitName, typer.Option("--split", help="The whole file, or that split of a labelled file, as in training.")
     ] = "all",
 ) -> None:
     """Score cutouts with an exported model, without the study store; print metrics when labels are present."""

@@ -131,19 +131,17 @@ def worker_command(
     ] = False,
 ) -> None:
     """Join an existing study from another shell or machine, with the configuration it recorded."""
-    from hpo_astro.study.workers import config_from_study
+    from hpo_astro.study.workers import joined_study
+    from hpo_astro.tabular import train_for_kind
 
-    cfg = config_from_study(
+    cfg, trial_kind = joined_study(
         storage,
         study,
         trusted_sampler=True if trust_sampler else (strategy or False),
         **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture),
     )
-    from hpo_astro.tabular import train_for_study
-
-    execute_study(
-        cfg, threads, joined=True, train=train_for_study(cfg.study_name, injected_trainer(ctx))
-    )  # a table study: test metrics
+    train = train_for_kind(trial_kind, cfg.study_name, injected_trainer(ctx))  # a table study: test metrics too
+    execute_study(cfg, threads, joined=True, train=train)
     _next_steps(cfg.storage, cfg.study_name)
 
 

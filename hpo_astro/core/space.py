@@ -125,7 +125,7 @@ class SearchSpace(Mapping[str, tuple[Value, ...]]):
             raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(self)}")
         allowed = self[name]
         for candidate in allowed:
-            if _equal(candidate, value):
+            if same_value(candidate, value):
                 return candidate
         shown = ", ".join(str(v) for v in allowed)
         raise UserError(f"{name}={value} is outside the search space; allowed: {shown}")
@@ -139,7 +139,7 @@ class SearchSpace(Mapping[str, tuple[Value, ...]]):
         for name, allowed in self.entries:
             if name in params:
                 out[name] = self.match(name, params[name])
-            elif name in defaults and any(_equal(a, defaults[name]) for a in allowed):
+            elif name in defaults and any(same_value(a, defaults[name]) for a in allowed):
                 out[name] = self.match(name, defaults[name])
             else:
                 out[name] = allowed[0]
@@ -214,14 +214,27 @@ def _number(text: str) -> int | float:
     return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
 
 
-def _equal(candidate: Value, value: Any) -> bool:
-    if isinstance(candidate, str):
-        return isinstance(value, str) and candidate.lower() == value.lower()
+def value_key(value: Any) -> Any:
+    """A hyperparameter value as every comparison in the package sees it (study files, baselines, table rows): names
+    in any case, numbers to 12 significant digits, so 1e-3, 0.001 and 0.0010000000000000002 are one value, 64 and
+    64.0 too, and a value survives a JSON round trip. Hashable: sets of values use it."""
     if isinstance(value, str):
+        return value.lower()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(f"{float(value):.12g}")
+        except OverflowError:
+            return value
+    return value
+
+
+def same_value(candidate: Value, value: Any) -> bool:
+    """Whether `value` (a number, or a string from the command line) names the space's `candidate` (`value_key`)."""
+    if not isinstance(candidate, str) and isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             return False
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or isinstance(candidate, str) != isinstance(value, str):
         return False
-    return math.isclose(float(candidate), float(value), rel_tol=1e-9, abs_tol=1e-12)
+    return value_key(candidate) == value_key(value)

@@ -24,13 +24,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import optuna
 from optuna.trial import TrialState
 
 from hpo_astro.errors import UserError
 from hpo_astro.io import strict_json
+from hpo_astro.report import FormatName
 from hpo_astro.results.evaluate import (
     SPLITS,
     Evaluation,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 WITHIN = 0.01  # "trials to within 1% of the final best"
-FORMATS = ("table", "markdown", "csv", "json")
+FORMATS: tuple[str, ...] = get_args(FormatName)
 METRIC_NAMES = ("loss", "accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr")
 
 

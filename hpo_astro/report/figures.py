@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from hpo_astro.errors import described
 from hpo_astro.store.record import VAL_METRICS_ATTR, StudyRecord, trial_history
 from hpo_astro.store.trials import FINISHED, maximizes, running_best
 
@@ -356,7 +357,7 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
             # Optuna's refusals (ValueError, TypeError: e.g. too few trials for a plot), fANOVA's zero variance
             # (RuntimeError), a missing optional package (ImportError), a numeric edge case: a note, not a failure
             except (ValueError, TypeError, RuntimeError, ImportError, ArithmeticError) as exc:
-                notes.append(f"{type(exc).__name__}: {exc}")
+                notes.append(described(exc))
         if figure is not None and not figure.data:
             figure = None
             notes.append("nothing to draw")

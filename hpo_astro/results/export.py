@@ -21,7 +21,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from hpo_astro.data import exromana
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
 from hpo_astro.io import umask, write_output
+from hpo_astro.results import SplitName
 from hpo_astro.results.evaluate import (
     Evaluation,
     Events,
@@ -50,7 +51,7 @@ from hpo_astro.store.storage import read_store
 if TYPE_CHECKING:
     import optuna
 
-SPLIT_NAMES = ("all", "train", "val", "test")
+SPLIT_NAMES: tuple[str, ...] = get_args(SplitName)
 
 
 # --- export ---------------------------------------------------------------------------------------------------

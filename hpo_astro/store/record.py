@@ -59,6 +59,15 @@ WORKER_START_ATTR = "worker_start"  # recovery.process_token() of that process, 
 CHECKPOINT_ATTR = "checkpoint"  # {"artifact_id", "epoch"} while resumable; {"epoch", "deleted": true} once it ended
 RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial continued after
 
+# What a study's trials are (`StudyRecord.trial_kind`): trained on the data (`hpo_astro.core.train`), trained and
+# tested as a table's rows (`hpo-astro tabulate`), or answered from a table without training (the benchmark's replays).
+# A worker joining a study takes the trainer its kind names.
+TRAINED, TABULATED, REPLAYED = "trained", "tabulated", "replayed"
+TRIAL_KINDS = (TRAINED, TABULATED, REPLAYED)
+# Earlier versions did not record the kind: they named their tabulate studies `table/<NAME>`, and the benchmark's
+# replay studies were never joined.
+_UNRECORDED_TABLE_PREFIX = "table/"
+
 # Study user attributes besides the record: where the best trial's weights are, {"trial", "artifact_id", "value"};
 # the best trials' evaluations, kept by `hpo_astro.results.evaluate`.
 BEST_WEIGHTS_ATTR = "best_weights"
@@ -103,13 +112,21 @@ class StudyRecord:
     population_size: int = 10
     n_startup_trials: int | None = None  # tpe, bohb, bayesian (None: Optuna's default)
     artifacts: str | None = None  # checkpoint and weights folder
+    trial_kind: str | None = None  # one of TRIAL_KINDS (None: an earlier version's record, see `kind_of`)
     hpo_astro_version: str = __version__
 
     @classmethod
     def from_run(
-        cls, cfg: RunSettings, fingerprint: str, channels: tuple[str, ...], source: str, artifacts: Path
+        cls,
+        cfg: RunSettings,
+        fingerprint: str,
+        channels: tuple[str, ...],
+        source: str,
+        artifacts: Path,
+        trial_kind: str = TRAINED,
     ) -> StudyRecord:
-        """The record of a run of `cfg` on data with this fingerprint, channels and source file."""
+        """The record of a run of `cfg` on data with this fingerprint, channels and source file, whose trials are of
+        `trial_kind`."""
         return cls(
             strategy=cfg.strategy,
             space=cfg.space.to_dict(),
@@ -127,7 +144,15 @@ class StudyRecord:
             population_size=cfg.population_size,
             n_startup_trials=cfg.n_startup_trials,
             artifacts=str(Path(artifacts).resolve()),
+            trial_kind=trial_kind,
         )
+
+    def kind_of(self, study_name: str) -> str:
+        """What the trials of the study `study_name` holding this record are: its recorded `trial_kind`, or, for a
+        record of a version that did not write one, what its name said (`table/<NAME>`: tabulated)."""
+        if self.trial_kind is not None:
+            return self.trial_kind
+        return TABULATED if study_name.startswith(_UNRECORDED_TABLE_PREFIX) else TRAINED
 
     def to_attrs(self) -> dict[str, Any]:
         """The user attributes, JSON-ready, in writing order (`hpo_astro_version` last)."""
@@ -182,6 +207,7 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "population_size": _INT,
     "n_startup_trials": _OPT_INT,
     "artifacts": _OPT_STR,
+    "trial_kind": (lambda v: v is None or v in TRIAL_KINDS, f"one of {', '.join(TRIAL_KINDS)} or null"),
     "hpo_astro_version": _STR,
 }
 

@@ -17,7 +17,7 @@ from hpo_astro.store.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
-OBJECTIVES = {  # name -> (per-epoch metric, direction)
+OBJECTIVES = {  # name (`ObjectiveName`) -> (per-epoch metric, direction)
     "accuracy": ("val_accuracy", "maximize"),
     "loss": ("val_loss", "minimize"),
     "roc_auc": ("val_roc_auc", "maximize"),

@@ -11,15 +11,16 @@ import optuna
 
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import StudyRecord
+from hpo_astro.store.record import TABULATED, TRAINED, StudyRecord
 from hpo_astro.store.storage import artifact_dir
 from hpo_astro.study.config import StudyConfig
 
 
-def study_record(cfg: StudyConfig, data: DataSplits) -> StudyRecord:
-    """What a run of `cfg` on `data` records in its study (and must find there when it resumes)."""
+def study_record(cfg: StudyConfig, data: DataSplits, trial_kind: str = TRAINED) -> StudyRecord:
+    """What a run of `cfg` on `data`, whose trials are of `trial_kind`, records in its study (and must find there
+    when it resumes)."""
     return StudyRecord.from_run(
-        cfg, data.fingerprint, data.channels, data.source, artifact_dir(cfg.storage, cfg.artifacts)
+        cfg, data.fingerprint, data.channels, data.source, artifact_dir(cfg.storage, cfg.artifacts), trial_kind
     )
 
 
@@ -59,6 +60,11 @@ def create_or_resume(
             f"study {cfg.study_name!r} in the store was made with a different {key.replace('_', ' ')} "
             f"({_short(getattr(stored, key))} vs {_short(getattr(record, key))}); use another --study name"
         )
+    if stored is not None and (kind := stored.kind_of(cfg.study_name)) != record.trial_kind:
+        raise UserError(
+            f"study {cfg.study_name!r} in the store holds {kind} trials, and this command runs {record.trial_kind} "
+            f"ones; use another --study name{_HOW_TO_RESUME.get(kind, '')}"
+        )
     for key, value in record.to_attrs().items():
         if current.get(key) != value:
             study.set_user_attr(key, value)
@@ -67,6 +73,9 @@ def create_or_resume(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([cfg.metric])
     return study
+
+
+_HOW_TO_RESUME = {TABULATED: " (a table study resumes with `hpo-astro tabulate --name NAME`)"}
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -30,7 +30,7 @@ from hpo_astro.core.space import DEFAULT_PARAMS
 from hpo_astro.core.train import TrainFn, TrainState
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits
-from hpo_astro.errors import write_fault
+from hpo_astro.errors import described, write_fault
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.store.record import (
     BEST_EPOCH_ATTR,
@@ -191,7 +191,7 @@ class Objective:
                 raise  # the disk's fault: the checkpoint stays for the retry (see run_study)
             if isinstance(exc, _SurplusTrial):
                 trial.set_user_attr(SURPLUS_ATTR, True)  # not the configuration's fault: not counted as a failure
-            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr(FAIL_REASON_ATTR, described(exc))
             self._drop(trial)
             raise
         checkpoint.remove()

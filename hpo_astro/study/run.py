@@ -26,7 +26,7 @@ from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import StudyFailed, WriteFailed, write_fault
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
-from hpo_astro.store.record import ARTIFACTS_KEY, FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR
+from hpo_astro.store.record import ARTIFACTS_KEY, FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR, TRAINED
 from hpo_astro.store.recovery import fail_dead_trials, retry_callback
 from hpo_astro.store.storage import artifact_store, open_storage
 from hpo_astro.store.trials import FINISHED
@@ -140,7 +140,8 @@ def _open(
     data, sampler, pruner = prepare_run(cfg, data)
     if storage is None:
         storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
-    study = create_or_resume(cfg, storage, study_record(cfg, data), sampler, pruner)
+    trial_kind = getattr(train, "trial_kind", TRAINED)  # a table's trainer says what its trials are
+    study = create_or_resume(cfg, storage, study_record(cfg, data, trial_kind), sampler, pruner)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs[ARTIFACTS_KEY]))
     return study, target, Objective(cfg, data, target, store, on_epoch, train or train_configuration)

@@ -18,7 +18,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
-from hpo_astro.errors import UserError
+from hpo_astro.errors import UserError, described
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.trial_seeded import TrialSeededSampler
 from hpo_astro.store.record import RunSettings
@@ -160,9 +160,9 @@ def load_sampler_class(path: str) -> type[BaseSampler]:
                 f"strategy {path!r}: no module named {exc.name!r} (not installed, not on PYTHONPATH, not in the "
                 "working directory)"
             ) from None
-        raise UserError(f"strategy {path!r}: importing {module_name} failed: {_reason(exc)}") from None
+        raise UserError(f"strategy {path!r}: importing {module_name} failed: {described(exc)}") from None
     except Exception as exc:  # the module's own code failed (a missing dependency, a syntax error): one line
-        raise UserError(f"strategy {path!r}: importing {module_name} failed: {_reason(exc)}") from None
+        raise UserError(f"strategy {path!r}: importing {module_name} failed: {described(exc)}") from None
     target: object = module
     for name in qualname.split("."):
         try:
@@ -172,10 +172,6 @@ def load_sampler_class(path: str) -> type[BaseSampler]:
     if not (isinstance(target, type) and issubclass(target, BaseSampler)):
         raise UserError(f"strategy {path!r}: {qualname} is not an Optuna sampler (a subclass of BaseSampler)")
     return target
-
-
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _accepts_seed(cls: type[BaseSampler]) -> bool:
@@ -200,7 +196,7 @@ def _user_sampler(cfg: RunSettings) -> BaseSampler:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = cls(**kwargs)
     except Exception as exc:
-        raise UserError(f"strategy {cfg.strategy!r}: {call} failed: {_reason(exc)}") from None
+        raise UserError(f"strategy {cfg.strategy!r}: {call} failed: {described(exc)}") from None
     return sampler
 
 
@@ -221,7 +217,7 @@ def _max_epochs(cfg: RunSettings) -> int:
     return cfg.max_epochs or max(int(v) for v in cfg.space.get("t_max", (100,)))
 
 
-# Pruners work on epochs: each trial reports its objective metric after every epoch.
+# Pruners work on epochs: each trial reports its objective metric after every epoch (names: `PrunerName`).
 PRUNERS: dict[str, Callable[[RunSettings], BasePruner]] = {
     "none": lambda cfg: optuna.pruners.NopPruner(),
     "median": lambda cfg: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),

@@ -184,7 +184,15 @@ class _FirstTrialGate:
 def config_from_study(
     storage_url: str, study_name: str, trusted_sampler: str | bool = False, **overrides: object
 ) -> StudyConfig:
-    """Rebuild a study's configuration from what it recorded in the store (for `hpo-astro worker`).
+    """Rebuild a study's configuration from what it recorded in the store (see `joined_study`)."""
+    return joined_study(storage_url, study_name, trusted_sampler, **overrides)[0]
+
+
+def joined_study(
+    storage_url: str, study_name: str, trusted_sampler: str | bool = False, **overrides: object
+) -> tuple[StudyConfig, str]:
+    """What a process joining a stored study runs (for `hpo-astro worker`): the study's configuration, rebuilt from
+    what it recorded, with `overrides`, and the kind of its trials (`hpo_astro.store.record.TRIAL_KINDS`).
 
     A study whose strategy is a sampler class by import path would make this process import it, running that
     module's code: a store is data, possibly someone else's, so the path is imported only when the caller trusts it
@@ -213,4 +221,4 @@ def config_from_study(
             f"runs that module's code; if you trust it, pass --strategy {record.strategy} (or --trust-sampler)"
         )
     cfg = StudyConfig.from_record(record, storage_url, study_name)
-    return cfg.merged(**overrides)
+    return cfg.merged(**overrides), record.kind_of(study_name)

@@ -41,7 +41,7 @@ from hpo_astro.tabular.tabulate import (
     tabulate_config,
     tabulate_train,
     test_metrics,
-    train_for_study,
+    train_for_kind,
 )
 from hpo_astro.tabular.validate import STOP_REASONS
 
@@ -71,5 +71,5 @@ __all__ = [
     "tabulate_config",
     "tabulate_train",
     "test_metrics",
-    "train_for_study",
+    "train_for_kind",
 ]

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hpo_astro.errors import UserError
+from hpo_astro.errors import UserError, one_line
 from hpo_astro.store.record import (
     BEST_EPOCH_ATTR,
     FAIL_REASON_ATTR,
@@ -23,7 +23,7 @@ from hpo_astro.store.record import (
 )
 from hpo_astro.tabular.row import EPOCH_FIELDS, Malformed, TableRow, json_int, row_from_json
 from hpo_astro.tabular.table import TABLE_PREFIX, Table, space_key
-from hpo_astro.tabular.validate import check_space, one_line
+from hpo_astro.tabular.validate import check_space
 
 
 def shipped_tables() -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -13,7 +13,7 @@ from hpo_astro.core.epochs import Callback, EpochLoop
 from hpo_astro.core.metrics import Metrics
 from hpo_astro.core.train import TrainResult
 from hpo_astro.data.prepare import DataSplits
-from hpo_astro.store.record import TABLE_ATTR, TEST_METRICS_ATTR
+from hpo_astro.store.record import REPLAYED, TABLE_ATTR, TEST_METRICS_ATTR
 from hpo_astro.tabular.row import REQUIRED_METRICS, TableRow
 from hpo_astro.tabular.table import Table
 
@@ -40,6 +40,8 @@ class TableReplay:
     * `seed` and `data` are not used: the curve is the one trained with the table's seed, which the result
       reports; there is no model (`model` is None: no weights to keep), and n_params is the real model's count.
     """
+
+    trial_kind: ClassVar[str] = REPLAYED  # what the study records (`hpo_astro.store.record.TRIAL_KINDS`)
 
     def __init__(self, table: Table) -> None:
         self.table = table

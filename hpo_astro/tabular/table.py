@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace
-from hpo_astro.errors import UserError
+from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace, value_key
+from hpo_astro.errors import UserError, one_line
 from hpo_astro.io import atomic_write, read_regular_file, strict_json
 from hpo_astro.tabular.row import (
     EPOCH_FIELDS,
@@ -40,8 +40,6 @@ from hpo_astro.tabular.validate import (
     check_row,
     check_space,
     field_name,
-    norm,
-    one_line,
     shown,
 )
 
@@ -152,7 +150,7 @@ class Table:
                 f"({len(self.rows)} of {self.size} configurations tabulated)"
             )
         for name, value in params.items():  # the hyperparameters the table held fixed must agree too
-            if name not in search and not _same(row.params.get(name), value):
+            if name not in search and value_key(row.params.get(name)) != value_key(value):
                 raise UserError(
                     f"configuration not in table {self.name!r}: it was trained with {name}={row.params.get(name)}, "
                     f"not {name}={value}"
@@ -325,10 +323,6 @@ def space_key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tup
 
 def _describe(search: SearchSpace, key: tuple[int, ...]) -> str:
     return " ".join(f"{name}={values[i]}" for (name, values), i in zip(search.items(), key, strict=True))
-
-
-def _same(a: Any, b: Any) -> bool:
-    return norm(a) == norm(b)
 
 
 def _float_or_nan(value: Any) -> float:

@@ -8,18 +8,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hpo_astro.core.metrics import Metrics
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import TrainFn, TrainResult
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits
-from hpo_astro.errors import UserError
-from hpo_astro.store.record import TEST_METRICS_ATTR, StudyRecord
+from hpo_astro.errors import UserError, one_line
+from hpo_astro.store.record import REPLAYED, TABULATED, TEST_METRICS_ATTR, StudyRecord
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.tabular.table import TABLE_PREFIX
-from hpo_astro.tabular.validate import one_line
 
 DEFAULT_MAX_CONFIGS = 10_000  # tabulate refuses larger spaces unless --max-configs says otherwise
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -32,6 +31,7 @@ class TabulateTrain:
     (`test_metrics`). A picklable object (its trainer a module-level function), so worker processes get it."""
 
     trainer: TrainFn = train_configuration
+    trial_kind: ClassVar[str] = TABULATED  # what the study records (`hpo_astro.store.record.TRIAL_KINDS`)
 
     def __call__(self, params: Mapping[str, Any], data: DataSplits, **options: Any) -> TrainResult:
         result = self.trainer(params, data, **options)
@@ -53,11 +53,17 @@ def test_metrics(result: TrainResult, data: DataSplits) -> Metrics:
 test_metrics.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name
 
 
-def train_for_study(study_name: str, trainer: TrainFn | None = None) -> TrainFn | None:
-    """The trainer a worker joining `study_name` must use: `trainer` (None: the real one), wrapped by `TabulateTrain`
-    for a table study."""
-    if study_name.startswith(TABLE_PREFIX):
+def train_for_kind(trial_kind: str, study_name: str, trainer: TrainFn | None = None) -> TrainFn | None:
+    """The trainer a worker joining the study `study_name`, whose trials are of `trial_kind`, must use: `trainer`
+    (None: the real one), wrapped by `TabulateTrain` for a table study. A replay study is refused: its trials are
+    answered from a table by the `benchmark` that made it, which no worker can join."""
+    if trial_kind == TABULATED:
         return TabulateTrain(trainer) if trainer is not None else tabulate_train
+    if trial_kind == REPLAYED:
+        raise UserError(
+            f"study {study_name!r} replays a table (made by `hpo-astro benchmark`): a worker cannot join it; re-run "
+            "the benchmark command to resume it"
+        )
     return trainer
 
 

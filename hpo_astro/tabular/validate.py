@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpo_astro.core.space import PAPER_SPACE, SearchSpace, coerce_value
+from hpo_astro.core.space import PAPER_SPACE, SearchSpace, coerce_value, value_key
 from hpo_astro.core.train import EpochMetrics
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
@@ -79,11 +79,6 @@ METRIC_RANGES: dict[str, Range] = {
 }
 
 
-def one_line(text: str) -> str:
-    """A message on one line, whatever the values quoted in it."""
-    return " ".join(text.split())
-
-
 def check_header(name: Any, data_fingerprint: Any, seed: Any, max_epochs: Any, info: Any) -> str:
     """The table's own fields (name, fingerprint, seed, epoch cap, provenance); returns its name for messages."""
     if not (isinstance(name, str) and name.strip() and name.isprintable() and len(name) <= MAX_NAME_LENGTH):
@@ -144,7 +139,7 @@ def check_space(name: str, space: Any) -> SearchSpace:
     except UserError as exc:
         raise UserError(f"{where}: space: {exc}") from None
     for hp, values in search.items():
-        if len({norm(v) for v in values}) != len(values):
+        if len({value_key(v) for v in values}) != len(values):
             raise UserError(f"{where}: hyperparameter {hp!r} lists a value twice")
     return search
 
@@ -207,24 +202,12 @@ def check_fixed(name: str, search: SearchSpace, rows: list[tuple[str, TableRow]]
     first_label, first = rows[0]
     for label, row in rows[1:]:
         for hp, value in row.params.items():
-            if hp not in search and norm(value) != norm(first.params.get(hp)):
+            if hp not in search and value_key(value) != value_key(first.params.get(hp)):
                 raise UserError(
                     f"table {name!r}: {label}: params.{hp} = {shown(value)}, but {first_label} has "
                     f"{shown(first.params.get(hp))}: a hyperparameter outside the table's space must be the same in "
                     "every row"
                 )
-
-
-def norm(value: Any) -> Any:
-    """A value as the study files compare values: names in any case, numbers to 12 significant digits."""
-    if isinstance(value, str):
-        return value.lower()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return float(f"{float(value):.12g}")  # 1e-3, 0.001 and 0.0010000000000000002 are one value
-        except OverflowError:
-            return value
-    return value
 
 
 def _check_kind(where: str, name: Any, value: Any) -> None:
