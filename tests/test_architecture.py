@@ -266,3 +266,15 @@ def test_the_record_keys_name_record_fields() -> None:
     fields = {f.name for f in dataclasses.fields(record.StudyRecord)}
     keys = {record.STRATEGY_KEY, record.N_TRIALS_KEY, record.FINGERPRINT_KEY, record.ARTIFACTS_KEY, record.VERSION_KEY}
     assert keys <= fields and set(record.IDENTITY) <= fields
+
+
+def test_the_tests_mirror_the_package() -> None:
+    """One test folder per package folder (and no other, but `scenarios/` for the cross-cutting attacks and crashes),
+    each holding tests; no test module left at the top but this one."""
+    tests = Path(__file__).resolve().parent
+    package_folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and any(p.glob("*.py"))} - {"tables"}
+    test_folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert test_folders == package_folders | {"scenarios"}
+    for folder in test_folders:
+        assert list((tests / folder).glob("test_*.py")), f"tests/{folder} has no tests"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == ["test_architecture.py"]

@@ -18,7 +18,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.benchmark.plan import BenchmarkSpec, Job
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import FINGERPRINT_KEY, PARAMS_FULL_ATTR, TEST_METRICS_ATTR, WALL_TIME_ATTR
+from hpo_astro.store.record import (
+    FINGERPRINT_KEY,
+    TEST_METRICS_ATTR,
+    stored_metrics,
+    stored_seconds,
+    trial_params,
+)
 from hpo_astro.store.trials import FINISHED, better
 
 
@@ -58,9 +64,9 @@ class StudyRun:
 def trial_cost(trial: FrozenTrial) -> float:
     """The training seconds a trial is charged: its recorded training time (a replayed trial: the table's), else
     (a failed trial, which records none) its duration in the store."""
-    value = trial.user_attrs.get(WALL_TIME_ATTR)
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
+    value = stored_seconds(trial)
+    if value is not None:
+        return value
     return trial.duration.total_seconds() if trial.duration is not None else 0.0
 
 
@@ -86,8 +92,8 @@ def trial_records(trials: Sequence[FrozenTrial], n_trials: int, metric: str) -> 
                 state=trial.state.name.lower(),
                 value=float(value) if value is not None and math.isfinite(value) else None,
                 cost=trial_cost(trial),
-                test=_metric(trial.user_attrs.get(TEST_METRICS_ATTR), metric),
-                params=dict(trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params),
+                test=_metric(stored_metrics(trial, TEST_METRICS_ATTR), metric),
+                params=trial_params(trial),
             )
         )
         finished += trial.state in FINISHED

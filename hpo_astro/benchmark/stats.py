@@ -1,5 +1,5 @@
 """The benchmark's statistics: pure functions on arrays, no Optuna, no files (each one pinned by a test on a case
-with a known answer in tests/test_stats.py).
+with a known answer in tests/benchmark/test_stats.py).
 
 Conventions: `maximize` says which way is better; NaN means "no value" (a study without a complete trial yet at that
 budget, a pair with a missing side) and is never the best; a repeat's values are paired across strategies (repeat r of
@@ -184,7 +184,7 @@ def signed_rank_exact_p(differences: Sequence[float]) -> float:
     |differences|): the null distribution of the positive rank sum over all 2**n sign flips, by dynamic programming
     over the sums of doubled ranks. Without ties this is scipy's exact test; with ties it is what scipy computes by
     enumerating the sign flips (`PermutationMethod`, which its "auto" method does below 14 pairs), but takes
-    milliseconds rather than a second per test (tests/test_stats.py checks both equalities)."""
+    milliseconds rather than a second per test (tests/benchmark/test_stats.py checks both equalities)."""
     d = np.asarray(differences, dtype=float)
     d = d[d != 0]
     if len(d) == 0:

@@ -266,10 +266,10 @@ class _RunDisplay:
         self.progress.update(self.task, current=f"waiting for {running} running trial(s) elsewhere")
 
     def trial_end(self, study: optuna.Study, trial: FrozenTrial, finished: int) -> None:
-        from hpo_astro.store.record import FAIL_REASON_ATTR
+        from hpo_astro.store.record import fail_reason
 
         value = "" if trial.value is None else f" value {trial.value:.4f}"
-        reason = trial.user_attrs.get(FAIL_REASON_ATTR, "")
+        reason = fail_reason(trial)
         extra = f" ({reason})" if trial.state.name == "FAIL" and reason else ""
         self.progress.console.print(f"trial {trial.number} {trial.state.name.lower()}{value}{extra}", highlight=False)
         self.progress.update(self.task, completed=finished, best=_best(study), current="")

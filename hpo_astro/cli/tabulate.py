@@ -29,18 +29,18 @@ def tabulate_command(
             "n_trials and pruner). Leave out to resume the table study in the store.",
         ),
     ] = None,
-    storage: StorageOpt = DEFAULT_STORAGE,
-    data: DataOpt = None,
-    max_epochs: TableEpochsOpt = None,
-    seed: TableSeedOpt = None,
-    workers: TableWorkersOpt = None,
-    threads: WorkerThreadsOpt = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the finished table here (default: NAME.json; .gz: gzip'd).")
     ] = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    data: DataOpt = None,
+    max_epochs: TableEpochsOpt = None,
     max_configs: Annotated[
         int, typer.Option("--max-configs", min=1, help="Refuse a space with more configurations than this.")
     ] = 10_000,
+    seed: TableSeedOpt = None,
+    workers: TableWorkersOpt = None,
+    threads: WorkerThreadsOpt = None,
 ) -> None:
     """Train every configuration of a finite space once, whole curves and test metrics included (a grid study
     named table/NAME: resumable, --workers like run), then write the table that `benchmark --table` replays."""
@@ -52,8 +52,7 @@ def tabulate_command(
     cfg = tabular.tabulate_config(
         space, out, storage, max_configs, data=data, max_epochs=max_epochs, seed=seed, workers=workers
     )
-    trainer = injected_trainer(ctx)
-    result = execute_study(cfg, threads, train=tabular.TabulateTrain(trainer) if trainer else tabular.tabulate_train)
+    result = execute_study(cfg, threads, train=tabular.tabulating(injected_trainer(ctx)))
     try:
         table = tabular.table_from_study(result.study, cfg.storage)
     except UserError as exc:  # configurations whose training failed: not the input's fault

@@ -42,7 +42,7 @@ from hpo_astro.results.evaluate import (
     load_studies,
     study_record,
 )
-from hpo_astro.store.record import PARAMS_FULL_ATTR
+from hpo_astro.store.record import trial_params
 from hpo_astro.store.storage import read_store
 from hpo_astro.store.trials import FINISHED
 
@@ -169,7 +169,7 @@ def compare_study(
         direction=study.direction.name.lower(),
         best_trial=trial.number,
         best_value=float(trial.value),
-        params=dict(trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params),
+        params=trial_params(trial),
         data_fingerprint=record.data_fingerprint if record is not None else "",
         evaluation=evaluation,
         stats=search_stats(study),

@@ -30,7 +30,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from hpo_astro.errors import described
-from hpo_astro.store.record import VAL_METRICS_ATTR, StudyRecord, trial_history
+from hpo_astro.store.record import VAL_METRICS_ATTR, StudyRecord, stored_metrics, trial_history
 from hpo_astro.store.trials import FINISHED, maximizes, running_best
 
 ORDER_SCALE = "Viridis"  # trial order: dark purple (#440154) early, through blue and green, to yellow (#fde725) late
@@ -57,7 +57,7 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _val(trial: FrozenTrial, name: str) -> float | None:
-    value = (trial.user_attrs.get(VAL_METRICS_ATTR) or {}).get(name)
+    value = (stored_metrics(trial, VAL_METRICS_ATTR) or {}).get(name)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 

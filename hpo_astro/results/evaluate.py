@@ -35,6 +35,8 @@ from hpo_astro.store.record import (
     TRAIN_SEED_ATTR,
     VAL_METRICS_ATTR,
     StudyRecord,
+    params_full,
+    stored_metrics,
 )
 from hpo_astro.store.storage import close_store, writable_store
 
@@ -154,7 +156,7 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = 
 
     record = study_record(study)
     saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
-    params = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    params = params_full(trial)
     directory = find_artifact_dir(record.artifacts if record is not None else None, url)
     if not isinstance(saved, dict) or saved.get("trial") != trial.number or not params or directory is None:
         return None  # a pointer another program wrote as a string or a list is no pointer: retrain
@@ -190,7 +192,7 @@ def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> 
     training is deterministic for a seed."""
     from hpo_astro.core.train import train
 
-    params = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    params = params_full(trial)
     if not params:
         raise UserError(
             f"trial {trial.number} of study {study.study_name!r} has no stored configuration ({PARAMS_FULL_ATTR}): "
@@ -232,7 +234,7 @@ def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, sourc
         metrics[split] = metrics_from_logits(logits, y, data.pos_weight).as_dict()
         if split == "test":
             scores = torch.sigmoid(logits).tolist()
-    stored = trial.user_attrs.get(VAL_METRICS_ATTR)
+    stored = stored_metrics(trial, VAL_METRICS_ATTR)
     reproduced = None
     if stored:
         # tolerance for evaluating on CPU what the trial evaluated on its device; a different model is far off
@@ -249,7 +251,7 @@ def evaluate_best(
 
     start = time.perf_counter()
     record = study_record(study)
-    params = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    params = params_full(trial)
     if params:  # a stored configuration that cannot be built: one line before any note, read or retraining
         architecture(params, len(record.channels if record is not None else DEFAULT_CHANNELS))
     model = load_trial_model(study, trial, url)

@@ -45,7 +45,7 @@ from hpo_astro.results.evaluate import (
     study_record,
     trial_seed,
 )
-from hpo_astro.store.record import PARAMS_FULL_ATTR
+from hpo_astro.store.record import trial_params
 from hpo_astro.store.storage import read_store
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
         "model_source": evaluation.source,
     }
     manifest = model_manifest(
-        trial.user_attrs.get(PARAMS_FULL_ATTR) or trial.params,
+        trial_params(trial),
         splits,
         study_prep(study),  # how study_data prepared the splits
         threshold=float(evaluation.test.get("threshold", 0.5)),

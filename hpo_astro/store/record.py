@@ -58,6 +58,8 @@ WORKER_ATTR = "worker"  # "{hostname}:{pid}" of the process running it
 WORKER_START_ATTR = "worker_start"  # recovery.process_token() of that process, so a reused pid is told apart
 CHECKPOINT_ATTR = "checkpoint"  # {"artifact_id", "epoch"} while resumable; {"epoch", "deleted": true} once it ended
 RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial continued after
+# Optuna's own system attribute on a re-queued trial: the numbers of the trials it retries, oldest first.
+RETRY_HISTORY_KEY = "retry_history"
 
 # What a study's trials are (`StudyRecord.trial_kind`): trained on the data (`hpo_astro.core.train`), trained and
 # tested as a table's rows (`hpo-astro tabulate`), or answered from a table without training (the benchmark's replays).
@@ -261,3 +263,49 @@ def trial_history(trial: FrozenTrial) -> list[dict[str, Any]]:
         {"epoch": epochs[i], **{name: values[i] if i < len(values) else None for name, values in curves.items()}}
         for i in range(n)
     ]
+
+
+# --- typed readers of trial attributes: a store is data that any program (or an older version) may have written,
+# so each reader returns what its name promises, or its stated fallback, never whatever the store held.
+
+
+def params_full(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The trial's whole configuration (`PARAMS_FULL_ATTR`); None when it stored none, or not as an object."""
+    value = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    return dict(value) if isinstance(value, dict) and value else None
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's whole configuration, else (a trial of another program) the parameters Optuna sampled."""
+    return params_full(trial) or dict(trial.params)
+
+
+def stored_metrics(trial: FrozenTrial, key: str) -> dict[str, Any] | None:
+    """The metrics a trial stored under `key` (`VAL_METRICS_ATTR`, `TEST_METRICS_ATTR`); None when not an object."""
+    value = trial.user_attrs.get(key)
+    return value if isinstance(value, dict) else None
+
+
+def stored_seconds(trial: FrozenTrial) -> float | None:
+    """The training seconds a trial recorded (`WALL_TIME_ATTR`); None unless a finite number."""
+    value = trial.user_attrs.get(WALL_TIME_ATTR)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def fail_reason(trial: FrozenTrial, default: str = "") -> str:
+    """Why the trial's objective failed (`FAIL_REASON_ATTR`), else `default`."""
+    value = trial.user_attrs.get(FAIL_REASON_ATTR)
+    return value if isinstance(value, str) else default
+
+
+def is_surplus(trial: FrozenTrial) -> bool:
+    """Whether the trial failed only because nothing was left for it (`SURPLUS_ATTR`)."""
+    return trial.user_attrs.get(SURPLUS_ATTR) is True
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the trials this one retries (Optuna's `retry_history`), oldest first; [] for a first try."""
+    value = trial.system_attrs.get(RETRY_HISTORY_KEY)
+    return [n for n in value if isinstance(n, int)] if isinstance(value, list) else []

@@ -18,7 +18,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.store.record import FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR, WORKER_ATTR, WORKER_START_ATTR
+from hpo_astro.store.record import (
+    FAIL_REASON_ATTR,
+    PARAMS_FULL_ATTR,
+    SURPLUS_ATTR,
+    WORKER_ATTR,
+    WORKER_START_ATTR,
+    retry_history,
+)
 
 MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
 
@@ -127,7 +134,7 @@ def requeue_orphans(study: optuna.Study, grace_period: float) -> list[int]:
     once it has been failed for longer than the grace period: a live worker re-queues within milliseconds, so
     waiting keeps two workers from both re-queuing it. Returns the numbers re-queued."""
     trials = study.get_trials(deepcopy=False)
-    retried = {number for t in trials for number in t.system_attrs.get("retry_history", ())}
+    retried = {number for t in trials for number in retry_history(t)}
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)
     requeued = []
     for trial in trials:
@@ -138,7 +145,7 @@ def requeue_orphans(study: optuna.Study, grace_period: float) -> list[int]:
             or PARAMS_FULL_ATTR not in attrs
             or FAIL_REASON_ATTR in attrs
             or attrs.get(SURPLUS_ATTR)
-            or len(trial.system_attrs.get("retry_history", ())) >= MAX_RETRY
+            or len(retry_history(trial)) >= MAX_RETRY
             or trial.datetime_complete is None
             or trial.datetime_complete > cutoff
         ):

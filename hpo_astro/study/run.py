@@ -26,7 +26,14 @@ from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
 from hpo_astro.errors import StudyFailed, WriteFailed, write_fault
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
-from hpo_astro.store.record import ARTIFACTS_KEY, FAIL_REASON_ATTR, PARAMS_FULL_ATTR, SURPLUS_ATTR, TRAINED
+from hpo_astro.store.record import (
+    ARTIFACTS_KEY,
+    FAIL_REASON_ATTR,
+    PARAMS_FULL_ATTR,
+    TRAINED,
+    fail_reason,
+    is_surplus,
+)
 from hpo_astro.store.recovery import fail_dead_trials, retry_callback
 from hpo_astro.store.storage import artifact_store, open_storage
 from hpo_astro.store.trials import FINISHED
@@ -216,10 +223,10 @@ def _requeue(study: optuna.Study, trial_id: int | None) -> None:
 def _failures_in_a_row(trial: FrozenTrial, before: int) -> int:
     """Failed trials in a row, counting this one; any other outcome, or a surplus trial (nothing was left for it),
     starts again from 0. Too many stop the run: something is wrong beyond one configuration."""
-    surplus = trial.user_attrs.get(SURPLUS_ATTR, False)
+    surplus = is_surplus(trial)
     failures = before + 1 if trial.state == TrialState.FAIL and not surplus else 0
     if failures >= MAX_CONSECUTIVE_FAILURES:
-        reason = trial.user_attrs.get(FAIL_REASON_ATTR, "unknown error")
+        reason = fail_reason(trial, "unknown error")
         raise StudyFailed(f"{failures} trials in a row failed; last error: {reason}")
     return failures
 

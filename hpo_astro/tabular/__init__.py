@@ -40,6 +40,7 @@ from hpo_astro.tabular.tabulate import (
     check_size,
     tabulate_config,
     tabulate_train,
+    tabulating,
     test_metrics,
     train_for_kind,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "table_from_study",
     "tabulate_config",
     "tabulate_train",
+    "tabulating",
     "test_metrics",
     "train_for_kind",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,25 +24,6 @@ DEFAULT_MAX_CONFIGS = 10_000  # tabulate refuses larger spaces unless --max-conf
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-@dataclass(frozen=True)
-class TabulateTrain:
-    """The trainer of a `tabulate` study: train as `run` does with `trainer` (every keyword the objective passes goes
-    through), then evaluate the restored best weights on the test split once and record that on the trial
-    (`test_metrics`). A picklable object (its trainer a module-level function), so worker processes get it."""
-
-    trainer: TrainFn = train_configuration
-    trial_kind: ClassVar[str] = TABULATED  # what the study records (`hpo_astro.store.record.TRIAL_KINDS`)
-
-    def __call__(self, params: Mapping[str, Any], data: DataSplits, **options: Any) -> TrainResult:
-        result = self.trainer(params, data, **options)
-        if result.stop_reason != "pruned":  # a pruned trial is not a row; nothing to test
-            result.extra_attrs[TEST_METRICS_ATTR] = test_metrics(result, data).as_dict()
-        return result
-
-
-tabulate_train = TabulateTrain()  # with the real trainer
-
-
 def test_metrics(result: TrainResult, data: DataSplits) -> Metrics:
     """The trained model (best weights restored) on the test split."""
     from hpo_astro.core.train import evaluate
@@ -53,12 +34,40 @@ def test_metrics(result: TrainResult, data: DataSplits) -> Metrics:
 test_metrics.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name
 
 
+@dataclass(frozen=True)
+class TabulateTrain:
+    """The trainer of a `tabulate` study: train as `run` does with `trainer` (every keyword the objective passes goes
+    through), then evaluate the restored best weights on the test split once with `tester` and record that on the
+    trial (`test_metrics`). A picklable object (its functions module-level ones), so worker processes get it."""
+
+    trainer: TrainFn = train_configuration
+    tester: Callable[[TrainResult, DataSplits], Metrics] = test_metrics
+    trial_kind: ClassVar[str] = TABULATED  # what the study records (`hpo_astro.store.record.TRIAL_KINDS`)
+
+    def __call__(self, params: Mapping[str, Any], data: DataSplits, **options: Any) -> TrainResult:
+        result = self.trainer(params, data, **options)
+        if result.stop_reason != "pruned":  # a pruned trial is not a row; nothing to test
+            result.extra_attrs[TEST_METRICS_ATTR] = self.tester(result, data).as_dict()
+        return result
+
+
+tabulate_train = TabulateTrain()  # with the real trainer and the real test evaluation
+
+
+def tabulating(trainer: TrainFn | None) -> TabulateTrain:
+    """The trainer of a table study given the caller's `trainer`: itself when it is a `TabulateTrain` already (e.g.
+    one with a stand-in tester), wrapped by one when it is a plain trainer, the real one when None."""
+    if isinstance(trainer, TabulateTrain):
+        return trainer
+    return TabulateTrain(trainer) if trainer is not None else tabulate_train
+
+
 def train_for_kind(trial_kind: str, study_name: str, trainer: TrainFn | None = None) -> TrainFn | None:
     """The trainer a worker joining the study `study_name`, whose trials are of `trial_kind`, must use: `trainer`
     (None: the real one), wrapped by `TabulateTrain` for a table study. A replay study is refused: its trials are
     answered from a table by the `benchmark` that made it, which no worker can join."""
     if trial_kind == TABULATED:
-        return TabulateTrain(trainer) if trainer is not None else tabulate_train
+        return tabulating(trainer)
     if trial_kind == REPLAYED:
         raise UserError(
             f"study {study_name!r} replays a table (made by `hpo-astro benchmark`): a worker cannot join it; re-run "

@@ -5,7 +5,7 @@ Inputs: (a) mutations of a small valid ExRomana .npy file, aimed at its structur
 (b) random sequences of pickle opcodes with random (often lying) arguments; (c) random .npy headers;
 (d) mutations of a small .npz file. Derandomized and without an example database, so CI runs the same examples
 every time and writes nothing into the checkout. For a longer, randomized local run:
-HPO_ASTRO_FUZZ_EXAMPLES=5000 pytest tests/test_exromana_fuzz.py"""
+HPO_ASTRO_FUZZ_EXAMPLES=5000 pytest tests/data/test_exromana_fuzz.py"""
 
 from __future__ import annotations
 

@@ -400,7 +400,7 @@ def test_the_study_files_of_the_new_strategies_load() -> None:
     from hpo_astro.study.config import load_config
     from hpo_astro.study.strategies import make_pruner, make_sampler
 
-    root = Path(__file__).resolve().parents[1] / "studies"
+    root = Path(__file__).resolve().parents[2] / "studies"
     expected = {
         "bohb": ("bohb", 100, "hyperband", optuna.pruners.HyperbandPruner),
         "qmc": ("qmc", 65, "none", optuna.pruners.NopPruner),

@@ -378,7 +378,7 @@ def test_dashboard_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
 
 
 def test_reproduce_paper_script_arguments() -> None:
-    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_paper.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     usage = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=patience(30))
     assert usage.returncode == 0 and "--quick" in usage.stdout and "set -euo" not in usage.stdout

@@ -59,3 +59,40 @@ def test_differences_name_the_identity_fields_only(tmp_path: Path) -> None:
     assert record.differences(dataclasses.replace(record, n_trials=99, seed=3)) == []
     other = dataclasses.replace(record, objective="loss", data_fingerprint="0" * 16)
     assert record.differences(other) == ["objective", "data_fingerprint"]
+
+
+def test_the_trial_readers_return_what_they_promise_whatever_the_store_holds() -> None:
+    """Another program (or an older version) may have written any JSON under a key: each reader gives its type or
+    its stated fallback, never the stored value as it is."""
+    import math
+
+    from hpo_astro.store import record
+
+    def trial(user: dict, system: dict | None = None) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(
+            params={"lr": 0.01},
+            distributions={"lr": optuna.distributions.CategoricalDistribution([0.01, 0.1])},
+            value=0.5,
+            user_attrs=user,
+            system_attrs=system or {},
+        )
+
+    good = trial(
+        {"params_full": {"lr": 0.01, "fc_layers": 2}, "val_metrics": {"loss": 0.3}, "wall_time": 2.5,
+         "fail_reason": "ValueError: x", "surplus": True},
+        {"retry_history": [0, 3]},
+    )  # fmt: skip
+    assert record.params_full(good) == record.trial_params(good) == {"lr": 0.01, "fc_layers": 2}
+    assert record.stored_metrics(good, record.VAL_METRICS_ATTR) == {"loss": 0.3}
+    assert record.stored_seconds(good) == 2.5 and record.fail_reason(good) == "ValueError: x"
+    assert record.is_surplus(good) and record.retry_history(good) == [0, 3]
+    bad = trial(
+        {"params_full": "lr=0.01", "val_metrics": [0.3], "wall_time": "2.5", "fail_reason": 7, "surplus": "yes"},
+        {"retry_history": "0,3"},
+    )
+    assert record.params_full(bad) is None and record.trial_params(bad) == {"lr": 0.01}  # Optuna's own params
+    assert record.stored_metrics(bad, record.VAL_METRICS_ATTR) is None and record.stored_seconds(bad) is None
+    assert record.fail_reason(bad, "unknown") == "unknown" and not record.is_surplus(bad)
+    assert record.retry_history(bad) == []
+    for seconds in (math.nan, math.inf, True):
+        assert record.stored_seconds(trial({"wall_time": seconds})) is None

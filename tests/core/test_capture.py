@@ -1,6 +1,6 @@
 """The captured train step's CPU-testable parts: when capture applies, `--capture/--no-capture` and the study file
 reach the trainer, and a checkpoint written by a captured (CUDA) run resumes in an eager run and vice versa. The
-capture itself runs in tests/test_gpu.py (skipped without CUDA)."""
+capture itself runs in tests/core/test_gpu.py (skipped without CUDA)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_a_captured_runs_checkpoint_resumes_eagerly_and_agrees_with_the_uninterr
     """A captured run holds its learning rate as a float32 device tensor (capturable AdamW), so its checkpoint carries
     the schedule rounded to float32: resumed eagerly, the run continues from that rounded rate, and its curves agree
     with an uninterrupted eager run to float32 rounding, not bitwise (an eager checkpoint resumes bitwise:
-    tests/test_train.py). Measured: the first resumed epoch's validation loss moves by about 1e-7 of its value."""
+    tests/core/test_train.py). Measured: the first resumed epoch's validation loss moves by about 1e-7 of its value."""
     whole = train(PARAMS, noise_splits(42, seed=3), seed=2, device="cpu", early_stopping=False)
     saved: list[dict[str, Any]] = []
 

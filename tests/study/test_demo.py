@@ -16,7 +16,7 @@ from hpo_astro.study.config import StudyConfig, load_config
 from hpo_astro.study.run import run_study
 from hpo_astro.study.strategies import make_sampler
 
-DEMO = Path(__file__).parent.parent / "studies" / "quick-demo.toml"
+DEMO = Path(__file__).resolve().parents[2] / "studies" / "quick-demo.toml"
 
 
 def test_the_demo_lets_tpe_choose() -> None:

@@ -136,7 +136,7 @@ def test_status_of_an_empty_or_missing_study(tmp_path: Path) -> None:
 
 
 def test_paper_study_files_load() -> None:
-    root = Path(__file__).resolve().parents[1] / "studies"
+    root = Path(__file__).resolve().parents[2] / "studies"
     expected = {
         "paper-random": ("random", 100),
         "paper-ablation": ("ablation", 47),

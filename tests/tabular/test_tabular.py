@@ -46,16 +46,22 @@ def space_file(path: Path, space: Mapping[str, list] = SPACE, extra: str = "") -
     return path
 
 
+def fake_test(result: Any, data: Any) -> Metrics:
+    """The stand-in trainer's one-weight model cannot see cutouts: its test metrics are its validation metrics less
+    0.01 (the real evaluation is covered by the workers test, which trains for real)."""
+    v = result.val_metrics
+    return Metrics(v.loss + 0.01, v.accuracy - 0.01, v.roc_auc - 0.01, 1.0, 1.0, 1.0, 0.0)
+
+
+def tabulating(trainer: Any = fake_train) -> tabular.TabulateTrain:
+    """A table study's trainer with `trainer` and the stand-in test evaluation, handed to the command (`invoke`)."""
+    return tabular.TabulateTrain(trainer, fake_test)
+
+
 @pytest.fixture
-def fake_tabulating(fake_training: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tabulate with the fast stand-in trainer; its one-weight model cannot see cutouts, so the test metrics are the
-    validation metrics less 0.01 (the real evaluation is covered by the workers test, which trains for real)."""
-
-    def fake_test(result: Any, data: Any) -> Metrics:
-        v = result.val_metrics
-        return Metrics(v.loss + 0.01, v.accuracy - 0.01, v.roc_auc - 0.01, 1.0, 1.0, 1.0, 0.0)
-
-    monkeypatch.setattr(tabular.tabulate, "test_metrics", fake_test)  # where tabulate_train looks it up
+def fake_tabulating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tabulate commands train with the fast stand-in trainer and test with `fake_test`."""
+    monkeypatch.setattr(helpers, "TRAINER", tabulating())
 
 
 def tabulate(tmp_path: Path, data: Path, *args: object, name: str = "t8") -> Any:
@@ -206,7 +212,7 @@ def test_an_interrupted_tabulation_resumes_to_the_full_table(
             options["callbacks"] = [*options["callbacks"], Interrupt()]
         return fake_train(params, data, **options)
 
-    monkeypatch.setattr(helpers, "TRAINER", interrupted)
+    monkeypatch.setattr(helpers, "TRAINER", tabulating(interrupted))
     stopped = tabulate(tmp_path, small_file)
     assert stopped.exit_code == 130 and "resume with" in stopped.stderr
     assert not (tmp_path / "t8.json.gz").exists()  # no table before every configuration has its row
@@ -234,12 +240,13 @@ def test_a_worker_joining_a_table_study_records_test_metrics(
     space = space_file(tmp_path / "space.toml")
     cfg = tabular.tabulate_config(space, "joined", journal_url(tmp_path), max_epochs=2, data=small_file)
     cfg.n_trials = 3  # a first run that stops after 3 configurations
-    run_study(cfg, train=tabular.tabulate_train)
+    run_study(cfg, train=tabulating())
     study = load_study(journal_url(tmp_path), "table/joined")
     study.set_user_attr("n_trials", 8)
     assert study.user_attrs["trial_kind"] == "tabulated"  # the record says what its trials are, not the name
     assert workers.joined_study(journal_url(tmp_path), "table/joined")[1] == "tabulated"
     assert tabular.train_for_kind("tabulated", "table/joined") is tabular.tabulate_train
+    assert tabular.train_for_kind("tabulated", "table/joined", helpers.TRAINER) is helpers.TRAINER
     assert tabular.train_for_kind("trained", "random") is None
     joined = invoke("worker", "--study", "table/joined", "--storage", journal_url(tmp_path))
     assert joined.exit_code == 0, joined.output
@@ -251,15 +258,16 @@ def test_the_trial_kind_comes_from_the_record_not_the_name(tmp_path: Path, small
     version, which had no trial_kind, is a table study when its name says so; resuming a study with a trainer of
     another kind is refused."""
     cfg = bench_config(tmp_path, small_file, make_table(), study="table/x", n_trials=2, max_epochs=2)
-    run_study(cfg, train=helpers.TRAINER)
+    run_study(cfg, train=fake_train)
     study = load_study(journal_url(tmp_path), "table/x")
     assert study.user_attrs["trial_kind"] == "trained"
     study.set_user_attr("n_trials", 3)
-    joined = invoke("worker", "--study", "table/x", "--storage", journal_url(tmp_path))
+    joined = invoke("worker", "--study", "table/x", "--storage", journal_url(tmp_path), train=fake_train)
     assert joined.exit_code == 0, joined.output
     trials = load_study(journal_url(tmp_path), "table/x").get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3 and not any(TEST_METRICS_ATTR in t.user_attrs for t in trials)
-    refused = invoke("tabulate", "--out", "x", "--storage", journal_url(tmp_path), "--data", small_file)
+    store = journal_url(tmp_path)
+    refused = invoke("tabulate", "--out", "x", "--storage", store, "--data", small_file, train=fake_train)
     assert_refused(refused, "study 'table/x' in the store holds trained trials, and this command runs tabulated ones")
     record = StudyRecord.from_attrs(study.user_attrs)
     assert record is not None
@@ -277,7 +285,7 @@ def test_a_worker_cannot_join_a_replay_study(tmp_path: Path, small_file: Path) -
     joined = invoke("worker", "--study", "bench", "--storage", journal_url(tmp_path))
     assert_refused(joined, "study 'bench' replays a table (made by `hpo-astro benchmark`): a worker cannot join it")
     with pytest.raises(UserError, match="'bench' in the store holds replayed trials, and this command runs trained"):
-        run_study(cfg, train=helpers.TRAINER)
+        run_study(cfg, train=fake_train)
 
 
 def test_tabulate_with_workers_trains_and_tests_for_real(
@@ -375,7 +383,7 @@ def test_an_incomplete_table_after_a_run_is_one_line(
             raise RuntimeError("boom")
         return fake_train(params, data, **options)
 
-    monkeypatch.setattr(helpers, "TRAINER", failing)
+    monkeypatch.setattr(helpers, "TRAINER", tabulating(failing))
     result = tabulate(tmp_path, small_file)
     assert result.exit_code == 1, result.output
     assert "1 of 8 configurations have no row (1 trial(s) failed" in result.stderr

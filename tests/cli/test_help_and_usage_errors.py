@@ -188,3 +188,14 @@ def test_the_command_line_choices_are_the_library_names() -> None:
         (["predict", "--model", "m", "--data", "d", "--split", "dev"], "'all', 'train', 'val', 'test'"),
     ):
         assert_refused(invoke(*args), f"is not one of {choices}")
+
+
+def test_the_command_line_starts_without_torch_or_optuna() -> None:
+    """`hpo-astro --help` and a typo answer at once: importing the command line imports neither torch, Optuna,
+    SQLAlchemy nor NumPy (each command imports what it needs when it runs)."""
+    import subprocess
+    import sys
+
+    code = "import sys, hpo_astro.cli; print(sorted({'torch', 'optuna', 'sqlalchemy', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,7 +1,8 @@
 """Property tests of what the commands read besides data files (#17): random and mutated model manifests, and
 random and mutated study attributes (the record another program may have written). Whatever they hold: the model
 loads and scores (never larger than MAX_PARAMETERS), or a one-line UserError is raised; never another exception.
-Derandomized and without an example database, as tests/test_exromana_fuzz.py; HPO_ASTRO_FUZZ_EXAMPLES=N explores."""
+Derandomized and without an example database, as tests/data/test_exromana_fuzz.py; HPO_ASTRO_FUZZ_EXAMPLES=N
+explores."""
 
 from __future__ import annotations
 

@@ -213,7 +213,7 @@ def test_a_worker_without_the_module_is_refused_with_the_store_untouched(
 
 def test_the_example_study_file_runs(tmp_path: Path, fake_training: None, small_file: Path) -> None:
     """studies/user-sampler.toml names an importable sampler class; it runs as it stands (storage and data aside)."""
-    example = Path(__file__).resolve().parents[1] / "studies" / "user-sampler.toml"
+    example = Path(__file__).resolve().parents[2] / "studies" / "user-sampler.toml"
     store = journal_url(tmp_path)
     result = invoke("run", "--config", example, "-n", 3, "--data", small_file, "--storage", store)
     assert result.exit_code == 0, result.output
