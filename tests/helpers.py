@@ -8,7 +8,7 @@ import functools
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 from hpo_astro.cli import main
 from hpo_astro.core.metrics import Metrics
 from hpo_astro.core.space import SearchSpace
-from hpo_astro.core.train import Callback, EpochMetrics, TrainResult, TrainState
+from hpo_astro.core.train import Callback, EpochMetrics, TrainFn, TrainResult, TrainState
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.study import run as run_module
 from hpo_astro.study.config import StudyConfig
@@ -186,7 +186,38 @@ def fake_train(
     resume: Mapping[str, Any] | None = None,
     **_: object,
 ) -> TrainResult:
-    """Same contract as `hpo_astro.core.train.train`, with a one-weight model and scripted metrics (milliseconds)."""
+    """Same contract as `hpo_astro.core.train.train`, with a one-weight model and scripted metrics (milliseconds): the
+    validation accuracy climbs linearly to `_fake_value(params)`, whatever the seed."""
+    return scripted_train(params, data, callbacks, max_epochs, seed, resume, final=_fake_value(params))
+
+
+def scripted_trainer(final: Callable[[Mapping[str, Any], int], float]) -> TrainFn:
+    """A stand-in trainer like `fake_train` whose run of `params` with `seed` ends at validation accuracy
+    `final(params, seed)`: training noise, scripted."""
+
+    def train(
+        params: Mapping[str, Any],
+        data: object,
+        callbacks: Iterable[Callback] = (),
+        max_epochs: int | None = None,
+        seed: int = 0,
+        resume: Mapping[str, Any] | None = None,
+        **_: object,
+    ) -> TrainResult:
+        return scripted_train(params, data, callbacks, max_epochs, seed, resume, final=final(params, seed))
+
+    return train
+
+
+def scripted_train(
+    params: Mapping[str, Any],
+    data: object,
+    callbacks: Iterable[Callback],
+    max_epochs: int | None,
+    seed: int,
+    resume: Mapping[str, Any] | None,
+    final: float,
+) -> TrainResult:
     import torch
 
     epochs = min(int(params["t_max"]), max_epochs or 10**6)
@@ -203,7 +234,6 @@ def fake_train(
     )
     if resume is not None:
         state.restore(resume)
-    final = _fake_value(params)
     while state.epoch < epochs and state.stop_reason is None:
         epoch = state.epoch + 1
         acc = final * epoch / epochs

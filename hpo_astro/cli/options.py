@@ -92,6 +92,26 @@ PrunerOpt = Annotated[
 BenchmarkPrunerOpt = Annotated[PrunerName | None, typer.Option("--pruner", help="Stop poor trials early.")]
 ObjectiveOpt = Annotated[ObjectiveName | None, typer.Option("--objective", help="What to optimise, on validation.")]
 
+# --eval-seeds and --folds: how many training runs score a configuration
+EvalSeedsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--eval-seeds",
+        min=1,
+        max=100,
+        help="Train each configuration with K seeds and score it by the mean (default: 1).",
+    ),
+]
+FoldsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--folds",
+        min=1,
+        max=20,
+        help="K-fold cross-validation over train+val, test untouched; 1: the fixed split (default).",
+    ),
+]
+
 # --seed
 SimulationSeedOpt = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Simulation seed.")]
 TrainSeedOpt = Annotated[

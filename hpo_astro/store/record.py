@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
 # Record fields read on their own (a study's record is one user attribute per `StudyRecord` field).
 STRATEGY_KEY, N_TRIALS_KEY, FINGERPRINT_KEY, ARTIFACTS_KEY = "strategy", "n_trials", "data_fingerprint", "artifacts"
-# Fields that must agree when a run resumes a stored study.
-IDENTITY = ("strategy", "space", "objective", "data_fingerprint")
+# Fields that must agree when a run resumes a stored study (a trial's value means something else when they differ).
+IDENTITY = ("strategy", "space", "objective", "data_fingerprint", "eval_seeds", "folds")
+# Fields every whole record holds (the fields added since the first version take their defaults when absent).
+_REQUIRED = ("strategy", "space", "objective", "data_fingerprint", "n_trials")
 
 # Trial user attributes written by the search and read by `compare`, `report` and `export`: one name each, here.
 FAIL_REASON_ATTR = "fail_reason"  # "ErrorClass: message" of a trial whose objective raised (never on a killed one)
@@ -58,6 +60,13 @@ WORKER_ATTR = "worker"  # "{hostname}:{pid}" of the process running it
 WORKER_START_ATTR = "worker_start"  # recovery.process_token() of that process, so a reused pid is told apart
 CHECKPOINT_ATTR = "checkpoint"  # {"artifact_id", "epoch"} while resumable; {"epoch", "deleted": true} once it ended
 RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial continued after
+# A trial of several training runs (`hpo_astro.study.evaluation`; never written for a single run): the runs, as
+# [{"seed", "fold", "value", "best_epoch", "stop_reason", "wall_time"}], their values, and the values' sample
+# standard deviation and standard error of the mean (the trial's value is the mean).
+EVAL_RUNS_ATTR = "eval_runs"
+EVAL_VALUES_ATTR = "eval_values"
+EVAL_STD_ATTR = "eval_std"
+EVAL_SEM_ATTR = "eval_sem"
 # Optuna's own system attribute on a re-queued trial: the numbers of the trials it retries, oldest first.
 RETRY_HISTORY_KEY = "retry_history"
 
@@ -92,6 +101,8 @@ class RunSettings(Protocol):
     greedy: bool
     population_size: int
     n_startup_trials: int | None
+    eval_seeds: int
+    folds: int
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,8 @@ class StudyRecord:
     population_size: int = 10
     n_startup_trials: int | None = None  # tpe, bohb, bayesian (None: Optuna's default)
     artifacts: str | None = None  # checkpoint and weights folder
+    eval_seeds: int = 1  # training runs per configuration and fold (`hpo_astro.study.evaluation`)
+    folds: int = 1  # cross-validation folds over train+val (1: the fixed train/val split)
     trial_kind: str | None = None  # one of TRIAL_KINDS (None: an earlier version's record, see `kind_of`)
     hpo_astro_version: str = __version__
 
@@ -146,6 +159,8 @@ class StudyRecord:
             population_size=cfg.population_size,
             n_startup_trials=cfg.n_startup_trials,
             artifacts=str(Path(artifacts).resolve()),
+            eval_seeds=cfg.eval_seeds,
+            folds=cfg.folds,
             trial_kind=trial_kind,
         )
 
@@ -164,7 +179,7 @@ class StudyRecord:
     def from_attrs(cls, attrs: dict[str, Any]) -> StudyRecord | None:
         """The record in a study's user attributes; None when it is not whole (interrupted creation, or a study
         made by another program). Fields a study of an older version did not record take their defaults."""
-        if VERSION_KEY not in attrs or any(key not in attrs for key in (*IDENTITY, "n_trials")):
+        if VERSION_KEY not in attrs or any(key not in attrs for key in _REQUIRED):
             return None
         known = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in attrs.items() if key in known}
@@ -209,6 +224,8 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "population_size": _INT,
     "n_startup_trials": _OPT_INT,
     "artifacts": _OPT_STR,
+    "eval_seeds": (lambda v: _INT[0](v) and v >= 1, "a positive integer"),
+    "folds": (lambda v: _INT[0](v) and v >= 1, "a positive integer"),
     "trial_kind": (lambda v: v is None or v in TRIAL_KINDS, f"one of {', '.join(TRIAL_KINDS)} or null"),
     "hpo_astro_version": _STR,
 }

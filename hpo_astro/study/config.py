@@ -15,6 +15,7 @@ from hpo_astro.io import read_regular_file
 from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from hpo_astro.study.defaults import DEFAULT_STORAGE
+from hpo_astro.study.evaluation import MAX_EVAL_SEEDS, MAX_FOLDS
 from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
 OBJECTIVES = {  # name (`ObjectiveName`) -> (per-epoch metric, direction)
@@ -50,6 +51,10 @@ class StudyConfig:
     data: Path | None = None
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     max_epochs: int | None = None
+    # Noise-aware evaluation (`hpo_astro.study.evaluation`): each trial trains its configuration with `eval_seeds`
+    # seeds on each of `folds` cross-validation folds (1: the fixed train/val split) and scores it by the mean.
+    eval_seeds: int = 1
+    folds: int = 1
     heartbeat_interval: int = DEFAULT_HEARTBEAT  # seconds; 0 disables the heartbeat (and dead-trial retry)
     # Seconds of training between a trial's checkpoints (after its first epoch, always one): 0 checkpoints every
     # epoch. A killed trial loses at most this much training; a short interval costs time on fast epochs (GPU).
@@ -98,6 +103,14 @@ class StudyConfig:
                 )
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"max_epochs must be at least 1, got {self.max_epochs}")
+        if not 1 <= self.eval_seeds <= MAX_EVAL_SEEDS:
+            raise UserError(f"eval_seeds must be between 1 and {MAX_EVAL_SEEDS}, got {self.eval_seeds}")
+        if self.seed + self.eval_seeds - 1 > MAX_SEED:
+            raise UserError(
+                f"seed + eval_seeds - 1 must be at most {MAX_SEED}: the runs train with seeds seed, seed+1, …"
+            )
+        if self.folds != 1 and not 2 <= self.folds <= MAX_FOLDS:
+            raise UserError(f"folds must be 1 (no cross-validation) or between 2 and {MAX_FOLDS}, got {self.folds}")
         if self.heartbeat_interval < 0 or (self.heartbeat_interval and self.grace_period <= self.heartbeat_interval):
             raise UserError(
                 f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})"
@@ -142,6 +155,8 @@ class StudyConfig:
             data=Path(record.data) if record.data else None,
             channels=tuple(record.channels),
             max_epochs=record.max_epochs,
+            eval_seeds=int(record.eval_seeds),
+            folds=int(record.folds),
             artifacts=Path(record.artifacts) if record.artifacts else None,
         )
 
@@ -199,6 +214,8 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         "n_startup_trials": int,
         "seed": int,
         "max_epochs": int,
+        "eval_seeds": int,
+        "folds": int,
         "greedy": bool,
         "capture": bool,
         "heartbeat_interval": int,

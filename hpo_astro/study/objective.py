@@ -18,7 +18,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from typing import Any
 import optuna
 import torch
 
+from hpo_astro.core.epochs import EpochMetrics
 from hpo_astro.core.space import DEFAULT_PARAMS
-from hpo_astro.core.train import TrainFn, TrainState
+from hpo_astro.core.train import TrainFn, TrainResult, TrainState
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import described, write_fault
@@ -37,6 +38,10 @@ from hpo_astro.store.record import (
     BEST_WEIGHTS_ATTR,
     CHECKPOINT_ATTR,
     DEVICE_ATTR,
+    EVAL_RUNS_ATTR,
+    EVAL_SEM_ATTR,
+    EVAL_STD_ATTR,
+    EVAL_VALUES_ATTR,
     FAIL_REASON_ATTR,
     HISTORY_SYSTEM_ATTR,
     N_PARAMS_ATTR,
@@ -54,6 +59,15 @@ from hpo_astro.store.record import (
 from hpo_astro.store.recovery import process_token
 from hpo_astro.store.trials import HOLDING, better, maximizes
 from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.evaluation import (
+    RECORDED_RUN_FIELDS,
+    EvalProgress,
+    Spread,
+    eval_plan,
+    fold_data,
+    mean_metrics,
+    run_summary,
+)
 from hpo_astro.study.interrupts import process_interrupts
 
 # Trials that hold a place in the budget: finished, or running or queued to finish.
@@ -78,7 +92,8 @@ class _SurplusTrial(Exception):
 
 
 class OptunaPruning:
-    """Trainer callback: report the objective metric each epoch, prune on request."""
+    """Trainer callback: report the objective metric each epoch, prune on request. Epoch e is reported as step
+    `step_offset + e`: a trial of several runs reports them as one series (`hpo_astro.study.evaluation`)."""
 
     def __init__(
         self,
@@ -86,14 +101,17 @@ class OptunaPruning:
         metric: str,
         on_epoch: Callable[[int, TrainState], None] | None = None,
         reported_until: int = 0,
+        step_offset: int = 0,
     ) -> None:
         self.trial, self.metric, self.on_epoch = trial, metric, on_epoch
-        self.reported_until = reported_until  # epochs a retried trial inherited, already reported
+        self.reported_until = reported_until  # steps a retried trial inherited, already reported
+        self.step_offset = step_offset
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if state.epoch > self.reported_until:
+        step = self.step_offset + state.epoch
+        if step > self.reported_until:
             value = finite_metric(getattr(state.last, self.metric), self.metric != "val_loss")
-            self.trial.report(value, state.epoch)
+            self.trial.report(value, step)
         if self.on_epoch:
             self.on_epoch(self.trial.number, state)
         if self.trial.should_prune():
@@ -116,9 +134,17 @@ class ArtifactCheckpoint:
         store: optuna.artifacts.FileSystemArtifactStore,
         previous: str | None,
         interval: float = 0.0,
+        progress: EvalProgress | None = None,
     ):
         self.trial, self.store, self.current, self.interval = trial, store, previous, interval
+        self.progress = progress or EvalProgress()  # a trial of several runs: the runs it has finished
         self.last_write: float | None = None
+        self.run = 0
+
+    def start_run(self, index: int) -> None:
+        """A trial's run `index` begins (`hpo_astro.study.evaluation`): its first epoch is checkpointed, and only the
+        first run's curves are the trial's."""
+        self.run, self.last_write = index, None
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self.last_write is not None and time.monotonic() - self.last_write < self.interval:
@@ -129,10 +155,14 @@ class ArtifactCheckpoint:
     def write(self, state: TrainState) -> None:
         artifact_id = f"{checkpoint_prefix(self.trial.study)}{uuid.uuid4()}"
         with process_interrupts.deferred(), tempfile.TemporaryFile() as fh:
-            torch.save(state.checkpoint(), fh)
+            saved = state.checkpoint()
+            if self.progress.done or self.run:
+                saved |= self.progress.to_checkpoint()
+            torch.save(saved, fh)
             fh.seek(0)
             self.store.write(artifact_id, fh)
-            record_curves(self.trial, state.history)
+            if self.run == 0:
+                record_curves(self.trial, state.history)
             self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
             self.remove()
             self.current = artifact_id
@@ -230,41 +260,45 @@ class Objective:
         params = {**DEFAULT_PARAMS, **(self.cfg.baseline or {}), **sampled}
         trial.set_user_attr(PARAMS_FULL_ATTR, params)
         resume, inherited = self._inherited_checkpoint(trial, params)
-        checkpoint = ArtifactCheckpoint(trial, self.store, inherited, self.cfg.checkpoint_interval)
-        reported = storage.get_trial(trial._trial_id).intermediate_values  # a retry inherits its curve
-        callbacks = [OptunaPruning(trial, self.cfg.metric, self.on_epoch, max(reported, default=0)), checkpoint]
-        fit = self.train
-        with process_interrupts.allowed():
-            result = fit(
-                params,
-                self.data,
-                callbacks=callbacks,
-                max_epochs=self.cfg.max_epochs,
-                seed=self.cfg.seed,
-                resume=resume,
-                device=self.cfg.devices[0] if self.cfg.devices else "auto",  # one per process: see workers.py
-                capture=self.cfg.capture,
+        plan = eval_plan(self.cfg)
+        progress = EvalProgress.from_checkpoint(resume)  # the runs an interrupted trial had finished
+        if progress is None or progress.next_run >= plan.n_runs:  # not a checkpoint of this study's runs: start over
+            resume, progress = None, EvalProgress()
+        checkpoint = ArtifactCheckpoint(trial, self.store, inherited, self.cfg.checkpoint_interval, progress)
+        reported = max(storage.get_trial(trial._trial_id).intermediate_values, default=0)  # a retry inherits them
+        resumed_run = progress.next_run  # the run `resume` continues (0 for a fresh trial)
+        for run in plan.runs()[resumed_run:]:
+            checkpoint.start_run(run.index)
+            pruning = OptunaPruning(trial, self.cfg.metric, self.on_epoch, reported, plan.step(run.index, 0))
+            with process_interrupts.allowed():
+                result = self.train(
+                    params,
+                    self.data if run.fold is None else fold_data(self.data, run.fold, plan.folds, plan.base_seed),
+                    callbacks=[pruning, checkpoint],
+                    max_epochs=self.cfg.max_epochs,
+                    seed=run.seed,
+                    resume=resume if run.index == resumed_run else None,
+                    device=self.cfg.devices[0] if self.cfg.devices else "auto",  # one per process: see workers.py
+                    capture=self.cfg.capture,
+                )
+            value = finite_metric(
+                getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
             )
-        record_curves(trial, result.history)  # the whole run: the last checkpoint may be epochs behind
-        for key, value in {
-            BEST_EPOCH_ATTR: result.best_epoch,
-            STOP_REASON_ATTR: result.stop_reason,
-            WALL_TIME_ATTR: result.wall_time,
-            N_PARAMS_ATTR: result.n_params,
-            DEVICE_ATTR: result.device,
-            TRAIN_SEED_ATTR: result.seed,
-            VAL_METRICS_ATTR: result.val_metrics.as_dict(),
-            **result.extra_attrs,
-        }.items():
-            trial.set_user_attr(key, value)
-        if result.stop_reason == "pruned":
-            checkpoint.remove()
-            raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        value = finite_metric(
-            getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
-        )
-        if result.model is not None:  # a replayed trial trained nothing: no weights to keep
-            self._keep_if_best(trial, value, result.model)
+            if plan.n_runs == 1:
+                _record_run(trial, result)
+                weights = None if result.model is None else result.model.state_dict()
+            else:
+                if run.index == 0 and result.model is not None:
+                    progress.first_weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+                progress.done.append(run_summary(run, value, result))
+                if result.stop_reason == "pruned" or progress.next_run == plan.n_runs:
+                    _record_runs(trial, progress.done)
+                weights, value = progress.first_weights, progress.spread().mean
+            if result.stop_reason == "pruned":
+                checkpoint.remove()
+                raise optuna.TrialPruned(f"pruned at epoch {len(result.history)} of run {run.index + 1}")
+        if weights is not None:  # a replayed trial trained nothing: no weights to keep
+            self._keep_if_best(trial, value, weights)
         return value, checkpoint
 
     def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
@@ -282,7 +316,7 @@ class Objective:
         trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, int(pointer["epoch"]))
         return checkpoint, pointer["artifact_id"]
 
-    def _keep_if_best(self, trial: optuna.Trial, value: float, model: torch.nn.Module) -> None:
+    def _keep_if_best(self, trial: optuna.Trial, value: float, weights: Mapping[str, torch.Tensor]) -> None:
         """Keep this trial's weights if it is the best so far, uploaded as an artifact of the trial (optuna-dashboard
         lists it on the trial's page) and named by the study's `best_weights` attribute. The weights of earlier
         bests stay: their trials list them too, and Optuna cannot take an artifact off a finished trial."""
@@ -292,8 +326,53 @@ class Objective:
             return
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial-{trial.number}-weights.pt"
-            torch.save(model.state_dict(), path)
+            torch.save(dict(weights), path)
             artifact_id = optuna.artifacts.upload_artifact(
                 artifact_store=self.store, file_path=str(path), study_or_trial=trial
             )
         study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
+
+
+def _record_run(trial: optuna.Trial, result: TrainResult) -> None:
+    """Record a trial's single training run on it."""
+    record_curves(trial, result.history)  # the whole run: the last checkpoint may be epochs behind
+    for key, value in {
+        BEST_EPOCH_ATTR: result.best_epoch,
+        STOP_REASON_ATTR: result.stop_reason,
+        WALL_TIME_ATTR: result.wall_time,
+        N_PARAMS_ATTR: result.n_params,
+        DEVICE_ATTR: result.device,
+        TRAIN_SEED_ATTR: result.seed,
+        VAL_METRICS_ATTR: result.val_metrics.as_dict(),
+        **result.extra_attrs,
+    }.items():
+        trial.set_user_attr(key, value)
+
+
+def _record_runs(trial: optuna.Trial, runs: list[dict[str, Any]]) -> None:
+    """Record a trial of several runs (`hpo_astro.study.evaluation`): the first run's curves, model and extra facts
+    (its weights are the ones the trial keeps), the mean validation metrics, the total time, and every run. A trial
+    pruned in a later run says so."""
+    first = runs[0]
+    record_curves(trial, [EpochMetrics(**h) for h in first["history"]])
+    spread = Spread(tuple(float(r["value"]) for r in runs))
+    for key, value in {
+        BEST_EPOCH_ATTR: first["best_epoch"],
+        STOP_REASON_ATTR: "pruned" if runs[-1]["stop_reason"] == "pruned" else first["stop_reason"],
+        WALL_TIME_ATTR: sum(r["wall_time"] for r in runs),
+        N_PARAMS_ATTR: first["n_params"],
+        DEVICE_ATTR: first["device"],
+        TRAIN_SEED_ATTR: first["seed"],
+        VAL_METRICS_ATTR: mean_metrics([r["val_metrics"] for r in runs]),
+        **first["extra_attrs"],
+        EVAL_RUNS_ATTR: [{k: r[k] for k in RECORDED_RUN_FIELDS} for r in runs],
+        EVAL_VALUES_ATTR: list(spread.values),
+        EVAL_STD_ATTR: _json_number(spread.std),
+        EVAL_SEM_ATTR: _json_number(spread.sem),
+    }.items():
+        trial.set_user_attr(key, value)
+
+
+def _json_number(value: float) -> float | None:
+    """A statistic as strict JSON stores it: null when undefined (the spread of a single run)."""
+    return value if math.isfinite(value) else None

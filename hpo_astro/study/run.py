@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_astro.core.train import TrainFn, TrainState
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
-from hpo_astro.errors import StudyFailed, WriteFailed, write_fault
+from hpo_astro.errors import StudyFailed, UserError, WriteFailed, write_fault
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.store.record import (
@@ -39,6 +39,7 @@ from hpo_astro.store.storage import artifact_store, open_storage
 from hpo_astro.store.trials import FINISHED
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.create import create_or_resume, study_record
+from hpo_astro.study.evaluation import check_folds
 from hpo_astro.study.interrupts import configure_logging, process_interrupts
 from hpo_astro.study.objective import Objective, checkpoint_prefix
 from hpo_astro.study.strategies import make_pruner, make_sampler
@@ -144,10 +145,14 @@ def _open(
     storage: optuna.storages.BaseStorage | None = None,
 ) -> tuple[optuna.Study, int, Objective]:
     """Check the input, then open the store and create or resume the study: the study, its budget, its objective."""
+    trial_kind = getattr(train, "trial_kind", TRAINED)  # a table's trainer says what its trials are
+    if cfg.folds > 1 and trial_kind != TRAINED:
+        raise UserError("--folds needs training on the data: a table's rows were trained on one fixed split")
     data, sampler, pruner = prepare_run(cfg, data)
+    if cfg.folds > 1:
+        check_folds(data, cfg.folds)
     if storage is None:
         storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
-    trial_kind = getattr(train, "trial_kind", TRAINED)  # a table's trainer says what its trials are
     study = create_or_resume(cfg, storage, study_record(cfg, data, trial_kind), sampler, pruner)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs[ARTIFACTS_KEY]))

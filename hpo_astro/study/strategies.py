@@ -22,6 +22,7 @@ from hpo_astro.errors import UserError, described
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.trial_seeded import TrialSeededSampler
 from hpo_astro.store.record import RunSettings
+from hpo_astro.study.evaluation import eval_plan
 
 GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
 
@@ -212,17 +213,13 @@ def make_sampler(cfg: RunSettings) -> BaseSampler:
     return TrialSeededSampler(lambda seed: factory(dataclasses.replace(cfg, seed=seed)), cfg.seed)
 
 
-def _max_epochs(cfg: RunSettings) -> int:
-    """The most epochs a trial can run: --max-epochs, else the largest t_max of the space."""
-    return cfg.max_epochs or max(int(v) for v in cfg.space.get("t_max", (100,)))
-
-
-# Pruners work on epochs: each trial reports its objective metric after every epoch (names: `PrunerName`).
+# Pruners work on epochs: each trial reports its objective metric after every epoch of each of its runs, one series
+# (`hpo_astro.study.evaluation`; names: `PrunerName`). Hyperband's maximum resource is the whole series.
 PRUNERS: dict[str, Callable[[RunSettings], BasePruner]] = {
     "none": lambda cfg: optuna.pruners.NopPruner(),
     "median": lambda cfg: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     "hyperband": lambda cfg: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=_max_epochs(cfg), reduction_factor=3
+        min_resource=1, max_resource=eval_plan(cfg).max_step, reduction_factor=3
     ),
     "successive-halving": lambda cfg: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
 }

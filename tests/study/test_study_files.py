@@ -156,7 +156,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         'strategy = "ablation"\nn_trials = 5\nstudy = "s"\nstorage = "sqlite:///x.db"\ngreedy = true\n'
         'population_size = 4\npruner = "median"\nobjective = "loss"\nseed = 3\ndata = "d.npy"\n'
         'channels = ["sci", "scorr"]\nmax_epochs = 2\nheartbeat_interval = 2\ngrace_period = 7\n'
-        "checkpoint_interval = 4\n"
+        "checkpoint_interval = 4\neval_seeds = 3\nfolds = 4\n"
         'devices = ["cpu"]\ncapture = false\n'
         'artifacts = "arts"\nworkers = 3\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
     )
@@ -177,6 +177,8 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "data",
         "channels",
         "max_epochs",
+        "eval_seeds",
+        "folds",
         "heartbeat_interval",
         "checkpoint_interval",
         "grace_period",
@@ -189,6 +191,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
     }
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
     assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",) and cfg.capture is False
+    assert (cfg.eval_seeds, cfg.folds) == (3, 4)
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
     tpe = tmp_path / "tpe.toml"  # n_startup_trials applies to the model-based strategies, not to ablation
     tpe.write_text('strategy = "tpe"\nn_trials = 5\nn_startup_trials = 2\n')
