@@ -6,13 +6,17 @@ A strategy may also be a sampler class given by import path, `package.module:Cla
 
 from __future__ import annotations
 
+import binascii
+import bisect
 import dataclasses
 import importlib
 import inspect
+import itertools
 import os
 import sys
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner
@@ -213,13 +217,34 @@ def make_sampler(cfg: RunSettings) -> BaseSampler:
     return TrialSeededSampler(lambda seed: factory(dataclasses.replace(cfg, seed=seed)), cfg.seed)
 
 
+class SeededHyperbandPruner(optuna.pruners.HyperbandPruner):
+    """Optuna's `HyperbandPruner`, whose bracket for a trial follows from the study's seed and the trial's number.
+
+    Optuna's draws it from a hash of the study's *name* and the trial number, so the same study under another name (a
+    benchmark written to another `--out` folder, a study renamed with `--study`) pruned other trials and found other
+    results. Same allocation as Optuna's (each bracket gets its share of the CRC32 hash space, in bracket order), keyed
+    by the seed instead; it overrides Optuna's private `_get_bracket_id`, which its sampler integration (BOHB's TPE)
+    also calls, so both agree on every trial's bracket."""
+
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._bracket_seed = seed
+
+    def _get_bracket_id(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
+        if not self._pruners:  # brackets are built at the first prune; until then everything is bracket 0
+            return 0
+        draw = binascii.crc32(f"{self._bracket_seed}_{trial.number}".encode()) % self._total_trial_allocation_budget
+        upper_bounds = list(itertools.accumulate(self._trial_allocation_budgets))
+        return bisect.bisect_right(upper_bounds, draw)
+
+
 # Pruners work on epochs: each trial reports its objective metric after every epoch of each of its runs, one series
 # (`hpo_astro.study.evaluation`; names: `PrunerName`). Hyperband's maximum resource is the whole series.
 PRUNERS: dict[str, Callable[[RunSettings], BasePruner]] = {
     "none": lambda cfg: optuna.pruners.NopPruner(),
     "median": lambda cfg: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-    "hyperband": lambda cfg: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=eval_plan(cfg).max_step, reduction_factor=3
+    "hyperband": lambda cfg: SeededHyperbandPruner(
+        cfg.seed, min_resource=1, max_resource=eval_plan(cfg).max_step, reduction_factor=3
     ),
     "successive-halving": lambda cfg: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
 }

@@ -581,3 +581,21 @@ def test_a_second_benchmark_on_the_same_out_is_refused_while_the_first_runs(tmp_
     done = invoke(*args)
     assert done.exit_code == 0, done.output
     assert not [p for p in out.iterdir() if "lock" in p.name]
+
+
+def test_hyperband_results_do_not_depend_on_the_benchmark_name_or_folder(tmp_path: Path) -> None:
+    """Optuna's Hyperband drew each trial's bracket from the study's name, which holds the benchmark's name: bohb's
+    results changed with `--name` (and with `--out`, the default name). The brackets follow the seed instead."""
+
+    def outcomes(folder: str, name: str) -> list[list[tuple[str, Any, Any]]]:
+        s = spec(tmp_path / folder, ("bohb",), repeats=2, n_trials=12, name=name)
+        run_benchmark(s, table=make_table())
+        storage = journal(tmp_path / folder / "bench")
+        return [
+            [(t.state.name, t.value, sorted(t.intermediate_values)) for t in study.trials]
+            for study in (optuna.load_study(study_name=s.study_name("bohb", r), storage=storage) for r in range(2))
+        ]
+
+    one, other = outcomes("one", "alpha"), outcomes("two", "a-longer-name")
+    assert one == other
+    assert any(state == "PRUNED" for study in one for state, _, _ in study)  # Hyperband did prune
