@@ -215,6 +215,11 @@ def search_settings(
     }
 
 
+def evaluation_settings(eval_seeds: int | None, folds: int | None) -> dict[str, Any]:
+    """How `run` evaluates each configuration (`hpo_astro.study.evaluation`): the keywords of `StudyConfig.merged`."""
+    return {"eval_seeds": eval_seeds, "folds": folds}
+
+
 def worker_settings(
     artifacts: Path | None,
     heartbeat: int | None,

@@ -42,6 +42,7 @@ from hpo_astro.cli.options import (
     WorkerDeviceOpt,
     WorkersOpt,
     WorkerThreadsOpt,
+    evaluation_settings,
     search_settings,
     worker_settings,
 )
@@ -52,9 +53,11 @@ from hpo_astro.study.defaults import DEFAULT_STORAGE
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors answer at once
     import optuna
     from optuna.trial import FrozenTrial
+    from rich.table import Table
 
     from hpo_astro.core.train import TrainFn, TrainState
     from hpo_astro.study.config import StudyConfig
+    from hpo_astro.study.confirm import Confirmation
     from hpo_astro.study.run import RunResult
 
 
@@ -92,8 +95,7 @@ def run_command(
         n_trials=n_trials,
         study=study,
         storage=storage,
-        eval_seeds=eval_seeds,
-        folds=folds,
+        **evaluation_settings(eval_seeds, folds),
         **search_settings(data, channels, max_epochs, pruner, objective, seed, workers),
         **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture),
     )
@@ -151,6 +153,74 @@ def worker_command(
     _next_steps(cfg.storage, cfg.study_name)
 
 
+@app.command("confirm")
+def confirm_command(
+    ctx: typer.Context,
+    study: Annotated[str, typer.Option("--study", help="The study whose best configurations to train again.")],
+    storage: StorageOpt = DEFAULT_STORAGE,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many distinct configurations.")] = 5,
+    seeds: Annotated[int, typer.Option("--seeds", min=2, max=100, help="Fresh training seeds for each.")] = 5,
+    confirm_study: Annotated[
+        str | None, typer.Option("--confirm-study", help="The confirmation's study name (default: STUDY/confirm).")
+    ] = None,
+    threads: ThreadsOpt = None,
+    devices: WorkerDeviceOpt = None,
+) -> None:
+    """Train the study's top-k configurations again with fresh seeds; compare, report and export then take the best
+    confirmed mean. Resumable: run the same command again."""
+    import torch
+
+    from hpo_astro.study.confirm import confirm_study as confirm
+    from hpo_astro.study.run import RunEvents
+
+    if threads:
+        torch.set_num_threads(threads)
+    display = _RunDisplay()
+    overrides = worker_settings(None, None, None, None, devices, None)
+    try:
+        with display:
+            events = RunEvents(display.start, display.epoch, display.trial_end, display.wait)
+            result = confirm(
+                storage,
+                study,
+                top_k,
+                seeds,
+                confirm_study,
+                events,
+                injected_trainer(ctx),
+                lambda cfg: cfg.merged(**overrides),
+            )
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; resume with: {resume_command()}", markup=False)
+        raise typer.Exit(130) from None
+    console.print(confirmation_table(result))
+    best = result.best
+    if best is not None:
+        console.print(
+            f"compare, report and export now take trial #{best.trial} of {study!r}: the best confirmed mean, "
+            f"{best.mean:.4f} over {len(best.values)} fresh seeds (its search value: {best.search_value:.4f})",
+            highlight=False,
+        )
+
+
+def confirmation_table(result: Confirmation) -> Table:
+    from rich.table import Table
+
+    table = Table(title=f"{result.source}: finalists trained again ({result.study})")
+    for column in ("trial", "search value", "confirmed mean", "95% CI", "seeds"):
+        table.add_column(column, justify="right")
+    for c in result.configurations:
+        low, high = c.ci
+        table.add_row(
+            f"#{c.trial}",
+            f"{c.search_value:.4f}",
+            f"{c.mean:.4f}" if c.values else "-",
+            f"{low:.4f} to {high:.4f}" if c.values else "-",
+            str(len(c.values)),
+        )
+    return table
+
+
 @app.command("storage-proxy")
 def storage_proxy_command(
     storage: ProxiedStorageOpt = DEFAULT_STORAGE,
@@ -192,7 +262,7 @@ def execute_study(
     from hpo_astro.study.workers import run_workers
 
     resume = resume_command()
-    display = _RunDisplay(cfg)
+    display = _RunDisplay()
 
     def start(study: optuna.Study, finished: int, target: int) -> None:
         if not joined:  # the command that made the study, for its note in optuna-dashboard
@@ -230,10 +300,9 @@ def execute_study(
 class _RunDisplay:
     """Live progress: finished/target trials, best value so far, the current trial's epoch."""
 
-    def __init__(self, cfg: StudyConfig) -> None:
+    def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.cfg = cfg
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -255,10 +324,13 @@ class _RunDisplay:
         self.progress.__exit__(*exc)
 
     def start(self, study: optuna.Study, finished: int, target: int) -> None:
+        from hpo_astro.store.record import STRATEGY_KEY
+
         verb = "resuming" if finished or study.trials else "starting"
+        metric = (study.metric_names or ["objective"])[0]
         console.print(
-            f"{verb} study {study.study_name!r} ({self.cfg.strategy}, {self.cfg.objective} "
-            f"{self.cfg.direction}d): {finished}/{target} finished",
+            f"{verb} study {study.study_name!r} ({study.user_attrs.get(STRATEGY_KEY, '?')}, {metric} "
+            f"{study.direction.name.lower()}d): {finished}/{target} finished",
             highlight=False,
         )
         self.task = self.progress.add_task(

@@ -32,17 +32,17 @@ from optuna.trial import TrialState
 from hpo_astro.errors import UserError
 from hpo_astro.io import strict_json
 from hpo_astro.report import FormatName
+from hpo_astro.results.choice import choose_trial
 from hpo_astro.results.evaluate import (
     SPLITS,
     Evaluation,
     Events,
     NoCompletedTrial,
     best_evaluation,
-    best_trial,
     load_studies,
     study_record,
 )
-from hpo_astro.store.record import trial_params
+from hpo_astro.store.record import eval_runs, eval_sem, trial_params
 from hpo_astro.store.storage import read_store
 from hpo_astro.store.trials import FINISHED
 
@@ -114,6 +114,9 @@ class StudyResult:
     data_fingerprint: str
     evaluation: Evaluation
     stats: SearchStats
+    chosen_by: str = "the best value of the search"  # or the best confirmed mean (`hpo-astro confirm`)
+    best_value_sem: float | None = None  # the standard error of a several-run trial's value (`--eval-seeds`, `--folds`)
+    best_value_runs: int = 1
 
     def record(self) -> dict[str, Any]:
         """One flat row: the CSV line and the core of the JSON entry."""
@@ -125,6 +128,9 @@ class StudyResult:
             "direction": self.direction,
             "best_trial": self.best_trial,
             "best_value": self.best_value,
+            "best_value_sem": self.best_value_sem,
+            "best_value_runs": self.best_value_runs,
+            "chosen_by": self.chosen_by,
         }
         for split in SPLITS:
             for name in METRIC_NAMES:
@@ -159,7 +165,8 @@ def compare_study(
     url: str | None = None,
 ) -> StudyResult:
     """Evaluate one study's best trial (from the cache when it holds it) and summarise its search."""
-    trial = best_trial(study)
+    choice = choose_trial(study)
+    trial = choice.trial
     record = study_record(study)  # None for a study another program made: shown as "?"
     evaluation = best_evaluation(study, trial, data, events, memo, url)
     return StudyResult(
@@ -173,6 +180,9 @@ def compare_study(
         data_fingerprint=record.data_fingerprint if record is not None else "",
         evaluation=evaluation,
         stats=search_stats(study),
+        chosen_by=choice.describe(),
+        best_value_sem=eval_sem(trial),
+        best_value_runs=max(1, len(eval_runs(trial))),
     )
 
 
@@ -218,8 +228,10 @@ NOTES = (
     "Accuracy, precision, recall and F1 at a 0.5 threshold on the sigmoid (positive = real); loss is the "
     "pos_weight-balanced BCE used in training; FPR at 5% FNR: fraction of bogus scored at or above the threshold "
     "that keeps 95% of the reals.",
-    "Each study's best trial (best validation objective) is rebuilt from its saved weights or retrained with its "
-    "stored seed; the test split is used only here.",
+    "Each study's best trial (best validation objective; with a confirmation, `hpo-astro confirm`, the best "
+    "confirmed mean) is rebuilt from its saved weights or retrained with its stored seed; the test split is used "
+    "only here. A trial of several runs (--eval-seeds, --folds) shows its mean ± standard error; its model is its "
+    "first run's.",
     "Total wall time: sum of the durations of all the study's trials (complete, pruned, failed). Trials used: "
     "finished (complete + pruned); failed ones in brackets.",
     "Trials to within 1%: finished trials, in order, until one came within 1% (relative) of the study's final best "
@@ -239,14 +251,23 @@ def _number(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def _value(result: StudyResult) -> str:
+    """A best value, with its standard error over the trial's runs when it has several."""
+    if result.best_value_sem is None:
+        return f"{result.best_value:.4f}"
+    return f"{result.best_value:.4f} ± {result.best_value_sem:.4f} ({result.best_value_runs} runs)"
+
+
 def table_rows(results: Sequence[StudyResult]) -> list[list[str]]:
     """Rows of the final table: a label, then one cell per study (studies are columns, as in the paper)."""
     objectives = {r.objective for r in results}
     if len(objectives) == 1:
-        best = [f"Best trial: val {next(iter(objectives))}", *(f"#{r.best_trial}: {r.best_value:.4f}" for r in results)]
+        best = [f"Best trial: val {next(iter(objectives))}", *(f"#{r.best_trial}: {_value(r)}" for r in results)]
     else:
-        best = ["Best trial: val objective", *(f"#{r.best_trial}: {r.objective} {r.best_value:.4f}" for r in results)]
+        best = ["Best trial: val objective", *(f"#{r.best_trial}: {r.objective} {_value(r)}" for r in results)]
     rows = [["Strategy", *(r.strategy for r in results)], best]
+    if any(r.chosen_by != StudyResult.chosen_by for r in results):
+        rows.append(["Chosen by", *(r.chosen_by for r in results)])
     for label, split, name in PAPER_ROWS + EXTRA_ROWS:
         rows.append([label, *(_number(getattr(r.evaluation, split)[name]) for r in results)])
     rows.append(["Total wall time", *(format_duration(r.stats.wall_time_sum_s) for r in results)])

@@ -188,8 +188,11 @@ def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
     if result is not None:
         ev = result.evaluation
         parts.append(f"<h2>Best configuration: trial #{result.best_trial}</h2>")
+        sem = result.best_value_sem
+        spread = "" if sem is None else f" ± {sem:.4f} ({result.best_value_runs} runs)"
         parts.append(
-            f'<p class="muted">objective {escape(result.objective)} = {result.best_value:.4f}; model '
+            f'<p class="muted">chosen by {escape(result.chosen_by)}; objective {escape(result.objective)} = '
+            f"{result.best_value:.4f}{spread}; model "
             f"{'rebuilt from its saved weights' if ev.source == 'weights' else 'retrained with its stored seed'}"
             f"{'' if ev.reproduced is not False else ' (its validation metrics differ from the trial record!)'}; "
             f"search: {result.stats.n_finished} finished trials, "

@@ -33,10 +33,10 @@ from hpo_astro.store.record import (
     CACHE_ATTR,
     PARAMS_FULL_ATTR,
     TRAIN_SEED_ATTR,
-    VAL_METRICS_ATTR,
     StudyRecord,
+    eval_runs,
+    kept_model_val_metrics,
     params_full,
-    stored_metrics,
 )
 from hpo_astro.store.storage import close_store, writable_store
 
@@ -80,15 +80,6 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     """How many trials the study holds in each state, by lower-case state name (states without trials left out)."""
     trials = study.get_trials(deepcopy=False)
     return {state.name.lower(): n for state in TrialState if (n := sum(t.state == state for t in trials))}
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial:
-    """Optuna's best complete trial; a study without one is a NoCompletedTrial error that says what it holds."""
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return study.best_trial
-    counts = state_counts(study)
-    held = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
-    raise NoCompletedTrial(f"study {study.study_name!r} has no completed trial ({held}): it has no best model")
 
 
 def trial_seed(study: optuna.Study, trial: FrozenTrial) -> int:
@@ -200,6 +191,10 @@ def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> 
         )
     record = study_record(study)
     max_epochs = record.max_epochs if record is not None else None
+    if record is not None and record.folds > 1:  # a cross-validated trial keeps its first run's model: fold 0's
+        from hpo_astro.study.evaluation import fold_data
+
+        data = fold_data(data, 0, record.folds, record.seed)
     return train(params, data, max_epochs=max_epochs, seed=trial_seed(study, trial)).model
 
 
@@ -234,9 +229,11 @@ def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, sourc
         metrics[split] = metrics_from_logits(logits, y, data.pos_weight).as_dict()
         if split == "test":
             scores = torch.sigmoid(logits).tolist()
-    stored = stored_metrics(trial, VAL_METRICS_ATTR)
+    stored = kept_model_val_metrics(trial)
+    runs = eval_runs(trial)
+    cross_validated = bool(runs) and runs[0].get("fold") is not None  # its model was scored on its fold, not on val
     reproduced = None
-    if stored:
+    if stored and not cross_validated:
         # tolerance for evaluating on CPU what the trial evaluated on its device; a different model is far off
         reproduced = all(_close(metrics["val"][k], stored.get(k), 1e-4) for k in ("loss", "accuracy", "roc_auc"))
     return Evaluation(metrics["train"], metrics["val"], metrics["test"], scores, source, reproduced, seconds)

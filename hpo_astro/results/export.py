@@ -33,10 +33,10 @@ from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
 from hpo_astro.io import umask, write_output
 from hpo_astro.results import SplitName
+from hpo_astro.results.choice import choose_trial
 from hpo_astro.results.evaluate import (
     Evaluation,
     Events,
-    best_trial,
     check_against_cache,
     evaluate_best,
     load_studies,
@@ -76,7 +76,8 @@ def export_best(
 
 
 def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, events: Events | None) -> Exported:
-    trial = best_trial(study)
+    choice = choose_trial(study)
+    trial = choice.trial
     out = Path(out)
     check_export_dir(out)  # before the evaluation, which can take minutes
     splits = study_data(study, data)
@@ -90,6 +91,7 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
         "direction": study.direction.name.lower(),
         "trial": trial.number,
         "value": trial.value,
+        "chosen_by": choice.describe(),
         "train_seed": trial_seed(study, trial),
         "max_epochs": record.max_epochs if record is not None else None,
         "model_source": evaluation.source,

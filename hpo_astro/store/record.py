@@ -61,8 +61,8 @@ WORKER_START_ATTR = "worker_start"  # recovery.process_token() of that process, 
 CHECKPOINT_ATTR = "checkpoint"  # {"artifact_id", "epoch"} while resumable; {"epoch", "deleted": true} once it ended
 RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial continued after
 # A trial of several training runs (`hpo_astro.study.evaluation`; never written for a single run): the runs, as
-# [{"seed", "fold", "value", "best_epoch", "stop_reason", "wall_time"}], their values, and the values' sample
-# standard deviation and standard error of the mean (the trial's value is the mean).
+# [{"seed", "fold", "value", "best_epoch", "stop_reason", "wall_time", "val_metrics"}], their values, and the values'
+# sample standard deviation and standard error of the mean (the trial's value is the mean; read with `eval_runs`).
 EVAL_RUNS_ATTR = "eval_runs"
 EVAL_VALUES_ATTR = "eval_values"
 EVAL_STD_ATTR = "eval_std"
@@ -83,6 +83,12 @@ _UNRECORDED_TABLE_PREFIX = "table/"
 # the best trials' evaluations, kept by `hpo_astro.results.evaluate`.
 BEST_WEIGHTS_ATTR = "best_weights"
 CACHE_ATTR = "compare_cache"
+# A study's confirmation (`hpo_astro.study.confirm`): on the source, the confirmation study's name; on the
+# confirmation, {"study": the source's name, "trials": the finalists' numbers}; on each of its trials, the number of
+# the source trial whose configuration it trains again.
+CONFIRMATION_ATTR = "confirmation"
+CONFIRMS_ATTR = "confirms"
+CONFIRMS_TRIAL_ATTR = "confirms_trial"
 
 
 class RunSettings(Protocol):
@@ -326,3 +332,25 @@ def retry_history(trial: FrozenTrial) -> list[int]:
     """The numbers of the trials this one retries (Optuna's `retry_history`), oldest first; [] for a first try."""
     value = trial.system_attrs.get(RETRY_HISTORY_KEY)
     return [n for n in value if isinstance(n, int)] if isinstance(value, list) else []
+
+
+def eval_runs(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """The runs of a trial of several (`EVAL_RUNS_ATTR`), in run order; [] for a single-run trial."""
+    value = trial.user_attrs.get(EVAL_RUNS_ATTR)
+    return [dict(run) for run in value if isinstance(run, dict)] if isinstance(value, list) else []
+
+
+def eval_sem(trial: FrozenTrial) -> float | None:
+    """The standard error of a several-run trial's value (`EVAL_SEM_ATTR`); None for one run or when not a number."""
+    value = trial.user_attrs.get(EVAL_SEM_ATTR)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def kept_model_val_metrics(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The validation metrics of the model the trial kept: its first run's for a trial of several (its
+    `VAL_METRICS_ATTR` is then the runs' mean), else `VAL_METRICS_ATTR`."""
+    runs = eval_runs(trial)
+    if runs:
+        first = runs[0].get("val_metrics")
+        return first if isinstance(first, dict) else None
+    return stored_metrics(trial, VAL_METRICS_ATTR)

@@ -21,6 +21,7 @@ R = 1 (the default) is the single run of earlier versions, step for step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -127,19 +128,8 @@ def fold_data(data: DataSplits, fold: int, folds: int, seed: int) -> DataSplits:
     parts = fold_indices(y.cpu().numpy(), folds, seed)
     held = torch.as_tensor(parts[fold], device=x.device)
     kept = torch.as_tensor(np.sort(np.concatenate([p for k, p in enumerate(parts) if k != fold])), device=x.device)
-    return DataSplits(
-        x_train=x[kept],
-        y_train=y[kept],
-        x_val=x[held],
-        y_val=y[held],
-        x_test=data.x_test,
-        y_test=data.y_test,
-        channels=data.channels,
-        fingerprint=data.fingerprint,
-        source=data.source,
-        n_nonfinite_pixels=data.n_nonfinite_pixels,
-        info={**data.info, "fold": fold, "folds": folds},
-    )
+    fold_info = {**data.info, "fold": fold, "folds": folds}
+    return dataclasses.replace(data, x_train=x[kept], y_train=y[kept], x_val=x[held], y_val=y[held], info=fold_info)
 
 
 @dataclass(frozen=True)
@@ -229,4 +219,5 @@ def run_summary(run: EvalRun, value: float, result: TrainResult) -> dict[str, An
 _SUMMARY_KEYS = frozenset(
     ("seed", "fold", "value", "best_epoch", "stop_reason", "wall_time", "n_params", "device", "history", "val_metrics")
 ) | {"extra_attrs"}
-RECORDED_RUN_FIELDS = ("seed", "fold", "value", "best_epoch", "stop_reason", "wall_time")  # a trial's `eval_runs`
+# A trial's `eval_runs` entries (the validation metrics of the first run are those of the model the trial keeps).
+RECORDED_RUN_FIELDS = ("seed", "fold", "value", "best_epoch", "stop_reason", "wall_time", "val_metrics")

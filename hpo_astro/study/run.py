@@ -98,14 +98,19 @@ def run_study(
     train: TrainFn | None = None,
     data: DataSplits | None = None,
     storage: optuna.storages.BaseStorage | None = None,
+    before: Callable[[optuna.Study], None] | None = None,
 ) -> RunResult:
     """Create or resume the study and run trials until it holds `target` finished trials. `train` replaces the
     trainer (default `hpo_astro.core.train.train`), e.g. by a fast stand-in or a table's answers; `data` is splits
     loaded once for many studies (default: `cfg.data` is loaded); `storage` an open store to use instead of opening
-    `cfg.storage` (which still names the artifact folder), e.g. an in-memory one (`hpo_astro.benchmark`)."""
+    `cfg.storage` (which still names the artifact folder), e.g. an in-memory one (`hpo_astro.benchmark`); `before`
+    is called with the study once it is created or resumed, before any trial (`hpo_astro.study.confirm` enqueues its
+    trials there)."""
     configure_logging()
     events = events or RunEvents()
     study, target, objective = _open(cfg, events.on_epoch, train, data, storage)
+    if before:
+        before(study)
     if events.on_start:
         events.on_start(study, count_finished(study), target)
     ran = failures = 0

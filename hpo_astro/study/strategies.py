@@ -99,6 +99,10 @@ STRATEGIES: dict[str, Callable[[RunSettings], BaseSampler]] = {
     "qmc": _qmc,
 }
 
+# A confirmation study's strategy (`hpo_astro.study.confirm`): every trial is enqueued with its configuration, so the
+# sampler never chooses; not a strategy `run` takes.
+CONFIRM_STRATEGY = "confirm"
+
 # The pruner a strategy runs with when neither --pruner nor the study file names one; every other strategy: "none".
 DEFAULT_PRUNERS = {"bohb": "hyperband"}
 
@@ -128,7 +132,7 @@ def is_import_path(strategy: str) -> bool:
 
 def check_strategy(strategy: str) -> None:
     """Refuse, in one line, a strategy that is neither a registry name nor an importable sampler class."""
-    if strategy in STRATEGIES:
+    if strategy in STRATEGIES or strategy == CONFIRM_STRATEGY:
         return
     if strategy in NOT_APPLICABLE:
         raise UserError(NOT_APPLICABLE[strategy])
@@ -211,6 +215,8 @@ def make_sampler(cfg: RunSettings) -> BaseSampler:
     check_strategy(cfg.strategy)
     if is_import_path(cfg.strategy):
         return _user_sampler(cfg)
+    if cfg.strategy == CONFIRM_STRATEGY:
+        return optuna.samplers.RandomSampler(seed=cfg.seed)  # never asked: every trial is enqueued in full
     factory = STRATEGIES[cfg.strategy]
     if cfg.strategy in SHARED_PLAN:
         return factory(cfg)
