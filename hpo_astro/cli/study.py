@@ -324,12 +324,12 @@ class _RunDisplay:
         self.progress.__exit__(*exc)
 
     def start(self, study: optuna.Study, finished: int, target: int) -> None:
-        from hpo_astro.store.record import STRATEGY_KEY
+        from hpo_astro.store.record import OBJECTIVE_KEY, STRATEGY_KEY
 
         verb = "resuming" if finished or study.trials else "starting"
-        metric = (study.metric_names or ["objective"])[0]
+        attrs = study.user_attrs
         console.print(
-            f"{verb} study {study.study_name!r} ({study.user_attrs.get(STRATEGY_KEY, '?')}, {metric} "
+            f"{verb} study {study.study_name!r} ({attrs.get(STRATEGY_KEY, '?')}, {attrs.get(OBJECTIVE_KEY, '?')} "
             f"{study.direction.name.lower()}d): {finished}/{target} finished",
             highlight=False,
         )

@@ -39,18 +39,25 @@ def tabulate_command(
         int, typer.Option("--max-configs", min=1, help="Refuse a space with more configurations than this.")
     ] = 10_000,
     seed: TableSeedOpt = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds", min=1, max=100, help="Train each configuration with S seeds (seed, seed+1, ...; default: 1)."
+        ),
+    ] = None,
     workers: TableWorkersOpt = None,
     threads: WorkerThreadsOpt = None,
 ) -> None:
-    """Train every configuration of a finite space once, whole curves and test metrics included (a grid study
-    named table/NAME: resumable, --workers like run), then write the table that `benchmark --table` replays."""
+    """Train every configuration of a finite space once (or with --seeds S seeds), whole curves and test metrics
+    included (a grid study named table/NAME: resumable, --workers like run), then write the table that
+    `benchmark --table` replays."""
     from hpo_astro import tabular
     from hpo_astro.io import check_output
 
     json_path = json_out or Path(f"{tabular.check_name(out)}.json")
     check_output(json_path)  # before hours of training, not after
     cfg = tabular.tabulate_config(
-        space, out, storage, max_configs, data=data, max_epochs=max_epochs, seed=seed, workers=workers
+        space, out, storage, max_configs, data=data, max_epochs=max_epochs, seed=seed, eval_seeds=seeds, workers=workers
     )
     result = execute_study(cfg, threads, train=tabular.tabulating(injected_trainer(ctx)))
     try:
@@ -60,7 +67,8 @@ def tabulate_command(
     table.save(json_path)
     epochs = sum(len(row.history) for row in table.rows)
     console.print(
-        f"table {out!r}: {len(table.rows)} configurations, {epochs} epochs, "
+        f"table {out!r}: {table.configurations} configurations{f' x {table.seeds} seeds' if table.seeds > 1 else ''}, "
+        f"{epochs} epochs, "
         f"{table.info['training_seconds']:.0f} s of training; wrote {json_path}",
         highlight=False,
     )

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
 # Record fields read on their own (a study's record is one user attribute per `StudyRecord` field).
 STRATEGY_KEY, N_TRIALS_KEY, FINGERPRINT_KEY, ARTIFACTS_KEY = "strategy", "n_trials", "data_fingerprint", "artifacts"
+OBJECTIVE_KEY = "objective"
 # Fields that must agree when a run resumes a stored study (a trial's value means something else when they differ).
 IDENTITY = ("strategy", "space", "objective", "data_fingerprint", "eval_seeds", "folds")
 # Fields every whole record holds (the fields added since the first version take their defaults when absent).
@@ -64,6 +65,9 @@ RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial cont
 # [{"seed", "fold", "value", "best_epoch", "stop_reason", "wall_time", "val_metrics"}], their values, and the values'
 # sample standard deviation and standard error of the mean (the trial's value is the mean; read with `eval_runs`).
 EVAL_RUNS_ATTR = "eval_runs"
+# ... and every run whole (its summary: history, validation metrics, the trainer's extra attributes such as a
+# tabulated run's test metrics), exactly, in one trial system attribute that programs read (`trial_runs`).
+RUNS_SYSTEM_ATTR = "hpo_astro:runs"
 EVAL_VALUES_ATTR = "eval_values"
 EVAL_STD_ATTR = "eval_std"
 EVAL_SEM_ATTR = "eval_sem"
@@ -354,3 +358,10 @@ def kept_model_val_metrics(trial: FrozenTrial) -> dict[str, Any] | None:
         first = runs[0].get("val_metrics")
         return first if isinstance(first, dict) else None
     return stored_metrics(trial, VAL_METRICS_ATTR)
+
+
+def trial_runs(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """Every run of a trial of several, whole (`RUNS_SYSTEM_ATTR`: `hpo_astro.study.evaluation.run_summary`); []
+    for a single-run trial or a trial that recorded none."""
+    value = trial.system_attrs.get(RUNS_SYSTEM_ATTR)
+    return [dict(run) for run in value if isinstance(run, dict)] if isinstance(value, list) else []

@@ -148,8 +148,11 @@ def confirm_study(
         chosen = finalists(source, top_k)
     if record is None:
         raise UserError(f"study {study_name!r} has no hpo-astro configuration: nothing to confirm it with")
-    if record.kind_of(study_name) == REPLAYED:
-        raise UserError(f"study {study_name!r} replays a table: its configurations were never trained here")
+    if record.kind_of(study_name) == REPLAYED and train is None:
+        raise UserError(
+            f"study {study_name!r} replays a table: confirm it with the table's replay as the trainer "
+            "(`confirm_study(..., train=TableReplay(table))`); the command line trains for real"
+        )
     if record.strategy == CONFIRM_STRATEGY:
         raise UserError(f"study {study_name!r} is itself a confirmation")
     if not chosen:

@@ -47,6 +47,7 @@ from hpo_astro.store.record import (
     N_PARAMS_ATTR,
     PARAMS_FULL_ATTR,
     RESUMED_FROM_EPOCH_ATTR,
+    RUNS_SYSTEM_ATTR,
     STOP_REASON_ATTR,
     SURPLUS_ATTR,
     TRAIN_SEED_ATTR,
@@ -354,6 +355,7 @@ def _record_runs(trial: optuna.Trial, runs: list[dict[str, Any]]) -> None:
     (its weights are the ones the trial keeps), the mean validation metrics, the total time, and every run. A trial
     pruned in a later run says so."""
     first = runs[0]
+    trial.storage.set_trial_system_attr(trial._trial_id, RUNS_SYSTEM_ATTR, runs)
     record_curves(trial, [EpochMetrics(**h) for h in first["history"]])
     spread = Spread(tuple(float(r["value"]) for r in runs))
     for key, value in {

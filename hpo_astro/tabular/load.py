@@ -20,8 +20,9 @@ from hpo_astro.store.record import (
     WALL_TIME_ATTR,
     StudyRecord,
     trial_history,
+    trial_runs,
 )
-from hpo_astro.tabular.row import EPOCH_FIELDS, Malformed, TableRow, json_int, row_from_json
+from hpo_astro.tabular.row import EPOCH_FIELDS, Malformed, TableRow, json_int, json_list, json_object, row_from_json
 from hpo_astro.tabular.table import TABLE_PREFIX, Table, space_key
 from hpo_astro.tabular.validate import check_space
 
@@ -104,18 +105,18 @@ def table_from_study(study: Any, storage: str) -> Table:
         raise UserError(f"study {study.study_name!r} in {storage} is not a table made by `hpo-astro tabulate`")
     try:
         space = check_space(name, record.space)
-        rows: dict[tuple[int, ...], TableRow] = {}
+        rows: dict[tuple[int, ...], list[TableRow]] = {}
         untested = failed = 0
         for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
             if trial.state == TrialState.FAIL and FAIL_REASON_ATTR in trial.user_attrs:
                 failed += 1
             if trial.state != TrialState.COMPLETE:
                 continue
-            if TEST_METRICS_ATTR not in trial.user_attrs:
+            runs = _rows_from_trial(trial, record.eval_seeds)
+            if runs is None:
                 untested += 1
                 continue
-            row = _row_from_trial(trial)
-            rows.setdefault(space_key(space, row.params, f"trial {trial.number}"), row)
+            rows.setdefault(space_key(space, runs[0].params, f"trial {trial.number}"), runs)
     except (Malformed, UserError) as exc:
         raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
     missing = space.n_combinations() - len(rows)
@@ -141,16 +142,48 @@ def table_from_study(study: Any, storage: str) -> Table:
         table = Table(
             name=name,
             space=space.to_dict(),
-            rows=tuple(rows.values()),
+            rows=tuple(row for runs in rows.values() for row in runs),
             data_fingerprint=record.data_fingerprint,
             seed=record.seed,
             max_epochs=record.max_epochs,
             info=info,
+            seeds=record.eval_seeds,
         )
     except UserError as exc:
         raise UserError(one_line(f"{source}: not a valid hpo-astro table: {exc}")) from None
     table.info["training_seconds"] = round(sum(row.wall_time for row in table.rows), 1)  # checked: finite, >= 0
     return table
+
+
+def _rows_from_trial(trial: Any, seeds: int) -> list[TableRow] | None:
+    """A complete trial's rows: its one run, or (a study of `--seeds S`) each of its runs; None when it was not
+    tested (a trial not run by tabulate)."""
+    if seeds == 1:
+        return [_row_from_trial(trial)] if TEST_METRICS_ATTR in trial.user_attrs else None
+    runs = trial_runs(trial)
+    if len(runs) != seeds:
+        raise Malformed(f"trial {trial.number} records {len(runs)} runs, not the study's {seeds}")
+    rows = []
+    for i, run in enumerate(runs):
+        where = f"trial {trial.number} run {i}"
+        extra = run.get("extra_attrs")
+        if not isinstance(extra, dict) or TEST_METRICS_ATTR not in extra:
+            return None
+        history = json_list(run.get("history"), f"{where}.history")
+        epochs = [[json_object(h, f"{where}.history[{j}]").get(f) for f in EPOCH_FIELDS] for j, h in enumerate(history)]
+        row = row_from_json(
+            {
+                "params": trial.user_attrs.get(PARAMS_FULL_ATTR),
+                "history": epochs,
+                **{key: run.get(key) for key in ("best_epoch", "stop_reason", "val_metrics", "seed")},
+                "test_metrics": extra[TEST_METRICS_ATTR],
+                "wall_time": run.get("wall_time"),
+            },
+            where,
+        )
+        # A resumed run's wall time is its own process's; the epochs it inherited count as recorded.
+        rows.append(dataclasses.replace(row, wall_time=max(row.wall_time, sum(h.seconds for h in row.history))))
+    return rows
 
 
 def _row_from_trial(trial: Any) -> TableRow:

@@ -4,6 +4,7 @@ returns), through the trainer's callbacks, so pruners, early stopping and checkp
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -11,6 +12,7 @@ import torch
 
 from hpo_astro.core.epochs import Callback, EpochLoop
 from hpo_astro.core.metrics import Metrics
+from hpo_astro.core.space import value_key
 from hpo_astro.core.train import TrainResult
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.store.record import REPLAYED, TABLE_ATTR, TEST_METRICS_ATTR
@@ -37,8 +39,14 @@ class TableReplay:
       tested (its best epoch is the row's best epoch, always so when the whole curve was replayed), the row's
       `test_metrics`. A replay pruned or truncated before the row's best epoch reports no test metrics: its model
       was never tested.
-    * `seed` and `data` are not used: the curve is the one trained with the table's seed, which the result
-      reports; there is no model (`model` is None: no weights to keep), and n_params is the real model's count.
+    * `seed` chooses the run of a table of several seeds (`Table.seeds`): run `(c + seed) mod seeds`, where c is a
+      hash of the configuration. So a study (or a benchmark repeat) with seed s draws one of the configuration's
+      runs, deterministically, and a different one for each configuration; repeated evaluations of a configuration
+      (`--eval-seeds`, `hpo-astro confirm`: seeds s, s + 1, ...) meet its other runs, as retraining it would, until
+      they have met all `seeds` of them. A one-seed table always answers with its one run. The result reports the
+      run's own training seed.
+    * `data` is not used; there is no model (`model` is None: no weights to keep), and n_params is the real model's
+      count.
     """
 
     trial_kind: ClassVar[str] = REPLAYED  # what the study records (`hpo_astro.store.record.TRIAL_KINDS`)
@@ -57,7 +65,8 @@ class TableReplay:
         resume: Mapping[str, Any] | None = None,
         **_: Any,  # the trainer's other options (device, capture, ...) mean nothing to a replay
     ) -> TrainResult:
-        row = self.table.row(params)
+        runs = self.table.runs(params)
+        row = runs[run_index(runs[0].params, seed, len(runs))]
         history = row.history
         limit = len(history) if max_epochs is None else max(1, min(len(history), int(max_epochs)))
         state = EpochLoop(params, limit)
@@ -92,7 +101,7 @@ class TableReplay:
             n_params=self._count(row),
             wall_time=sum(h.seconds for h in state.history),
             device="cpu",
-            seed=self.table.seed,
+            seed=self.table.seed if row.seed is None else row.seed,
             train_metrics=None,
             val_metrics=_epoch_val_metrics(row, best_epoch),
             model=None,  # nothing was trained: no weights to keep
@@ -108,6 +117,15 @@ class TableReplay:
             with torch.device("meta"):
                 self._n_params[id(row)] = count_parameters(build_model(row.params, in_channels=channels))
         return self._n_params[id(row)]
+
+
+def run_index(params: Mapping[str, Any], seed: int, runs: int) -> int:
+    """Which of a configuration's `runs` a replay with `seed` answers with (see `TableReplay`): a stable hash of the
+    configuration (CRC32 of its sorted name=value pairs, the same in every process) plus the seed, modulo `runs`."""
+    if runs == 1:
+        return 0
+    text = ";".join(f"{name}={value_key(params[name])}" for name in sorted(params))
+    return (zlib.crc32(text.encode()) + seed) % runs
 
 
 def _epoch_val_metrics(row: TableRow, epoch: int) -> Metrics:

@@ -19,7 +19,7 @@ from hpo_astro.errors import UserError
 EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics))
 METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
 REQUIRED_METRICS = tuple(f.name for f in dataclasses.fields(Metrics) if f.default is dataclasses.MISSING)
-ROW_KEYS = ("params", "history", "best_epoch", "stop_reason", "val_metrics", "test_metrics", "wall_time")
+ROW_KEYS = ("params", "history", "best_epoch", "stop_reason", "val_metrics", "test_metrics", "wall_time", "seed")
 
 
 _SHOWN = 40  # characters of a bad value quoted in a message
@@ -47,6 +47,7 @@ class TableRow:
     val_metrics: dict[str, float]  # Metrics.as_dict() of the best epoch on the validation split
     test_metrics: dict[str, float]  # the best epoch's weights on the test split, measured once when tabulated
     wall_time: float  # seconds its training took
+    seed: int | None = None  # the run's training seed (a table of several seeds); None: the table's seed
 
 
 class Malformed(UserError):
@@ -127,4 +128,5 @@ def row_from_json(value: Any, where: str) -> TableRow:
         val_metrics=json_metrics(row.get("val_metrics"), f"{where}.val_metrics"),
         test_metrics=json_metrics(row.get("test_metrics"), f"{where}.test_metrics"),
         wall_time=json_number(row.get("wall_time"), f"{where}.wall_time"),
+        seed=json_int(row["seed"], f"{where}.seed") if "seed" in row else None,
     )

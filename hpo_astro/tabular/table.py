@@ -44,7 +44,9 @@ from hpo_astro.tabular.validate import (
 )
 
 TABLE_FORMAT = "hpo-astro-table"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: several seeds per configuration ("seeds", each row's "seed"); a one-seed table is written as 1
+READABLE_VERSIONS = (1, 2)
+MAX_TABLE_SEEDS = 100
 TABLE_PREFIX = "table/"  # a tabulate study is named table/<NAME>
 # A table file's budget, decompressed: bytes, and JSON values (what parsing costs: an empty list is ~60 bytes of
 # memory for 3 bytes of file). A table spends ~240 bytes and ~15 values an epoch: both allow ~270,000 epochs (e.g.
@@ -62,6 +64,7 @@ _TOP_KEYS = (  # a file's fields; an unknown one is a typo or another format, re
     "info",
     "epoch_fields",
     "rows",
+    "seeds",
 )
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20  # decompressed a MiB at a time
@@ -69,7 +72,8 @@ _CHUNK = 1 << 20  # decompressed a MiB at a time
 
 @dataclass(frozen=True)
 class Table:
-    """A finite space trained exhaustively: one row per configuration.
+    """A finite space trained exhaustively: one row per configuration and training seed (`seeds` runs of each
+    configuration, with seeds `seed`, `seed + 1`, ...: the training noise of a configuration, as it is).
 
     Rows are looked up by the values of the space's hyperparameters, compared as the study files compare them
     (1e-3 == 0.001, 64 == 64.0, "batchnorm" == "BatchNorm"), so a table survives JSON round trips. `rows` are kept
@@ -86,16 +90,19 @@ class Table:
     # Provenance, free-form JSON (data source, channels, objective, version, recipe); optional, added after the
     # interface was fixed (a keyword with a default: constructors written against the skeleton still work).
     info: dict[str, Any] = field(default_factory=dict, compare=False)
+    seeds: int = 1  # runs of each configuration (rows per configuration), seeds seed ... seed + seeds - 1
     _search: SearchSpace = field(init=False, repr=False, compare=False)
-    _index: dict[tuple[int, ...], TableRow] = field(init=False, repr=False, compare=False)
+    _index: dict[tuple[int, ...], tuple[TableRow, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Check the whole table (see `validate`) and index its rows: a bad table is refused here, once, not by every
         trial that would replay it. A row whose params leave hyperparameters out gets the defaults for them, as a
         trial's configuration does; values are kept as the space spells them (frozen: the rows are set once, here)."""
         name = check_header(self.name, self.data_fingerprint, self.seed, self.max_epochs, self.info)
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or not 1 <= self.seeds <= MAX_TABLE_SEEDS:
+            raise UserError(f"table {name!r}: seeds must be a whole number from 1 to {MAX_TABLE_SEEDS}: {self.seeds!r}")
         search = check_space(name, self.space)
-        index: dict[tuple[int, ...], TableRow] = {}
+        index: dict[tuple[int, ...], dict[int, TableRow]] = {}
         checked: list[tuple[str, TableRow]] = []
         for number, row in enumerate(self.rows):
             where = f"table {name!r}: row {number}"
@@ -104,18 +111,31 @@ class Table:
             params = check_params(where, row.params)
             if not all(n in params for n in DEFAULT_PARAMS):
                 params = {**DEFAULT_PARAMS, **params}
-            row = dataclasses.replace(row, params=params)
+            seed = self.seed if row.seed is None else row.seed
+            row = dataclasses.replace(row, params=params, seed=seed)
             key = space_key(search, params, where)
             label = f"row {number} ({_describe(search, key)})"
             check_row(f"table {name!r}: {label}", row, self.max_epochs)
-            if key in index:
-                raise UserError(f"table {name!r}: {label} repeats the configuration of another row")
-            index[key] = row
+            if not isinstance(seed, int) or not self.seed <= seed < self.seed + self.seeds:
+                seeds = f"{self.seed} to {self.seed + self.seeds - 1}"
+                raise UserError(f"table {name!r}: {label}: seed {seed!r} is not one of the table's, {seeds}")
+            runs = index.setdefault(key, {})
+            if seed in runs:
+                again = "the configuration" if self.seeds == 1 else "the configuration and seed"
+                raise UserError(f"table {name!r}: {label} repeats {again} of another row")
+            runs[seed] = row
             checked.append((label, row))
         check_fixed(name, search, checked)
-        object.__setattr__(self, "rows", tuple(index[key] for key in sorted(index)))  # the space's order, whatever
-        object.__setattr__(self, "_search", search)  # the source (a file, a store's trial order)
-        object.__setattr__(self, "_index", index)
+        for key, runs in index.items():
+            if len(runs) != self.seeds:
+                raise UserError(
+                    f"table {name!r}: {_describe(search, key)} has {len(runs)} of the table's {self.seeds} seeds"
+                )
+        ordered = {key: tuple(runs[seed] for seed in sorted(runs)) for key, runs in sorted(index.items())}
+        rows = tuple(row for runs in ordered.values() for row in runs)  # the space's order, then the seed's
+        object.__setattr__(self, "rows", rows)  # whatever the source's order (a file, a store's trial order)
+        object.__setattr__(self, "_search", search)
+        object.__setattr__(self, "_index", ordered)
 
     @property
     def search_space(self) -> SearchSpace:
@@ -128,41 +148,54 @@ class Table:
 
     @property
     def missing(self) -> int:
-        return self.size - len(self.rows)
+        """Configurations without rows."""
+        return self.size - len(self._index)
+
+    @property
+    def configurations(self) -> int:
+        """Configurations with rows."""
+        return len(self._index)
 
     def covers(self, max_epochs: int | None) -> bool:
         """Whether a replay capped at `max_epochs` (None: no cap) sees whole curves: the table was trained with at
         least that many epochs. A replay asked for more ends where the table's curves end."""
         return self.max_epochs is None or (max_epochs is not None and max_epochs <= self.max_epochs)
 
-    def row(self, params: Mapping[str, Any]) -> TableRow:
-        """The row of `params` (a full configuration, or the table's space's hyperparameters); a UserError if the
-        table has no such configuration."""
+    def row(self, params: Mapping[str, Any], run: int = 0) -> TableRow:
+        """The row of `params`'s run `run` (its seed `seed + run`); see `runs`."""
+        return self.runs(params)[run]
+
+    def runs(self, params: Mapping[str, Any]) -> tuple[TableRow, ...]:
+        """The rows of `params` (a full configuration, or the table's space's hyperparameters), one per seed in seed
+        order; a UserError if the table has no such configuration."""
         search = self.search_space
         unknown = [name for name in params if name not in PAPER_SPACE]
         if unknown:
             raise UserError(f"unknown hyperparameter {unknown[0]!r}; known: {', '.join(PAPER_SPACE)}")
         key = space_key(search, params, f"configuration not in table {self.name!r}")
-        row = self._index.get(key)
-        if row is None:
+        runs = self._index.get(key)
+        if runs is None:
             raise UserError(
                 f"configuration not in table {self.name!r}: {_describe(search, key)} has no row "
-                f"({len(self.rows)} of {self.size} configurations tabulated)"
+                f"({self.configurations} of {self.size} configurations tabulated)"
             )
+        row = runs[0]
         for name, value in params.items():  # the hyperparameters the table held fixed must agree too
             if name not in search and value_key(row.params.get(name)) != value_key(value):
                 raise UserError(
                     f"configuration not in table {self.name!r}: it was trained with {name}={row.params.get(name)}, "
                     f"not {name}={value}"
                 )
-        return row
+        return runs
 
     def to_json(self) -> dict[str, Any]:
         """The table as plain JSON data (the file format; non-finite numbers become null)."""
         search = self.search_space
+        several = {"seeds": self.seeds} if self.seeds > 1 else {}  # a one-seed table: version 1, as before
         return {
             "format": TABLE_FORMAT,
-            "version": TABLE_VERSION,
+            "version": TABLE_VERSION if several else 1,
+            **several,
             "name": self.name,
             "space": search.to_dict(),
             "data_fingerprint": self.data_fingerprint,
@@ -182,6 +215,7 @@ class Table:
                     "val_metrics": strict_json({k: float(v) for k, v in row.val_metrics.items()}),
                     "test_metrics": strict_json({k: float(v) for k, v in row.test_metrics.items()}),
                     "wall_time": row.wall_time,
+                    **({"seed": row.seed} if several else {}),
                 }
                 for row in self.rows  # in the space's order: the same table gives the same bytes
             ],
@@ -235,8 +269,11 @@ class Table:
         known_keys(top, _TOP_KEYS, "the file")
         if top.get("format") != TABLE_FORMAT:
             raise Malformed(f"'format' must be {TABLE_FORMAT!r}")
-        if top.get("version") != TABLE_VERSION:
-            raise Malformed(f"unsupported version {shown(top.get('version'))} (this hpo-astro reads {TABLE_VERSION})")
+        version = top.get("version")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise Malformed(f"unsupported version {shown(version)} (this hpo-astro reads 1 and {TABLE_VERSION})")
+        if version == 1 and "seeds" in top:
+            raise Malformed("'seeds' is a field of version 2")
         fields = top.get("epoch_fields")
         if fields != list(EPOCH_FIELDS):
             raise Malformed(f"'epoch_fields' must be {list(EPOCH_FIELDS)}")
@@ -250,6 +287,7 @@ class Table:
             seed=json_int(top.get("seed"), "seed"),
             max_epochs=None if top.get("max_epochs") is None else json_int(top.get("max_epochs"), "max_epochs"),
             info=json_object(top.get("info", {}), "info"),
+            seeds=json_int(top.get("seeds", 1), "seeds"),
         )
         if table.missing:
             absent = next(key for key in _keys(table.search_space) if key not in table._index)

@@ -1,5 +1,6 @@
-"""Tabulating: building a table by training every configuration of a finite space once, as a grid study named
-`table/<NAME>` (`hpo-astro tabulate`), each trial's best weights then evaluated once on the test split."""
+"""Tabulating: building a table by training every configuration of a finite space once (or with S seeds: a study
+with `eval_seeds = S`, each run a row), as a grid study named `table/<NAME>` (`hpo-astro tabulate`), each run's
+best weights then evaluated once on the test split."""
 
 from __future__ import annotations
 
@@ -136,7 +137,11 @@ def tabulate_config(
     cfg = dataclasses.replace(cfg, strategy="grid", study=study_name, n_trials=size, pruner="none", storage=storage)
     cfg.validate()
     if stored is not None:
-        for what, was, now in (("seed", stored.seed, cfg.seed), ("max epochs", stored.max_epochs, cfg.max_epochs)):
+        for what, was, now in (
+            ("seed", stored.seed, cfg.seed),
+            ("max epochs", stored.max_epochs, cfg.max_epochs),
+            ("seeds", stored.eval_seeds, cfg.eval_seeds),
+        ):
             if was != now:
                 raise UserError(
                     f"table study {study_name!r} in {storage} was started with {what} {was}, not {now}: its rows "
