@@ -305,3 +305,30 @@ def test_a_study_file_with_bad_evaluation_settings_is_refused(tmp_path: Path) ->
     assert_refused(
         invoke("run", "--config", study_file, "--storage", f"sqlite:///{tmp_path / 'x.db'}"), "folds must be 1"
     )
+
+
+def test_a_cross_validated_trials_model_is_its_first_folds_and_retraining_rebuilds_it(tmp_path: Path) -> None:
+    """The weights a cross-validated trial keeps are its first run's, trained on fold 0's training part: `compare`
+    and `export` retrain on that same part (not on the study's train split) and get the same weights."""
+    from hpo_astro.results.evaluate import retrain_trial
+
+    data = noise_splits(64)
+    cfg = StudyConfig(
+        strategy="random",
+        study="cv",
+        storage=journal_url(tmp_path),
+        n_trials=1,
+        space=SMALL_MODEL,
+        folds=2,
+        max_epochs=2,
+        devices=("cpu",),
+    )
+    study = run_study(cfg, data=data).study
+    (trial,) = study.trials
+    saved = study.user_attrs["best_weights"]
+    kept = torch.load(tmp_path / "optuna.log.artifacts" / saved["artifact_id"], weights_only=True)
+    rebuilt = retrain_trial(study, trial, data).state_dict()
+    assert kept.keys() == rebuilt.keys()
+    assert all(torch.equal(kept[k], rebuilt[k]) for k in kept)
+    plain = real_train(trial.user_attrs["params_full"], data, max_epochs=2, seed=0).model.state_dict()
+    assert not all(torch.equal(kept[k], plain[k]) for k in kept)  # the study's own split gives another model
