@@ -58,6 +58,7 @@ class StudyRow:
     best_trial: int | None
     best_value: float | None  # validation objective of the incumbent
     best_test: float | None
+    best_true: float | None  # its configuration's true quality (tabular mode: mean test over the table's seeds)
     optimism: float | None  # validation minus test, oriented: > 0 = validation promised more
     trials_to_within: int | None
     time_to_within: float | None
@@ -70,6 +71,7 @@ class StrategySummary:
     repeats: int
     best_value: stats.Estimate
     best_test: stats.Estimate
+    best_true: stats.Estimate
     optimism: stats.Estimate
     trials_to_within: stats.Estimate
     time_to_within: stats.Estimate
@@ -79,7 +81,7 @@ class StrategySummary:
 
 @dataclass(frozen=True)
 class PairRow:
-    family: str  # "validation" or "test"
+    family: str  # "validation", "test" or "true" (tabular mode: the true quality of the configuration chosen)
     a: str
     b: str
     test: stats.PairedTest
@@ -156,6 +158,20 @@ def _test_at(run: StudyRun, budget: int, maximize: bool) -> float:
     return math.nan
 
 
+def _true_at(run: StudyRun, budget: int, maximize: bool) -> float:
+    """The true quality of the configuration that was best after `budget` finished trials (tabular mode); NaN when
+    not known."""
+    kept: list[TrialRecord] = []
+    finished = 0
+    for t in run.trials:
+        if finished >= budget:
+            break
+        kept.append(t)
+        finished += t.finished
+    best = incumbent(kept, maximize)
+    return math.nan if best is None or best.true_test is None else best.true_test
+
+
 def _by_repeat(
     runs: Sequence[StudyRun], strategies: Sequence[str], repeats: Sequence[int]
 ) -> dict[str, list[StudyRun]]:
@@ -224,6 +240,7 @@ def analyze(
                     best_trial=r.best_trial,
                     best_value=value,
                     best_test=r.best_test,
+                    best_true=r.best_true,
                     optimism=gap,
                     trials_to_within=n_within,
                     time_to_within=t_within,
@@ -242,6 +259,7 @@ def analyze(
                 repeats=len(mine),
                 best_value=_estimate([r.best_value for r in mine], base),
                 best_test=_estimate([r.best_test for r in mine], base + 1),
+                best_true=_estimate([r.best_true for r in mine], base + 6),
                 optimism=_estimate([r.optimism for r in mine], base + 2),
                 trials_to_within=_estimate([r.trials_to_within for r in mine], base + 3),
                 time_to_within=_estimate([r.time_to_within for r in mine], base + 4),
@@ -252,7 +270,10 @@ def analyze(
 
     # --- pairwise, paired by repeat, at the chosen budget
     pairwise: list[PairRow] = []
-    for family, value_of in (("validation", _value_at), ("test", _test_at)):
+    families: list[tuple[str, Any]] = [("validation", _value_at), ("test", _test_at)]
+    if any(r.best_true is not None for r in runs):  # tabular mode: what the chosen configurations are truly worth
+        families.append(("true", _true_at))
+    for family, value_of in families:
         values = {s: [value_of(r, budget, maximize) for r in grouped[s]] for s in strategies}
         pairs = list(itertools.combinations(strategies, 2))
         tests = [stats.paired_wilcoxon(values[a], values[b], maximize) for a, b in pairs]

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,6 +27,9 @@ from hpo_astro.store.record import (
 )
 from hpo_astro.store.trials import FINISHED, better
 
+if TYPE_CHECKING:
+    from hpo_astro.tabular import Table
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -36,6 +39,9 @@ class TrialRecord:
     cost: float  # training seconds charged to the anytime curves
     test: float | None  # the objective's metric on the test split, when the trial carries it (tabular mode)
     params: dict[str, Any] = field(default_factory=dict)
+    # Its configuration's true quality: the test metric's mean over every seed the table holds of it (tabular mode;
+    # a one-seed table: its one run). What a user gets from the configuration, whatever run the search saw.
+    true_test: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -55,6 +61,7 @@ class StudyRun:
     best_trial: int | None  # the incumbent: the first complete trial with the best value
     best_test: float | None  # its test metric (None: unknown)
     fingerprint: str = ""  # of the data the study was run on (its record)
+    best_true: float | None = None  # its configuration's true quality (`TrialRecord.true_test`; tabular mode)
 
     @property
     def finished(self) -> list[TrialRecord]:
@@ -75,9 +82,15 @@ def _metric(metrics: Any, name: str) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def trial_records(trials: Sequence[FrozenTrial], n_trials: int, metric: str) -> tuple[TrialRecord, ...]:
+def trial_records(
+    trials: Sequence[FrozenTrial],
+    n_trials: int,
+    metric: str,
+    true_quality: Callable[[dict[str, Any]], float | None] | None = None,
+) -> tuple[TrialRecord, ...]:
     """The trials in number order up to the `n_trials`-th finished one (a study run longer before is cut to the
-    benchmark's budget); waiting and running trials are left out."""
+    benchmark's budget); waiting and running trials are left out. `true_quality`: a configuration's true quality
+    (tabular mode: `table_quality`)."""
     out: list[TrialRecord] = []
     finished = 0
     for trial in sorted(trials, key=lambda t: t.number):
@@ -94,10 +107,26 @@ def trial_records(trials: Sequence[FrozenTrial], n_trials: int, metric: str) -> 
                 cost=trial_cost(trial),
                 test=_metric(stored_metrics(trial, TEST_METRICS_ATTR), metric),
                 params=trial_params(trial),
+                true_test=true_quality(trial_params(trial)) if true_quality is not None else None,
             )
         )
         finished += trial.state in FINISHED
     return tuple(out)
+
+
+def table_quality(table: Table, metric: str) -> Callable[[dict[str, Any]], float | None]:
+    """A configuration's true quality in `table`: the mean of its rows' test `metric` over the table's seeds (None
+    when the table does not hold it, or no run measured it)."""
+
+    def quality(params: dict[str, Any]) -> float | None:
+        try:
+            runs = table.runs(params)
+        except UserError:
+            return None
+        values = [v for v in (_metric(row.test_metrics, metric) for row in runs) if v is not None]
+        return sum(values) / len(values) if values else None
+
+    return quality
 
 
 def incumbent(trials: Sequence[TrialRecord], maximize: bool) -> TrialRecord | None:
@@ -119,9 +148,11 @@ def collect(
     storage: optuna.storages.BaseStorage,
     tabular: bool,
     events: Events | None = None,
+    table: Table | None = None,
 ) -> list[StudyRun]:
     """Every job's study as a `StudyRun`. In training mode each best configuration is evaluated on the test split
-    once (and cached in the store): `hpo_astro.results.evaluate.best_evaluation`."""
+    once (and cached in the store): `hpo_astro.results.evaluate.best_evaluation`; in tabular mode `table` gives
+    every configuration's true quality (`table_quality`)."""
     from hpo_astro.results.evaluate import best_evaluation
 
     runs: list[StudyRun] = []
@@ -133,7 +164,8 @@ def collect(
         except KeyError:
             raise UserError(f"study {name!r} is missing from {spec.storage_url}") from None
         frozen = study.get_trials(deepcopy=False)
-        trials = trial_records(frozen, spec.n_trials, spec.metric)
+        quality = table_quality(table, spec.metric) if table is not None else None
+        trials = trial_records(frozen, spec.n_trials, spec.metric, quality)
         best = incumbent(trials, spec.maximize)
         best_test = best.test if best is not None else None
         if best is not None and not tabular:
@@ -150,6 +182,7 @@ def collect(
                 best_trial=best.number if best is not None else None,
                 best_test=best_test,
                 fingerprint=str(study.user_attrs.get(FINGERPRINT_KEY, "")),
+                best_true=best.true_test if best is not None else None,
             )
         )
     return runs

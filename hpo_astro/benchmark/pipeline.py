@@ -128,7 +128,7 @@ def _run(
     studies = [o for o in outcomes if isinstance(o, StudyOutcome)]
 
     with read_store(spec.storage_url) as storage:
-        runs = collect(spec, plan, storage, tabular=table is not None, events=events)
+        runs = collect(spec, plan, storage, tabular=table is not None, events=events, table=table)
     top = top_configurations(runs, spec.top_k, spec.maximize)
     retrained_now: list[RetrainOutcome] = []
     retrained: dict[tuple[str, str], list[tuple[int, dict[str, float], dict[str, float]]]] = {}

@@ -5,6 +5,7 @@ refusals. Tabular mode on a 48-configuration table built here; training mode on 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -39,10 +40,17 @@ def quality(conv: int, lr: float, activation: str) -> float:
     return 0.6 + 0.05 * conv - 0.1 * abs(math.log10(lr) + 2.5) + (activation == "GELU") * 0.03
 
 
-def make_table(name: str = "tiny", shift: float = 0.0, noise: float = 0.02) -> Table:
+def make_table(
+    name: str = "tiny", shift: float = 0.0, noise: float = 0.02, seeds: int = 1, noise_seed: int = 0
+) -> Table:
     """48 configurations, 4 epochs each; epoch seconds 0.5 x conv_layers; test accuracy = validation - 0.02 + noise.
-    `shift` adds the same amount to every validation and test metric (a uniformly better table)."""
-    rng = random.Random(0)
+    `shift` adds the same amount to every validation and test metric (a uniformly better table). `seeds` > 1: that
+    many runs of each configuration, each with its own noise (training noise, as a `tabulate --seeds` table has)."""
+    if seeds > 1:
+        runs = [make_table(name, shift, noise, noise_seed=s) for s in range(seeds)]
+        rows = tuple(dataclasses.replace(row, seed=s) for s, t in enumerate(runs) for row in t.rows)
+        return dataclasses.replace(runs[0], rows=rows, seeds=seeds)
+    rng = random.Random(noise_seed)
     rows = []
     for conv, lr, act in itertools.product(*SPACE.values()):
         final = quality(conv, lr, act) + rng.gauss(0, noise) + shift
@@ -116,7 +124,14 @@ def test_tabular_benchmark_writes_the_report_and_a_second_run_runs_nothing(tmp_p
     payload = read_json(out)
     assert payload["benchmark"]["mode"] == "tabular" and payload["benchmark"]["table"]["name"] == "tiny"
     html = (out / "index.html").read_text()
-    assert "Pairwise comparison at 6 trials" in html and "Selection bias" in html and "cannot be re-trained" in html
+    assert "Pairwise comparison at 6 trials" in html and "Selection bias" in html and "are not re-trained" in html
+    assert (
+        "True test accuracy (mean over the table" in html
+        and "best_true_test_mean" in (out / "strategies.csv").read_text()
+    )
+    assert {p["family"] for p in payload["pairwise"]} == {"validation", "test", "true"}
+    for study_row in payload["studies"]:  # a one-seed table: a configuration's true quality is its one run's test
+        assert study_row["best_true"] == study_row["best_test"]
     assert "https://" not in html.split("</script>", 1)[1]  # self-contained after the inline plotly.js
 
     # every study is an ordinary study in the store, named so that they group, and charged the table's time
@@ -179,10 +194,11 @@ def test_identical_strategies_are_not_significantly_different(tmp_path: Path, mo
     monkeypatch.setitem(strategies_module.STRATEGIES, "random-twin", strategies_module.STRATEGIES["random"])
     result = run_benchmark(spec(tmp_path, ("random", "random-twin"), repeats=8), table=make_table())
     a = result.analysis
-    assert [p.significant for p in a.pairwise] == [False, False]
+    assert [(p.family, p.significant) for p in a.pairwise] == [("validation", False), ("test", False), ("true", False)]
     assert all(p.test.p_value == 1.0 and p.test.rank_biserial == 0.0 for p in a.pairwise)
     first, second = a.summary
     assert first.best_test == second.best_test and first.best_value == second.best_value  # same CI too
+    assert first.best_true == second.best_true
     assert first.mean_rank == second.mean_rank == 1.5
 
 
@@ -599,3 +615,22 @@ def test_hyperband_results_do_not_depend_on_the_benchmark_name_or_folder(tmp_pat
     one, other = outcomes("one", "alpha"), outcomes("two", "a-longer-name")
     assert one == other
     assert any(state == "PRUNED" for study in one for state, _, _ in study)  # Hyperband did prune
+
+
+def test_in_a_noisy_table_the_true_quality_is_the_configurations_mean_over_its_seeds(tmp_path: Path) -> None:
+    """A 3-seed table: each study's incumbent is judged by the run it drew (best_test) and by its configuration's
+    mean test metric over the table's 3 seeds (best_true), which is what the configuration is worth."""
+    table = make_table(seeds=3, noise=0.05)
+    result = run_benchmark(spec(tmp_path, ("random", "tpe"), repeats=4, n_trials=8), table=table)
+    storage = journal(tmp_path / "bench")
+    differs = 0
+    for row in result.analysis.studies:
+        study = optuna.load_study(study_name=row.study, storage=storage)
+        best = next(t for t in study.trials if t.number == row.best_trial)
+        runs = table.runs(best.params)
+        assert row.best_true == pytest.approx(sum(r.test_metrics["accuracy"] for r in runs) / 3)
+        assert row.best_test in [pytest.approx(r.test_metrics["accuracy"]) for r in runs]  # the run it drew
+        differs += abs(row.best_test - row.best_true) > 1e-9
+    assert differs  # the run drawn is not the configuration's mean
+    trues = {p.family for p in result.analysis.pairwise}
+    assert trues == {"validation", "test", "true"}
