@@ -123,7 +123,7 @@ def _run(
     from hpo_astro.store.storage import read_store
 
     cfg = spec.settings
-    source = Source(table, cfg.data, cfg.channels)
+    source = Source(table, cfg.data, cfg.channels, cfg.split)
     outcomes = run_jobs(plan, spec.storage_url, source, spec.workers, on_outcome)
     studies = [o for o in outcomes if isinstance(o, StudyOutcome)]
 

@@ -38,6 +38,7 @@ class BenchmarkSpec:
     base: StudyConfig | None = None
     data: Path | None = None
     channels: tuple[str, ...] | None = None
+    split: tuple[float, float, float] | None = None  # train/val/test fractions (training mode; a table has its own)
     max_epochs: int | None = None
     pruner: str | None = None  # None: the file's, else each strategy's default pruner
     objective: str | None = None  # None: the file's, else accuracy
@@ -68,6 +69,7 @@ class BenchmarkSpec:
         return (self.base or StudyConfig()).merged(
             data=self.data,
             channels=self.channels,
+            split=self.split,
             max_epochs=self.max_epochs,
             pruner=self.pruner,
             objective=self.objective,
@@ -138,7 +140,12 @@ class BenchmarkSpec:
         return self
 
     def config(
-        self, strategy: str, repeat: int, space: SearchSpace | None = None, max_epochs: int | None = None
+        self,
+        strategy: str,
+        repeat: int,
+        space: SearchSpace | None = None,
+        max_epochs: int | None = None,
+        split: tuple[float, float, float] | None = None,
     ) -> StudyConfig:
         """The study of `strategy`'s repeat `repeat`: an ordinary study configuration, in the benchmark's store.
         `space` and `max_epochs` are the table's in tabular mode. The study file's settings are shared by every
@@ -156,6 +163,7 @@ class BenchmarkSpec:
             seed=self.study_seed(repeat),
             space=space or cfg.space,
             max_epochs=cfg.max_epochs if max_epochs is None else max_epochs,
+            split=cfg.split if split is None else split,  # a table's: what compare rebuilds its best model with
             workers=1,  # each study is run by one process (--workers runs studies side by side)
         )
 
@@ -179,7 +187,12 @@ class BenchmarkSpec:
                 table.row(probe)
             except UserError as exc:
                 raise UserError(f"a study cannot replay table {table.name!r}: {exc}") from None
-        return TableSettings(space, max_epochs if max_epochs is not None else table.max_epochs)
+        split = table.info.get("split")
+        return TableSettings(
+            space,
+            max_epochs if max_epochs is not None else table.max_epochs,
+            tuple(split) if isinstance(split, list) and len(split) == 3 else None,  # type: ignore[arg-type]
+        )
 
     def replace(self, **changes: object) -> BenchmarkSpec:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -189,6 +202,7 @@ class BenchmarkSpec:
 class TableSettings:
     space: SearchSpace
     max_epochs: int | None
+    split: tuple[float, float, float] | None = None  # the table's data split (None: the default)
 
 
 @dataclass(frozen=True)
@@ -203,8 +217,9 @@ class Job:
 def jobs(spec: BenchmarkSpec, settings: TableSettings | None = None) -> list[Job]:
     space = settings.space if settings else None
     max_epochs = settings.max_epochs if settings else None
+    split = settings.split if settings else None
     return [
-        Job(strategy, repeat, spec.config(strategy, repeat, space, max_epochs))
+        Job(strategy, repeat, spec.config(strategy, repeat, space, max_epochs, split))
         for repeat in range(spec.repeats)
         for strategy in spec.strategies
     ]

@@ -69,6 +69,7 @@ class Source:
     table: Table | None
     data: Any = None  # Path | None
     channels: tuple[str, ...] = ()
+    split: tuple[float, float, float] | None = None  # train/val/test fractions (None: the default)
 
 
 def table_data(table: Table) -> DataSplits:
@@ -138,7 +139,8 @@ class Runner:
             else:
                 from hpo_astro.data.prepare import PrepConfig, load_splits
 
-                self._data = load_splits(self.source.data, PrepConfig(channels=self.source.channels))
+                fractions = {"fractions": self.source.split} if self.source.split else {}
+                self._data = load_splits(self.source.data, PrepConfig(channels=self.source.channels, **fractions))
         return self._data
 
     def run(self, job: Job | RetrainJob) -> StudyOutcome | RetrainOutcome:

@@ -19,6 +19,7 @@ from hpo_astro.cli.options import (
     ChannelsOpt,
     DataOpt,
     ObjectiveOpt,
+    SplitOpt,
     search_settings,
 )
 from hpo_astro.cli.output import console, err_console, fail, note, resume_command
@@ -56,6 +57,7 @@ def benchmark_command(
     config: BenchmarkStudyFileOpt = None,
     data: DataOpt = None,
     channels: ChannelsOpt = None,
+    split: SplitOpt = None,
     max_epochs: BenchmarkEpochsOpt = None,
     pruner: BenchmarkPrunerOpt = None,
     objective: ObjectiveOpt = None,
@@ -91,7 +93,7 @@ def benchmark_command(
         repeats=repeats,
         table=table,
         base=load_config(config) if config else None,
-        **search_settings(data, channels, max_epochs, pruner, objective, seed, workers),
+        **search_settings(data, channels, split, max_epochs, pruner, objective, seed, workers),
         storage=storage,
         name=name,
         budget=budget,

@@ -75,6 +75,14 @@ StudyDataOpt = Annotated[
     typer.Option("--data", help="The studies' data file, when it is no longer where the study recorded it."),
 ]
 ScoredDataOpt = Annotated[Path, typer.Option("--data", help="ExRomana file (labelled) or a list of records to score.")]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help="Train,validation,test fractions of the stratified split (default: 0.7,0.15,0.15); a larger "
+        "validation split measures each configuration with less noise.",
+    ),
+]
 ChannelsOpt = Annotated[
     str | None,
     typer.Option("--channels", help="Comma-separated planes among sci,ref,diff,scorr (default: scorr)."),
@@ -194,6 +202,7 @@ DashboardPortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help=
 def search_settings(
     data: Path | None,
     channels: str | None,
+    split: str | None,
     max_epochs: int | None,
     pruner: str | None,
     objective: str | None,
@@ -203,10 +212,12 @@ def search_settings(
     """The search settings `run` and `benchmark` take as options, as the keywords of `StudyConfig.merged` and
     `BenchmarkSpec` (None: not set, the study file's or the default applies)."""
     from hpo_astro.data.prepare import parse_channels
+    from hpo_astro.study.config import parse_split
 
     return {
         "data": data,
         "channels": parse_channels(channels) if channels is not None else None,
+        "split": parse_split(split) if split is not None else None,
         "max_epochs": max_epochs,
         "pruner": pruner,
         "objective": objective,

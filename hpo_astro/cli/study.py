@@ -30,6 +30,7 @@ from hpo_astro.cli.options import (
     ProxyPortOpt,
     PrunerOpt,
     RunStorageOpt,
+    SplitOpt,
     StorageOpt,
     StrategyOpt,
     StudyFileOpt,
@@ -70,6 +71,7 @@ def run_command(
     storage: RunStorageOpt = None,
     data: DataOpt = None,
     channels: ChannelsOpt = None,
+    split: SplitOpt = None,
     max_epochs: TrialEpochsOpt = None,
     pruner: PrunerOpt = None,
     objective: ObjectiveOpt = None,
@@ -96,7 +98,7 @@ def run_command(
         study=study,
         storage=storage,
         **evaluation_settings(eval_seeds, folds),
-        **search_settings(data, channels, max_epochs, pruner, objective, seed, workers),
+        **search_settings(data, channels, split, max_epochs, pruner, objective, seed, workers),
         **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture),
     )
     execute_study(cfg, threads, train=injected_trainer(ctx))

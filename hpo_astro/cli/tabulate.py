@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from hpo_astro.cli.application import app
-from hpo_astro.cli.options import DataOpt, StorageOpt, TableEpochsOpt, TableSeedOpt, TableWorkersOpt, WorkerThreadsOpt
+from hpo_astro.cli.options import (
+    DataOpt,
+    SplitOpt,
+    StorageOpt,
+    TableEpochsOpt,
+    TableSeedOpt,
+    TableWorkersOpt,
+    WorkerThreadsOpt,
+)
 from hpo_astro.cli.output import console, fail, injected_trainer
 from hpo_astro.cli.study import execute_study
 from hpo_astro.errors import UserError
@@ -34,6 +42,7 @@ def tabulate_command(
     ] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     data: DataOpt = None,
+    split: SplitOpt = None,
     max_epochs: TableEpochsOpt = None,
     max_configs: Annotated[
         int, typer.Option("--max-configs", min=1, help="Refuse a space with more configurations than this.")
@@ -53,11 +62,21 @@ def tabulate_command(
     `benchmark --table` replays."""
     from hpo_astro import tabular
     from hpo_astro.io import check_output
+    from hpo_astro.study.config import parse_split
 
     json_path = json_out or Path(f"{tabular.check_name(out)}.json")
     check_output(json_path)  # before hours of training, not after
     cfg = tabular.tabulate_config(
-        space, out, storage, max_configs, data=data, max_epochs=max_epochs, seed=seed, eval_seeds=seeds, workers=workers
+        space,
+        out,
+        storage,
+        max_configs,
+        data=data,
+        max_epochs=max_epochs,
+        seed=seed,
+        eval_seeds=seeds,
+        workers=workers,
+        split=None if split is None else parse_split(split),
     )
     result = execute_study(cfg, threads, train=tabular.tabulating(injected_trainer(ctx)))
     try:

@@ -92,11 +92,14 @@ def trial_seed(study: optuna.Study, trial: FrozenTrial) -> int:
 
 
 def study_prep(study: optuna.Study) -> PrepConfig:
-    """How the study's data was prepared: its recorded channels; a run sets nothing else, so the rest is default."""
-    from hpo_astro.data.prepare import DEFAULT_CHANNELS, PrepConfig
+    """How the study's data was prepared: its recorded channels and split; a run sets nothing else, so the rest is
+    default."""
+    from hpo_astro.data.prepare import PrepConfig
 
     record = study_record(study)
-    return PrepConfig(channels=tuple(record.channels if record is not None else DEFAULT_CHANNELS))
+    if record is None:
+        return PrepConfig()
+    return PrepConfig(channels=tuple(record.channels), fractions=tuple(record.split))  # type: ignore[arg-type]
 
 
 def study_data(study: optuna.Study, data: Path | None = None, memo: dict | None = None) -> DataSplits:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hpo_astro import __version__
 from hpo_astro.core.space import SearchSpace
-from hpo_astro.data.prepare import DEFAULT_CHANNELS
+from hpo_astro.data.prepare import DEFAULT_CHANNELS, DEFAULT_FRACTIONS
 from hpo_astro.errors import UserError
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class RunSettings(Protocol):
     pruner: str | None
     seed: int
     max_epochs: int | None
+    split: tuple[float, float, float]
     data: Path | None
     baseline: dict[str, Any] | None
     greedy: bool
@@ -128,6 +129,7 @@ class StudyRecord:
     seed: int = 0
     max_epochs: int | None = None
     channels: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_CHANNELS))
+    split: list[float] = dataclasses.field(default_factory=lambda: list(DEFAULT_FRACTIONS))  # train/val/test
     data_source: str = ""  # the file the study was run on
     data: str | None = None  # the --data given (None: the default simulated set)
     baseline: dict[str, Any] | None = None
@@ -162,6 +164,7 @@ class StudyRecord:
             seed=cfg.seed,
             max_epochs=cfg.max_epochs,
             channels=list(channels),
+            split=list(cfg.split),
             data_source=source,
             data=None if cfg.data is None else str(cfg.data),
             baseline=cfg.baseline,
@@ -227,6 +230,10 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "seed": _INT,
     "max_epochs": _OPT_INT,
     "channels": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of plane names"),
+    "split": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(_is_fraction(x) for x in v),
+        "three fractions (train, val, test)",
+    ),
     "data_source": _STR,
     "data": _OPT_STR,
     "baseline": (lambda v: v is None or isinstance(v, dict), "an object or null"),
@@ -239,6 +246,10 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "trial_kind": (lambda v: v is None or v in TRIAL_KINDS, f"one of {', '.join(TRIAL_KINDS)} or null"),
     "hpo_astro_version": _STR,
 }
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
 
 
 def _has_type(value: Any, expected: tuple[Any, str]) -> bool:

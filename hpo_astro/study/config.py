@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo_astro.core.space import SearchSpace
-from hpo_astro.data.prepare import DEFAULT_CHANNELS
+from hpo_astro.data.prepare import DEFAULT_CHANNELS, DEFAULT_FRACTIONS
 from hpo_astro.errors import UserError
 from hpo_astro.io import read_regular_file
 from hpo_astro.store.record import StudyRecord
@@ -50,6 +50,9 @@ class StudyConfig:
     seed: int = 0
     data: Path | None = None
     channels: tuple[str, ...] = DEFAULT_CHANNELS
+    # Train/validation/test fractions of the data's stratified split: a larger validation split measures each
+    # configuration with less noise (one cutout of N is 1/N of accuracy).
+    split: tuple[float, float, float] = DEFAULT_FRACTIONS
     max_epochs: int | None = None
     # Noise-aware evaluation (`hpo_astro.study.evaluation`): each trial trains its configuration with `eval_seeds`
     # seeds on each of `folds` cross-validation folds (1: the fixed train/val split) and scores it by the mean.
@@ -103,6 +106,9 @@ class StudyConfig:
                 )
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"max_epochs must be at least 1, got {self.max_epochs}")
+        from hpo_astro.data.prepare import PrepConfig
+
+        PrepConfig(channels=self.channels, fractions=self.split)  # a bad split or channel: one line, before the data
         if not 1 <= self.eval_seeds <= MAX_EVAL_SEEDS:
             raise UserError(f"eval_seeds must be between 1 and {MAX_EVAL_SEEDS}, got {self.eval_seeds}")
         if self.seed + self.eval_seeds - 1 > MAX_SEED:
@@ -154,6 +160,7 @@ class StudyConfig:
             seed=int(record.seed),
             data=Path(record.data) if record.data else None,
             channels=tuple(record.channels),
+            split=tuple(record.split),  # type: ignore[arg-type]
             max_epochs=record.max_epochs,
             eval_seeds=int(record.eval_seeds),
             folds=int(record.folds),
@@ -249,6 +256,8 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
             raise UserError(f"{path}: devices must be a list of device names (cpu, cuda, cuda:N)")
         return tuple(value)
+    if key == "split":
+        return parse_split(value, str(path))
     if key == "channels":
         if isinstance(value, str):
             value = [c.strip() for c in value.split(",")]
@@ -256,3 +265,20 @@ def _convert(path: Path, key: str, value: Any) -> Any:
             raise UserError(f"{path}: channels must be a non-empty list of plane names")
         return tuple(value)
     raise UserError(f"{path}: unknown key {key}")  # pragma: no cover - guarded by _FILE_KEYS
+
+
+def parse_split(value: Any, where: str = "--split") -> tuple[float, float, float]:
+    """Train/validation/test fractions: three positive numbers summing to 1, as a list or "0.4,0.3,0.3"."""
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise UserError(f"{where}: split must be three fractions, e.g. 0.4,0.3,0.3, got {value!r}") from None
+    numbers = isinstance(value, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    )
+    if not numbers or len(value) != 3 or any(not 0 < v < 1 for v in value) or abs(sum(value) - 1) > 1e-6:
+        raise UserError(
+            f"{where}: split must be three fractions above 0 summing to 1 (train, val, test), got {value!r}"
+        )
+    return (float(value[0]), float(value[1]), float(value[2]))

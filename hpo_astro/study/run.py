@@ -75,7 +75,7 @@ def prepare_run(
     sampler = make_sampler(cfg)
     pruner = make_pruner(cfg)
     if data is None:
-        data = load_splits(cfg.data, PrepConfig(channels=cfg.channels))
+        data = load_splits(cfg.data, PrepConfig(channels=cfg.channels, fractions=cfg.split))
     return data, sampler, pruner
 
 

@@ -135,6 +135,7 @@ def table_from_study(study: Any, storage: str) -> Table:
         "study": study.study_name,
         "objective": record.objective,
         "channels": list(record.channels) if isinstance(record.channels, list | tuple) else record.channels,
+        "split": list(record.split),
         "data_source": record.data_source,
         "hpo_astro_version": record.hpo_astro_version,
     }

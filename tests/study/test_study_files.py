@@ -7,10 +7,11 @@ import gc
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
-from helpers import assert_refused, invoke, store_url
+from helpers import assert_refused, invoke, load_study, store_url
 
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.study.config import StudyConfig, load_config
@@ -156,7 +157,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         'strategy = "ablation"\nn_trials = 5\nstudy = "s"\nstorage = "sqlite:///x.db"\ngreedy = true\n'
         'population_size = 4\npruner = "median"\nobjective = "loss"\nseed = 3\ndata = "d.npy"\n'
         'channels = ["sci", "scorr"]\nmax_epochs = 2\nheartbeat_interval = 2\ngrace_period = 7\n'
-        "checkpoint_interval = 4\neval_seeds = 3\nfolds = 4\n"
+        "checkpoint_interval = 4\neval_seeds = 3\nfolds = 4\nsplit = [0.5, 0.25, 0.25]\n"
         'devices = ["cpu"]\ncapture = false\n'
         'artifacts = "arts"\nworkers = 3\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
     )
@@ -176,6 +177,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "seed",
         "data",
         "channels",
+        "split",
         "max_epochs",
         "eval_seeds",
         "folds",
@@ -191,8 +193,48 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
     }
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
     assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",) and cfg.capture is False
-    assert (cfg.eval_seeds, cfg.folds) == (3, 4)
+    assert (cfg.eval_seeds, cfg.folds, cfg.split) == (3, 4, (0.5, 0.25, 0.25))
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
     tpe = tmp_path / "tpe.toml"  # n_startup_trials applies to the model-based strategies, not to ablation
     tpe.write_text('strategy = "tpe"\nn_trials = 5\nn_startup_trials = 2\n')
     assert load_config(tpe).validate().n_startup_trials == 2
+
+
+def test_split_sets_the_fractions_the_data_is_split_in_and_readers_rebuild_with_them(
+    tmp_path: Path, small_file: Path
+) -> None:
+    """`--split` (study file `split`): the trials train and validate on splits of those fractions, the study records
+    them, and `compare` rebuilds the best model on the same splits (its validation metrics reproduce)."""
+    from helpers import fake_train
+
+    sizes: list[tuple[int, int, int]] = []
+
+    def train(params: Any, data: Any, **kw: Any) -> Any:
+        sizes.append((len(data.y_train), len(data.y_val), len(data.y_test)))
+        return fake_train(params, data, **kw)
+
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["run", "--storage", store, "--data", small_file, "-n", 1, "--max-epochs", 1]
+    assert invoke(*args, "--study", "default", train=train).exit_code == 0
+    result = invoke(*args, "--study", "wide", "--split", "0.4,0.3,0.3", train=train)
+    assert result.exit_code == 0, result.output
+    (default, wide) = sizes
+    assert sum(default) == sum(wide) == 240
+    assert default[1] == 36 and wide[1] == 72  # validation: 15% and 30% of 240, class by class
+    wide_study = load_study(store, "wide")
+    assert wide_study.user_attrs["split"] == [0.4, 0.3, 0.3] and load_study(store, "default").user_attrs["split"] == [
+        0.7,
+        0.15,
+        0.15,
+    ]
+    assert wide_study.user_attrs["data_fingerprint"] != load_study(store, "default").user_attrs["data_fingerprint"]
+    from hpo_astro.results.evaluate import study_data
+
+    assert len(study_data(wide_study).y_val) == 72  # what compare, report and export rebuild with
+
+
+@pytest.mark.parametrize("split", ["0.5,0.5", "0.6,0.3,0.2", "0.7,0.3,0", "a,b,c"])
+def test_a_bad_split_is_refused_in_one_line(tmp_path: Path, split: str) -> None:
+    store = tmp_path / "x.db"
+    assert_refused(invoke("run", "--storage", f"sqlite:///{store}", "-n", 1, "--split", split), "split must be")
+    assert not store.exists()

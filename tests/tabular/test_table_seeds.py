@@ -141,16 +141,37 @@ def test_tabulate_with_seeds_trains_each_configuration_with_each_seed(tmp_path: 
     trainer = tabular.TabulateTrain(scripted_trainer(lambda p, s: 0.5 + 0.05 * s), fake_test)
     space = space_file(tmp_path / "space.toml", {"lr": [1e-3, 1e-2]})
     args = ["tabulate", "--space", space, "--out", "s3", "--storage", journal_url(tmp_path), "--data", small_file]
-    result = invoke(*args, "--max-epochs", 2, "--seeds", 3, "--seed", 4, "--json", tmp_path / "s3.json", train=trainer)
+    result = invoke(
+        *args, "--max-epochs", 2, "--seeds", 3, "--seed", 4, "--split", "0.5,0.25,0.25", "--json", tmp_path / "s3.json",
+        train=trainer,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "table 's3': 2 configurations x 3 seeds" in result.stdout
     table = Table.load(tmp_path / "s3.json")
     assert table.seeds == 3 and table.seed == 4
+    assert table.info["split"] == [0.5, 0.25, 0.25]  # the data's split, which a benchmark's studies then record
+    from hpo_astro.benchmark import BenchmarkSpec
+
+    spec = BenchmarkSpec(strategies=("random",), repeats=1, n_trials=1, out=tmp_path / "b")
+    assert spec.config("random", 0, split=spec.for_table(table).split).split == (0.5, 0.25, 0.25)
     for params in ({"lr": 1e-3}, {"lr": 1e-2}):
         runs = table.runs(params)
         assert [r.seed for r in runs] == [4, 5, 6]
         assert [r.val_metrics["accuracy"] for r in runs] == pytest.approx([0.7, 0.75, 0.8])  # seed s: 0.5 + 0.05 s
         assert [r.test_metrics["accuracy"] for r in runs] == pytest.approx([0.69, 0.74, 0.79])  # each run's own test
     assert tabular.load_table("s3", journal_url(tmp_path)).rows == table.rows  # the same table from the store
-    refused = invoke(*args, "--max-epochs", 2, "--seed", 4, "--seeds", 2, "--json", tmp_path / "s2.json", train=trainer)
+    refused = invoke(
+        *args,
+        "--max-epochs",
+        2,
+        "--seed",
+        4,
+        "--split",
+        "0.5,0.25,0.25",
+        "--seeds",
+        2,
+        "--json",
+        tmp_path / "s2.json",
+        train=trainer,
+    )
     assert_refused(refused, "was started with seeds 3, not 2")
