@@ -75,6 +75,8 @@ def run_benchmark(
         # A `tabulate` study is looked for in --storage, else where `tabulate` writes by default.
         table = load_table(spec.table, spec.storage or DEFAULT_STORAGE)
         settings = spec.for_table(table)
+    if table is not None:
+        spec = spec.replace(table_seeds=table.seeds)  # the repeats' seeds draw every run of the table
     plan = jobs(spec, settings)
     for job in plan[: len(spec.strategies)]:  # the space, baseline and the like: one line before anything is written
         from hpo_astro.study.strategies import make_sampler
@@ -182,8 +184,8 @@ def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None) -> di
         "pairwise_budget": spec.pairwise_budget,
         "objective": cfg.objective,
         "direction": "maximize" if spec.maximize else "minimize",
-        "seeds": f"repeat r: seed {spec.seed} + r ({spec.study_seed(0)}..{spec.study_seed(spec.repeats - 1)}), "
-        "the same for every strategy",
+        "seeds": f"repeat r: seed {spec.seed} + r{f' x {spec.seed_stride}' if spec.seed_stride > 1 else ''} "
+        f"({spec.study_seed(0)}..{spec.study_seed(spec.repeats - 1)}), the same for every strategy",
         "fresh_seeds": spec.fresh_seeds() if table is None else [],
         "top_k": spec.top_k,
         "pruner": cfg.pruner or "each strategy's default",
@@ -196,6 +198,7 @@ def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None) -> di
         out["table"] = {
             "name": table.name,
             "rows": len(table.rows),
+            "seeds": table.seeds,
             "configurations": table.size,
             "data_fingerprint": table.data_fingerprint,
             "seed": table.seed,

@@ -1,9 +1,16 @@
 """What a benchmark is: its options (`BenchmarkSpec`), checked before anything runs, and the studies they make:
-one per strategy and repeat, each an ordinary study named `bench/<name>/<strategy>/seed-<seed>`."""
+one per strategy and repeat, each an ordinary study named `bench/<name>/<strategy>/seed-<seed>`.
+
+A "strategy" of a benchmark is an arm, `NAME[@K][+PRUNER]` (`Arm`): the strategy NAME, each configuration evaluated
+with K training seeds (`--eval-seeds K` of `run`; default 1) and, after `+`, the pruner that arm runs with (default:
+the benchmark's `--pruner`). `tpe`, `tpe@3` and `tpe@3+median` compare one evaluation per configuration, three, and
+three with racing. An arm of K seeds runs `n_trials // K` trials: every arm trains at most `n_trials` runs, so arms
+compare at equal training budget."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +19,7 @@ from hpo_astro.core.space import SearchSpace
 from hpo_astro.errors import UserError
 from hpo_astro.io import check_output
 from hpo_astro.study.config import MAX_SEED, OBJECTIVES, StudyConfig
+from hpo_astro.study.evaluation import MAX_EVAL_SEEDS
 from hpo_astro.study.strategies import STARTUP_STRATEGIES
 
 if TYPE_CHECKING:
@@ -20,6 +28,27 @@ if TYPE_CHECKING:
 STORE_NAME = "studies.journal"  # the default store, in the output directory (see `BenchmarkSpec.storage_url`)
 STUDY_PREFIX = "bench"
 DEFAULT_TOP_K = 3
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared search setup (see the module's docstring): its label (what `--strategies` names, and the reports
+    show), strategy, training seeds per configuration, and pruner (None: the benchmark's)."""
+
+    label: str
+    strategy: str
+    eval_seeds: int = 1
+    pruner: str | None = None
+
+    @classmethod
+    def parse(cls, label: str) -> Arm:
+        rest, _, pruner = label.partition("+")
+        strategy, at, seeds = rest.partition("@")
+        if at and not (seeds.isdigit() and 1 <= int(seeds) <= MAX_EVAL_SEEDS):
+            raise UserError(f"strategy {label!r}: after '@' comes the number of seeds, 1 to {MAX_EVAL_SEEDS}")
+        if "+" in pruner or "@" in pruner or (pruner == "" and "+" in label):
+            raise UserError(f"strategy {label!r}: NAME[@SEEDS][+PRUNER], e.g. tpe@3+median")
+        return cls(label, strategy, int(seeds) if at else 1, pruner or None)
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,7 @@ class BenchmarkSpec:
     workers: int = 1  # studies run side by side, each by one process
     budget: int | None = None  # trials at which the pairwise table compares; default n_trials
     top_k: int = DEFAULT_TOP_K  # configurations per strategy re-trained, each with top_k fresh seeds
+    table_seeds: int = 1  # tabular mode: the table's runs per configuration (set from the table once it is loaded)
 
     @property
     def benchmark_name(self) -> str:
@@ -84,15 +114,26 @@ class BenchmarkSpec:
     def maximize(self) -> bool:
         return OBJECTIVES[self.settings.objective][1] == "maximize"
 
+    @property
+    def seed_stride(self) -> int:
+        """Seeds each repeat takes: at least the most training seeds an arm evaluates a configuration with (1 unless
+        an arm is `NAME@K`), so the repeats' runs never share a seed; and prime to the table's seeds, so that a
+        table's replay (run `(c + seed) mod seeds`) draws other runs in other repeats."""
+        stride = max((Arm.parse(s).eval_seeds for s in self.strategies if "@" in s), default=1)
+        while math.gcd(stride, self.table_seeds) != 1:
+            stride += 1
+        return stride
+
     def study_seed(self, repeat: int) -> int:
-        """Repeat r of every strategy: sampler and training seed `seed + r`. So repeat r is paired across strategies
-        (the same training seed; in tabular mode the same answers), which is what the paired tests compare."""
-        return self.seed + repeat
+        """Repeat r of every strategy: sampler and training seed `seed + r` (`seed + r * seed_stride` with arms of
+        several seeds, whose runs use the seeds after it). So repeat r is paired across strategies (the same training
+        seed; in tabular mode the same answers), which is what the paired tests compare."""
+        return self.seed + repeat * self.seed_stride
 
     def fresh_seeds(self) -> list[int]:
         """Training seeds for re-training the top configurations: the ones after every repeat's, so none of them
         trained anything during the search."""
-        start = self.seed + self.repeats
+        start = self.seed + self.repeats * self.seed_stride
         return list(range(start, start + self.top_k))
 
     def study_name(self, strategy: str, repeat: int) -> str:
@@ -117,7 +158,7 @@ class BenchmarkSpec:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
         if self.seed < 0:
             raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        if self.seed + self.repeats + self.top_k - 1 > MAX_SEED:
+        if self.seed + self.repeats * self.seed_stride + self.top_k - 1 > MAX_SEED:
             raise UserError(
                 f"--seed {self.seed} with {self.repeats} repeats and {self.top_k} fresh seeds goes past {MAX_SEED}"
             )
@@ -136,6 +177,9 @@ class BenchmarkSpec:
         for strategy in self.strategies:
             if not strategy.strip() or "/" in strategy:
                 raise UserError(f"strategy {strategy!r}: a name or package.module:ClassName, without '/'")
+            arm = Arm.parse(strategy)
+            if arm.eval_seeds > self.n_trials:
+                raise UserError(f"strategy {strategy!r}: {arm.eval_seeds} seeds a trial need --n-trials >= that")
             self.config(strategy, 0).validate()  # unknown strategy, pruner or objective: one line
         return self
 
@@ -152,12 +196,15 @@ class BenchmarkSpec:
         strategy, so `n_startup_trials` applies to the strategies that have start-up trials and not to the others
         (`run` refuses it for a strategy without them)."""
         cfg = self.settings
-        startup = cfg.n_startup_trials if strategy in STARTUP_STRATEGIES else None
+        arm = Arm.parse(strategy)
+        startup = cfg.n_startup_trials if arm.strategy in STARTUP_STRATEGIES else None
         return dataclasses.replace(
             cfg,
-            strategy=strategy,
+            strategy=arm.strategy,
+            eval_seeds=arm.eval_seeds,
+            pruner=arm.pruner or cfg.pruner,
             n_startup_trials=startup,
-            n_trials=self.n_trials,
+            n_trials=max(1, self.n_trials // arm.eval_seeds),  # at most n_trials training runs, as every arm
             study=self.study_name(strategy, repeat),
             storage=self.storage_url,
             seed=self.study_seed(repeat),

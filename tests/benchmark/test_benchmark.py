@@ -23,6 +23,7 @@ from optuna.samplers import BaseSampler
 from hpo_astro.benchmark import BenchmarkSpec, run_benchmark
 from hpo_astro.benchmark.analysis import analyze
 from hpo_astro.benchmark.collect import StudyRun, TrialRecord
+from hpo_astro.benchmark.plan import Arm
 from hpo_astro.benchmark.runner import StudyOutcome
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import EpochMetrics
@@ -634,3 +635,74 @@ def test_in_a_noisy_table_the_true_quality_is_the_configurations_mean_over_its_s
     assert differs  # the run drawn is not the configuration's mean
     trues = {p.family for p in result.analysis.pairwise}
     assert trues == {"validation", "test", "true"}
+
+
+def lucky_table() -> Table:
+    """Two configurations, three seeds each: lr 0.001 scores 0.80 on validation with every seed (test 0.79); lr 0.01
+    scores 0.95 with its first seed and 0.60 with the others (test 0.01 below), so its best run is the table's best
+    and its true quality, 0.707 on test, is the worse."""
+    rows = []
+    for lr, finals in ((0.001, (0.80, 0.80, 0.80)), (0.01, (0.95, 0.60, 0.60))):
+        for seed, final in enumerate(finals):
+            history = tuple(
+                EpochMetrics(e, 1 - final * e / EPOCHS, final * e / EPOCHS, 1 - final * e / EPOCHS,
+                             final * e / EPOCHS, final * e / EPOCHS, lr, 1.0)
+                for e in range(1, EPOCHS + 1)
+            )  # fmt: skip
+            val = {"loss": 1 - final, "accuracy": final, "roc_auc": final, "precision": 1, "recall": 1, "f1": 1}
+            test = {**val, "accuracy": final - 0.01}
+            rows.append(
+                TableRow(
+                    params={"lr": lr},
+                    history=history,
+                    best_epoch=EPOCHS,
+                    stop_reason="max_epochs",
+                    val_metrics={**val, "fpr_at_5fnr": 0.0},
+                    test_metrics={**test, "fpr_at_5fnr": 0.0},
+                    wall_time=float(EPOCHS),
+                    seed=seed,
+                )
+            )
+    return Table("lucky", {"lr": [0.01, 0.001]}, tuple(rows), "fingerprint-lucky", 0, EPOCHS, seeds=3)
+
+
+def test_arms_compare_one_evaluation_with_three_seeds_on_what_the_chosen_configuration_is_worth(
+    tmp_path: Path,
+) -> None:
+    """`grid` judges each configuration by the one run the repeat's seed draws, `grid@3` by the mean of three: the
+    single evaluation picks the lucky configuration in the repeats that draw its 0.95 run (2 of 6: the repeats'
+    seeds step by 4, prime to the table's 3 seeds, so they draw every run), the three-seed arm never does."""
+    result = run_benchmark(spec(tmp_path, ("grid", "grid@3"), repeats=6, n_trials=6), table=lucky_table())
+    rows = result.analysis.studies
+    single = [r.best_true for r in rows if r.strategy == "grid"]
+    three = [r.best_true for r in rows if r.strategy == "grid@3"]
+    assert three == pytest.approx([0.79] * 6)
+    lucky_true = (0.94 + 0.59 + 0.59) / 3
+    assert sorted(single) == pytest.approx([lucky_true] * 2 + [0.79] * 4)
+    assert [r.seed for r in rows if r.strategy == "grid"] == [0, 4, 8, 12, 16, 20]
+    storage = journal(tmp_path / "bench")
+    study = optuna.load_study(study_name="bench/bench/grid@3/seed-4", storage=storage)
+    assert len(study.trials) == 2 and all(len(t.user_attrs["eval_runs"]) == 3 for t in study.trials)
+    assert {p.family for p in result.analysis.pairwise} == {"validation", "test", "true"}
+    assert read_json(tmp_path / "bench")["benchmark"]["seeds"].startswith("repeat r: seed 0 + r x 4")
+
+
+@pytest.mark.parametrize(
+    ("label", "arm"),
+    [
+        ("tpe", Arm("tpe", "tpe", 1, None)),
+        ("tpe@3", Arm("tpe@3", "tpe", 3, None)),
+        ("tpe@3+median", Arm("tpe@3+median", "tpe", 3, "median")),
+        ("random+hyperband", Arm("random+hyperband", "random", 1, "hyperband")),
+        ("pkg.mod:Sampler@2", Arm("pkg.mod:Sampler@2", "pkg.mod:Sampler", 2, None)),
+    ],
+)
+def test_arm_labels_parse(label: str, arm: Arm) -> None:
+    assert Arm.parse(label) == arm
+
+
+@pytest.mark.parametrize("label", ["tpe@", "tpe@0", "tpe@x", "tpe@101", "tpe+", "tpe@3+median+x"])
+def test_bad_arm_labels_are_refused_in_one_line(tmp_path: Path, table_file: Path, label: str) -> None:
+    result = invoke("benchmark", "-s", label, "-n", 6, "--table", table_file, "--out", tmp_path / "o")
+    assert_refused(result, f"strategy {label!r}")
+    assert not (tmp_path / "o").exists()
