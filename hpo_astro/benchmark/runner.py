@@ -72,23 +72,6 @@ class Source:
     split: tuple[float, float, float] | None = None  # train/val/test fractions (None: the default)
 
 
-def table_data(table: Table) -> DataSplits:
-    """The splits a table-answered study records: no tensors (the table answers, nothing is read), the fingerprint,
-    channels and source file of the data the table was trained on, so the study's record names that data and
-    `compare` can rebuild its best model from that file."""
-    import torch
-
-    from hpo_astro.data.prepare import DEFAULT_CHANNELS, DataSplits
-
-    empty = torch.zeros(0)
-    return DataSplits(
-        *(empty,) * 6,
-        channels=tuple(table.info.get("channels") or DEFAULT_CHANNELS),
-        fingerprint=table.data_fingerprint,
-        source=str(table.info.get("data_source") or f"table {table.name}"),
-    )
-
-
 class Runner:
     """Runs jobs in one process: the store opened once, the table's trainer, or the data loaded once."""
 
@@ -135,6 +118,8 @@ class Runner:
     def data(self) -> DataSplits:
         if self._data is None:
             if self.source.table is not None:
+                from hpo_astro.tabular import table_data
+
                 self._data = table_data(self.source.table)
             else:
                 from hpo_astro.data.prepare import PrepConfig, load_splits

@@ -8,6 +8,7 @@ from __future__ import annotations
 # isort: off
 from hpo_astro.cli import train  # noqa: F401  train
 from hpo_astro.cli import study  # noqa: F401  run, worker, storage-proxy, status
+from hpo_astro.cli import confirm  # noqa: F401  confirm
 from hpo_astro.cli import results  # noqa: F401  compare, report, export, predict, dashboard
 from hpo_astro.cli import tabulate  # noqa: F401  tabulate
 from hpo_astro.cli import benchmark  # noqa: F401  benchmark

@@ -54,11 +54,9 @@ from hpo_astro.study.defaults import DEFAULT_STORAGE
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors answer at once
     import optuna
     from optuna.trial import FrozenTrial
-    from rich.table import Table
 
     from hpo_astro.core.train import TrainFn, TrainState
     from hpo_astro.study.config import StudyConfig
-    from hpo_astro.study.confirm import Confirmation
     from hpo_astro.study.run import RunResult
 
 
@@ -153,74 +151,6 @@ def worker_command(
     train = train_for_kind(trial_kind, cfg.study_name, injected_trainer(ctx))  # a table study: test metrics too
     execute_study(cfg, threads, joined=True, train=train)
     _next_steps(cfg.storage, cfg.study_name)
-
-
-@app.command("confirm")
-def confirm_command(
-    ctx: typer.Context,
-    study: Annotated[str, typer.Option("--study", help="The study whose best configurations to train again.")],
-    storage: StorageOpt = DEFAULT_STORAGE,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many distinct configurations.")] = 5,
-    seeds: Annotated[int, typer.Option("--seeds", min=2, max=100, help="Fresh training seeds for each.")] = 5,
-    confirm_study: Annotated[
-        str | None, typer.Option("--confirm-study", help="The confirmation's study name (default: STUDY/confirm).")
-    ] = None,
-    threads: ThreadsOpt = None,
-    devices: WorkerDeviceOpt = None,
-) -> None:
-    """Train the study's top-k configurations again with fresh seeds; compare, report and export then take the best
-    confirmed mean. Resumable: run the same command again."""
-    import torch
-
-    from hpo_astro.study.confirm import confirm_study as confirm
-    from hpo_astro.study.run import RunEvents
-
-    if threads:
-        torch.set_num_threads(threads)
-    display = _RunDisplay()
-    overrides = worker_settings(None, None, None, None, devices, None)
-    try:
-        with display:
-            events = RunEvents(display.start, display.epoch, display.trial_end, display.wait)
-            result = confirm(
-                storage,
-                study,
-                top_k,
-                seeds,
-                confirm_study,
-                events,
-                injected_trainer(ctx),
-                lambda cfg: cfg.merged(**overrides),
-            )
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted; resume with: {resume_command()}", markup=False)
-        raise typer.Exit(130) from None
-    console.print(confirmation_table(result))
-    best = result.best
-    if best is not None:
-        console.print(
-            f"compare, report and export now take trial #{best.trial} of {study!r}: the best confirmed mean, "
-            f"{best.mean:.4f} over {len(best.values)} fresh seeds (its search value: {best.search_value:.4f})",
-            highlight=False,
-        )
-
-
-def confirmation_table(result: Confirmation) -> Table:
-    from rich.table import Table
-
-    table = Table(title=f"{result.source}: finalists trained again ({result.study})")
-    for column in ("trial", "search value", "confirmed mean", "95% CI", "seeds"):
-        table.add_column(column, justify="right")
-    for c in result.configurations:
-        low, high = c.ci
-        table.add_row(
-            f"#{c.trial}",
-            f"{c.search_value:.4f}",
-            f"{c.mean:.4f}" if c.values else "-",
-            f"{low:.4f} to {high:.4f}" if c.values else "-",
-            str(len(c.values)),
-        )
-    return table
 
 
 @app.command("storage-proxy")

@@ -22,7 +22,7 @@ The names other modules use are re-exported here: `from hpo_astro.tabular import
 
 from hpo_astro.store.record import TABLE_ATTR, TEST_METRICS_ATTR
 from hpo_astro.tabular.load import load_table, shipped_tables, table_from_store, table_from_study
-from hpo_astro.tabular.replay import TableReplay
+from hpo_astro.tabular.replay import TableReplay, table_data
 from hpo_astro.tabular.row import EPOCH_FIELDS, METRIC_FIELDS, TableRow
 from hpo_astro.tabular.table import (
     MAX_TABLE_BYTES,
@@ -67,6 +67,7 @@ __all__ = [
     "check_size",
     "load_table",
     "shipped_tables",
+    "table_data",
     "table_from_store",
     "table_from_study",
     "tabulate_config",

@@ -143,3 +143,18 @@ def _epoch_val_metrics(row: TableRow, epoch: int) -> Metrics:
         f1=nan,
         fpr_at_5fnr=nan,
     )
+
+
+def table_data(table: Table) -> DataSplits:
+    """The splits a table-answered study records: no tensors (the table answers, nothing is read), the fingerprint,
+    channels and source file of the data the table was trained on, so the study's record names that data and
+    `compare` can rebuild its best model from that file."""
+    from hpo_astro.data.prepare import DEFAULT_CHANNELS
+
+    empty = torch.zeros(0)
+    return DataSplits(
+        *(empty,) * 6,
+        channels=tuple(table.info.get("channels") or DEFAULT_CHANNELS),
+        fingerprint=table.data_fingerprint,
+        source=str(table.info.get("data_source") or f"table {table.name}"),
+    )

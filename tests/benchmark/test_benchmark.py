@@ -315,7 +315,7 @@ def test_a_study_already_in_the_store_is_resumed_there(tmp_path: Path) -> None:
     s = spec(tmp_path, ("random",), repeats=1)
     partial = s.config("random", 0, SearchSpace.from_dict(SPACE), EPOCHS)
     partial.n_trials = 2  # a study cut short (an interrupted copy, or one started by hand)
-    from hpo_astro.benchmark.runner import table_data
+    from hpo_astro.tabular import table_data
 
     (tmp_path / "bench").mkdir()
     run_study(partial, train=TableReplay(table), data=table_data(table))

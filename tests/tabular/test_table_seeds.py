@@ -11,17 +11,16 @@ from typing import Any
 
 import pytest
 from helpers import assert_refused, invoke, journal_url, load_study, scripted_trainer
-from test_tabular import fake_test, make_row, space_file
+from test_tabular import fake_test, make_row, make_table, space_file
 
 from hpo_astro import tabular
-from hpo_astro.benchmark.runner import table_data
 from hpo_astro.core.space import DEFAULT_PARAMS, SearchSpace
 from hpo_astro.errors import UserError
 from hpo_astro.results.choice import best_trial
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.confirm import confirm_study
 from hpo_astro.study.run import run_study
-from hpo_astro.tabular import Table, TableReplay, TableRow
+from hpo_astro.tabular import Table, TableReplay, TableRow, table_data
 from hpo_astro.tabular.replay import run_index
 
 SPACE = {"lr": [1e-3, 1e-2]}
@@ -61,7 +60,7 @@ def test_a_table_of_several_seeds_holds_every_run_and_writes_version_2(tmp_path:
 
 
 def test_a_one_seed_table_is_written_as_version_1_without_seeds(tmp_path: Path) -> None:
-    table = tabular.load_table("astro-small")
+    table = make_table()
     assert table.seeds == 1 and all(row.seed == table.seed for row in table.rows)
     data = table.to_json()
     assert data["version"] == 1 and "seeds" not in data and "seed" not in data["rows"][0]
@@ -135,6 +134,18 @@ def test_in_tabular_mode_one_evaluation_picks_the_lucky_run_and_three_seeds_or_c
     steady = next(t.number for t in single.trials if t.params["lr"] == STEADY)
     assert result.best is not None and result.best.trial == steady
     assert best_trial(load_study(url, "single")).number == steady
+    # the same from the command line, the table named by --table (a replayed study is never trained for real)
+    table.save(tmp_path / "noisy.json")
+    run_study(study(tmp_path, "again", seed), train=replay, data=data)
+    refused = invoke("confirm", "--study", "again", "--storage", url, "--top-k", 2, "--seeds", 2)
+    assert_refused(refused, "replays a table: confirm it with the table's replay")
+    args = ("--study", "again", "--storage", url, "--top-k", 2, "--seeds", 2, "--table", tmp_path / "noisy.json")
+    confirmed = invoke("confirm", *args)
+    assert confirmed.exit_code == 0, confirmed.output
+    again = load_study(url, "again")
+    assert (
+        best_trial(again).params["lr"] == STEADY and f"now take trial #{best_trial(again).number}" in confirmed.stdout
+    )
 
 
 def test_tabulate_with_seeds_trains_each_configuration_with_each_seed(tmp_path: Path, small_file: Path) -> None:

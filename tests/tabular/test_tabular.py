@@ -530,23 +530,34 @@ def test_load_table_by_path_store_and_shipped_name(tmp_path: Path, small_file: P
 
 
 def test_the_shipped_table(tmp_path: Path) -> None:
-    """The table the package ships: complete, a few hundred configurations, its recipe and fANOVA importances
-    recorded, small, and its rows replay."""
+    """The table the package ships: complete, a few hundred configurations, each trained with at least 3 seeds on
+    a validation split of at least 500 cutouts (one cutout at most 0.002 of accuracy), its recipe and fANOVA
+    importances recorded, small, and its rows replay."""
     assert SHIPPED in shipped_tables()
     resource = shipped_tables()[SHIPPED]
     assert resource.name.endswith(".json.gz") and len(resource.read_bytes()) < 4 * 2**20
     table = load_table(SHIPPED)
-    assert table.missing == 0 and len(table.rows) >= 300
+    assert table.missing == 0 and table.configurations >= 300
+    assert table.seeds >= 3 and len(table.rows) == table.configurations * table.seeds
     recipe = table.info["recipe"]
-    assert len(table.rows) <= recipe["max_configs"]
+    records = int(recipe["data"].split("--n ")[1].split()[0])
+    validation = float(recipe["split"].split(",")[1])
+    assert records * validation >= 500 and table.info["split"] == [float(f) for f in recipe["split"].split(",")]
+    assert table.configurations <= recipe["max_configs"]
     for name, left_out in recipe["left_out"].items():  # what the recipe leaves out for cost is not in the table
         assert not set(left_out) & set(table.space.get(name, ()))
     assert recipe["script"] == "scripts/make_table.py" and set(table.space) <= set(recipe["fanova_importances"])
     ranked = list(recipe["fanova_importances"])
     assert list(table.space) == [name for name in ranked if name in table.space]  # the space: the most important
-    row = table.rows[0]
-    replayed = TableReplay(table)(row.params, None)
-    assert replayed.history == list(row.history) and replayed.extra_attrs[TEST_METRICS_ATTR] == row.test_metrics
+    from hpo_astro.tabular.replay import run_index
+
+    for row in table.runs(table.rows[0].params):  # each seed's run, drawn by the seed that draws it
+        seed = next(
+            s for s in range(table.seeds) if table.runs(row.params)[run_index(row.params, s, table.seeds)] is row
+        )
+        replayed = TableReplay(table)(row.params, None, seed=seed)
+        assert replayed.history == list(row.history) and replayed.extra_attrs[TEST_METRICS_ATTR] == row.test_metrics
+        assert replayed.seed == row.seed
 
 
 # --- the replay ----------------------------------------------------------------------------------------------------
