@@ -33,10 +33,20 @@ def study_note(study: optuna.Study, command: list[str], program: str, cwd: Path,
     if record is not None:
         epochs = f"at most {record.max_epochs} epochs per trial" if record.max_epochs else "t_max epochs per trial"
         data = record.data or "the default simulated data set"
+        split = "/".join(f"{f:g}" for f in record.split)
+        runs = record.eval_seeds * record.folds
+        evaluation = (
+            f" Each configuration is scored by the mean of {runs} training runs ({record.eval_seeds} seed(s) x "
+            f"{record.folds} fold(s)): its runs, their standard deviation and standard error are the trial "
+            "attributes `eval_runs`, `eval_values`, `eval_std`, `eval_sem`; the intermediate values are the runs "
+            "one after another."
+            if runs > 1
+            else ""
+        )
         lines += [
             f"**{record.strategy}** search for **{record.n_trials} finished trials** (complete + pruned) of the "
             f"objective `{record.objective}` ({study.direction.name.lower()}d), pruner {record.pruner}, seed "
-            f"{record.seed}, {epochs}; data: {data} (channels {','.join(record.channels)}).",
+            f"{record.seed}, {epochs}; data: {data} (channels {','.join(record.channels)}, split {split}).{evaluation}",
             "",
         ]
     worker = f"{program} worker --study {shlex.quote(study.study_name)} --storage {shlex.quote(storage_url)}"

@@ -370,3 +370,21 @@ def test_the_artifacts_option_serves_that_folder(
     monkeypatch.setattr(dashboard_module, "run_server", lambda *a, **k: pytest.fail("must not start"))
     for bad in (tmp_path / "none", tmp_path / "evil.html"):
         assert_refused(invoke("dashboard", "--storage", url, "--artifacts", bad), f"--artifacts {bad} is not a folder")
+
+
+def test_the_note_says_how_a_trial_is_evaluated(tmp_path: Path) -> None:
+    """A study of several runs per configuration (`--eval-seeds`, `--folds`) says so in its note, with the split."""
+    from helpers import fake_train, noise_splits, study_config
+
+    from hpo_astro.results.dashboard import study_note
+    from hpo_astro.study.run import run_study
+
+    for name, overrides, expected in (
+        ("one", {}, None),
+        ("six", {"eval_seeds": 3, "folds": 2}, "the mean of 6 training runs (3 seed(s) x 2 fold(s))"),
+    ):
+        cfg = study_config(tmp_path, Path("unused"), study=name, n_trials=1, max_epochs=1, **overrides)
+        study = run_study(cfg, train=fake_train, data=noise_splits()).study
+        note = study_note(study, ["run"], "hpo-astro", tmp_path, cfg.storage)
+        assert "split 0.7/0.15/0.15" in note
+        assert (expected in note) if expected else ("training runs" not in note)
