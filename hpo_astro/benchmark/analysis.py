@@ -138,9 +138,8 @@ def _value_at(run: StudyRun, budget: int, maximize: bool) -> float:
     return float(stats.at_trials(_best_curve(run, maximize), budget)[budget - 1])
 
 
-def _test_at(run: StudyRun, budget: int, maximize: bool) -> float:
-    """The test metric of the configuration that was best after `budget` finished trials: the trial's own (tabular
-    mode), else the study's evaluated incumbent when it is that trial; NaN when not known."""
+def _incumbent_at(run: StudyRun, budget: int, maximize: bool) -> TrialRecord | None:
+    """The trial that was best after `budget` finished trials."""
     kept: list[TrialRecord] = []
     finished = 0
     for t in run.trials:
@@ -148,7 +147,13 @@ def _test_at(run: StudyRun, budget: int, maximize: bool) -> float:
             break
         kept.append(t)
         finished += t.finished
-    best = incumbent(kept, maximize)
+    return incumbent(kept, maximize)
+
+
+def _test_at(run: StudyRun, budget: int, maximize: bool) -> float:
+    """The test metric of the configuration that was best after `budget` finished trials: the trial's own (tabular
+    mode), else the study's evaluated incumbent when it is that trial; NaN when not known."""
+    best = _incumbent_at(run, budget, maximize)
     if best is None:
         return math.nan
     if best.test is not None:
@@ -161,14 +166,7 @@ def _test_at(run: StudyRun, budget: int, maximize: bool) -> float:
 def _true_at(run: StudyRun, budget: int, maximize: bool) -> float:
     """The true quality of the configuration that was best after `budget` finished trials (tabular mode); NaN when
     not known."""
-    kept: list[TrialRecord] = []
-    finished = 0
-    for t in run.trials:
-        if finished >= budget:
-            break
-        kept.append(t)
-        finished += t.finished
-    best = incumbent(kept, maximize)
+    best = _incumbent_at(run, budget, maximize)
     return math.nan if best is None or best.true_test is None else best.true_test
 
 

@@ -96,14 +96,8 @@ class BenchmarkSpec:
     @property
     def settings(self) -> StudyConfig:
         """The study file's settings with the options applied (not yet any one study's)."""
-        return (self.base or StudyConfig()).merged(
-            data=self.data,
-            channels=self.channels,
-            split=self.split,
-            max_epochs=self.max_epochs,
-            pruner=self.pruner,
-            objective=self.objective,
-        )
+        options = ("data", "channels", "split", "max_epochs", "pruner", "objective")
+        return (self.base or StudyConfig()).merged(**{name: getattr(self, name) for name in options})
 
     @property
     def metric(self) -> str:
