@@ -530,15 +530,19 @@ def test_load_table_by_path_store_and_shipped_name(tmp_path: Path, small_file: P
 
 
 def test_the_shipped_table(tmp_path: Path) -> None:
-    """The table the package ships: complete, a few hundred configurations, its recipe and fANOVA importances
-    recorded, small, and its rows replay."""
+    """The table the package ships: complete, a few hundred configurations, each trained with at least 3 seeds on
+    a validation split of at least 500 cutouts (one cutout at most 0.002 of accuracy), its recipe and fANOVA
+    importances recorded, small, and its rows replay."""
     assert SHIPPED in shipped_tables()
     resource = shipped_tables()[SHIPPED]
     assert resource.name.endswith(".json.gz") and len(resource.read_bytes()) < 4 * 2**20
     table = load_table(SHIPPED)
     assert table.missing == 0 and table.configurations >= 300
-    assert len(table.rows) == table.configurations * table.seeds
+    assert table.seeds >= 3 and len(table.rows) == table.configurations * table.seeds
     recipe = table.info["recipe"]
+    records = int(recipe["data"].split("--n ")[1].split()[0])
+    validation = float(recipe["split"].split(",")[1])
+    assert records * validation >= 500 and table.info["split"] == [float(f) for f in recipe["split"].split(",")]
     assert table.configurations <= recipe["max_configs"]
     for name, left_out in recipe["left_out"].items():  # what the recipe leaves out for cost is not in the table
         assert not set(left_out) & set(table.space.get(name, ()))
