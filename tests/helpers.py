@@ -4,6 +4,7 @@ a fast stand-in for the trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import sys
@@ -173,29 +174,20 @@ def study_config(tmp_path: Path, data: Path, **overrides: object) -> StudyConfig
 # --- a fast stand-in for the trainer, for tests about budgets, samplers and pruning -----------------------------
 
 
-def _fake_value(params: dict) -> float:
+def _fake_value(params: Mapping[str, Any], seed: int = 0) -> float:
     return 0.5 + 0.1 * int(params["conv_layers"]) - 20 * float(params["lr"]) + (params["activation"] == "GELU") * 0.05
 
 
-def fake_train(
-    params: Mapping[str, Any],
-    data: object,
-    callbacks: Iterable[Callback] = (),
-    max_epochs: int | None = None,
-    seed: int = 0,
-    resume: Mapping[str, Any] | None = None,
-    **_: object,
-) -> TrainResult:
-    """Same contract as `hpo_astro.core.train.train`, with a one-weight model and scripted metrics (milliseconds): the
-    validation accuracy climbs linearly to `_fake_value(params)`, whatever the seed."""
-    return scripted_train(params, data, callbacks, max_epochs, seed, resume, final=_fake_value(params))
+@dataclasses.dataclass(frozen=True)
+class ScriptedTrainer:
+    """A stand-in trainer with `hpo_astro.core.train.train`'s contract, a one-weight model and scripted metrics
+    (milliseconds): its run of `params` with `seed` climbs linearly to validation accuracy `final(params, seed)`
+    (training noise, scripted). Picklable when `final` is a module-level function, so worker processes get it."""
 
+    final: Callable[[Mapping[str, Any], int], float]
 
-def scripted_trainer(final: Callable[[Mapping[str, Any], int], float]) -> TrainFn:
-    """A stand-in trainer like `fake_train` whose run of `params` with `seed` ends at validation accuracy
-    `final(params, seed)`: training noise, scripted."""
-
-    def train(
+    def __call__(
+        self,
         params: Mapping[str, Any],
         data: object,
         callbacks: Iterable[Callback] = (),
@@ -204,9 +196,16 @@ def scripted_trainer(final: Callable[[Mapping[str, Any], int], float]) -> TrainF
         resume: Mapping[str, Any] | None = None,
         **_: object,
     ) -> TrainResult:
-        return scripted_train(params, data, callbacks, max_epochs, seed, resume, final=final(params, seed))
+        return scripted_train(params, data, callbacks, max_epochs, seed, resume, final=self.final(params, seed))
 
-    return train
+
+# The usual stand-in: accuracy `_fake_value(params)`, whatever the seed.
+fake_train = ScriptedTrainer(_fake_value)
+
+
+def scripted_trainer(final: Callable[[Mapping[str, Any], int], float]) -> TrainFn:
+    """A stand-in trainer like `fake_train` whose run of `params` with `seed` ends at `final(params, seed)`."""
+    return ScriptedTrainer(final)
 
 
 def scripted_train(
