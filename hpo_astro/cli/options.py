@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hpo_astro.study.defaults import DEFAULT_STORAGE, ObjectiveName, PrunerName
+from hpo_astro.study.defaults import DEFAULT_STORAGE, ObjectiveName, PrunerName, StackMode
 
 MAX_SEED = 2**32 - 1  # the seeds Optuna's samplers take (study.config checks the same bound)
 LOCALHOST = "127.0.0.1"  # where a server listens unless told otherwise
@@ -191,6 +191,14 @@ CaptureOpt = Annotated[
         "--no-capture runs every step eagerly. CPU is always eager.",
     ),
 ]
+StackRunsOpt = Annotated[
+    StackMode | None,
+    typer.Option(
+        "--stack-runs",
+        help="Train a trial's --eval-seeds runs as one stacked model: auto (on CUDA; on CPU only for batches of "
+        "4 or less, where it was measured faster), on, off. The runs give what they give alone, to rounding.",
+    ),
+]
 
 # --host and --port: where a server listens
 ProxyHostOpt = Annotated[str, typer.Option("--host", help="Interface to bind.")]
@@ -238,6 +246,7 @@ def worker_settings(
     checkpoint_interval: int | None,
     devices: str | None,
     capture: bool | None,
+    stack_runs: str | None = None,
 ) -> dict[str, Any]:
     """How each worker process trains and reports, as `run` and `worker` take them: the keywords of
     `StudyConfig.merged` and `config_from_study` (None: not set)."""
@@ -248,4 +257,5 @@ def worker_settings(
         "checkpoint_interval": checkpoint_interval,
         "devices": None if devices is None else tuple(d.strip() for d in devices.split(",") if d.strip()),
         "capture": capture,
+        "stack_runs": stack_runs,
     }

@@ -31,6 +31,7 @@ from hpo_astro.cli.options import (
     PrunerOpt,
     RunStorageOpt,
     SplitOpt,
+    StackRunsOpt,
     StorageOpt,
     StrategyOpt,
     StudyFileOpt,
@@ -85,6 +86,7 @@ def run_command(
     checkpoint_interval: CheckpointOpt = None,
     devices: DevicesOpt = None,
     capture: CaptureOpt = None,
+    stack_runs: StackRunsOpt = None,
 ) -> None:
     """Create or resume a study and run it until it holds --n-trials finished trials."""
     from hpo_astro.study.config import StudyConfig, load_config
@@ -97,7 +99,7 @@ def run_command(
         storage=storage,
         **evaluation_settings(eval_seeds, folds),
         **search_settings(data, channels, split, max_epochs, pruner, objective, seed, workers),
-        **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture),
+        **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture, stack_runs),
     )
     execute_study(cfg, threads, train=injected_trainer(ctx))
     _next_steps(cfg.storage, cfg.study_name)
@@ -133,6 +135,7 @@ def worker_command(
     checkpoint_interval: CheckpointOpt = None,
     devices: WorkerDeviceOpt = None,
     capture: CaptureOpt = None,
+    stack_runs: StackRunsOpt = None,
     strategy: TrustedStrategyOpt = None,
     trust_sampler: Annotated[
         bool, typer.Option("--trust-sampler", help="Import the sampler class path the study recorded, whatever it is.")
@@ -146,7 +149,7 @@ def worker_command(
         storage,
         study,
         trusted_sampler=True if trust_sampler else (strategy or False),
-        **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture),
+        **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture, stack_runs),
     )
     train = train_for_kind(trial_kind, cfg.study_name, injected_trainer(ctx))  # a table study: test metrics too
     execute_study(cfg, threads, joined=True, train=train)

@@ -71,6 +71,8 @@ RUNS_SYSTEM_ATTR = "hpo_astro:runs"
 EVAL_VALUES_ATTR = "eval_values"
 EVAL_STD_ATTR = "eval_std"
 EVAL_SEM_ATTR = "eval_sem"
+# A trial of several runs: "stacked" when its seeds trained as one model, else why they trained one after another.
+EVAL_STACKING_ATTR = "eval_stacking"
 # Optuna's own system attribute on a re-queued trial: the numbers of the trials it retries, oldest first.
 RETRY_HISTORY_KEY = "retry_history"
 

@@ -69,6 +69,8 @@ class StudyConfig:
     devices: tuple[str, ...] = ()
     # Record each trial's train step as a CUDA graph and replay it (on CUDA; CPU is always eager). False: eager.
     capture: bool = True
+    # Train a trial's seeds as one stacked model (`hpo_astro.core.stacked`): auto (where it is faster), on, off.
+    stack_runs: str = "auto"
 
     @property
     def study_name(self) -> str:
@@ -128,6 +130,10 @@ class StudyConfig:
             )
         if self.checkpoint_interval < 0:
             raise UserError(f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval}")
+        from hpo_astro.core.stacked import STACK_MODES
+
+        if self.stack_runs not in STACK_MODES:
+            raise UserError(f"stack_runs must be one of {', '.join(STACK_MODES)}, got {self.stack_runs!r}")
         from hpo_astro.core.train import resolve_device  # a device that is unknown or not here: one line
 
         self.devices = tuple(str(resolve_device(name)) for name in self.devices)
@@ -225,6 +231,7 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         "folds": int,
         "greedy": bool,
         "capture": bool,
+        "stack_runs": str,
         "heartbeat_interval": int,
         "checkpoint_interval": int,
         "grace_period": int,

@@ -9,3 +9,4 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 # light); `hpo_astro.study.strategies.PRUNERS` and `hpo_astro.study.config.OBJECTIVES` map each to what it means.
 PrunerName = Literal["none", "median", "hyperband", "successive-halving"]
 ObjectiveName = Literal["accuracy", "loss", "roc_auc"]
+StackMode = Literal["auto", "on", "off"]  # `hpo_astro.core.stacked.STACK_MODES`

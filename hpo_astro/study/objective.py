@@ -1,12 +1,7 @@
-"""The objective Optuna calls for each trial, and the trainer callbacks that talk to Optuna.
-
-* `Objective`: checks that the trial is not surplus, completes its parameters, resumes a retried trial from the
-  checkpoint it inherited, trains, records the results on the trial and keeps the best weights of the study.
-* `OptunaPruning`: reports the objective metric every epoch (the trial's intermediate values, which
-  optuna-dashboard draws) and stops training when the pruner says so.
-* `ArtifactCheckpoint`: saves the whole training state to the artifact store, so a trial whose process dies or is
-  interrupted is retried from its last checkpoint, and records the per-epoch curves up to it on the trial.
-"""
+"""The objective Optuna calls for each trial: it checks that the trial is not surplus, completes its parameters,
+resumes a retried trial from the checkpoint it inherited, trains (its runs one after another, or stacked:
+`hpo_astro.study.stacked_runs`), records the results on the trial and keeps the best weights of the study. The
+callbacks it hands the trainer are in `hpo_astro.study.trial_callbacks`."""
 
 from __future__ import annotations
 
@@ -16,10 +11,8 @@ import os
 import pickle
 import socket
 import tempfile
-import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +21,8 @@ import torch
 
 from hpo_astro.core.epochs import EpochMetrics
 from hpo_astro.core.space import DEFAULT_PARAMS
-from hpo_astro.core.train import TrainFn, TrainResult, TrainState
+from hpo_astro.core.stacked import stacking_refusal
+from hpo_astro.core.train import TrainFn, TrainResult, TrainState, resolve_device
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import described, write_fault
@@ -40,10 +34,10 @@ from hpo_astro.store.record import (
     DEVICE_ATTR,
     EVAL_RUNS_ATTR,
     EVAL_SEM_ATTR,
+    EVAL_STACKING_ATTR,
     EVAL_STD_ATTR,
     EVAL_VALUES_ATTR,
     FAIL_REASON_ATTR,
-    HISTORY_SYSTEM_ATTR,
     N_PARAMS_ATTR,
     PARAMS_FULL_ATTR,
     RESUMED_FROM_EPOCH_ATTR,
@@ -55,14 +49,15 @@ from hpo_astro.store.record import (
     WALL_TIME_ATTR,
     WORKER_ATTR,
     WORKER_START_ATTR,
-    curve_attrs,
 )
 from hpo_astro.store.recovery import process_token
 from hpo_astro.store.trials import HOLDING, better, maximizes
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.evaluation import (
     RECORDED_RUN_FIELDS,
+    EvalPlan,
     EvalProgress,
+    EvalRun,
     Spread,
     eval_plan,
     fold_data,
@@ -70,6 +65,13 @@ from hpo_astro.study.evaluation import (
     run_summary,
 )
 from hpo_astro.study.interrupts import process_interrupts
+from hpo_astro.study.stacked_runs import train_runs_stacked
+from hpo_astro.study.trial_callbacks import (
+    ArtifactCheckpoint,
+    OptunaPruning,
+    finite_metric,
+    record_curves,
+)
 
 # Trials that hold a place in the budget: finished, or running or queued to finish.
 # Trial user attr: {"artifact_id", "epoch"} of the trial's last checkpoint while it can still be resumed from it
@@ -90,110 +92,6 @@ _UNREADABLE = (
 
 class _SurplusTrial(Exception):
     """Nothing left for this trial: the sampler's plan is exhausted or the budget is taken by other trials."""
-
-
-class OptunaPruning:
-    """Trainer callback: report the objective metric each epoch, prune on request. Epoch e is reported as step
-    `step_offset + e`: a trial of several runs reports them as one series (`hpo_astro.study.evaluation`)."""
-
-    def __init__(
-        self,
-        trial: optuna.Trial,
-        metric: str,
-        on_epoch: Callable[[int, TrainState], None] | None = None,
-        reported_until: int = 0,
-        step_offset: int = 0,
-    ) -> None:
-        self.trial, self.metric, self.on_epoch = trial, metric, on_epoch
-        self.reported_until = reported_until  # steps a retried trial inherited, already reported
-        self.step_offset = step_offset
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        step = self.step_offset + state.epoch
-        if step > self.reported_until:
-            value = finite_metric(getattr(state.last, self.metric), self.metric != "val_loss")
-            self.trial.report(value, step)
-        if self.on_epoch:
-            self.on_epoch(self.trial.number, state)
-        if self.trial.should_prune():
-            state.request_stop("pruned")
-
-
-class ArtifactCheckpoint:
-    """Trainer callback: save the whole training state to the artifact store and point the trial's `checkpoint`
-    user attribute at it; the previous checkpoint is removed once the new one is in place. The trial's per-epoch
-    curves (`curve_*` attributes) are written with it: a retry that resumes from the checkpoint inherits curves that
-    end where it does, and a fast epoch does not pay for a store write per metric.
-
-    It writes after the first epoch, then after the first epoch that ends `interval` seconds or more after the last
-    write (0: every epoch). Writing costs tens of milliseconds, which is a large share of a fast GPU epoch; a killed
-    trial resumes from its last whole checkpoint either way, and ends exactly as it would have."""
-
-    def __init__(
-        self,
-        trial: optuna.Trial,
-        store: optuna.artifacts.FileSystemArtifactStore,
-        previous: str | None,
-        interval: float = 0.0,
-        progress: EvalProgress | None = None,
-    ):
-        self.trial, self.store, self.current, self.interval = trial, store, previous, interval
-        self.progress = progress or EvalProgress()  # a trial of several runs: the runs it has finished
-        self.last_write: float | None = None
-        self.run = 0
-
-    def start_run(self, index: int) -> None:
-        """A trial's run `index` begins (`hpo_astro.study.evaluation`): its first epoch is checkpointed, and only the
-        first run's curves are the trial's."""
-        self.run, self.last_write = index, None
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        if self.last_write is not None and time.monotonic() - self.last_write < self.interval:
-            return
-        self.write(state)
-        self.last_write = time.monotonic()
-
-    def write(self, state: TrainState) -> None:
-        artifact_id = f"{checkpoint_prefix(self.trial.study)}{uuid.uuid4()}"
-        with process_interrupts.deferred(), tempfile.TemporaryFile() as fh:
-            saved = state.checkpoint()
-            if self.progress.done or self.run:
-                saved |= self.progress.to_checkpoint()
-            torch.save(saved, fh)
-            fh.seek(0)
-            self.store.write(artifact_id, fh)
-            if self.run == 0:
-                record_curves(self.trial, state.history)
-            self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
-            self.remove()
-            self.current = artifact_id
-
-    def remove(self) -> None:
-        if self.current:
-            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
-                self.store.remove(self.current)
-            self.current = None
-
-
-def record_curves(trial: optuna.Trial, history: Iterable[Any]) -> None:
-    """Write a trial's per-epoch metrics (`EpochMetrics`): exactly, for `record.trial_history`, and as the rounded
-    `curve_*` user attributes that optuna-dashboard shows (see `hpo_astro.store.record`)."""
-    rows = [asdict(h) for h in history]
-    trial.storage.set_trial_system_attr(trial._trial_id, HISTORY_SYSTEM_ATTR, rows)
-    for key, values in curve_attrs(rows).items():
-        trial.set_user_attr(key, values)
-
-
-def checkpoint_prefix(study: optuna.Study) -> str:
-    """The start of every checkpoint file name of this study in the artifact folder."""
-    return f"ckpt-study{study._study_id}-"
-
-
-def finite_metric(value: float, maximize: bool) -> float:
-    """A NaN/inf metric (a diverged run, a one-class split) becomes the worst value, never the best."""
-    if math.isfinite(value):
-        return value
-    return 0.0 if maximize else 1e9  # accuracy and ROC AUC are >= 0; losses are finite and small when sane
 
 
 @dataclass
@@ -267,40 +165,78 @@ class Objective:
             resume, progress = None, EvalProgress()
         checkpoint = ArtifactCheckpoint(trial, self.store, inherited, self.cfg.checkpoint_interval, progress)
         reported = max(storage.get_trial(trial._trial_id).intermediate_values, default=0)  # a retry inherits them
+        device = self.cfg.devices[0] if self.cfg.devices else "auto"  # one per process: see workers.py
+
+        def pruning(run: int) -> OptunaPruning:
+            return OptunaPruning(trial, self.cfg.metric, self.on_epoch, reported, plan.step(run, 0))
+
+        refusal = self._stacking_refusal(params, plan, resume, device)
+        if plan.n_runs > 1:
+            trial.set_user_attr(EVAL_STACKING_ATTR, refusal or "stacked")
+        if refusal is None:  # every run at once; a killed trial trains them again (no checkpoint of a stack)
+            with process_interrupts.allowed():
+                results = train_runs_stacked(params, self.data, plan, pruning, self.cfg.max_epochs, device)
+            for run, result in zip(plan.runs(), results, strict=False):
+                value = self._ended_run(trial, plan, run, result, progress, checkpoint)
+            return value, checkpoint
         resumed_run = progress.next_run  # the run `resume` continues (0 for a fresh trial)
         for run in plan.runs()[resumed_run:]:
             checkpoint.start_run(run.index)
-            pruning = OptunaPruning(trial, self.cfg.metric, self.on_epoch, reported, plan.step(run.index, 0))
             with process_interrupts.allowed():
                 result = self.train(
                     params,
                     self.data if run.fold is None else fold_data(self.data, run.fold, plan.folds, plan.base_seed),
-                    callbacks=[pruning, checkpoint],
+                    callbacks=[pruning(run.index), checkpoint],
                     max_epochs=self.cfg.max_epochs,
                     seed=run.seed,
                     resume=resume if run.index == resumed_run else None,
-                    device=self.cfg.devices[0] if self.cfg.devices else "auto",  # one per process: see workers.py
+                    device=device,
                     capture=self.cfg.capture,
                 )
-            value = finite_metric(
-                getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
-            )
-            if plan.n_runs == 1:
-                _record_run(trial, result)
-                weights = None if result.model is None else result.model.state_dict()
-            else:
-                if run.index == 0 and result.model is not None:
-                    progress.first_weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
-                progress.done.append(run_summary(run, value, result))
-                if result.stop_reason == "pruned" or progress.next_run == plan.n_runs:
-                    _record_runs(trial, progress.done)
-                weights, value = progress.first_weights, progress.spread().mean
-            if result.stop_reason == "pruned":
-                checkpoint.remove()
-                raise optuna.TrialPruned(f"pruned at epoch {len(result.history)} of run {run.index + 1}")
-        if weights is not None:  # a replayed trial trained nothing: no weights to keep
-            self._keep_if_best(trial, value, weights)
+            value = self._ended_run(trial, plan, run, result, progress, checkpoint)
         return value, checkpoint
+
+    def _stacking_refusal(self, params: dict, plan: EvalPlan, resume: dict | None, device: str) -> str | None:
+        """None when this trial's runs train stacked; else why not (`hpo_astro.core.stacked.stacking_refusal`)."""
+        if self.train is not train_configuration:
+            return "the trainer is not hpo-astro's own (a table's replay)"
+        if plan.folds > 1:
+            return "the runs train on different folds"
+        if resume is not None:
+            return "the trial resumes from a checkpoint of its runs one after another"
+        return stacking_refusal(params, resolve_device(device), plan.n_runs, self.cfg.stack_runs)
+
+    def _ended_run(
+        self,
+        trial: optuna.Trial,
+        plan: EvalPlan,
+        run: EvalRun,
+        result: TrainResult,
+        progress: EvalProgress,
+        checkpoint: ArtifactCheckpoint,
+    ) -> float:
+        """Record a run that ended; the trial's value so far. A pruned run ends the trial; after the last run the
+        trial's weights are kept if it is the study's best."""
+        value = finite_metric(
+            getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
+        )
+        if plan.n_runs == 1:
+            _record_run(trial, result)
+            weights = None if result.model is None else result.model.state_dict()
+        else:
+            if run.index == 0 and result.model is not None:
+                progress.first_weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+            progress.done.append(run_summary(run, value, result))
+            if result.stop_reason == "pruned" or progress.next_run == plan.n_runs:
+                _record_runs(trial, progress.done)
+            weights, value = progress.first_weights, progress.spread().mean
+        if result.stop_reason == "pruned":
+            checkpoint.remove()
+            raise optuna.TrialPruned(f"pruned at epoch {len(result.history)} of run {run.index + 1}")
+        last = plan.n_runs == 1 or progress.next_run == plan.n_runs
+        if last and weights is not None:  # a replayed trial trained nothing: no weights to keep
+            self._keep_if_best(trial, value, weights)
+        return value
 
     def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
         """The checkpoint a retried trial inherited from the trial it retries (None for a fresh trial)."""

@@ -41,8 +41,9 @@ from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.create import create_or_resume, study_record
 from hpo_astro.study.evaluation import check_folds
 from hpo_astro.study.interrupts import configure_logging, process_interrupts
-from hpo_astro.study.objective import Objective, checkpoint_prefix
+from hpo_astro.study.objective import Objective
 from hpo_astro.study.strategies import make_pruner, make_sampler
+from hpo_astro.study.trial_callbacks import checkpoint_prefix
 
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_SECONDS = 1.0

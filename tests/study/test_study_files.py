@@ -158,7 +158,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         'population_size = 4\npruner = "median"\nobjective = "loss"\nseed = 3\ndata = "d.npy"\n'
         'channels = ["sci", "scorr"]\nmax_epochs = 2\nheartbeat_interval = 2\ngrace_period = 7\n'
         "checkpoint_interval = 4\neval_seeds = 3\nfolds = 4\nsplit = [0.5, 0.25, 0.25]\n"
-        'devices = ["cpu"]\ncapture = false\n'
+        'devices = ["cpu"]\ncapture = false\nstack_runs = "on"\n'
         'artifacts = "arts"\nworkers = 3\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
     )
     cfg = load_config(path).validate()
@@ -188,11 +188,12 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "workers",
         "devices",
         "capture",
+        "stack_runs",
         "baseline",
         "space",
     }
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
-    assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",) and cfg.capture is False
+    assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",) and cfg.capture is False and cfg.stack_runs == "on"
     assert (cfg.eval_seeds, cfg.folds, cfg.split) == (3, 4, (0.5, 0.25, 0.25))
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
     tpe = tmp_path / "tpe.toml"  # n_startup_trials applies to the model-based strategies, not to ablation
