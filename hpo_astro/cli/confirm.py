@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpo_astro.cli.application import app
-from hpo_astro.cli.options import StorageOpt, ThreadsOpt, WorkerDeviceOpt, worker_settings
+from hpo_astro.cli.options import StackRunsOpt, StorageOpt, ThreadsOpt, WorkerDeviceOpt, worker_settings
 from hpo_astro.cli.output import console, err_console, injected_trainer, resume_command
 from hpo_astro.cli.study import _RunDisplay
 from hpo_astro.study.defaults import DEFAULT_STORAGE
@@ -34,6 +34,7 @@ def confirm_command(
     ] = None,
     threads: ThreadsOpt = None,
     devices: WorkerDeviceOpt = None,
+    stack_runs: StackRunsOpt = None,
 ) -> None:
     """Train the study's top-k configurations again with fresh seeds; compare, report and export then take the best
     confirmed mean. Resumable: run the same command again."""
@@ -51,7 +52,7 @@ def confirm_command(
         replayed = load_table(table, storage)
         train, data = TableReplay(replayed), table_data(replayed)
     display = _RunDisplay()
-    overrides = worker_settings(None, None, None, None, devices, None)
+    overrides = worker_settings(None, None, None, None, devices, None, stack_runs)
     try:
         with display:
             events = RunEvents(display.start, display.epoch, display.trial_end, display.wait)

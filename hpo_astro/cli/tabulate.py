@@ -12,6 +12,7 @@ from hpo_astro.cli.application import app
 from hpo_astro.cli.options import (
     DataOpt,
     SplitOpt,
+    StackRunsOpt,
     StorageOpt,
     TableEpochsOpt,
     TableSeedOpt,
@@ -56,6 +57,7 @@ def tabulate_command(
     ] = None,
     workers: TableWorkersOpt = None,
     threads: WorkerThreadsOpt = None,
+    stack_runs: StackRunsOpt = None,
 ) -> None:
     """Train every configuration of a finite space once (or with --seeds S seeds), whole curves and test metrics
     included (a grid study named table/NAME: resumable, --workers like run), then write the table that
@@ -76,6 +78,7 @@ def tabulate_command(
         seed=seed,
         eval_seeds=seeds,
         workers=workers,
+        stack_runs=stack_runs,
         split=None if split is None else parse_split(split),
     )
     result = execute_study(cfg, threads, train=tabular.tabulating(injected_trainer(ctx)))

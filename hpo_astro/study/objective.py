@@ -176,6 +176,8 @@ class Objective:
         if refusal is None:  # every run at once; a killed trial trains them again (no checkpoint of a stack)
             with process_interrupts.allowed():
                 results = train_runs_stacked(params, self.data, plan, pruning, self.cfg.max_epochs, device)
+            finish = getattr(self.train, "finish", None)  # a wrapping trainer's own step (tabulate: test metrics)
+            results = [finish(result, self.data) for result in results] if finish else results
             for run, result in zip(plan.runs(), results, strict=False):
                 value = self._ended_run(trial, plan, run, result, progress, checkpoint)
             return value, checkpoint
@@ -198,7 +200,11 @@ class Objective:
 
     def _stacking_refusal(self, params: dict, plan: EvalPlan, resume: dict | None, device: str) -> str | None:
         """None when this trial's runs train stacked; else why not (`hpo_astro.core.stacked.stacking_refusal`)."""
-        if self.train is not train_configuration:
+        if self.cfg.stack_runs == "off":
+            return "stacking turned off"
+        # hpo-astro's trainer, or a wrapper of it that says so (`trainer`) and adds its part with `finish`
+        wrapped = getattr(self.train, "trainer", None) is train_configuration and hasattr(self.train, "finish")
+        if self.train is not train_configuration and not wrapped:
             return "the trainer is not hpo-astro's own (a table's replay)"
         if plan.folds > 1:
             return "the runs train on different folds"

@@ -46,7 +46,10 @@ class TabulateTrain:
     trial_kind: ClassVar[str] = TABULATED  # what the study records (`hpo_astro.store.record.TRIAL_KINDS`)
 
     def __call__(self, params: Mapping[str, Any], data: DataSplits, **options: Any) -> TrainResult:
-        result = self.trainer(params, data, **options)
+        return self.finish(self.trainer(params, data, **options), data)
+
+    def finish(self, result: TrainResult, data: DataSplits) -> TrainResult:
+        """What this trainer adds to a run `trainer` trained (also to runs the objective trained stacked)."""
         if result.stop_reason != "pruned":  # a pruned trial is not a row; nothing to test
             result.extra_attrs[TEST_METRICS_ATTR] = self.tester(result, data).as_dict()
         return result

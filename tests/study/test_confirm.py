@@ -141,8 +141,11 @@ def test_confirm_and_compare_from_the_command_line(tmp_path: Path, small_file: P
         f'strategy = "grid"\nn_trials = 3\nmax_epochs = 1\ndata = "{small_file}"\n[space]\nlr = [1e-4, 1e-3, 1e-2]\n'
     )
     assert invoke("run", "--config", study_file, "--storage", store, "--study", "s", train=train).exit_code == 0
-    result = invoke("confirm", "--study", "s", "--storage", store, "--top-k", "2", "--seeds", "2", train=train)
+    args = ("--study", "s", "--storage", store, "--top-k", "2", "--seeds", "2", "--stack-runs", "off")
+    result = invoke("confirm", *args, train=train)
     assert result.exit_code == 0, result.output
+    confirmed = load_study(store, "s/confirm").trials
+    assert {t.user_attrs["eval_stacking"] for t in confirmed} == {"stacking turned off"}  # the option arrived
     steady = next(t.number for t in load_study(store, "s").trials if t.params["lr"] == STEADY)
     assert f"now take trial #{steady} of 's'" in result.output
     compared = invoke("compare", "--storage", store, "--study", "s", "--format", "json")

@@ -186,3 +186,28 @@ def test_tabulate_with_seeds_trains_each_configuration_with_each_seed(tmp_path: 
         train=trainer,
     )
     assert_refused(refused, "was started with seeds 3, not 2")
+
+
+def test_tabulate_trains_a_configurations_seeds_stacked_and_gets_the_table_it_gets_one_by_one(
+    tmp_path: Path, small_file: Path
+) -> None:
+    """Real training, each configuration's 2 seeds as one stacked model or one after another: the same rows (to
+    rounding), each with its own test metrics, and the trials say how they trained."""
+    space = space_file(tmp_path / "space.toml", {"lr": [1e-3, 1e-2], "batch_size": [16], "fc_width": [16]})
+    tables = {}
+    for mode in ("on", "off"):
+        url = journal_url(tmp_path / mode)
+        (tmp_path / mode).mkdir()
+        result = invoke(
+            "tabulate", "--space", space, "--out", "t", "--storage", url, "--data", small_file, "--max-epochs", 2,
+            "--seeds", 2, "--stack-runs", mode, "--json", tmp_path / f"{mode}.json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        tables[mode] = Table.load(tmp_path / f"{mode}.json")
+        kinds = {t.user_attrs["eval_stacking"] for t in load_study(url, "table/t").trials}
+        assert kinds == ({"stacked"} if mode == "on" else {"stacking turned off"})
+    for stacked, alone in zip(tables["on"].rows, tables["off"].rows, strict=True):
+        assert (stacked.params, stacked.seed, len(stacked.history)) == (alone.params, alone.seed, len(alone.history))
+        for key in ("loss", "accuracy"):
+            assert stacked.val_metrics[key] == pytest.approx(alone.val_metrics[key], abs=0.02)
+            assert stacked.test_metrics[key] == pytest.approx(alone.test_metrics[key], abs=0.02)
