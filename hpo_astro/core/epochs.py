@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 CHECKPOINT_FORMAT = 1
@@ -27,6 +27,8 @@ DIVERGED_REASON = "diverged"
 
 @dataclass(frozen=True)
 class EpochMetrics:
+    """One epoch of a run. `as_dict` is `dataclasses.asdict` without its deep copy (the fields are flat numbers)."""
+
     epoch: int  # 1-based
     train_loss: float
     train_accuracy: float
@@ -35,6 +37,9 @@ class EpochMetrics:
     val_roc_auc: float
     lr: float  # learning rate used during this epoch
     seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(vars(self))
 
 
 @dataclass
@@ -113,7 +118,7 @@ class EpochLoop:
             "format": CHECKPOINT_FORMAT,
             "params": dict(self.params),
             "max_epochs": self.max_epochs,
-            "history": [asdict(h) for h in self.history],
+            "history": [h.as_dict() for h in self.history],
             "best_epoch": self.best_epoch,
             "best_val_loss": self.best_val_loss,
             "best_val_metrics": self.best_val_metrics,

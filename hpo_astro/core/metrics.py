@@ -8,7 +8,7 @@ operating point astronomers quote for real/bogus classifiers (miss at most 5% of
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class Metrics:
     threshold: float = 0.5
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return dict(vars(self))  # flat floats: what `dataclasses.asdict` gives, without its deep copy (hot in replays)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -93,7 +93,7 @@ class TrainResult:
         """JSON-ready description (everything but the model)."""
         return {
             "params": self.params,
-            "history": [asdict(h) for h in self.history],
+            "history": [h.as_dict() for h in self.history],
             "best_epoch": self.best_epoch,
             "stop_reason": self.stop_reason,
             "n_params": self.n_params,

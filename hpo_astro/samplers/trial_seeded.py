@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
+from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
@@ -39,6 +40,23 @@ def derive_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+# Where Optuna's samplers keep their `IntersectionSearchSpace` (private attributes of Optuna 4 and 5).
+_SEARCH_SPACE_ATTRS = ("_search_space", "_intersection_search_space")
+
+
+def _carry_search_space(previous: BaseSampler, new: BaseSampler) -> None:
+    """Hand the previous inner sampler's intersection search space to its successor. It is a cache that Optuna's
+    samplers keep incrementally (a function of the study's finished trials, not of the seed); rebuilt from nothing
+    for every trial it made a 40-trial TPE study spend a third of its time comparing distributions
+    (`scripts/bench_replay.py`)."""
+    if type(previous) is not type(new):
+        return
+    for name in _SEARCH_SPACE_ATTRS:
+        cache = getattr(previous, name, None)
+        if isinstance(cache, IntersectionSearchSpace) and isinstance(getattr(new, name, None), IntersectionSearchSpace):
+            setattr(new, name, cache)
+
+
 class TrialSeededSampler(BaseSampler):
     """Delegates to `factory(derive_seed(seed, k))`, rebuilt before each trial (k: sampled trials before it)."""
 
@@ -46,19 +64,31 @@ class TrialSeededSampler(BaseSampler):
         self._factory = factory
         self._seed = seed
         self.inner: BaseSampler = factory(derive_seed(seed, 0))
+        # (storage, study id, trial number n, sampled trials before n): whether a trial was sampled is fixed when
+        # it is created (enqueued trials carry their keys from the start), so the count goes on from there.
+        self._counted: tuple[int, int, int, int] = (0, -1, 0, 0)
 
     def __str__(self) -> str:
         return f"TrialSeeded({self.inner.__class__.__name__})"
 
     def sample_index(self, study: Study, trial: FrozenTrial) -> int:
         """How many trials before `trial` drew their parameters from the sampler."""
+        storage, study_id, upto, count = self._counted
+        if (storage, study_id) != (id(study._storage), study._study_id) or trial.number < upto:
+            upto, count = 0, 0
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        return sum(
-            1 for t in trials if t.number < trial.number and not any(k in t.system_attrs for k in NOT_SAMPLED_KEYS)
+        count += sum(
+            1
+            for t in trials[upto:]
+            if t.number < trial.number and not any(k in t.system_attrs for k in NOT_SAMPLED_KEYS)
         )
+        self._counted = (id(study._storage), study._study_id, trial.number, count)
+        return count
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        previous = self.inner
         self.inner = self._factory(derive_seed(self._seed, self.sample_index(study, trial)))
+        _carry_search_space(previous, self.inner)
         self.inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:

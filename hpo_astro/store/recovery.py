@@ -47,12 +47,21 @@ def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
         return _Retry(max_retry=MAX_RETRY, inherit_intermediate_values=True)
 
 
+_OWN_TOKEN: list = [None, None]  # [pid, its token]
+
+
 def process_token(pid: int | None = None) -> str | None:
     """The start time of process `pid` (default: this one) in clock ticks since boot, from /proc/<pid>/stat
     (field 22), as a string: with the pid it identifies a process, so a pid reused by a new process is not taken
-    for the worker that died. None where /proc is not available (not Linux) or the process is gone."""
+    for the worker that died. None where /proc is not available (not Linux) or the process is gone. This process's
+    own token is read once per pid (it never changes; a forked child has its own pid)."""
+    if pid is None:
+        own = os.getpid()
+        if _OWN_TOKEN[0] != own:
+            _OWN_TOKEN[:] = [own, process_token(own)]
+        return _OWN_TOKEN[1]
     try:
-        stat = Path(f"/proc/{os.getpid() if pid is None else pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
         return stat[stat.rindex(")") + 2 :].split()[19]  # fields after "(comm)" start at field 3
     except (OSError, ValueError, IndexError):
         return None

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -210,7 +210,7 @@ def run_summary(run: EvalRun, value: float, result: TrainResult) -> dict[str, An
         "wall_time": result.wall_time,
         "n_params": result.n_params,
         "device": result.device,
-        "history": [asdict(h) for h in result.history],
+        "history": [h.as_dict() for h in result.history],
         "val_metrics": result.val_metrics.as_dict(),
         "extra_attrs": dict(result.extra_attrs),
     }

@@ -104,9 +104,11 @@ class Objective:
     train: TrainFn = train_configuration  # the trainer: `hpo_astro.core.train.train`, a table's replay, a stand-in
     current_trial_id: int | None = field(default=None, init=False)
     write_failure: str | None = field(default=None, init=False)  # set when a trial failed for want of disk
+    _checkpoint: ArtifactCheckpoint | None = field(default=None, init=False)  # the running trial's
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current_trial_id = trial._trial_id
+        self._checkpoint = None
         try:
             value, checkpoint = self._run(trial)
         except KeyboardInterrupt:
@@ -130,6 +132,8 @@ class Objective:
     def _drop(self, trial: optuna.Trial) -> None:
         """The trial has ended and will not be retried: remove its checkpoint, and mark its pointer so that nobody
         (the dashboard's reader included) takes it for a file that still exists."""
+        if self._checkpoint is not None and not self._checkpoint.pointed:
+            return  # no file was ever named (reading the attributes back costs more than a replayed trial)
         pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
         if not isinstance(pointer, dict) or "artifact_id" not in pointer:
             return
@@ -164,6 +168,7 @@ class Objective:
         if progress is None or progress.next_run >= plan.n_runs:  # not a checkpoint of this study's runs: start over
             resume, progress = None, EvalProgress()
         checkpoint = ArtifactCheckpoint(trial, self.store, inherited, self.cfg.checkpoint_interval, progress)
+        self._checkpoint = checkpoint
         reported = max(storage.get_trial(trial._trial_id).intermediate_values, default=0)  # a retry inherits them
         device = self.cfg.devices[0] if self.cfg.devices else "auto"  # one per process: see workers.py
 
@@ -181,6 +186,7 @@ class Objective:
             for run, result in zip(plan.runs(), results, strict=False):
                 value = self._ended_run(trial, plan, run, result, progress, checkpoint)
             return value, checkpoint
+        checkpoints = getattr(self.train, "writes_checkpoints", True)  # a table's replay: none
         resumed_run = progress.next_run  # the run `resume` continues (0 for a fresh trial)
         for run in plan.runs()[resumed_run:]:
             checkpoint.start_run(run.index)
@@ -188,7 +194,7 @@ class Objective:
                 result = self.train(
                     params,
                     self.data if run.fold is None else fold_data(self.data, run.fold, plan.folds, plan.base_seed),
-                    callbacks=[pruning(run.index), checkpoint],
+                    callbacks=[pruning(run.index), checkpoint] if checkpoints else [pruning(run.index)],
                     max_epochs=self.cfg.max_epochs,
                     seed=run.seed,
                     resume=resume if run.index == resumed_run else None,
@@ -252,8 +258,8 @@ class Objective:
         try:
             with self.store.open_reader(pointer["artifact_id"]) as fh:
                 checkpoint = torch.load(fh, map_location="cpu", weights_only=True)
-        except _UNREADABLE:  # missing or unreadable (e.g. killed while writing): start from epoch 0
-            return None, None
+        except _UNREADABLE:  # missing or unreadable (e.g. killed while writing): start from epoch 0, and remove it
+            return None, pointer["artifact_id"]
         if dict(checkpoint.get("params", {})) != params:
             return None, pointer["artifact_id"]
         trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, int(pointer["epoch"]))

@@ -174,8 +174,9 @@ class _Counts(NamedTuple):
 
 def _recount(study: optuna.Study, grace_period: float) -> _Counts:
     """The study's trials by state, every worker's, once the trials whose process died are failed and re-queued
-    (see `hpo_astro.store.recovery.fail_dead_trials`)."""
-    fail_dead_trials(study, grace_period)
+    (see `hpo_astro.store.recovery.fail_dead_trials`). An in-memory store is this process's alone: none died."""
+    if not isinstance(study._storage, optuna.storages.InMemoryStorage):
+        fail_dead_trials(study, grace_period)
     trials = study.get_trials(deepcopy=False)
     return _Counts(
         finished=sum(t.state in FINISHED for t in trials),

@@ -14,7 +14,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 from typing import Any
 
 import optuna
@@ -75,6 +74,7 @@ class ArtifactCheckpoint:
         self.progress = progress or EvalProgress()  # a trial of several runs: the runs it has finished
         self.last_write: float | None = None
         self.run = 0
+        self.pointed = previous is not None  # the trial's checkpoint attribute names (or named) a file
 
     def start_run(self, index: int) -> None:
         """A trial's run `index` begins (`hpo_astro.study.evaluation`): its first epoch is checkpointed, and only the
@@ -99,6 +99,7 @@ class ArtifactCheckpoint:
             if self.run == 0:
                 record_curves(self.trial, state.history)
             self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
+            self.pointed = True
             self.remove()
             self.current = artifact_id
 
@@ -112,7 +113,7 @@ class ArtifactCheckpoint:
 def record_curves(trial: optuna.Trial, history: Iterable[Any]) -> None:
     """Write a trial's per-epoch metrics (`EpochMetrics`): exactly, for `record.trial_history`, and as the rounded
     `curve_*` user attributes that optuna-dashboard shows (see `hpo_astro.store.record`)."""
-    rows = [asdict(h) for h in history]
+    rows = [h.as_dict() for h in history]
     trial.storage.set_trial_system_attr(trial._trial_id, HISTORY_SYSTEM_ATTR, rows)
     for key, values in curve_attrs(rows).items():
         trial.set_user_attr(key, values)

@@ -50,6 +50,9 @@ class TableReplay:
     """
 
     trial_kind: ClassVar[str] = REPLAYED  # what the study records (`hpo_astro.store.record.TRIAL_KINDS`)
+    # A replayed trial takes a millisecond and is replayed again whole if interrupted: a checkpoint would cost more
+    # than it saves (the objective writes none for a trainer that says so).
+    writes_checkpoints: ClassVar[bool] = False
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -109,13 +112,11 @@ class TableReplay:
         )
 
     def _count(self, row: TableRow) -> int:
-        """The real model's parameter count, built on the meta device (no memory, no time)."""
-        from hpo_astro.core.model import build_model, count_parameters
+        """The real model's parameter count, computed from the configuration (nothing is built)."""
+        from hpo_astro.core.model import parameter_count
 
         if id(row) not in self._n_params:
-            channels = len(self.table.info.get("channels") or [None])
-            with torch.device("meta"):
-                self._n_params[id(row)] = count_parameters(build_model(row.params, in_channels=channels))
+            self._n_params[id(row)] = parameter_count(row.params, len(self.table.info.get("channels") or [None]))
         return self._n_params[id(row)]
 
 

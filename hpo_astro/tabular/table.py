@@ -93,6 +93,8 @@ class Table:
     seeds: int = 1  # runs of each configuration (rows per configuration), seeds seed ... seed + seeds - 1
     _search: SearchSpace = field(init=False, repr=False, compare=False)
     _index: dict[tuple[int, ...], tuple[TableRow, ...]] = field(init=False, repr=False, compare=False)
+    # `runs` answers for a configuration it has checked once from here (a replayed benchmark asks thousands of times)
+    _answered: dict[tuple, tuple[TableRow, ...]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check the whole table (see `validate`) and index its rows: a bad table is refused here, once, not by every
@@ -168,6 +170,13 @@ class Table:
     def runs(self, params: Mapping[str, Any]) -> tuple[TableRow, ...]:
         """The rows of `params` (a full configuration, or the table's space's hyperparameters), one per seed in seed
         order; a UserError if the table has no such configuration."""
+        try:
+            asked = tuple(params.items())
+            answered = self._answered.get(asked)
+        except TypeError:  # an unhashable value: checked below, and refused
+            asked, answered = None, None
+        if answered is not None:
+            return answered
         search = self.search_space
         unknown = [name for name in params if name not in PAPER_SPACE]
         if unknown:
@@ -186,6 +195,8 @@ class Table:
                     f"configuration not in table {self.name!r}: it was trained with {name}={row.params.get(name)}, "
                     f"not {name}={value}"
                 )
+        if asked is not None:
+            self._answered[asked] = runs
         return runs
 
     def to_json(self) -> dict[str, Any]:
