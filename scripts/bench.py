@@ -5,9 +5,11 @@
 
 Measured, each side of a ratio back to back in one invocation, repeated, medians reported:
 
-* `trainer`: `hpo_astro.core.train.train` against a bare PyTorch loop doing the same work (the same model built by
-  `hpo_astro.core.model.build_model`, data on the device, AdamW, BCE with pos_weight, cosine schedule, per-epoch
-  validation loss) for every batch size, with the default configuration ("default") and the largest one of the
+* `trainer`: `hpo_astro.core.train.train` against the best bare PyTorch loop of its kind: the same work (the same
+  model built by `hpo_astro.core.model.build_model`, data on the device, AdamW with the same options, BCE with
+  pos_weight, cosine schedule, per-epoch validation loss) in the same memory layout (channels_last on CPU, as the
+  trainer; `ratio`), and the same loop in the default layout (`ratio_vs_default_layout`), for every batch size,
+  with the default configuration ("default") and the largest one of the
   paper's space ("largest": 4 conv blocks of kernel 7, 5 FC layers of 256). Early stopping is off on both sides
   so both run the same number of epochs. Reported: seconds per epoch, the ratio, step time and images/s. On CUDA
   the trainer captures its step as a CUDA graph (the default); its eager mode (`capture=False`) is measured too.
@@ -16,11 +18,18 @@ Measured, each side of a ratio back to back in one invocation, repeated, medians
   (`hpo-astro --version`-like import of the CLI and of torch).
 * `grid`: the 32 fixed configurations (batch 4/16/64/256 x conv layers 1-4 x kernel 3/7, other values default)
   run as a grid study through `hpo-astro run --workers K`, wall time per K.
+* `stacked` (`--stacked`): K runs of one configuration (seeds 0..K-1) trained as one stacked model
+  (`hpo_astro.core.stacked.train_stacked`) against the same K runs one after another, K = 1, 3, 5, at the smallest
+  and largest batch size: the speed-up, and the time of K stacked runs in units of one run.
+* `peer` (`--peer`): `hpo-astro run` on a 4-configuration grid against `scripts/peer_optuna_example.py` (the
+  optuna-examples-style script a user would write) on the same grid, data and CNN, each a fresh process, back to
+  back: the peer at its best (tensor batches, channels_last on CPU) and as optuna-examples writes it (`--plain`).
 * `paper_protocol_estimate`: the paper's 347 trials estimated from the measured seconds per epoch at each batch
   size (default configuration) and the mean epochs a trial of the paper's space runs (t_max capped by early
   stopping: taken as the mean of min(t_max, 2 x patience + 5) over the space, an assumption stated in the output).
 
-On the 2-core CPU machine, `--quick` keeps the run under 10 minutes (fewer repeats, a training subset).
+On the 2-core CPU machine, `--quick` keeps the run under 10 minutes (fewer repeats, a training subset; the stacked
+runs and the peer comparison included).
 """
 
 from __future__ import annotations
@@ -183,27 +192,36 @@ def paired(first: Callable[[], float], second: Callable[[], float], repeats: int
     return a, b
 
 
+def trainer_layout(device: torch.device) -> str:
+    """The bare loop's variant that uses the trainer's memory layout (`hpo_astro.core.train.train`)."""
+    return "channels_last" if device.type == "cpu" else "plain"
+
+
 def bench_trainer(args: argparse.Namespace, data: DataSplits, device: torch.device) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    layout = trainer_layout(device)
     n = len(data.y_train)
     for name, base in CONFIGS.items():
         for batch in args.batch_sizes:
             params = {**base, "batch_size": batch, "t_max": max(int(base["t_max"]), args.epochs)}
             ours, bare = paired(
                 lambda p=params: trainer(p, data, args.epochs, 0, device),
-                lambda p=params: bare_loop(p, data, args.epochs, 0, device),
+                lambda p=params: bare_loop(p, data, args.epochs, 0, device, layout),
                 args.repeats,
             )
             t_ours, t_bare = statistics.median(ours), statistics.median(bare)
+            default_layout = [bare_loop(params, data, args.epochs, 0, device) for _ in range(args.repeats)]
             steps = args.epochs * math.ceil(n / batch)
             entry = out[f"{name}/batch{batch}"] = {
                 "trainer_s_per_epoch": t_ours / args.epochs,
                 "bare_s_per_epoch": t_bare / args.epochs,
                 "ratio": t_ours / t_bare,
+                "bare_layout": layout,
+                "ratio_vs_default_layout": t_ours / statistics.median(default_layout),
                 "trainer_step_ms": 1000 * t_ours / steps,
                 "bare_step_ms": 1000 * t_bare / steps,
                 "trainer_images_per_s": args.epochs * n / t_ours,
-                "runs": {"trainer": ours, "bare": bare},
+                "runs": {"trainer": ours, "bare": bare, "bare_default_layout": default_layout},
             }
             if device.type == "cuda":  # the trainer's eager mode (--no-capture) too: what capture buys
                 eager = [trainer(params, data, args.epochs, 0, device, capture=False) for _ in range(args.repeats)]
@@ -217,6 +235,80 @@ def bench_trainer(args: argparse.Namespace, data: DataSplits, device: torch.devi
                 entry["runs"]["eager"] = eager
             print(f"# {name} batch {batch}: ratio {t_ours / t_bare:.3f}", file=sys.stderr)
     return out
+
+
+def bench_stacked(args: argparse.Namespace, data: DataSplits, device: torch.device) -> dict[str, Any]:
+    """K runs of the default configuration stacked against the same K runs one after another."""
+    from hpo_astro.core.stacked import train_stacked
+
+    out: dict[str, Any] = {}
+    for batch in sorted({min(args.batch_sizes), max(args.batch_sizes)}):
+        params = {**DEFAULT_PARAMS, "batch_size": batch, "t_max": max(int(DEFAULT_PARAMS["t_max"]), args.epochs)}
+
+        def one_by_one(k: int, p: dict = params) -> float:
+            return sum(trainer(p, data, args.epochs, seed, device) for seed in range(k))
+
+        def stacked(k: int, p: dict = params) -> float:
+            start = time.perf_counter()
+            train_stacked(p, data, list(range(k)), max_epochs=args.epochs, device=device, early_stopping=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        one_run = statistics.median(one_by_one(1) for _ in range(args.repeats))
+        for k in (1, 3, 5):
+            sequential, together = paired(lambda k=k: one_by_one(k), lambda k=k: stacked(k), max(1, args.repeats - 1))
+            t_seq, t_stack = statistics.median(sequential), statistics.median(together)
+            out[f"batch{batch}/K{k}"] = {
+                "sequential_s": t_seq,
+                "stacked_s": t_stack,
+                "speedup": t_seq / t_stack,
+                "stacked_in_one_runs": t_stack / one_run,
+            }
+            shown = f"x{t_seq / t_stack:.2f}, {t_stack / one_run:.2f} runs"
+            print(f"# stacked batch {batch} K={k}: {shown}", file=sys.stderr)
+    return out
+
+
+def bench_peer(args: argparse.Namespace, data_path: str | None) -> dict[str, Any]:
+    """`hpo-astro run` against the optuna-examples-style script on the same 4-configuration grid, each a new
+    process (start-up, data loading and all), alternating which goes first."""
+    peer_script = Path(__file__).with_name("peer_optuna_example.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = Path(tmp) / "grid.toml"
+        grid.write_text(
+            f'strategy = "grid"\nn_trials = 4\nmax_epochs = {args.peer_epochs}\npruner = "none"\n'
+            "[space]\nbatch_size = [16, 64]\nconv_layers = [2, 3]\n"
+        )
+        extra = ["--data", data_path] if data_path else []
+        commands = {
+            "hpo_astro": [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(grid), *extra],
+            "peer_best": [sys.executable, str(peer_script), "--grid", str(grid), *extra],
+            "peer_plain": [sys.executable, str(peer_script), "--grid", str(grid), "--plain", *extra],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for repeat in range(args.peer_repeats):
+            order = list(commands) if repeat % 2 == 0 else list(reversed(commands))
+            for name in order:
+                store = f"sqlite:///{tmp}/{name}-{repeat}.db"
+                start = time.perf_counter()
+                subprocess.run([*commands[name], "--storage", store], check=True, stdout=subprocess.DEVNULL)
+                times[name].append(time.perf_counter() - start)
+    wall = {name: statistics.median(t) for name, t in times.items()}
+    result = {
+        "grid": "batch_size [16, 64] x conv_layers [2, 3], other values default",
+        "epochs": args.peer_epochs,
+        "wall_s": wall,
+        "runs": times,
+        "ratio_vs_peer_best": wall["hpo_astro"] / wall["peer_best"],
+        "ratio_vs_peer_plain": wall["hpo_astro"] / wall["peer_plain"],
+    }
+    print(
+        f"# peer: hpo-astro {wall['hpo_astro']:.1f} s, peer best {wall['peer_best']:.1f} s, "
+        f"peer plain {wall['peer_plain']:.1f} s",
+        file=sys.stderr,
+    )
+    return result
 
 
 def bench_study(args: argparse.Namespace, data_path: str | None) -> dict[str, Any]:
@@ -334,11 +426,16 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(CONFIGS), default=None, help="one configuration only")
     parser.add_argument("--variants", action="store_true", help="also try channels_last, foreach/fused AdamW, compile")
     parser.add_argument("--skip-trainer", action="store_true")
+    parser.add_argument("--stacked", action="store_true", help="K stacked runs against K runs one after another")
+    parser.add_argument("--peer", action="store_true", help="hpo-astro run against the optuna-examples-style script")
+    parser.add_argument("--peer-epochs", type=int, default=3)
+    parser.add_argument("--peer-repeats", type=int, default=2)
     args = parser.parse_args()
     if args.quick:
         args.repeats = args.repeats or 3
         args.train_size = args.train_size or 640
         args.skip_grid = True
+        args.stacked = args.peer = True
     args.repeats = args.repeats or 5
     if args.only:
         for name in list(CONFIGS):
@@ -368,6 +465,10 @@ def main() -> None:
         result["max_ratio"] = max(v["ratio"] for v in result["trainer"].values())
     if "default/batch4" in result.get("trainer", {}):
         result["paper_protocol_estimate"] = paper_estimate(result["trainer"], len(data.y_train), len(full.y_train))
+    if args.stacked:
+        result["stacked"] = bench_stacked(args, data, device)
+    if args.peer:
+        result["peer"] = bench_peer(args, args.data)
     if not args.skip_study:
         result["study"] = bench_study(args, args.data)
     if not args.skip_grid:
