@@ -54,7 +54,7 @@ from torch import nn
 
 from hpo_astro.core.model import build_model
 from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE
-from hpo_astro.core.train import resolve_device, seed_everything, train
+from hpo_astro.core.train import eval_batch, resolve_device, seed_everything, train
 from hpo_astro.data.prepare import DataSplits, load_splits
 
 LARGEST = {
@@ -117,9 +117,10 @@ def bare_loop(
         scheduler.step()
         model.eval()
         with torch.no_grad():
+            chunk = eval_batch(device)  # the trainer's evaluation chunk: the best measured on this device
             val_loss = sum(
-                criterion(model(xv[i : i + 1024]).squeeze(1), yv[i : i + 1024]).item() * len(yv[i : i + 1024])
-                for i in range(0, len(xv), 1024)
+                criterion(model(xv[i : i + chunk]).squeeze(1), yv[i : i + chunk]).item() * len(yv[i : i + chunk])
+                for i in range(0, len(xv), chunk)
             ) / len(yv)
         del val_loss  # computed every epoch, as a user's loop does for early stopping
     if device.type == "cuda":
@@ -177,9 +178,12 @@ def trainer(
     return time.perf_counter() - start
 
 
-def paired(first: Callable[[], float], second: Callable[[], float], repeats: int) -> tuple[list[float], list[float]]:
-    """Both sides back to back, alternating which goes first, after one warm-up each."""
-    first(), second()
+def paired(
+    first: Callable[[], float], second: Callable[[], float], repeats: int, warm_up: bool = True
+) -> tuple[list[float], list[float]]:
+    """Both sides back to back, alternating which goes first, after one warm-up each (unless already warm)."""
+    if warm_up:
+        first(), second()
     a: list[float] = []
     b: list[float] = []
     for r in range(repeats):
@@ -210,7 +214,7 @@ def bench_trainer(args: argparse.Namespace, data: DataSplits, device: torch.devi
                 args.repeats,
             )
             t_ours, t_bare = statistics.median(ours), statistics.median(bare)
-            default_layout = [bare_loop(params, data, args.epochs, 0, device) for _ in range(args.repeats)]
+            default_layout = [bare_loop(params, data, args.epochs, 0, device) for _ in range(args.layout_repeats)]
             steps = args.epochs * math.ceil(n / batch)
             entry = out[f"{name}/batch{batch}"] = {
                 "trainer_s_per_epoch": t_ours / args.epochs,
@@ -255,9 +259,12 @@ def bench_stacked(args: argparse.Namespace, data: DataSplits, device: torch.devi
                 torch.cuda.synchronize()
             return time.perf_counter() - start
 
-        one_run = statistics.median(one_by_one(1) for _ in range(args.repeats))
+        stacked(1)  # warm-up of both paths (the lone runs were warmed by the trainer section or here)
+        one_run = statistics.median(one_by_one(1) for _ in range(args.stacked_repeats + 1))
         for k in (1, 3, 5):
-            sequential, together = paired(lambda k=k: one_by_one(k), lambda k=k: stacked(k), max(1, args.repeats - 1))
+            sequential, together = paired(
+                lambda k=k: one_by_one(k), lambda k=k: stacked(k), args.stacked_repeats, warm_up=False
+            )
             t_seq, t_stack = statistics.median(sequential), statistics.median(together)
             out[f"batch{batch}/K{k}"] = {
                 "sequential_s": t_seq,
@@ -429,14 +436,18 @@ def main() -> None:
     parser.add_argument("--stacked", action="store_true", help="K stacked runs against K runs one after another")
     parser.add_argument("--peer", action="store_true", help="hpo-astro run against the optuna-examples-style script")
     parser.add_argument("--peer-epochs", type=int, default=3)
+    parser.add_argument("--stacked-repeats", type=int, default=2)
     parser.add_argument("--peer-repeats", type=int, default=2)
+    parser.add_argument("--layout-repeats", type=int, default=None, help="runs of the default-layout loop")
     args = parser.parse_args()
     if args.quick:
         args.repeats = args.repeats or 3
         args.train_size = args.train_size or 640
         args.skip_grid = True
         args.stacked = args.peer = True
+        args.peer_epochs, args.peer_repeats, args.stacked_repeats = min(args.peer_epochs, 1), 1, 1
     args.repeats = args.repeats or 5
+    args.layout_repeats = args.layout_repeats or (1 if args.quick else args.repeats)
     if args.only:
         for name in list(CONFIGS):
             if name != args.only:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from hpo_astro.core.epochs import Callback, EarlyStopping, EpochLoop, EpochMetrics
 from hpo_astro.core.metrics import Metrics
 from hpo_astro.core.model import build_model, count_parameters
-from hpo_astro.core.train import EVAL_BATCH, TrainResult, batches, metrics_from_logits, resolve_device, seed_everything
+from hpo_astro.core.train import TrainResult, batches, eval_batch, metrics_from_logits, resolve_device, seed_everything
 from hpo_astro.data.prepare import DataSplits
 
 STACK_MODES = ("auto", "on", "off")
@@ -357,7 +357,8 @@ def _side_by_side(batches_: list[torch.Tensor], channels_last: bool) -> torch.Te
 @torch.no_grad()
 def _stacked_logits(model: StackedCNN, x: torch.Tensor, k: int, channels_last: bool) -> torch.Tensor:
     model.eval()
-    parts = [model(_side_by_side([x[i : i + EVAL_BATCH]] * k, channels_last)) for i in range(0, len(x), EVAL_BATCH)]
+    chunk = max(1, eval_batch(x.device) // k)  # K runs side by side: the same number of images per pass as one run
+    parts = [model(_side_by_side([x[i : i + chunk]] * k, channels_last)) for i in range(0, len(x), chunk)]
     return torch.cat(parts, dim=1)
 
 
