@@ -299,8 +299,10 @@ def bench_peer(args: argparse.Namespace, data_path: str | None) -> dict[str, Any
             for name in order:
                 store = f"sqlite:///{tmp}/{name}-{repeat}.db"
                 start = time.perf_counter()
-                subprocess.run([*commands[name], "--storage", store], check=True, stdout=subprocess.DEVNULL)
+                done = subprocess.run([*commands[name], "--storage", store], capture_output=True, text=True)
                 times[name].append(time.perf_counter() - start)
+                if done.returncode:
+                    raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     wall = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "grid": "batch_size [16, 64] x conv_layers [2, 3], other values default",
