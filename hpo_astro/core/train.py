@@ -1,13 +1,10 @@
 """The trainer: one configuration, one model, read top to bottom. No Optuna in here.
 
-AdamW + BCEWithLogits (pos_weight balances the 2:1 real:bogus imbalance) + CosineAnnealingLR(T_max=t_max),
-at most t_max epochs (or `max_epochs` when smaller), whole splits held as tensors and indexed per batch.
-After every epoch the callbacks see a `TrainState` and may ask to stop; early stopping on validation loss is
-one such callback, Optuna pruning (in `hpo_astro.study.objective`) another. The best-val-loss weights are restored.
-
-On CUDA the training step (gather the batch, forward, loss, backward, AdamW step) is recorded once per trial as a
-CUDA graph and replayed (`CapturedStep`): this small CNN is launch-bound on a GPU, so a replayed step costs a fraction
-of an eager one. On CPU, or with `capture=False`, every step runs eagerly (`EagerStep`).
+AdamW + BCEWithLogits (pos_weight balances the 2:1 real:bogus imbalance) + CosineAnnealingLR(T_max=t_max), at most
+t_max epochs (or `max_epochs` when smaller), whole splits held as tensors and indexed per batch. After every epoch
+the callbacks see a `TrainState` and may ask to stop (early stopping; Optuna pruning, `hpo_astro.study`). The
+best-val-loss weights are restored. On CUDA the step is recorded once per trial as a CUDA graph and replayed
+(`CapturedStep`: this CNN is launch-bound on a GPU); on CPU, or with `capture=False`, it runs eagerly (`EagerStep`).
 """
 
 from __future__ import annotations
@@ -27,9 +24,8 @@ from hpo_astro.core.model import build_model, count_parameters
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError
 
-# Cutouts per forward pass when evaluating. On CPU a small chunk keeps the activations in cache: 702 validation
-# cutouts of the default CNN took 0.13 s in chunks of 128 against 0.44 s in one chunk of 1024 (docs/throughput.md).
-# On CUDA the pass is launch-bound: large chunks.
+# Cutouts per forward pass when evaluating: on CPU small chunks stay in cache (702 validation cutouts: 0.13 s in chunks
+# of 128, 0.44 s in one of 1024; docs/throughput.md); on CUDA the pass is launch-bound.
 EVAL_BATCH = {"cpu": 128, "cuda": 1024}
 
 
@@ -40,8 +36,7 @@ def eval_batch(device: torch.device | str) -> int:
 
 @dataclass(kw_only=True)
 class TrainState(EpochLoop):
-    """What a callback sees after each epoch of a training run: the epoch loop (`EpochLoop`) and the trainer's own
-    state, everything needed to checkpoint or stop the run."""
+    """What a callback sees after each epoch: the epoch loop and the trainer's state (to checkpoint or stop the run)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -114,8 +109,7 @@ class TrainResult:
 
 
 class TrainFn(Protocol):
-    """What a study calls to train a configuration: `train` below, or anything with its contract (a table's replay,
-    `hpo_astro.tabular.TableReplay`; a fast stand-in in the tests)."""
+    """What a study calls to train a configuration: `train`, or anything with its contract (TableReplay, stand-ins)."""
 
     def __call__(
         self,
@@ -293,8 +287,7 @@ def _settle_optimizer(optimizer: torch.optim.Optimizer, device: torch.device, ca
 
 
 def use_capture(capture: bool | None, device: torch.device) -> bool:
-    """Whether to capture the train step: on CUDA unless `capture` is False. CUDA graphs exist only on CUDA, so a
-    CPU run is eager whatever `capture` says (measured: eager is what CPU does best, see README, Throughput)."""
+    """Whether to capture the train step: on CUDA unless `capture` is False (CPU is always eager)."""
     return device.type == "cuda" and capture is not False
 
 
