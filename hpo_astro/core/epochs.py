@@ -53,6 +53,7 @@ class EpochLoop:
     best_val_loss: float = math.inf
     best_val_metrics: dict[str, float] | None = None  # the full validation metrics of the best epoch
     stop_reason: str | None = None
+    val_history: list[dict[str, float]] | None = None  # each epoch's full validation metrics, when set to a list
 
     @property
     def epoch(self) -> int:
@@ -90,6 +91,10 @@ class EpochLoop:
         epoch, chosen at full precision). `stop`: a reason the run ends at this epoch, decided before the callbacks
         (a replay's recorded end)."""
         self.history.append(metrics)
+        if self.val_history is not None:  # kept for every epoch (stacked runs replay them in run order)
+            values = val_metrics()
+            self.val_history.append(values)
+            val_metrics = lambda: values  # noqa: E731
         val_loss = metrics.val_loss if math.isfinite(metrics.val_loss) else math.inf
         if val_loss < self.best_val_loss or (prefer and val_loss == self.best_val_loss):
             self.best_val_loss, self.best_epoch = val_loss, self.epoch

@@ -16,7 +16,7 @@ divergence), the others go on without it: the stack is rebuilt from the runs sti
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,9 +24,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from hpo_astro.core.epochs import Callback, EarlyStopping, EpochLoop, EpochMetrics
-from hpo_astro.core.metrics import Metrics
-from hpo_astro.core.model import build_model, count_parameters
-from hpo_astro.core.train import TrainResult, batches, eval_batch, metrics_from_logits, resolve_device, seed_everything
+from hpo_astro.core.model import build_model
+from hpo_astro.core.train import (
+    TrainResult,
+    batches,
+    eval_batch,
+    finished,
+    metrics_from_logits,
+    resolve_device,
+    seed_everything,
+)
 from hpo_astro.data.prepare import DataSplits
 
 STACK_MODES = ("auto", "on", "off")
@@ -162,18 +169,6 @@ class _RunLoop(EpochLoop):
         self.trainer, self.run = trainer, run
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.val_history: list[dict[str, float]] = []  # each epoch's full validation metrics
-
-    def end_epoch(
-        self,
-        metrics: EpochMetrics,
-        val_metrics: Callable[[], dict[str, float]],
-        callbacks: Iterable[Callback],
-        prefer: bool = False,
-        stop: str | None = None,
-    ) -> None:
-        values = val_metrics()
-        self.val_history.append(values)
-        super().end_epoch(metrics, lambda: values, callbacks, prefer, stop)
 
     def keep_best(self) -> None:
         self.best_weights = self.trainer.run_state(self.run)
@@ -365,27 +360,7 @@ def _stacked_logits(model: StackedCNN, x: torch.Tensor, k: int, channels_last: b
 def _result(
     params: Mapping[str, Any], data: DataSplits, loop: _RunLoop, seed: int, device: torch.device, wall: float
 ) -> TrainResult:
-    had_best = loop.best_epoch > 0
-    best_epoch, stop_reason = loop.finish()
     model = build_model(params, in_channels=data.in_channels).to(device)
-    if loop.best_weights is not None:
+    if loop.best_weights is not None:  # the best epoch's, or a run without a finite loss: its last (see the loop)
         model.load_state_dict(loop.best_weights)
-    if had_best and loop.best_val_metrics is not None:
-        val_metrics = Metrics(**loop.best_val_metrics)
-    else:  # never a finite validation loss: the last weights, measured
-        from hpo_astro.core.train import evaluate
-
-        val_metrics = evaluate(model, data.x_val, data.y_val, data.pos_weight)
-    return TrainResult(
-        params=dict(params),
-        history=loop.history,
-        best_epoch=best_epoch,
-        stop_reason=stop_reason,
-        n_params=count_parameters(model),
-        wall_time=wall,
-        device=str(device),
-        seed=seed,
-        train_metrics=None,
-        val_metrics=val_metrics,
-        model=model.eval(),
-    )
+    return finished(loop, loop.best_weights, model.eval(), data, seed, device, wall)

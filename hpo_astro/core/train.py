@@ -376,25 +376,25 @@ def train(
         )
         state.end_epoch(metrics, val.as_dict, callbacks)  # best epoch (its weights kept), divergence, callbacks
 
-    had_best = state.best_epoch > 0
-    best_epoch, stop_reason = state.finish()
-    if had_best and state.best_weights is not None:
-        model.load_state_dict(state.best_weights)  # else never a finite validation loss: the last weights stay
-    # The best epoch's validation metrics were measured when it ended, on these very weights: not measured again.
-    if had_best and state.best_val_metrics is not None:
-        val_metrics = Metrics(**state.best_val_metrics)
+    result = finished(state, state.best_weights, model, data, seed, device, time.perf_counter() - start)
+    result.train_metrics = evaluate(model, data.x_train, data.y_train, data.pos_weight) if evaluate_train else None
+    return result
+
+
+def finished(
+    loop: EpochLoop, best_weights: Mapping[str, torch.Tensor] | None, model: nn.Module, data: DataSplits, seed: int,
+    device: torch.device, wall_time: float,
+) -> TrainResult:  # fmt: skip
+    """A finished run's result: `model` gets the best epoch's weights (else keeps its own), measured when it ended."""
+    had_best = loop.best_epoch > 0
+    best_epoch, stop_reason = loop.finish()
+    if had_best and best_weights is not None:
+        model.load_state_dict(best_weights)
+    if had_best and loop.best_val_metrics is not None:
+        val_metrics = Metrics(**loop.best_val_metrics)
     else:
         val_metrics = evaluate(model, data.x_val, data.y_val, data.pos_weight)
     return TrainResult(
-        params=dict(params),
-        history=state.history,
-        best_epoch=best_epoch,
-        stop_reason=stop_reason,
-        n_params=count_parameters(model),
-        wall_time=time.perf_counter() - start,
-        device=str(device),
-        seed=seed,
-        train_metrics=evaluate(model, data.x_train, data.y_train, data.pos_weight) if evaluate_train else None,
-        val_metrics=val_metrics,
-        model=model,
-    )
+        dict(loop.params), loop.history, best_epoch, stop_reason, count_parameters(model), wall_time, str(device), seed,
+        None, val_metrics, model,
+    )  # fmt: skip
