@@ -29,6 +29,16 @@ def test_version() -> None:
     assert result.exit_code == 0 and result.stdout.strip() == f"hpo-astro {__version__}"
 
 
+@pytest.mark.parametrize("module", ["hpo_astro", "hpo_astro.cli"])
+def test_python_dash_m_runs_the_command_line(module: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"hpo-astro {__version__}"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
