@@ -34,10 +34,15 @@ from hpo_astro.tabular import TableReplay, load_table, table_data
 _REPLAYS: dict[int, TableReplay] = {}
 
 
-def hpo_astro_study(strategy: str, n_trials: int, seed: int, table: Any) -> float:
+def study_config(strategy: str, n_trials: int, seed: int, table: Any) -> Any:
+    """The study `hpo-astro benchmark --table` runs for this strategy and seed (a `StudyConfig`)."""
     spec = BenchmarkSpec(strategies=(strategy,), repeats=1, n_trials=n_trials, out="unused")
     settings = spec.for_table(table)
-    cfg = spec.config(strategy, seed, space=settings.space, max_epochs=settings.max_epochs, split=settings.split)
+    return spec.config(strategy, seed, space=settings.space, max_epochs=settings.max_epochs, split=settings.split)
+
+
+def hpo_astro_study(strategy: str, n_trials: int, seed: int, table: Any) -> float:
+    cfg = study_config(strategy, n_trials, seed, table)
     replay = _REPLAYS.setdefault(id(table), TableReplay(table))  # one per process, as the benchmark's runner has
     data = table_data(table)
     start = time.perf_counter()
@@ -46,12 +51,10 @@ def hpo_astro_study(strategy: str, n_trials: int, seed: int, table: Any) -> floa
 
 
 def bare_optuna_study(strategy: str, n_trials: int, seed: int, table: Any) -> float:
-    spec = BenchmarkSpec(strategies=(strategy,), repeats=1, n_trials=n_trials, out="unused")
-    settings = spec.for_table(table)
-    cfg = spec.config(strategy, seed, space=settings.space, max_epochs=settings.max_epochs, split=settings.split)
+    cfg = study_config(strategy, n_trials, seed, table)
     sampler = make_sampler(cfg)
     sampler = getattr(sampler, "inner", sampler)  # the Optuna sampler itself, without hpo-astro's per-trial seeding
-    space = {name: list(values) for name, values in settings.space.items()}
+    space = {name: list(values) for name, values in cfg.space.items()}
     answers = {}
     for row in table.rows:
         key = tuple(row.params[name] for name in space)

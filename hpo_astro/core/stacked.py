@@ -361,6 +361,8 @@ def _result(
     params: Mapping[str, Any], data: DataSplits, loop: _RunLoop, seed: int, device: torch.device, wall: float
 ) -> TrainResult:
     model = build_model(params, in_channels=data.in_channels).to(device)
-    if loop.best_weights is not None:  # the best epoch's, or a run without a finite loss: its last (see the loop)
+    if (
+        loop.best_epoch == 0 and loop.best_weights is not None
+    ):  # no finite loss: its last weights (`finished` loads a best)
         model.load_state_dict(loop.best_weights)
     return finished(loop, loop.best_weights, model.eval(), data, seed, device, wall)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import os
 import socket
 import warnings
@@ -47,7 +48,10 @@ def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
         return _Retry(max_retry=MAX_RETRY, inherit_intermediate_values=True)
 
 
-_OWN_TOKEN: list = [None, None]  # [pid, its token]
+@functools.cache
+def _own_token(pid: int) -> str | None:
+    """This process's token, read once per pid (a forked child asks with its own pid)."""
+    return process_token(pid)
 
 
 def process_token(pid: int | None = None) -> str | None:
@@ -56,10 +60,7 @@ def process_token(pid: int | None = None) -> str | None:
     for the worker that died. None where /proc is not available (not Linux) or the process is gone. This process's
     own token is read once per pid (it never changes; a forked child has its own pid)."""
     if pid is None:
-        own = os.getpid()
-        if _OWN_TOKEN[0] != own:
-            _OWN_TOKEN[:] = [own, process_token(own)]
-        return _OWN_TOKEN[1]
+        return _own_token(os.getpid())
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat[stat.rindex(")") + 2 :].split()[19]  # fields after "(comm)" start at field 3

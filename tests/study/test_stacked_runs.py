@@ -120,3 +120,49 @@ def test_a_stacked_study_records_what_the_sequential_study_records(
     assert runs == [(r["seed"], r["stop_reason"], r["best_epoch"]) for r in one_by_one.user_attrs["eval_runs"]]
     if prune_step is None:
         assert together.value == pytest.approx(one_by_one.value, abs=0.05)
+
+
+def test_an_interrupted_stacked_trial_trains_its_runs_again_and_ends_as_it_would_have(tmp_path: Path) -> None:
+    """A stacked trial writes no checkpoint: Ctrl-C in its second epoch, then the same run trains both runs again
+    from the start and records the uninterrupted trial's values."""
+    from hpo_astro.study.run import RunEvents
+
+    def config(name: str) -> Any:
+        (tmp_path / name).mkdir()
+        space = SearchSpace.from_dict({"lr": [1e-3], "batch_size": [16], "fc_width": [32], "t_max": [10]})
+        return study_config(
+            tmp_path / name, Path("unused"), strategy="grid", study=name, n_trials=1, space=space, eval_seeds=2,
+            max_epochs=3, stack_runs="on", devices=("cpu",), checkpoint_interval=0,
+        )  # fmt: skip
+
+    data = noise_splits(32)
+    reference = run_study(config("whole"), data=data).study.trials[0]
+
+    def interrupt(number: int, state: Any) -> None:
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    cut = config("cut")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cut, RunEvents(on_epoch=interrupt), data=data)
+    resumed = run_study(cut, data=data).study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(resumed) == 1 and "resumed_from_epoch" not in resumed[0].user_attrs
+    assert resumed[0].user_attrs["eval_values"] == reference.user_attrs["eval_values"]
+    assert resumed[0].intermediate_values == reference.intermediate_values
+
+
+def test_stack_runs_from_the_command_line_and_a_bad_value_in_a_study_file(tmp_path: Path, small_file: Path) -> None:
+    from helpers import assert_refused, invoke, journal_url, load_study, scripted_trainer
+
+    url = journal_url(tmp_path)
+    train = scripted_trainer(lambda p, s: 0.5 + 0.01 * s)
+    args = ("run", "--strategy", "random", "-n", 1, "--eval-seeds", 2, "--data", small_file, "--storage", url)
+    result = invoke(*args, "--study", "off", "--stack-runs", "off", train=train)
+    assert result.exit_code == 0, result.output
+    assert load_study(url, "off").trials[0].user_attrs["eval_stacking"] == "stacking turned off"
+    assert_refused(invoke(*args, "--study", "bad", "--stack-runs", "sometimes", train=train), "--stack-runs")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('n_trials = 1\nstack_runs = "sometimes"\n')
+    assert_refused(
+        invoke("run", "--config", bad, "--storage", url, train=train), "stack_runs must be one of auto, on, off"
+    )
