@@ -52,8 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS, PAPER_SPACE
 from hpo_astro.core.model import build_model
-from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE
 from hpo_astro.core.train import eval_batch, resolve_device, seed_everything, train
 from hpo_astro.data.prepare import DataSplits, load_splits
 

@@ -54,7 +54,7 @@ def bare_optuna_study(strategy: str, n_trials: int, seed: int, table: Any) -> fl
     cfg = study_config(strategy, n_trials, seed, table)
     sampler = make_sampler(cfg)
     sampler = getattr(sampler, "inner", sampler)  # the Optuna sampler itself, without hpo-astro's per-trial seeding
-    space = {name: list(values) for name, values in cfg.space.items()}
+    space = cfg.space.grid("the bare loop")
     answers = {}
     for row in table.rows:
         key = tuple(row.params[name] for name in space)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.train import evaluate, train
 from hpo_astro.data.prepare import load_splits
 

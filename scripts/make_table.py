@@ -91,7 +91,7 @@ def importances(storage: str) -> dict[str, float]:
 def narrowed_space(ranked: dict[str, float], max_configs: int) -> dict[str, list]:
     """The most important hyperparameters with all their paper values (less LEFT_OUT), in order of importance, while
     the product of their value counts fits in `max_configs`."""
-    from hpo_astro.core.space import PAPER_SPACE
+    from hpo_astro.core.hyperparameters import PAPER_SPACE
 
     space: dict[str, list] = {}
     for name in ranked:

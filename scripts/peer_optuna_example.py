@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.model import build_model
-from hpo_astro.core.space import DEFAULT_PARAMS
 from hpo_astro.data.prepare import load_splits
 
 

@@ -8,7 +8,7 @@ import time
 
 import optuna
 
-from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS, PAPER_SPACE
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 

@@ -46,7 +46,7 @@ def slowness() -> float:
     tests are `patience(seconds)`, so a slow or loaded machine waits longer instead of failing."""
     import torch
 
-    from hpo_astro.core.space import DEFAULT_PARAMS
+    from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
     from hpo_astro.core.train import train
 
     params = {**DEFAULT_PARAMS, "conv_layers": 2, "fc_layers": 2, "fc_width": 32, "batch_size": 16, "t_max": 10}

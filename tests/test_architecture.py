@@ -178,9 +178,9 @@ def test_the_checks_see_a_circle_an_upward_import_and_a_private_name(tmp_path: P
 
 
 def _layout_rows() -> dict[str, str]:
-    """The README's layout table: path cell -> description cell."""
-    readme = (PACKAGE.parent / "README.md").read_text()
-    section = readme[readme.index("## Layout") :]
+    """The layout table of docs/architecture.md: path cell -> description cell."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = page[page.index("## Layout") :]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -189,9 +189,9 @@ def _layout_rows() -> dict[str, str]:
     return rows
 
 
-def test_the_readme_layout_and_the_architecture_page_match_the_tree() -> None:
-    """Every module is named in its folder's row of the README's layout table, every path the table names exists,
-    and docs/architecture.md places every folder of the package in a layer."""
+def test_the_layout_table_and_the_layers_match_the_tree() -> None:
+    """Every module is named in its folder's row of the layout table (docs/architecture.md), every path the table
+    names exists, and the same page places every folder of the package in a layer."""
     rows = _layout_rows()
     root = PACKAGE.parent
     named = [p.strip("`") for cell in rows for p in cell.split(", ")]
@@ -204,7 +204,7 @@ def test_the_readme_layout_and_the_architecture_page_match_the_tree() -> None:
         folder = f"`{path.parent.relative_to(root).as_posix()}/`"
         if f"`{relative}`" not in " ".join(rows) and f"`{path.stem}`" not in rows.get(folder, ""):
             unlisted.append(relative)
-    assert unlisted == [], "modules missing from the README's layout table"
+    assert unlisted == [], "modules missing from the layout table of docs/architecture.md"
     page = (root / "docs" / "architecture.md").read_text()
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and any(p.glob("*.py")))
     assert [f for f in folders if f"`{f}/`" not in page] == []
@@ -270,11 +270,24 @@ def test_the_record_keys_name_record_fields() -> None:
 
 def test_the_tests_mirror_the_package() -> None:
     """One test folder per package folder (and no other, but `scenarios/` for the cross-cutting attacks and crashes),
-    each holding tests; no test module left at the top but this one."""
+    each holding tests; no test module left at the top but this one and the docs check."""
     tests = Path(__file__).resolve().parent
     package_folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and any(p.glob("*.py"))} - {"tables"}
     test_folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert test_folders == package_folders | {"scenarios"}
     for folder in test_folders:
         assert list((tests / folder).glob("test_*.py")), f"tests/{folder} has no tests"
-    assert sorted(p.name for p in tests.glob("test_*.py")) == ["test_architecture.py"]
+    assert sorted(p.name for p in tests.glob("test_*.py")) == ["test_architecture.py", "test_docs.py"]
+
+
+def test_the_package_face_is_not_imported_inside_the_package() -> None:
+    """`hpo_astro/__init__.py` re-exports names of the layers above it, imported on first use (`LAZY`): a module of
+    the package takes each from its home module, never from the face (which would hide an upward import)."""
+    import hpo_astro
+
+    taken = [
+        f"{path.relative_to(PACKAGE)}:{line} takes {name} from hpo_astro"
+        for _, path, target, name, line in _arrows()
+        if target == "hpo_astro" and name in hpo_astro.LAZY
+    ]
+    assert taken == []

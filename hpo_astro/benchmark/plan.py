@@ -221,7 +221,7 @@ class BenchmarkSpec:
         except UserError as exc:
             raise UserError(f"table {table.name!r}: space: {exc}") from None
         if table.rows:  # a study completes the sampled values with the defaults: the table must hold them too
-            from hpo_astro.core.space import DEFAULT_PARAMS
+            from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 
             probe = {**DEFAULT_PARAMS, **{name: table.rows[0].params[name] for name in table.space}}
             try:

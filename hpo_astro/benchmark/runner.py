@@ -38,11 +38,14 @@ def replay_storage() -> optuna.storages.InMemoryStorage:
     Optuna's `InMemoryStorage` copies a trial, and the attribute dictionary it changes, on every write, so that a
     `FrozenTrial` handed out earlier never changes under its holder. A replayed trial writes about twenty user
     attributes (its record), each a copy of the trial and of its growing attribute dictionary. This store writes
-    user attributes in place instead: Optuna's samplers and pruners never read them (the objective reads its own at
-    once). Everything else stays copy-on-write: the successive-halving pruner (Hyperband's) writes a system
-    attribute and then counts the trials it read before, itself excluded, so an in-place system attribute changes
-    which trials it promotes (measured: a bohb benchmark changed)."""
+    user attributes, and hpo-astro's own system attributes (`SYSTEM_PREFIX`: its configuration, worker, curves), in
+    place instead: Optuna's samplers and pruners never read them (the objective reads its own at once). Everything
+    else stays copy-on-write: the successive-halving pruner (Hyperband's) writes a system attribute and then counts
+    the trials it read before, itself excluded, so an in-place system attribute of Optuna's changes which trials it
+    promotes (measured: a bohb benchmark changed)."""
     import optuna
+
+    from hpo_astro.store.record import SYSTEM_PREFIX
 
     class UserAttrsInPlaceStorage(optuna.storages.InMemoryStorage):
         def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
@@ -50,6 +53,14 @@ def replay_storage() -> optuna.storages.InMemoryStorage:
                 trial = self._get_trial(trial_id)
                 self.check_trial_is_updatable(trial_id, trial.state)
                 trial.user_attrs[key] = value
+
+        def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+            if not key.startswith(SYSTEM_PREFIX):
+                return super().set_trial_system_attr(trial_id, key, value)
+            with self._lock:
+                trial = self._get_trial(trial_id)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                trial.system_attrs[key] = value
 
     return UserAttrsInPlaceStorage()
 

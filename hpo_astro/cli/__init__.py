@@ -6,6 +6,7 @@ when imported, so the imports below, in this order, are the order `hpo-astro --h
 from __future__ import annotations
 
 # isort: off
+from hpo_astro.cli import init  # noqa: F401  init
 from hpo_astro.cli import train  # noqa: F401  train
 from hpo_astro.cli import study  # noqa: F401  run, worker, storage-proxy, status
 from hpo_astro.cli import confirm  # noqa: F401  confirm

@@ -1,5 +1,6 @@
-"""The Typer application: the `hpo-astro` app and its `data` sub-app, the global options, the error boundary that
-turns bad input into one line (exit 2), how every command's help reads, and `main`, the console-script entry."""
+"""The Typer application: the `hpo-astro` app and its `data` sub-app, the global options (-v/-q, --version, shell
+completion), the error boundary that turns bad input into one line (exit 2), how every command's help reads (-h as
+well as --help, defaults in one style), and `main`, the console-script entry."""
 
 from __future__ import annotations
 
@@ -12,23 +13,28 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
-from hpo_astro.cli.output import console, fail, note, program
+from hpo_astro.cli.options import QuietOpt, VerboseOpt
+from hpo_astro.cli.output import apply_verbosity, console, fail, note, program
 from hpo_astro.errors import UserError, write_fault
 
 # Click's usage error (an unknown option, a value out of range, a missing command): Typer vendors Click privately
 # and exports only a subclass, `BadParameter`.
 _UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+HELP_OPTIONS = ["-h", "--help"]
 
 
 def _polish(command: typer.core.TyperCommand | TyperGroup) -> None:
     """How a command's help reads, for every command: a docstring's line breaks are not sentence breaks (Rich help
-    keeps them, so a command's summary in the list stopped mid-sentence), and a boolean flag takes no value, so it is
-    shown as `--png`, not `--png <bool>`."""
+    keeps them, so a command's summary in the list stopped mid-sentence), a boolean flag takes no value, so it is
+    shown as `--png`, not `--png <bool>`, and a default is shown one way, `(default: VALUE)` in its help text."""
     if command.help:
         command.help = _unwrap(command.help)
     for param in command.params:
         _as_flag(param)
-    _as_flag(command.get_help_option(typer.Context(command)))
+        _placeholder(param, command)
+        _default_in_help(param)
+    # The help option is made once per command, and cached: with both names, whatever context asks first.
+    _as_flag(command.get_help_option(typer.Context(command, help_option_names=HELP_OPTIONS)))
     for sub in getattr(command, "commands", {}).values():
         _polish(sub)
 
@@ -41,11 +47,44 @@ def _unwrap(text: str) -> str:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
+def _default_in_help(param: object) -> None:
+    """An option's default as its help text says the others: `(default: VALUE)`, not Typer's `[default: VALUE]`
+    (an option whose help already names its default, or with no default to show, keeps its help as it is)."""
+    if not isinstance(param, typer.core.TyperOption) or not param.show_default:
+        return
+    param.show_default = False
+    default, help_text = param.default, param.help or ""
+    if default in (None, "", []) or param.is_flag or param.count or "(default: " in help_text:
+        return
+    shown = default.value if hasattr(default, "value") else default
+    param.help = f"{help_text.removesuffix('.')} (default: {shown})."
+
+
 def _as_flag(param: object) -> object:
-    # Typer shows an option's value type unless it has a metavar; an empty one shows nothing.
-    if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+    # Typer shows an option's value type unless it has a metavar; an empty one shows nothing (a counted -v too).
+    if (getattr(param, "is_flag", False) or getattr(param, "count", False)) and getattr(param, "metavar", "") is None:
         param.metavar = ""  # type: ignore[attr-defined]
     return param
+
+
+# The placeholder of a value whose declaration names none (each should: URL, NAME, SECONDS...), by its type, instead
+# of Typer's `<str>`, `<list[str]>`, `<int range>`; a fixed choice keeps its list of values, `<table|json>`.
+_TYPE_PLACEHOLDERS = {"str": "TEXT", "path": "PATH", "int": "N", "float": "NUMBER"}
+
+
+def _placeholder(param: object, command: typer.core.TyperCommand | TyperGroup) -> None:
+    if not hasattr(param, "display_type"):
+        return
+    shown = param.display_type(typer.Context(command)).strip("<>")
+    if "|" in shown:
+        return
+    if isinstance(param, typer.core.TyperArgument):  # its name (SRC, PATH) is its placeholder: no `<path>` beside it
+        param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+        return
+    if param.metavar is not None:  # type: ignore[attr-defined]
+        return
+    kind = shown.removeprefix("list[").removesuffix("]").removesuffix(" range")
+    param.metavar = _TYPE_PLACEHOLDERS.get(kind, "VALUE")
 
 
 def _command_path(root: TyperGroup, args: Sequence[str] | None, prog_name: str | None) -> str:
@@ -80,9 +119,14 @@ app = typer.Typer(
     help="Hyperparameter search for real/bogus CNNs on astronomical cutouts (Optuna studies).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    context_settings={"help_option_names": HELP_OPTIONS},
 )
-data_app = typer.Typer(help="Simulate, download and inspect ExRomana data files.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Simulate, download and inspect ExRomana data files.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": HELP_OPTIONS},
+)
 app.add_typer(data_app, name="data")
 
 
@@ -110,10 +154,11 @@ def _global_options(
         bool,
         typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
     ] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
-    logger = logging.getLogger("hpo_astro")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(_library_notes)  # the same handler each time: added once per process
+    logging.getLogger("hpo_astro").addHandler(_library_notes)  # the same handler each time: added once per process
+    apply_verbosity(verbose, quiet, reset=True)  # a command's own -v / -q may change it again
 
 
 def main(args: Sequence[str] | None = None, prog_name: str | None = None, obj: Any = None) -> int:

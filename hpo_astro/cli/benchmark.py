@@ -32,6 +32,7 @@ def benchmark_command(
         typer.Option(
             "--strategies",
             "-s",
+            metavar="STRATEGIES",
             help="Comma-separated strategies to compare: registry names (random, ablation, genetic, bayesian, tpe, "
             "...) or sampler classes as package.module:ClassName.",
         ),
@@ -40,18 +41,21 @@ def benchmark_command(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Directory for index.html, benchmark.json and the CSV files (and the default store)."
+            "--out",
+            metavar="DIR",
+            help="Directory for index.html, benchmark.json and the CSV files (and the default store).",
         ),
     ],
     repeats: Annotated[
-        int, typer.Option("--repeats", "-r", min=1, help="Studies per strategy; repeat r uses seed + r.")
+        int, typer.Option("--repeats", "-r", metavar="N", min=1, help="Studies per strategy; repeat r uses seed + r.")
     ] = 10,
     table: Annotated[
         str | None,
         typer.Option(
             "--table",
+            metavar="TABLE",
             help="Answer every trial from this table instead of training: a table file, a tabulate study table/NAME "
-            "in --storage (default optuna.db), or a shipped table.",
+            "in --storage, or a shipped table.",
         ),
     ] = None,
     config: BenchmarkStudyFileOpt = None,
@@ -66,16 +70,23 @@ def benchmark_command(
     storage: BenchmarkStorageOpt = None,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Benchmark name in the study names bench/NAME/... (default: --out's name)."),
+        typer.Option(
+            "--name", metavar="NAME", help="Benchmark name in the study names bench/NAME/... (default: --out's name)."
+        ),
     ] = None,
     budget: Annotated[
         int | None,
-        typer.Option("--budget", min=1, help="Trials at which the pairwise table compares (default: --n-trials)."),
+        typer.Option(
+            "--budget", metavar="N", min=1, help="Trials at which the pairwise table compares (default: --n-trials)."
+        ),
     ] = None,
     top_k: Annotated[
         int,
         typer.Option(
-            "--top-k", min=0, help="Top configurations per strategy re-trained with as many fresh seeds (0: none)."
+            "--top-k",
+            metavar="K",
+            min=0,
+            help="Top configurations per strategy re-trained with as many fresh seeds (0: none).",
         ),
     ] = 3,
 ) -> None:

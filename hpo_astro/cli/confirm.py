@@ -9,7 +9,6 @@ import typer
 from hpo_astro.cli.application import app
 from hpo_astro.cli.options import StackRunsOpt, StorageOpt, ThreadsOpt, WorkerDeviceOpt, worker_settings
 from hpo_astro.cli.output import console, err_console, injected_trainer, resume_command
-from hpo_astro.cli.study import _RunDisplay
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors answer at once
@@ -21,16 +20,27 @@ if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors a
 @app.command("confirm")
 def confirm_command(
     ctx: typer.Context,
-    study: Annotated[str, typer.Option("--study", help="The study whose best configurations to train again.")],
+    study: Annotated[
+        str, typer.Option("--study", metavar="NAME", help="The study whose best configurations to train again.")
+    ],
     storage: StorageOpt = DEFAULT_STORAGE,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many distinct configurations.")] = 5,
-    seeds: Annotated[int, typer.Option("--seeds", min=2, max=100, help="Fresh training seeds for each.")] = 5,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", metavar="K", min=1, help="How many distinct configurations.")
+    ] = 5,
+    seeds: Annotated[
+        int, typer.Option("--seeds", metavar="N", min=2, max=100, help="Fresh training seeds for each.")
+    ] = 5,
     confirm_study: Annotated[
-        str | None, typer.Option("--confirm-study", help="The confirmation's study name (default: STUDY/confirm).")
+        str | None,
+        typer.Option("--confirm-study", metavar="NAME", help="The confirmation's study name (default: STUDY/confirm)."),
     ] = None,
     table: Annotated[
         str | None,
-        typer.Option("--table", help="A study that replays this table (a benchmark's): confirm from its other seeds."),
+        typer.Option(
+            "--table",
+            metavar="TABLE",
+            help="A study that replays this table (a benchmark's): confirm from its other seeds.",
+        ),
     ] = None,
     threads: ThreadsOpt = None,
     devices: WorkerDeviceOpt = None,
@@ -40,6 +50,7 @@ def confirm_command(
     confirmed mean. Resumable: run the same command again."""
     import torch
 
+    from hpo_astro.cli.progress import RunDisplay
     from hpo_astro.study.confirm import confirm_study as confirm
     from hpo_astro.study.run import RunEvents
 
@@ -51,11 +62,11 @@ def confirm_command(
 
         replayed = load_table(table, storage)
         train, data = TableReplay(replayed), table_data(replayed)
-    display = _RunDisplay()
+    display = RunDisplay()
     overrides = worker_settings(None, None, None, None, devices, None, stack_runs)
     try:
         with display:
-            events = RunEvents(display.start, display.epoch, display.trial_end, display.wait)
+            events = RunEvents(display.start, display.epoch, display.trial_end, display.wait, display.trial_start)
             result = confirm(
                 storage,
                 study,

@@ -20,13 +20,16 @@ def data_synth(
         Path,
         typer.Option(
             "--out",
+            metavar="FILE",
             help="File to write: X.npz writes the project's non-pickle format (samples + labels); X.npy writes "
             "exactly the ExRomana format (a NumPy pickle of {'TP': [...], 'FP': [...]}), for compatibility.",
         ),
     ],
     n: Annotated[
         int,
-        typer.Option("--n", min=2, max=100_000, help="Number of records (64 KB each in memory while simulating)."),
+        typer.Option(
+            "--n", metavar="N", min=2, max=100_000, help="Number of records (64 KB each in memory while simulating)."
+        ),
     ] = 4676,
     seed: SimulationSeedOpt = 0,
 ) -> None:
@@ -50,8 +53,10 @@ def _refuse_directory(path: Path) -> None:
 
 @data_app.command("convert")
 def data_convert(
-    src: Annotated[Path, typer.Argument(help="Any supported data file: ExRomana .npy, a bare pickle, or .npz.")],
-    out: Annotated[Path, typer.Option("--out", help="The .npz file to write.")],
+    src: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Any supported data file: ExRomana .npy, a bare pickle, or .npz.")
+    ],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The .npz file to write.")],
 ) -> None:
     """Read a data file safely, validate it and write it in the project's non-pickle .npz format."""
     import numpy as np
@@ -79,8 +84,12 @@ def data_convert(
 
 @data_app.command("download")
 def data_download(
-    out: Annotated[Path, typer.Option("--out", help="Destination file.")] = Path("exromana_training_samples.npy"),
-    url: Annotated[str, typer.Option("--url", help="Source URL.")] = "",
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Destination file.")] = Path(
+        "exromana_training_samples.npy"
+    ),
+    url: Annotated[
+        str, typer.Option("--url", metavar="URL", help="Source URL (default: the official ExRomana file's).")
+    ] = "",
 ) -> None:
     """Fetch the real ExRomana file (resumes a partial download), validate it and print its SHA-256."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -109,11 +118,11 @@ def data_download(
 
 @data_app.command("info")
 def data_info(
-    path: Annotated[Path, typer.Argument(help="Data file: ExRomana .npy (or a bare pickle) or .npz.")],
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="Data file: ExRomana .npy (or a bare pickle) or .npz.")],
     gallery: Annotated[
-        Path | None, typer.Option("--gallery", help="PNG to write (default: <file>.gallery.png).")
+        Path | None, typer.Option("--gallery", metavar="FILE", help="PNG to write (default: FILE.gallery.png).")
     ] = None,
-    per_class: Annotated[int, typer.Option("--per-class", min=1, help="Gallery rows per class.")] = 6,
+    per_class: Annotated[int, typer.Option("--per-class", metavar="N", min=1, help="Gallery rows per class.")] = 6,
 ) -> None:
     """Counts per class, per-plane statistics, non-finite pixels, and a PNG gallery of TP and FP cutouts."""
     from rich.table import Table

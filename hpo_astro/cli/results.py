@@ -32,7 +32,9 @@ def compare_command(
     storage: StorageOpt = DEFAULT_STORAGE,
     study: StudiesOpt = None,
     fmt: Annotated[FormatName, typer.Option("--format", help="How to print it.")] = "table",
-    out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="FILE", help="Write to this file instead of stdout.")
+    ] = None,
     data: StudyDataOpt = None,
 ) -> None:
     """Evaluate each study's best trial on train/val/test: the paper's final table, plus ROC AUC, precision, recall,
@@ -57,7 +59,7 @@ def compare_command(
 
 @app.command("report")
 def report_command(
-    out: Annotated[Path, typer.Option("--out", help="Directory for index.html and one page per study.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Directory for index.html and one page per study.")],
     storage: StorageOpt = DEFAULT_STORAGE,
     study: StudiesOpt = None,
     png: Annotated[bool, typer.Option("--png", help="Also write every figure as a PNG (kaleido + Chrome).")] = False,
@@ -77,7 +79,7 @@ def report_command(
 @app.command("export")
 def export_command(
     study: ExportedStudyOpt,
-    out: Annotated[Path, typer.Option("--out", help="Directory for model.pt and model.json.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Directory for model.pt and model.json.")],
     storage: StorageOpt = DEFAULT_STORAGE,
     data: StudyDataOpt = None,
 ) -> None:
@@ -97,9 +99,13 @@ def export_command(
 
 @app.command("predict")
 def predict_command(
-    model: Annotated[Path, typer.Option("--model", help="A directory written by `hpo-astro export` (or train).")],
+    model: Annotated[
+        Path, typer.Option("--model", metavar="DIR", help="A directory written by `hpo-astro export` (or train).")
+    ],
     data: ScoredDataOpt,
-    out: Annotated[Path, typer.Option("--out", help="CSV of index,label,score,prediction.")] = Path("scores.csv"),
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="CSV of index,label,score,prediction.")] = Path(
+        "scores.csv"
+    ),
     split: Annotated[
         SplitName, typer.Option("--split", help="The whole file, or that split of a labelled file, as in training.")
     ] = "all",

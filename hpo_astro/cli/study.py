@@ -29,18 +29,23 @@ from hpo_astro.cli.options import (
     ProxyHostOpt,
     ProxyPortOpt,
     PrunerOpt,
+    QuietOpt,
     RunStorageOpt,
     SplitOpt,
     StackRunsOpt,
+    StatusFormatOpt,
     StorageOpt,
     StrategyOpt,
     StudyFileOpt,
     StudyNameOpt,
     StudySeedOpt,
     ThreadsOpt,
+    TimeoutOpt,
+    TopOpt,
     TrialEpochsOpt,
     TrialsOpt,
     TrustedStrategyOpt,
+    VerboseOpt,
     WorkerDeviceOpt,
     WorkersOpt,
     WorkerThreadsOpt,
@@ -48,15 +53,25 @@ from hpo_astro.cli.options import (
     search_settings,
     worker_settings,
 )
-from hpo_astro.cli.output import console, err_console, fail, injected_trainer, program, resume_command
+from hpo_astro.cli.output import (
+    QUIET,
+    apply_verbosity,
+    console,
+    err_console,
+    fail,
+    injected_trainer,
+    note,
+    program,
+    resume_command,
+    verbosity,
+)
 from hpo_astro.errors import UserError
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors answer at once
     import optuna
-    from optuna.trial import FrozenTrial
 
-    from hpo_astro.core.train import TrainFn, TrainState
+    from hpo_astro.core.train import TrainFn
     from hpo_astro.study.config import StudyConfig
     from hpo_astro.study.run import RunResult
 
@@ -66,6 +81,7 @@ def run_command(
     ctx: typer.Context,
     strategy: StrategyOpt = None,
     n_trials: TrialsOpt = None,
+    timeout: TimeoutOpt = None,
     study: StudyNameOpt = None,
     storage: RunStorageOpt = None,
     data: DataOpt = None,
@@ -87,9 +103,13 @@ def run_command(
     devices: DevicesOpt = None,
     capture: CaptureOpt = None,
     stack_runs: StackRunsOpt = None,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Create or resume a study and run it until it holds --n-trials finished trials."""
     from hpo_astro.study.config import StudyConfig, load_config
+
+    apply_verbosity(verbose, quiet)
 
     base = load_config(config) if config else StudyConfig()
     cfg = base.merged(
@@ -101,13 +121,16 @@ def run_command(
         **search_settings(data, channels, split, max_epochs, pruner, objective, seed, workers),
         **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture, stack_runs),
     )
-    execute_study(cfg, threads, train=injected_trainer(ctx))
+    execute_study(cfg, threads, train=injected_trainer(ctx), timeout=timeout)
     _next_steps(cfg.storage, cfg.study_name)
 
 
 def _next_steps(storage: str, study: str) -> None:
-    """After a run: the commands that look at its results, as the user can paste them."""
+    """After a run: the commands that look at its results, as the user can paste them (not with -q)."""
     import shlex
+
+    if verbosity() <= QUIET:
+        return
 
     command = program()
     where = "" if storage == DEFAULT_STORAGE else f" --storage {shlex.quote(storage)}"
@@ -128,6 +151,7 @@ def worker_command(
     ctx: typer.Context,
     study: JoinedStudyOpt,
     storage: StorageOpt = DEFAULT_STORAGE,
+    timeout: TimeoutOpt = None,
     threads: ThreadsOpt = None,
     artifacts: ArtifactsOpt = None,
     heartbeat: HeartbeatOpt = None,
@@ -140,10 +164,14 @@ def worker_command(
     trust_sampler: Annotated[
         bool, typer.Option("--trust-sampler", help="Import the sampler class path the study recorded, whatever it is.")
     ] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Join an existing study from another shell or machine, with the configuration it recorded."""
     from hpo_astro.study.workers import joined_study
     from hpo_astro.tabular import train_for_kind
+
+    apply_verbosity(verbose, quiet)
 
     cfg, trial_kind = joined_study(
         storage,
@@ -152,7 +180,7 @@ def worker_command(
         **worker_settings(artifacts, heartbeat, grace_period, checkpoint_interval, devices, capture, stack_runs),
     )
     train = train_for_kind(trial_kind, cfg.study_name, injected_trainer(ctx))  # a table study: test metrics too
-    execute_study(cfg, threads, joined=True, train=train)
+    execute_study(cfg, threads, joined=True, train=train, timeout=timeout)
     _next_steps(cfg.storage, cfg.study_name)
 
 
@@ -187,17 +215,23 @@ def storage_proxy_command(
 
 
 def execute_study(
-    cfg: StudyConfig, threads: int | None, joined: bool = False, train: TrainFn | None = None
+    cfg: StudyConfig,
+    threads: int | None,
+    joined: bool = False,
+    train: TrainFn | None = None,
+    timeout: float | None = None,
 ) -> RunResult:
     """Run `cfg` with a live display; Ctrl-C / SIGTERM print the command that resumes. `train` replaces the trainer
-    (see `run_study`)."""
+    (see `run_study`); `timeout`: seconds after which no trial starts (the running ones finish)."""
     import sys
 
-    from hpo_astro.study.run import RunEvents, StudyFailed, run_study
+    from hpo_astro.cli.progress import RunDisplay, best_text
+    from hpo_astro.study.run import RunEvents, StudyFailed, deadline_after, run_study
     from hpo_astro.study.workers import run_workers
 
+    deadline = deadline_after(timeout)
     resume = resume_command()
-    display = _RunDisplay()
+    display = RunDisplay(workers=1 if joined else cfg.workers)
 
     def start(study: optuna.Study, finished: int, target: int) -> None:
         if not joined:  # the command that made the study, for its note in optuna-dashboard
@@ -206,122 +240,82 @@ def execute_study(
             write_note(study, study_note(study, sys.argv[1:], program(), Path.cwd(), absolute_storage(cfg.storage)))
         display.start(study, finished, target)
 
-    events = RunEvents(start, display.epoch, display.trial_end, display.wait)
+    events = RunEvents(start, display.epoch, display.trial_end, display.wait, display.trial_start)
     try:
         with display:
             if joined:  # one process joining a study: it never starts workers of its own
                 import torch
 
                 torch.set_num_threads(threads or torch.get_num_threads())
-                result = run_study(cfg, events, train)
+                result = run_study(cfg, events, train, deadline=deadline)
             else:
-                result = run_workers(cfg, events, threads=threads, train=train)
-    except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted: the running trial was checkpointed and re-queued; resume with: {resume}", markup=False
-        )
+                result = run_workers(cfg, events, threads=threads, train=train, deadline=deadline)
+    except KeyboardInterrupt as exc:
+        others = "" if joined or cfg.workers == 1 else " (each worker process re-queued its own)"
+        err_console.print(f"interrupted: {_interrupted(exc)}{others}; resume with: {resume}", markup=False)
         raise typer.Exit(130) from None
     except StudyFailed as exc:  # WriteFailed included: exit 1, the run resumes once there is space
         fail(str(exc), code=1)
-    best = _best(result.study)
     console.print(
         f"study {result.study.study_name!r}: {result.finished}/{result.target} finished trials"
-        f" ({result.ran} run by this process); best value {best}",
+        f" ({result.ran} run by this process); best value {best_text(result.study)}",
         highlight=False,
     )
+    if result.timed_out:
+        note(
+            f"stopped at the time budget (--timeout {timeout:g} s) before the budget of {result.target} trials; "
+            f"the same command goes on: {resume}"
+        )
     return result
 
 
-class _RunDisplay:
-    """Live progress: finished/target trials, best value so far, the current trial's epoch."""
+def _interrupted(exc: KeyboardInterrupt) -> str:
+    """What became of the trial this process ran when it was interrupted (`hpo_astro.study.run.Interrupted`)."""
+    from hpo_astro.study.run import Interrupted
 
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("trials"),
-            TextColumn("best {task.fields[best]}"),
-            TextColumn("{task.fields[current]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task = None
-
-    def __enter__(self) -> _RunDisplay:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def start(self, study: optuna.Study, finished: int, target: int) -> None:
-        from hpo_astro.store.record import OBJECTIVE_KEY, STRATEGY_KEY
-
-        verb = "resuming" if finished or study.trials else "starting"
-        attrs = study.user_attrs
-        console.print(
-            f"{verb} study {study.study_name!r} ({attrs.get(STRATEGY_KEY, '?')}, {attrs.get(OBJECTIVE_KEY, '?')} "
-            f"{study.direction.name.lower()}d): {finished}/{target} finished",
-            highlight=False,
-        )
-        self.task = self.progress.add_task(
-            study.study_name, total=target, completed=finished, best=_best(study), current=""
-        )
-
-    def epoch(self, number: int, state: TrainState) -> None:
-        self.progress.update(self.task, current=f"trial {number} epoch {state.epoch}/{state.max_epochs}")
-
-    def wait(self, running: int) -> None:
-        self.progress.update(self.task, current=f"waiting for {running} running trial(s) elsewhere")
-
-    def trial_end(self, study: optuna.Study, trial: FrozenTrial, finished: int) -> None:
-        from hpo_astro.store.record import fail_reason
-
-        value = "" if trial.value is None else f" value {trial.value:.4f}"
-        reason = fail_reason(trial)
-        extra = f" ({reason})" if trial.state.name == "FAIL" and reason else ""
-        self.progress.console.print(f"trial {trial.number} {trial.state.name.lower()}{value}{extra}", highlight=False)
-        self.progress.update(self.task, completed=finished, best=_best(study), current="")
-
-
-def _best(study: optuna.Study) -> str:
-    try:
-        return f"{study.best_value:.4f}"
-    except ValueError:
-        return "-"
+    if not isinstance(exc, Interrupted):
+        return "no trial of this process was running"
+    if exc.checkpoint_epoch is None:
+        return f"the running trial #{exc.trial} was re-queued; it had no checkpoint yet, so it starts over"
+    return f"the running trial #{exc.trial} was checkpointed at epoch {exc.checkpoint_epoch} and re-queued"
 
 
 @app.command("status")
-def status_command(storage: StorageOpt = DEFAULT_STORAGE, study: OnlyStudyOpt = None) -> None:
-    """Each study with its strategy, trial counts by state, best value and best parameters."""
-    from rich.table import Table
+def status_command(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    study: OnlyStudyOpt = None,
+    fmt: StatusFormatOpt = "table",
+    top: TopOpt = 0,
+) -> None:
+    """Each study with its strategy, trial counts by state (running and waiting apart), best value and best
+    parameters; --top N: its N best trials too."""
+    from hpo_astro.cli.progress import duration_text, params_text
+    from hpo_astro.results.status import COUNTED_STATES, study_status
 
-    from hpo_astro.results.status import study_status
+    rows = study_status(storage, study, top=top)
+    if fmt == "json":
+        import json
 
-    rows = study_status(storage, study)
+        typer.echo(json.dumps([row.as_dict() for row in rows], indent=2))
+        return
     if not rows:
         console.print(f"no studies in {storage}")
         return
-    table = Table("study", "strategy", "target", "complete", "pruned", "fail", "running", "best (trial)")
+    from rich.table import Table
+
+    table = Table("study", "strategy", "target", *COUNTED_STATES, "best (trial)")
     for row in rows:
-        c = row.counts
         best = "-" if row.best_value is None else f"{row.best_value:.4f} (#{row.best_trial})"
-        table.add_row(
-            row.name,
-            row.strategy,
-            str(row.target or "-"),
-            str(c.get("complete", 0)),
-            str(c.get("pruned", 0)),
-            str(c.get("fail", 0)),
-            str(c.get("running", 0) + c.get("waiting", 0)),
-            best,
-        )
+        counts = [str(row.counts.get(state, 0)) for state in COUNTED_STATES]
+        table.add_row(row.name, row.strategy, str(row.target or "-"), *counts, best)
     console.print(table)
     for row in rows:
-        if row.best_params:
+        if row.best_params and not row.top:
             params = " ".join(f"{k}={v}" for k, v in row.best_params.items())
-            console.print(f"best params of {row.name}: {params}", highlight=False)
+            console.print(f"best params of {row.name}: {params}", highlight=False, markup=False)
+        if row.top:
+            best_of = Table("rank", "trial", "value", "duration", "parameters that vary", title=f"top {row.name}")
+            for rank, trial in enumerate(row.top, 1):
+                took = "-" if trial.seconds is None else duration_text(trial.seconds)
+                best_of.add_row(str(rank), f"#{trial.number}", f"{trial.value:.4f}", took, params_text(trial.params))
+            console.print(best_of)

@@ -28,31 +28,40 @@ from hpo_astro.study.defaults import DEFAULT_STORAGE
 @app.command("tabulate")
 def tabulate_command(
     ctx: typer.Context,
-    out: Annotated[str, typer.Option("--out", help="The table's name: its study is table/NAME in the store.")],
+    out: Annotated[
+        str, typer.Option("--out", metavar="NAME", help="The table's name: its study is table/NAME in the store.")
+    ],
     space: Annotated[
         Path | None,
         typer.Option(
             "--space",
             "--config",
+            metavar="FILE",
             help="Study file whose space section is enumerated (its other settings apply, except strategy, study, "
             "n_trials and pruner). Leave out to resume the table study in the store.",
         ),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the finished table here (default: NAME.json; .gz: gzip'd).")
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="Write the finished table here; .gz: gzip'd (default: NAME.json)."),
     ] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     data: DataOpt = None,
     split: SplitOpt = None,
     max_epochs: TableEpochsOpt = None,
     max_configs: Annotated[
-        int, typer.Option("--max-configs", min=1, help="Refuse a space with more configurations than this.")
+        int,
+        typer.Option("--max-configs", metavar="N", min=1, help="Refuse a space with more configurations than this."),
     ] = 10_000,
     seed: TableSeedOpt = None,
     seeds: Annotated[
         int | None,
         typer.Option(
-            "--seeds", min=1, max=100, help="Train each configuration with S seeds (seed, seed+1, ...; default: 1)."
+            "--seeds",
+            metavar="S",
+            min=1,
+            max=100,
+            help="Train each configuration with S seeds: seed, seed+1, ... (default: 1).",
         ),
     ] = None,
     workers: TableWorkersOpt = None,

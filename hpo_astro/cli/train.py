@@ -20,14 +20,19 @@ if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors a
 def train_command(
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", help="NAME=VALUE, repeatable; unset ones take the documented defaults."),
+        typer.Option(
+            "--param", "-p", metavar="NAME=VALUE", help="Repeatable; unset ones take the documented defaults."
+        ),
     ] = None,
     data: DataOpt = None,
     channels: ChannelsOpt = None,
     max_epochs: TrainEpochsOpt = None,
     seed: TrainSeedOpt = 0,
-    out: Annotated[Path | None, typer.Option("--out", help="Directory for weights and config.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="DIR", help="Directory for weights and config (default: runs/train-TIME)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: ThreadsOpt = None,
 ) -> None:
     """Train one configuration, print per-epoch and validation metrics, save weights and configuration."""

@@ -48,7 +48,7 @@ def architecture(params: Mapping[str, Any], in_channels: Any = 1) -> dict[str, A
     `hpo_astro.core.space`) and for the model's size (at most MAX_PARAMETERS), before any memory is allocated. Whatever
     the configuration came from (a study file, a model manifest, a store written by someone else), a bad one is a
     one-line UserError."""
-    from hpo_astro.core.space import ARCHITECTURE_PARAMS, coerce_value
+    from hpo_astro.core.hyperparameters import ARCHITECTURE_PARAMS, coerce_value
 
     if not isinstance(params, Mapping):
         raise UserError(f"the model's hyperparameters must be an object, got {type(params).__name__}")

@@ -1,100 +1,158 @@
 """The search space as data: hyperparameter names, their allowed values, and the default configuration.
 
-Every value is categorical, as in the paper. A `SearchSpace` is an ordered mapping name -> tuple of values;
-it validates user-given values and parses `NAME=VALUE` strings from the command line.
+A `SearchSpace` is an ordered mapping name -> dimension. A dimension is either a tuple of values (categorical, as
+in the paper: a study file's list) or a `Range` (a study file's `{low, high, log, step}`: Optuna's `suggest_int` /
+`suggest_float`, which TPE, GP and CMA-ES model as ordered numbers). A dimension with one value is *fixed*: it is
+part of every configuration but not an Optuna parameter (`fixed`, `distributions`). The space validates user-given
+values and parses `NAME=VALUE` strings from the command line.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hpo_astro.core.hyperparameters import (
+    DEFAULT_PARAMS,
+    INT_RANGES,
+    PAPER_SPACE,
+    Value,
+    coerce_value,
+    same_value,
+    value_key,
+)
 from hpo_astro.errors import UserError
 
-Value = int | float | str
-
-# The reference study's space: 12 categorical hyperparameters, 11,059,200 combinations.
-PAPER_SPACE: dict[str, tuple[Value, ...]] = {
-    "conv_layers": (1, 2, 3, 4),
-    "conv_kernel_size": (3, 5, 7),
-    "fc_layers": (1, 2, 3, 4, 5),  # counts the final 1-unit layer
-    "fc_width": (32, 64, 128, 256),
-    "normalization": ("None", "BatchNorm", "LayerNorm"),
-    "activation": ("ReLU", "LeakyReLU", "GELU", "Tanh"),
-    "dropout_rate": (0.0, 0.05, 0.1, 0.2, 0.3),
-    "lr": (1e-1, 1e-2, 1e-3, 1e-4),
-    "weight_decay": (1e-2, 1e-3, 1e-4, 1e-5),
-    "batch_size": (4, 16, 64, 256),
-    "t_max": (10, 25, 50, 100),  # cosine-annealing horizon, also the epoch cap
-    "early_stop_patience": (3, 5, 10),
-}
-
-# A plain, "default-looking" configuration: what `hpo-astro train` uses for parameters the user does not
-# set, and a sensible ablation baseline. It is deliberately not tuned.
-DEFAULT_PARAMS: dict[str, Value] = {
-    "conv_layers": 2,
-    "conv_kernel_size": 3,
-    "fc_layers": 2,
-    "fc_width": 64,
-    "normalization": "None",
-    "activation": "ReLU",
-    "dropout_rate": 0.1,
-    "lr": 1e-3,
-    "weight_decay": 1e-4,
-    "batch_size": 64,
-    "t_max": 25,
-    "early_stop_patience": 5,
-}
-
-# What each value means, checked before any store is opened: a value the model or the optimiser cannot take (a
-# negative learning rate, a dropout of 1.5, seven halvings of a 64-pixel cutout) is refused with one line instead of
-# failing every trial. Integers are (min, max) inclusive; floats are (min, max, whether max itself is allowed).
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "conv_layers": (1, 6),  # each block halves the 64x64 cutout: 6 blocks leave 1x1
-    "conv_kernel_size": (1, 64),
-    "fc_layers": (1, 20),
-    "fc_width": (1, 8192),
-    "batch_size": (1, 65536),
-    "t_max": (1, 100_000),
-    "early_stop_patience": (1, 100_000),
-}
-FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
-    "dropout_rate": (0.0, 1.0, False),  # a probability below 1: dropout 1 zeroes every activation
-    "lr": (0.0, 10.0, True),  # must be > 0, see _check_value
-    "weight_decay": (0.0, 10.0, True),
-}
-
-ARCHITECTURE_PARAMS = (
-    "conv_layers",
-    "conv_kernel_size",
-    "fc_layers",
-    "fc_width",
-    "normalization",
-    "activation",
-    "dropout_rate",
-)
+# The most values a range may enumerate for a strategy that lists them (grid, ablation, a table).
+MAX_ENUMERATED = 100_000
+_RANGE_KEYS = {"low", "high", "log", "step"}
 
 
 @dataclass(frozen=True)
-class SearchSpace(Mapping[str, tuple[Value, ...]]):
-    """An ordered, immutable mapping from hyperparameter name to its allowed values."""
+class Range:
+    """Numbers from `low` to `high`, both included: integers (`integer`) or floats, log-scaled or on a `step` grid
+    from `low`, as Optuna's `IntDistribution` / `FloatDistribution` mean them."""
 
-    entries: tuple[tuple[str, tuple[Value, ...]], ...]
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: int | float | None = None  # None: every number (floats), 1 (integers)
+    integer: bool = False
+
+    @classmethod
+    def parse(cls, name: str, spec: Mapping[str, Any]) -> Range:
+        """A range from a study file's or a record's `{low, high, log, step}`; anything else is one UserError."""
+        if isinstance(PAPER_SPACE[name][0], str):
+            raise UserError(f"{name} is a choice of names ({', '.join(map(str, PAPER_SPACE[name]))}): give a list")
+        unknown = sorted(set(spec) - _RANGE_KEYS)
+        if unknown or "low" not in spec or "high" not in spec:
+            raise UserError(f"range of {name!r} takes low, high and optionally log, step; got {dict(spec)!r}")
+        integer = name in INT_RANGES
+        low, high = coerce_value(name, spec["low"]), coerce_value(name, spec["high"])
+        log, step = spec.get("log", False), spec.get("step")
+        if not isinstance(log, bool):
+            raise UserError(f"log of {name!r} must be true or false, got {log!r}")
+        if low > high:
+            raise UserError(f"range of {name!r}: low {low} is above high {high}")
+        if log and low <= 0:
+            raise UserError(f"range of {name!r}: a log range needs low > 0, got {low}")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step) or step <= 0:
+                raise UserError(f"step of {name!r} must be a number above 0, got {step!r}")
+            if integer and step != int(step):
+                raise UserError(f"step of {name!r} must be a whole number, got {step!r}")
+            if log and step != 1:  # Optuna's distributions refuse log with a step
+                raise UserError(f"range of {name!r}: log and step cannot be combined (Optuna samples one or the other)")
+            step = int(step) if integer else float(step)
+        if integer:
+            low, high = int(low), int(high)
+        else:
+            low, high = float(low), float(high)
+        return cls(low, high, log, None if integer and step == 1 else step, integer)
+
+    @property
+    def fixed(self) -> bool:
+        return self.low == self.high
+
+    def values(self) -> tuple[Value, ...] | None:
+        """Every value, in order, when the range is finite (integers, or floats with a step) and not too long."""
+        step = 1 if self.integer and self.step is None else self.step
+        if step is None:
+            return None
+        count = math.floor((self.high - self.low) / step + 1e-9) + 1
+        if count > MAX_ENUMERATED:
+            return None
+        if self.integer:
+            return tuple(int(self.low + i * step) for i in range(count))
+        return tuple(float(f"{self.low + i * step:.12g}") for i in range(count))
+
+    def contains(self, value: int | float) -> bool:
+        if not self.low <= value <= self.high:
+            return value_key(value) in (value_key(self.low), value_key(self.high))
+        step = self.step or (1 if self.integer else None)
+        if step is None:
+            return not self.integer or value == int(value)
+        ratio = (value - self.low) / step
+        return abs(ratio - round(ratio)) < 1e-9 * max(1.0, abs(ratio))
+
+    def snap(self, value: int | float) -> Value:
+        """`value` (inside the range) as the range spells it: on its step grid exactly as `values` lists it."""
+        if self.integer:
+            return int(value)
+        if self.step is None:
+            return float(value)
+        return float(f"{self.low + round((value - self.low) / self.step) * self.step:.12g}")
+
+    def distribution(self) -> Any:
+        """Optuna's distribution of this range (an `IntDistribution` or a `FloatDistribution`)."""
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+    def describe(self) -> str:
+        return f"{self.low}..{self.high}" + (" (log)" if self.log else f" step {self.step}" if self.step else "")
+
+
+Dimension = tuple[Value, ...] | Range
+
+
+@dataclass(frozen=True)
+class SearchSpace(Mapping[str, Dimension]):
+    """An ordered, immutable mapping from hyperparameter name to its allowed values (a tuple) or its `Range`."""
+
+    entries: tuple[tuple[str, Dimension], ...]
 
     @classmethod
     def from_dict(cls, space: Mapping[str, Any]) -> SearchSpace:
-        items = []
+        items: list[tuple[str, Dimension]] = []
         for name, vals in space.items():
             if name not in PAPER_SPACE:
                 raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(PAPER_SPACE)}")
+            if isinstance(vals, Range):
+                items.append((name, vals))
+                continue
+            if isinstance(vals, Mapping):
+                items.append((name, Range.parse(name, vals)))
+                continue
             if isinstance(vals, str | bytes) or not hasattr(vals, "__iter__"):
-                raise UserError(f"values of {name!r} must be a list, got {vals!r}")
+                raise UserError(f"values of {name!r} must be a list or a range {{low, high}}, got {vals!r}")
             vals = tuple(vals)
             if not vals:
                 raise UserError(f"hyperparameter {name!r} has an empty list of values")
-            items.append((name, tuple(_coerce(name, v) for v in vals)))
+            items.append((name, tuple(coerce_value(name, v) for v in vals)))
         return cls(tuple(items))
 
     @classmethod
@@ -113,17 +171,81 @@ class SearchSpace(Mapping[str, tuple[Value, ...]]):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def n_combinations(self) -> int:
-        return math.prod(len(v) for _, v in self.entries)
+    def n_combinations(self) -> int | float:
+        """How many configurations the space holds: `math.inf` when a range is not finite."""
+        sizes = [len(values) if (values := self.values_of(name)) is not None else math.inf for name in self]
+        return math.prod(sizes) if math.inf not in sizes else math.inf
 
-    def to_dict(self) -> dict[str, list[Value]]:
-        return {k: list(v) for k, v in self.entries}
+    def values_of(self, name: str) -> tuple[Value, ...] | None:
+        """Every value of `name` in order; None for a range that is not finite (floats without a step)."""
+        return self._enumerated[name]
+
+    @functools.cached_property
+    def _enumerated(self) -> dict[str, tuple[Value, ...] | None]:  # cached: a table looks up every row with it
+        return {name: dim.values() if isinstance(dim, Range) else dim for name, dim in self.entries}
+
+    def grid(self, needed_by: str) -> dict[str, list[Value]]:
+        """Every dimension as its list of values, for what must enumerate them (`needed_by`: a grid, the ablation,
+        a table); a range that is not finite is refused with the reason."""
+        out: dict[str, list[Value]] = {}
+        for name, dim in self.entries:
+            values = self.values_of(name)
+            if values is None:
+                assert isinstance(dim, Range)
+                raise UserError(
+                    f"{needed_by} needs a finite list of values, but {name} is the range {dim.describe()}: give it "
+                    f"a step, or a list of values"
+                )
+            out[name] = list(values)
+        return out
+
+    def fixed(self) -> dict[str, Value]:
+        """The hyperparameters with a single value: set in every configuration, not sampled (no Optuna parameter)."""
+        return dict(self._fixed)
+
+    def distributions(self) -> dict[str, Any]:
+        """Optuna's distribution of each hyperparameter that varies (`fixed` ones have none), in the space's order:
+        a list is a `CategoricalDistribution`, a range an `IntDistribution` or a `FloatDistribution`."""
+        return dict(self._distributions)
+
+    @functools.cached_property
+    def _fixed(self) -> dict[str, Value]:  # cached: asked for every trial (a replay's trial takes a millisecond)
+        out: dict[str, Value] = {}
+        for name, dim in self.entries:
+            if isinstance(dim, Range) and dim.fixed:
+                out[name] = dim.low
+            elif not isinstance(dim, Range) and len(dim) == 1:
+                out[name] = dim[0]
+        return out
+
+    @functools.cached_property
+    def _distributions(self) -> dict[str, Any]:
+        from optuna.distributions import CategoricalDistribution
+
+        return {
+            name: dim.distribution() if isinstance(dim, Range) else CategoricalDistribution(list(dim))
+            for name, dim in self.entries
+            if name not in self._fixed
+        }
+
+    def ranges(self) -> list[str]:
+        """The hyperparameters given as ranges that vary (ordered numbers to a model-based sampler)."""
+        fixed = self.fixed()
+        return [name for name, dim in self.entries if isinstance(dim, Range) and name not in fixed]
+
+    def to_dict(self) -> dict[str, list[Value] | dict[str, Any]]:
+        return {k: v.to_dict() if isinstance(v, Range) else list(v) for k, v in self.entries}
 
     def match(self, name: str, value: Any) -> Value:
         """Return the allowed value of `name` equal to `value` (a string from the CLI or a number)."""
         if name not in self:
             raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(self)}")
         allowed = self[name]
+        if isinstance(allowed, Range):
+            number = coerce_value(name, value)
+            if allowed.contains(number):
+                return allowed.snap(number)
+            raise UserError(f"{name}={value} is outside the search space; allowed: {allowed.describe()}")
         for candidate in allowed:
             if same_value(candidate, value):
                 return candidate
@@ -139,11 +261,18 @@ class SearchSpace(Mapping[str, tuple[Value, ...]]):
         for name, allowed in self.entries:
             if name in params:
                 out[name] = self.match(name, params[name])
-            elif name in defaults and any(same_value(a, defaults[name]) for a in allowed):
+            elif name in defaults and self._allows(name, defaults[name]):
                 out[name] = self.match(name, defaults[name])
             else:
-                out[name] = allowed[0]
+                out[name] = allowed.low if isinstance(allowed, Range) else allowed[0]
         return out
+
+    def _allows(self, name: str, value: Any) -> bool:
+        try:
+            self.match(name, value)
+        except UserError:
+            return False
+        return True
 
 
 def parse_assignments(items: list[str] | None, space: SearchSpace | None = None) -> dict[str, Value]:
@@ -157,84 +286,3 @@ def parse_assignments(items: list[str] | None, space: SearchSpace | None = None)
             raise UserError(f"--param expects NAME=VALUE, got {item!r}")
         params[name] = space.match(name, raw)
     return params
-
-
-def coerce_value(name: str, value: Any) -> Value:
-    """One hyperparameter value as the space means it (a known name, a number in its range), from any source: a
-    study file, a model manifest, a store's record. Anything else is a one-line UserError."""
-    return _coerce(name, value)
-
-
-def _coerce(name: str, value: Any) -> Value:
-    """Normalise one value from a config file: numbers stay numbers, 'none'-like strings become 'None'."""
-    if isinstance(value, bool):
-        raise UserError(f"value {value!r} of {name!r} must be a number or a string")
-    if isinstance(value, int | float):
-        if isinstance(PAPER_SPACE[name][0], str):  # a named choice (normalization, activation) given as a number
-            raise UserError(f"value {value!r} of {name!r} must be one of {', '.join(map(str, PAPER_SPACE[name]))}")
-        return _check_value(name, value)
-    if isinstance(value, str):
-        for known in PAPER_SPACE[name]:
-            if isinstance(known, str) and known.lower() == value.lower():
-                return known
-        if isinstance(PAPER_SPACE[name][0], str):
-            raise UserError(f"unknown value {value!r} for {name!r}; known: {', '.join(map(str, PAPER_SPACE[name]))}")
-        try:
-            number = _number(value)
-        except ValueError:
-            raise UserError(f"value {value!r} of {name!r} is not a number") from None
-        return _check_value(name, number)
-    raise UserError(f"value {value!r} of {name!r} must be a number or a string")
-
-
-def _check_value(name: str, value: int | float) -> int | float:
-    """Refuse a number `name` cannot mean (see INT_RANGES and FLOAT_RANGES); integral floats become ints."""
-    if not math.isfinite(value):
-        raise UserError(f"{name} = {value} is not a finite number")
-    if name in INT_RANGES:
-        low, high = INT_RANGES[name]
-        if value != int(value):
-            raise UserError(f"{name} = {value} must be a whole number")
-        if not low <= value <= high:
-            raise UserError(f"{name} = {value} is out of range: it must be between {low} and {high}")
-        return int(value)
-    low_f, high_f, high_included = FLOAT_RANGES[name]
-    positive = name == "lr"
-    too_low = value <= low_f if positive else value < low_f
-    too_high = value > high_f if high_included else value >= high_f
-    if too_low or too_high:
-        lower = f"> {low_f:g}" if positive else f">= {low_f:g}"
-        upper = f"<= {high_f:g}" if high_included else f"< {high_f:g}"
-        raise UserError(f"{name} = {value} is out of range: it must be {lower} and {upper}")
-    return float(value)
-
-
-def _number(text: str) -> int | float:
-    number = float(text)
-    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
-
-
-def value_key(value: Any) -> Any:
-    """A hyperparameter value as every comparison in the package sees it (study files, baselines, table rows): names
-    in any case, numbers to 12 significant digits, so 1e-3, 0.001 and 0.0010000000000000002 are one value, 64 and
-    64.0 too, and a value survives a JSON round trip. Hashable: sets of values use it."""
-    if isinstance(value, str):
-        return value.lower()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return float(f"{float(value):.12g}")
-        except OverflowError:
-            return value
-    return value
-
-
-def same_value(candidate: Value, value: Any) -> bool:
-    """Whether `value` (a number, or a string from the command line) names the space's `candidate` (`value_key`)."""
-    if not isinstance(candidate, str) and isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return False
-    if isinstance(value, bool) or isinstance(candidate, str) != isinstance(value, str):
-        return False
-    return value_key(candidate) == value_key(value)

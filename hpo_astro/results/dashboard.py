@@ -1,6 +1,7 @@
 """What optuna-dashboard shows of a study beyond Optuna's own records: the study note (what the study is, the command
 that made it and how to resume it), the read-only artifact store `hpo-astro dashboard` serves the trials' artifacts
-(the best weights) from, and the wrapper that serves them as downloads only.
+(the best weights) from, the wrapper that serves them as downloads only, and the one that keeps the dashboard
+read-only: its writes are refused with a reason the page shows, its buttons for them hidden, and a notice says so.
 
 The rest is recorded where the dashboard already looks: the objective's name is the study's metric name
 (`hpo_astro.study.create.create_or_resume`), its per-epoch values the trials' intermediate values, the other per-epoch
@@ -10,6 +11,7 @@ metrics one `curve_*` user attribute each (`hpo_astro.store.record`), the best w
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -164,11 +166,73 @@ def downloads_only(app: WSGIApp) -> WSGIApp:
     return wrapped
 
 
+# optuna-dashboard (0.21) has no read-only mode: it offers every write, and the read-only store answered each with
+# HTTP 500 and a traceback. Its page shows the `reason` of a refused request ("Failed to upload <reason>", ...).
+READ_ONLY_REASON = (
+    "this dashboard is read-only (hpo-astro dashboard): it does not create, rename or delete studies, edit notes, "
+    "or upload or delete artifacts; `optuna-dashboard STORAGE` serves a writable one"
+)
+# What the page gets: the buttons of those writes hidden (by the labels and icons optuna-dashboard gives them; the
+# page's Content-Security-Policy allows inline styles, not scripts), and a notice at the bottom.
+READ_ONLY_STYLE = (
+    b'<style id="hpo-astro-read-only-style">button[aria-label="delete study"],button[aria-label="rename study"],'
+    b'button[aria-label="delete artifact"],button[aria-label="skip trial"],button:has(svg[data-testid="AddBoxIcon"]),'
+    b'button:has(svg[data-testid="EditIcon"]),button:has(svg[data-testid="DeleteIcon"]),:has(> input[type="file"])'
+    b"{display:none!important}</style>"
+)
+READ_ONLY_NOTICE = (
+    b'<div id="hpo-astro-read-only" role="status" style="position:fixed;left:0;right:0;bottom:0;z-index:99999;'
+    b"padding:4px 12px;background:#fff3cd;color:#664d03;border-top:1px solid #ffda6a;font:13px/1.4 sans-serif;"
+    b'text-align:center">Read-only: <b>hpo-astro dashboard</b> serves this store read-only; creating, renaming and '
+    b"deleting studies, editing notes and uploading or deleting artifacts are refused.</div>"
+)
+_UNCHANGED_PAGE = {"content-length", "etag", "last-modified", "accept-ranges"}  # the file's, not the page sent
+
+
+def read_only(app: WSGIApp) -> WSGIApp:
+    """Wrap optuna-dashboard's WSGI app: any request but GET and HEAD is refused (403, `READ_ONLY_REASON` as JSON,
+    the app never sees it), and its page (the one HTML it serves) gets `READ_ONLY_STYLE` and `READ_ONLY_NOTICE`.
+    Bottle starts a response before it returns its body, so a page is known by its first line and headers."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        if method not in ("GET", "HEAD"):
+            body = json.dumps({"reason": READ_ONLY_REASON}).encode()
+            start_response("403 Forbidden", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        held: list[tuple[str, list[tuple[str, str]], Any]] = []
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            kind = next((value for name, value in headers if name.lower() == "content-type"), "")
+            if method == "GET" and status.startswith("200") and kind.startswith("text/html"):
+                held.append((status, headers, exc_info))
+                return lambda data: None  # the page is sent below, rewritten
+            return start_response(status, headers, exc_info)
+
+        chunks = app(environ, start)
+        if not held:
+            return chunks
+        try:
+            page = b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        page = page.replace(b"</head>", READ_ONLY_STYLE + b"</head>", 1).replace(
+            b"<body>", b"<body>" + READ_ONLY_NOTICE, 1
+        )
+        status, headers, exc_info = held[0]
+        headers = [(name, value) for name, value in headers if name.lower() not in _UNCHANGED_PAGE]
+        start_response(status, [*headers, ("Content-Length", str(len(page)))], exc_info)
+        return [page]
+
+    return wrapped
+
+
 def dashboard_app(storage: optuna.storages.BaseStorage, artifact_store: ReadOnlyArtifacts | None) -> WSGIApp:
-    """optuna-dashboard's app on `storage` (through its supported `wsgi` entry point), artifacts as downloads only."""
+    """optuna-dashboard's app on `storage` (through its supported `wsgi` entry point), artifacts as downloads only,
+    read-only."""
     import optuna_dashboard
 
-    return downloads_only(optuna_dashboard.wsgi(storage, artifact_store=artifact_store))
+    return read_only(downloads_only(optuna_dashboard.wsgi(storage, artifact_store=artifact_store)))
 
 
 def run_server(

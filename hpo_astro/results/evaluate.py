@@ -7,10 +7,9 @@ exactly because training is deterministic for a seed. It is evaluated on CPU on 
 study was run on (`study_data`, refused unless its fingerprint is the study's); the test split is read only here.
 
 The evaluation cache: each evaluation is kept in the study store itself (study user attribute `compare_cache`, keyed
-by trial number and data fingerprint). That is what makes a second `compare`, `report` or `export` instant and gives
-them the same numbers, and it travels with the store when the store is copied to another machine. It holds only the
-entries of the study's current best trial: a new best replaces the older entries, so the store does not grow with
-every best the study ever had (an entry carries the test scores, one float per test cutout). The cache is written
+by trial number and data fingerprint, with the digest of the model's weights), so a second `compare`, `report` or
+`export` is instant with the same numbers, also on a machine the store is copied to; changed weights are evaluated
+anew. Only the current best trial's entries are kept (an entry holds one test score per cutout). It is written
 through a separate short-lived writable handle, and not at all when the store or its file system is read-only.
 """
 
@@ -20,7 +19,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +214,22 @@ class Evaluation:
     source: str  # "weights" (the trial's saved weights) or "retrained"
     reproduced: bool | None  # the validation metrics equal those the trial recorded (None: nothing recorded)
     seconds: float  # time taken to rebuild and evaluate the model
+    model_sha256: str | None = None  # `model_digest` of the model evaluated (None: cached by an earlier version)
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (each tensor's name, type, shape and bytes, in name order): which model an
+    evaluation is of, whether its weights were loaded or retrained."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, source: str, seconds: float) -> Evaluation:
@@ -239,17 +254,17 @@ def evaluate_model(model: nn.Module, data: DataSplits, trial: FrozenTrial, sourc
     if stored and not cross_validated:
         # tolerance for evaluating on CPU what the trial evaluated on its device; a different model is far off
         reproduced = all(_close(metrics["val"][k], stored.get(k), 1e-4) for k in ("loss", "accuracy", "roc_auc"))
-    return Evaluation(metrics["train"], metrics["val"], metrics["test"], scores, source, reproduced, seconds)
+    digest = model_digest(model)
+    return Evaluation(metrics["train"], metrics["val"], metrics["test"], scores, source, reproduced, seconds, digest)
 
 
-def evaluate_best(
+def rebuild_model(
     study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None, url: str | None = None
-) -> tuple[nn.Module, Evaluation]:
-    """Rebuild the trial's model (saved weights, else retraining) and evaluate it."""
+) -> tuple[nn.Module, str]:
+    """The trial's model and where it came from: its saved weights ("weights"), else retrained ("retrained")."""
     from hpo_astro.core.model import architecture
     from hpo_astro.data.prepare import DEFAULT_CHANNELS
 
-    start = time.perf_counter()
     record = study_record(study)
     params = params_full(trial)
     if params:  # a stored configuration that cannot be built: one line before any note, read or retraining
@@ -261,7 +276,7 @@ def evaluate_best(
             seed = trial_seed(study, trial)
             events(f"study {study.study_name!r}: retraining best trial #{trial.number} with its seed {seed}")
         model, source = retrain_trial(study, trial, data), "retrained"
-    return model, evaluate_model(model, data, trial, source, time.perf_counter() - start)
+    return model, source
 
 
 def _close(a: float, b: Any, tol: float = 1e-6) -> bool:
@@ -298,10 +313,20 @@ def cached_evaluation(study: optuna.Study, trial: FrozenTrial) -> Evaluation | N
     entry = (study.user_attrs.get(CACHE_ATTR) or {}).get(cache_key(trial, _cache_fingerprint(study)))
     if not isinstance(entry, dict) or entry.get("version") != CACHE_VERSION:
         return None
+    digest = entry.get("model_sha256")
     try:
-        return Evaluation(**{f.name: entry[f.name] for f in fields(Evaluation)})
+        recorded = {f.name: entry[f.name] for f in fields(Evaluation) if f.name != "model_sha256"}
+        return Evaluation(**recorded, model_sha256=digest if isinstance(digest, str) else None)
     except (KeyError, TypeError):
         return None
+
+
+def _weights_changed(study: optuna.Study, trial: FrozenTrial, cached: Evaluation, url: str | None) -> bool:
+    """Whether the trial's saved weights are not the model `cached` is of (trusted: no digest, or no weights here)."""
+    if cached.model_sha256 is None:
+        return False
+    model = load_trial_model(study, trial, url)
+    return model is not None and model_digest(model) != cached.model_sha256
 
 
 def store_evaluation(study: optuna.Study, trial: FrozenTrial, evaluation: Evaluation, url: str | None = None) -> bool:
@@ -339,13 +364,15 @@ def best_evaluation(
     memo: dict | None = None,
     url: str | None = None,
 ) -> Evaluation:
-    """The trial's evaluation: from the cache when it holds it (no data read, no model rebuilt), else rebuilt,
-    evaluated and cached."""
+    """The trial's evaluation: from the cache when it holds it (no data read, no model retrained; saved weights are
+    checked against it), else rebuilt, evaluated and cached."""
     evaluation = cached_evaluation(study, trial)
-    if evaluation is not None:
+    if evaluation is not None and not _weights_changed(study, trial, evaluation, url):
         return evaluation
     splits = study_data(study, data, memo)
-    _, evaluation = evaluate_best(study, trial, splits, events, url)
+    start = time.perf_counter()
+    model, source = rebuild_model(study, trial, splits, events, url)
+    evaluation = evaluate_model(model, splits, trial, source, time.perf_counter() - start)
     store_evaluation(study, trial, evaluation, url)
     if events and evaluation.reproduced is False:
         events(
@@ -355,13 +382,17 @@ def best_evaluation(
     return evaluation
 
 
-def check_against_cache(
-    study: optuna.Study, trial: FrozenTrial, evaluation: Evaluation, url: str | None
-) -> bool | None:
-    """For an evaluation made now (by `export`): whether it equals the cached one; None when nothing was cached,
-    and then it is cached, as `compare` would have."""
+def export_evaluation(
+    study: optuna.Study, trial: FrozenTrial, data: DataSplits, events: Events | None = None, url: str | None = None
+) -> tuple[nn.Module, Evaluation, bool | None]:
+    """`export`'s model (saved weights, else retrained) and its evaluation: the cached one when it is of this very
+    model (same `model_digest`), else evaluated now and cached in its place. The last value: whether the cached
+    numbers are this model's (True when reused; None: nothing was cached)."""
+    start = time.perf_counter()
+    model, source = rebuild_model(study, trial, data, events, url)
     cached = cached_evaluation(study, trial)
-    if cached is None:
-        store_evaluation(study, trial, evaluation, url)
-        return None
-    return same_metrics(cached, evaluation)
+    if cached is not None and cached.model_sha256 == model_digest(model):
+        return model, replace(cached, source=source), True
+    evaluation = evaluate_model(model, data, trial, source, time.perf_counter() - start)
+    store_evaluation(study, trial, evaluation, url)
+    return model, evaluation, None if cached is None else same_metrics(cached, evaluation)

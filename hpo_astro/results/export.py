@@ -37,8 +37,7 @@ from hpo_astro.results.choice import choose_trial
 from hpo_astro.results.evaluate import (
     Evaluation,
     Events,
-    check_against_cache,
-    evaluate_best,
+    export_evaluation,
     load_studies,
     study_data,
     study_prep,
@@ -62,14 +61,15 @@ class Exported:
     directory: Path
     manifest: dict[str, Any]
     evaluation: Evaluation
-    matches_cache: bool | None  # equal to compare's cached numbers (None: nothing was cached)
+    matches_cache: bool | None  # compare's cached numbers are this model's (None: nothing was cached)
 
 
 def export_best(
     url: str, study_name: str, out: Path, data: Path | None = None, events: Events | None = None
 ) -> Exported:
-    """Rebuild the study's best model (saved weights, else retraining with its stored seed), evaluate it and write
-    it to `out`. An existing `out` is replaced only when it holds an earlier export."""
+    """Rebuild the study's best model (saved weights, else retraining with its stored seed), evaluate it (unless
+    `compare`'s cache holds this model's evaluation) and write it to `out`. An existing `out` is replaced only when it
+    holds an earlier export."""
     with read_store(url) as storage:  # read-only; compare's cache is written through a separate handle
         (study,) = load_studies(storage, url, [study_name])
         return _export_best(study, url, out, data, events)
@@ -81,8 +81,7 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
     out = Path(out)
     check_export_dir(out)  # before the evaluation, which can take minutes
     splits = study_data(study, data)
-    model, evaluation = evaluate_best(study, trial, splits, events, url)
-    matches = check_against_cache(study, trial, evaluation, url)  # compare's cache, through compare's own code
+    model, evaluation, matches = export_evaluation(study, trial, splits, events, url)  # compare's cache reused
     record = study_record(study)  # None for a study another program made: recorded as null
     study_info = {
         "name": study.study_name,

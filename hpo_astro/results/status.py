@@ -1,18 +1,33 @@
-"""What `status` shows of each study in a store: its strategy, budget, trial counts and best trial. Read-only: a
-missing store is no studies, and a study another program wrote (attributes of other types) is shown, never fatal."""
+"""What `status` shows of each study in a store: its strategy, budget, trial counts by state (running and waiting,
+i.e. re-queued, apart), best trial and, when asked, its top trials. Read-only: a missing store is no studies, and a
+study another program wrote (attributes of other types) is shown, never fatal. Also how a trial's parameters are
+shown wherever trials are listed: only those that vary in the space (`varying_params`)."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import N_TRIALS_KEY, STRATEGY_KEY
 from hpo_astro.store.storage import read_store, store_file
+
+# The trial states `status` counts, in its columns' order: WAITING is a trial queued to run (a re-queued one whose
+# process died or was interrupted, or an enqueued configuration), not one running.
+COUNTED_STATES = ("complete", "pruned", "fail", "running", "waiting")
+
+
+@dataclass
+class TopTrial:
+    number: int
+    value: float
+    seconds: float | None  # its duration, when it has both ends
+    params: dict[str, Any]  # those that vary in the space
 
 
 @dataclass
@@ -25,9 +40,40 @@ class StudyStatus:
     best_value: float | None
     best_params: dict[str, Any] | None
     best_trial: int | None
+    top: list[TopTrial] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON data (`status --format json`): every counted state (0 included), the top trials when asked."""
+        data = asdict(self)
+        data["counts"] = {state: self.counts.get(state, 0) for state in COUNTED_STATES}
+        return data
 
 
-def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]:
+def varying_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's parameters whose distribution holds more than one value: those the search chose (a dimension
+    fixed to one value is the same in every trial, and only lengthens a line)."""
+    return {name: value for name, value in trial.params.items() if not trial.distributions[name].single()}
+
+
+def trial_seconds(trial: FrozenTrial) -> float | None:
+    duration = trial.duration
+    return None if duration is None else duration.total_seconds()
+
+
+def top_trials(study: optuna.Study, n: int) -> list[TopTrial]:
+    """The study's `n` best complete trials, best first (ties: the earlier trial first)."""
+    scored = [
+        (float(t.value), t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    scored.sort(key=lambda pair: (sign * pair[0], pair[1].number))
+    return [TopTrial(t.number, value, trial_seconds(t), varying_params(t)) for value, t in scored[:n]]
+
+
+def study_status(storage_url: str, name: str | None = None, top: int = 0) -> list[StudyStatus]:
+    """Every study of the store (or only `name`), with its `top` best complete trials (0: none)."""
     file = store_file(storage_url)
     missing = file is not None and not file.exists()  # no store, no studies: a status query never creates one
     with contextlib.nullcontext() if missing else read_store(storage_url) as storage:  # read-only: never writes
@@ -58,6 +104,7 @@ def study_status(storage_url: str, name: str | None = None) -> list[StudyStatus]
                     best_value=best.value if best else None,
                     best_params=best.params if best else None,
                     best_trial=best.number if best else None,
+                    top=top_trials(study, top) if top else [],
                 )
             )
     return out

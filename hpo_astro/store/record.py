@@ -22,6 +22,7 @@ from hpo_astro.data.prepare import DEFAULT_CHANNELS, DEFAULT_FRACTIONS
 from hpo_astro.errors import UserError
 
 if TYPE_CHECKING:
+    import optuna
     from optuna.trial import FrozenTrial
 
 VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
@@ -36,7 +37,6 @@ _REQUIRED = ("strategy", "space", "objective", "data_fingerprint", "n_trials")
 # Trial user attributes written by the search and read by `compare`, `report` and `export`: one name each, here.
 FAIL_REASON_ATTR = "fail_reason"  # "ErrorClass: message" of a trial whose objective raised (never on a killed one)
 SURPLUS_ATTR = "surplus"  # True on a trial failed because nothing was left for it (see objective._SurplusTrial)
-PARAMS_FULL_ATTR = "params_full"  # the trial's whole configuration (sampled values, baseline and defaults)
 TRAIN_SEED_ATTR = "train_seed"  # the seed it trained with: retraining with it gives the same model
 VAL_METRICS_ATTR = "val_metrics"  # Metrics.as_dict() of its best epoch on the validation split
 # Its per-epoch metrics (EpochMetrics as dicts, epoch order), read with `trial_history`, are stored twice:
@@ -56,11 +56,17 @@ N_PARAMS_ATTR = "n_params"  # the model's trainable parameters
 DEVICE_ATTR = "device"  # where it trained
 TEST_METRICS_ATTR = "test_metrics"  # the best weights' metrics on the test split (tabulate and replayed trials only)
 TABLE_ATTR = "table"  # the table that answered a replayed trial
+RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial continued after
+RETRY_OF_ATTR = "retry_of"  # on a re-queued trial: {"trial": the number it retries, "reason": why that one failed}
+# What hpo-astro keeps on a trial for itself: *system* attributes `SYSTEM_PREFIX` + name (the dashboard shows none),
+# through `internal_attr` and `set_internal`; an earlier version's store holds them as user attributes of that name.
+SYSTEM_PREFIX = "hpo_astro:"  # the samplers' keys have other prefixes
+PARAMS_FULL_ATTR = "params_full"  # the trial's whole configuration (sampled values, baseline and defaults)
 # While a trial runs: who runs it, and where its last checkpoint is (retries inherit both, see store.recovery).
 WORKER_ATTR = "worker"  # "{hostname}:{pid}" of the process running it
 WORKER_START_ATTR = "worker_start"  # recovery.process_token() of that process, so a reused pid is told apart
 CHECKPOINT_ATTR = "checkpoint"  # {"artifact_id", "epoch"} while resumable; {"epoch", "deleted": true} once it ended
-RESUMED_FROM_EPOCH_ATTR = "resumed_from_epoch"  # the epoch a retried trial continued after
+WEIGHTS_MIMETYPE = "application/octet-stream"  # the best weights' artifact (a `torch.save` zip): a download
 # A trial of several training runs (`hpo_astro.study.evaluation`; never written for a single run): the runs, as
 # [{"seed", "fold", "value", "best_epoch", "stop_reason", "wall_time", "val_metrics"}], their values, and the values'
 # sample standard deviation and standard error of the mean (the trial's value is the mean; read with `eval_runs`).
@@ -123,7 +129,7 @@ class StudyRecord:
     """A study's recorded configuration and data. Field order is the order the attributes are written in."""
 
     strategy: str
-    space: dict[str, list[Any]]
+    space: dict[str, list[Any] | dict[str, Any]]  # a list of values or a range {low, high, log, step}
     objective: str
     data_fingerprint: str
     n_trials: int
@@ -142,6 +148,9 @@ class StudyRecord:
     eval_seeds: int = 1  # training runs per configuration and fold (`hpo_astro.study.evaluation`)
     folds: int = 1  # cross-validation folds over train+val (1: the fixed train/val split)
     trial_kind: str | None = None  # one of TRIAL_KINDS (None: an earlier version's record, see `kind_of`)
+    # The space's hyperparameters with one value: set in every configuration, not Optuna parameters (no flat axis in
+    # the dashboard's plots); shown here for whoever browses the study. None: an earlier version's record.
+    fixed_params: dict[str, Any] | None = None
     hpo_astro_version: str = __version__
 
     @classmethod
@@ -177,6 +186,7 @@ class StudyRecord:
             eval_seeds=cfg.eval_seeds,
             folds=cfg.folds,
             trial_kind=trial_kind,
+            fixed_params=cfg.space.fixed(),
         )
 
     def kind_of(self, study_name: str) -> str:
@@ -201,7 +211,7 @@ class StudyRecord:
         if values.get("channels") is None:
             values.pop("channels", None)
         for key, value in values.items():
-            if not _has_type(value, _FIELD_TYPES[key]):
+            if not _FIELD_TYPES[key][0](value):
                 raise UserError(
                     f"the study's stored attribute {key!r} is {json.dumps(value)[:80]}, not {_FIELD_TYPES[key][1]}: "
                     "the store was written by another program"
@@ -224,7 +234,10 @@ _INT = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
 _OPT_INT = (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null")
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "strategy": _STR,
-    "space": (lambda v: isinstance(v, dict) and all(isinstance(x, list) for x in v.values()), "an object of lists"),
+    "space": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, list | dict) for x in v.values()),
+        "an object of lists and ranges",
+    ),
     "objective": _STR,
     "data_fingerprint": _STR,
     "n_trials": _INT,
@@ -246,16 +259,13 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "eval_seeds": (lambda v: _INT[0](v) and v >= 1, "a positive integer"),
     "folds": (lambda v: _INT[0](v) and v >= 1, "a positive integer"),
     "trial_kind": (lambda v: v is None or v in TRIAL_KINDS, f"one of {', '.join(TRIAL_KINDS)} or null"),
+    "fixed_params": (lambda v: v is None or isinstance(v, dict), "an object or null"),
     "hpo_astro_version": _STR,
 }
 
 
 def _is_fraction(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
-
-
-def _has_type(value: Any, expected: tuple[Any, str]) -> bool:
-    return bool(expected[0](value))
 
 
 def _jsonable(value: Any) -> Any:
@@ -281,12 +291,9 @@ def _rounded(value: Any) -> Any:
 
 
 def trial_history(trial: FrozenTrial) -> list[dict[str, Any]]:
-    """A trial's per-epoch metrics (`EpochMetrics` fields as dicts, epoch order); [] if it recorded none. Every reader
-    goes through here, so the way the curves are stored can change in one place.
-
-    The exact copy (system attribute) when there is one; else the rounded `curve_*` attributes (a re-queued trial
-    inherits those, not its predecessor's system attributes, until its first checkpoint); else the single `history`
-    attribute of a study made by an earlier version."""
+    """A trial's per-epoch metrics (`EpochMetrics` fields as dicts, epoch order), [] if none; every reader goes
+    through here. The exact copy (system attribute), else the rounded `curve_*` attributes (a re-queued trial before
+    its first checkpoint), else the single `history` attribute of a study made by an earlier version."""
     exact = trial.system_attrs.get(HISTORY_SYSTEM_ATTR)
     if isinstance(exact, list):
         return [dict(row) for row in exact]
@@ -309,9 +316,21 @@ def trial_history(trial: FrozenTrial) -> list[dict[str, Any]]:
 # so each reader returns what its name promises, or its stated fallback, never whatever the store held.
 
 
+def internal_attr(trial: FrozenTrial, name: str) -> Any:
+    """An internal attribute (`PARAMS_FULL_ATTR`, `WORKER_ATTR`, ...) as stored: its system attribute, else (an
+    earlier version's store) the user attribute, else None. Unchecked: check its type before use."""
+    value = trial.system_attrs.get(SYSTEM_PREFIX + name)
+    return trial.user_attrs.get(name) if value is None else value
+
+
+def set_internal(trial: optuna.Trial, name: str, value: Any) -> None:
+    """Write an internal attribute of a running trial (as its system attribute)."""
+    trial.storage.set_trial_system_attr(trial._trial_id, SYSTEM_PREFIX + name, value)
+
+
 def params_full(trial: FrozenTrial) -> dict[str, Any] | None:
     """The trial's whole configuration (`PARAMS_FULL_ATTR`); None when it stored none, or not as an object."""
-    value = trial.user_attrs.get(PARAMS_FULL_ATTR)
+    value = internal_attr(trial, PARAMS_FULL_ATTR)
     return dict(value) if isinstance(value, dict) and value else None
 
 
@@ -329,9 +348,8 @@ def stored_metrics(trial: FrozenTrial, key: str) -> dict[str, Any] | None:
 def stored_seconds(trial: FrozenTrial) -> float | None:
     """The training seconds a trial recorded (`WALL_TIME_ATTR`); None unless a finite number."""
     value = trial.user_attrs.get(WALL_TIME_ATTR)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if number else None
 
 
 def fail_reason(trial: FrozenTrial, default: str = "") -> str:
@@ -367,10 +385,8 @@ def kept_model_val_metrics(trial: FrozenTrial) -> dict[str, Any] | None:
     """The validation metrics of the model the trial kept: its first run's for a trial of several (its
     `VAL_METRICS_ATTR` is then the runs' mean), else `VAL_METRICS_ATTR`."""
     runs = eval_runs(trial)
-    if runs:
-        first = runs[0].get("val_metrics")
-        return first if isinstance(first, dict) else None
-    return stored_metrics(trial, VAL_METRICS_ATTR)
+    kept = runs[0].get("val_metrics") if runs else trial.user_attrs.get(VAL_METRICS_ATTR)
+    return kept if isinstance(kept, dict) else None
 
 
 def trial_runs(trial: FrozenTrial) -> list[dict[str, Any]]:

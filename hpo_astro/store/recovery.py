@@ -4,6 +4,9 @@ With a heartbeat (RDB stores) Optuna sees a dead trial by its stale heartbeat; `
 files and the gRPC proxy have no heartbeat, so every trial records who runs it (`worker`: host and pid, and
 `worker_start`: the process's start time), and `fail_dead_trials` fails a trial whose process on this machine is
 gone. A process on another machine cannot be told dead without a heartbeat.
+
+A failed trial says why it failed and which trial retries it in its note in optuna-dashboard (Optuna writes no
+attribute of a finished trial; the notes are the study's), and the retry says whom it retries and why (`retry_of`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import copy
 import datetime
 import functools
 import os
+import signal
 import socket
+import types
 import warnings
 from pathlib import Path
 
@@ -20,32 +25,98 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.store.record import (
+    CHECKPOINT_ATTR,
     FAIL_REASON_ATTR,
     PARAMS_FULL_ATTR,
+    RETRY_HISTORY_KEY,
+    RETRY_OF_ATTR,
     SURPLUS_ATTR,
+    SYSTEM_PREFIX,
     WORKER_ATTR,
     WORKER_START_ATTR,
+    internal_attr,
     retry_history,
 )
 
 MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
+_WORKER_KEYS = (WORKER_ATTR, WORKER_START_ATTR)  # the dead process's identity: never inherited
 
 
 class _Retry(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry, without the dead worker's identity: the queued copy would otherwise carry the dead process's
-    `worker` until the next worker overwrites it, and `fail_dead_trials` would fail it again meanwhile."""
+    """Optuna's retry (a queued copy with the trial's parameters, attributes and intermediate values; Optuna calls it
+    for each trial whose heartbeat went stale), written out here so that the copy's number is known:
+    * without the dead worker's identity: the copy would otherwise carry the dead process's `worker` until the next
+      worker overwrites it, and `fail_dead_trials` would fail it again meanwhile;
+    * with an earlier version's internal user attributes (configuration, checkpoint) moved to system attributes;
+    * saying why: the failed trial's note names the reason and its retry, the retry's `retry_of` user attribute the
+      trial it retries and the reason (`reason`, else a lost heartbeat)."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+        self.reason = reason
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trial = copy.copy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (WORKER_ATTR, WORKER_START_ATTR)}
-        super().__call__(study, trial)
+        reason = self.reason or _heartbeat_reason(trial)
+        history = [*retry_history(trial), trial.number]
+        if len(history) > MAX_RETRY:
+            _note(study, trial._trial_id, f"**Failed**: {reason}. Not retried: it was retried {MAX_RETRY} times.")
+            return
+        dropped = {*_WORKER_KEYS, RETRY_OF_ATTR, FAIL_REASON_ATTR}
+        user = {k: v for k, v in trial.user_attrs.items() if k not in dropped}
+        system = {"failed_trial": trial.number, **trial.system_attrs, RETRY_HISTORY_KEY: history}
+        for name in _WORKER_KEYS:
+            system.pop(SYSTEM_PREFIX + name, None)
+        for name in (PARAMS_FULL_ATTR, CHECKPOINT_ATTR):  # an earlier version's user attributes
+            if name in user:
+                system.setdefault(SYSTEM_PREFIX + name, user.pop(name))
+        user[RETRY_OF_ATTR] = {"trial": trial.number, "reason": reason}
+        retry = optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user,
+            system_attrs=system,
+            intermediate_values=trial.intermediate_values,
+        )
+        storage = study._storage
+        number = storage.get_trial_number_from_id(storage.create_new_trial(study._study_id, template_trial=retry))
+        pointer = internal_attr(trial, CHECKPOINT_ATTR)
+        epoch = pointer.get("epoch") if isinstance(pointer, dict) and "artifact_id" in pointer else None
+        resumes = f", which resumes from its checkpoint of epoch {epoch}" if isinstance(epoch, int) else ""
+        _note(study, trial._trial_id, f"**Failed**: {reason}. **Retried by trial {number}**{resumes}.")
 
 
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """Re-queue a dead trial with its parameters, user attributes (its checkpoint) and intermediate values."""
+def retry_callback(reason: str | None = None) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Re-queue a dead trial with its parameters, attributes (its checkpoint) and intermediate values, recording
+    why it failed: `reason`, else (Optuna's heartbeat check calls it) that its heartbeat stopped."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _Retry(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+        return _Retry(reason)
+
+
+def _heartbeat_reason(trial: FrozenTrial) -> str:
+    worker = internal_attr(trial, WORKER_ATTR)
+    who = f"its worker {worker}" if isinstance(worker, str) else "its process (before its objective started)"
+    return f"{who} stopped sending heartbeats: killed, crashed or cut off"
+
+
+def interrupted_reason(exc: BaseException) -> str:
+    """Why a trial stopped on KeyboardInterrupt: the signal `hpo_astro.study.interrupts` raised it for, else Ctrl-C."""
+    number = str(exc).removeprefix("signal ")
+    try:
+        return f"interrupted by {signal.Signals(int(number)).name}"
+    except ValueError:  # a plain KeyboardInterrupt (no handler installed), or a number that is no signal
+        return "interrupted (Ctrl-C)"
+
+
+def _note(study: optuna.Study, trial_id: int, line: str) -> None:
+    """Add `line` to the trial's note in optuna-dashboard (its public `save_note`, on a stand-in for the trial: a
+    finished trial cannot be opened as an `optuna.Trial`), after what the note already says."""
+    import optuna_dashboard
+
+    trial = types.SimpleNamespace(storage=study._storage, study=study, _trial_id=trial_id)
+    before = optuna_dashboard.get_note(trial)  # type: ignore[arg-type]
+    optuna_dashboard.save_note(trial, f"{before}\n\n{line}" if before else line)  # type: ignore[arg-type]
 
 
 @functools.cache
@@ -118,11 +189,13 @@ def fail_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
     now, host = datetime.datetime.now(), socket.gethostname()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if WORKER_ATTR not in attrs:
+        worker = internal_attr(trial, WORKER_ATTR)
+        if worker is None:
             dead = trial.datetime_start is not None and now - trial.datetime_start > limit
+            reason = f"its process died before its objective started (no worker after {limit.total_seconds():g} s)"
         else:
-            dead = not heartbeat and _local_worker_dead(attrs[WORKER_ATTR], attrs.get(WORKER_START_ATTR), host)
+            dead = not heartbeat and _local_worker_dead(worker, internal_attr(trial, WORKER_START_ATTR), host)
+            reason = f"its worker {worker} is gone: killed or crashed"
         if not dead:
             continue
         try:
@@ -130,8 +203,10 @@ def fail_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
             continue  # another worker failed it first (and re-queues it)
         failed.append(trial.number)
-        if PARAMS_FULL_ATTR in attrs:
-            retry_callback()(study, storage.get_trial(trial._trial_id))
+        if internal_attr(trial, PARAMS_FULL_ATTR) is not None:
+            retry_callback(reason)(study, storage.get_trial(trial._trial_id))
+        else:
+            _note(study, trial._trial_id, f"**Failed**: {reason}. Not retried: it had no configuration yet.")
     requeue_orphans(study, grace_period)
     return failed
 
@@ -152,7 +227,7 @@ def requeue_orphans(study: optuna.Study, grace_period: float) -> list[int]:
         if (
             trial.state != TrialState.FAIL
             or trial.number in retried
-            or PARAMS_FULL_ATTR not in attrs
+            or internal_attr(trial, PARAMS_FULL_ATTR) is None
             or FAIL_REASON_ATTR in attrs
             or attrs.get(SURPLUS_ATTR)
             or len(retry_history(trial)) >= MAX_RETRY
@@ -160,6 +235,9 @@ def requeue_orphans(study: optuna.Study, grace_period: float) -> list[int]:
             or trial.datetime_complete > cutoff
         ):
             continue
-        retry_callback()(study, copy.deepcopy(trial))
+        worker = internal_attr(trial, WORKER_ATTR)
+        who = f"its worker {worker}" if isinstance(worker, str) else "its process"
+        reason = f"{who} died, and the worker that failed it stopped before re-queuing it"
+        retry_callback(reason)(study, copy.deepcopy(trial))
         requeued.append(trial.number)
     return requeued

@@ -16,6 +16,7 @@ from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 from hpo_astro.study.evaluation import MAX_EVAL_SEEDS, MAX_FOLDS
+from hpo_astro.study.packaged import resolve_study_file
 from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
 OBJECTIVES = {  # name (`ObjectiveName`) -> (per-epoch metric, direction)
@@ -184,8 +185,8 @@ _FILE_KEYS = {f.name for f in dataclasses.fields(StudyConfig)}
 def read_study_file(path: str | Path) -> dict[str, Any]:
     """A study file's TOML: read only when it is a regular file of at most `MAX_STUDY_FILE_BYTES` (a device, a FIFO
     or a huge file is one error line, not a hang or the machine's memory); opened without blocking, checked on the
-    open file."""
-    path = Path(path)
+    open file. A bare name (`quick-demo`) that is no file here is the packaged study file of that name."""
+    path = resolve_study_file(path)
     raw = read_regular_file(path, MAX_STUDY_FILE_BYTES, "study file")
     if len(raw) > MAX_STUDY_FILE_BYTES:
         raise UserError(f"{path}: larger than {MAX_STUDY_FILE_BYTES // 2**20} MiB, not a study file")
@@ -200,8 +201,9 @@ def read_study_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> StudyConfig:
-    """Read a TOML study file. Unknown keys, unknown hyperparameters and empty value lists are errors."""
-    path = Path(path)
+    """Read a TOML study file (or a packaged one by name). Unknown keys, unknown hyperparameters and empty value lists
+    are errors."""
+    path = resolve_study_file(path)
     raw = read_study_file(path)
     unknown = sorted(set(raw) - _FILE_KEYS)
     if unknown:

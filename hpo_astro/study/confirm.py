@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.core.space import value_key
+from hpo_astro.core.hyperparameters import value_key
 from hpo_astro.core.train import TrainFn
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.errors import UserError

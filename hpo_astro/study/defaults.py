@@ -10,3 +10,6 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 PrunerName = Literal["none", "median", "hyperband", "successive-halving"]
 ObjectiveName = Literal["accuracy", "loss", "roc_auc"]
 StackMode = Literal["auto", "on", "off"]  # `hpo_astro.core.stacked.STACK_MODES`
+# The registry names of `hpo_astro.study.strategies.STRATEGIES`, in its order, for the command line's help and shell
+# completion (a strategy may also be a sampler class by import path, so it is not a closed choice).
+STRATEGY_NAMES = ("random", "ablation", "genetic", "bayesian", "tpe", "grid", "bohb", "qmc", "cmaes")

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpo_astro.core.space import Range
 from hpo_astro.core.train import TrainResult
 from hpo_astro.data.prepare import DataSplits
 
@@ -82,7 +83,8 @@ class EvalPlan:
 
 def max_run_epochs(cfg: Any) -> int:
     """The most epochs one run of a study's trials can take: `max_epochs`, else the largest t_max of the space."""
-    return cfg.max_epochs or max(int(v) for v in cfg.space.get("t_max", (100,)))
+    t_max = cfg.space.get("t_max", (100,))
+    return cfg.max_epochs or int(t_max.high if isinstance(t_max, Range) else max(t_max))
 
 
 def eval_plan(cfg: Any) -> EvalPlan:

@@ -91,10 +91,22 @@ class NoInterruptTraceback(logging.Filter):
 
 
 _traceback_filter = NoInterruptTraceback()
+_optuna_level = [logging.WARNING]  # what a run logs of Optuna's (`set_optuna_level`)
+
+
+def set_optuna_level(level: int) -> None:
+    """The level of Optuna's logging in the runs this process starts from now on (default WARNING: no line per
+    trial); the command line's -v and -q change it, and worker processes take it from their parent."""
+    _optuna_level[0] = level
+
+
+def optuna_level() -> int:
+    return _optuna_level[0]
 
 
 def configure_logging() -> None:
-    """Optuna's warnings only (no line per trial), without the tracebacks of interrupts and write faults. Done when
-    a run starts, not when the library is imported; calling it again adds nothing (one filter instance)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """Optuna's warnings only (no line per trial; see `set_optuna_level`), without the tracebacks of interrupts and
+    write faults. Done when a run starts, not when the library is imported; calling it again adds nothing (one
+    filter instance)."""
+    optuna.logging.set_verbosity(_optuna_level[0])
     logging.getLogger("optuna.study._optimize").addFilter(_traceback_filter)

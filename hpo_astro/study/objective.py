@@ -20,7 +20,8 @@ import optuna
 import torch
 
 from hpo_astro.core.epochs import EpochMetrics
-from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.stacked import stacking_refusal
 from hpo_astro.core.train import TrainFn, TrainResult, TrainState, resolve_device
 from hpo_astro.core.train import train as train_configuration
@@ -47,8 +48,11 @@ from hpo_astro.store.record import (
     TRAIN_SEED_ATTR,
     VAL_METRICS_ATTR,
     WALL_TIME_ATTR,
+    WEIGHTS_MIMETYPE,
     WORKER_ATTR,
     WORKER_START_ATTR,
+    internal_attr,
+    set_internal,
 )
 from hpo_astro.store.recovery import process_token
 from hpo_astro.store.trials import HOLDING, better, maximizes
@@ -74,9 +78,9 @@ from hpo_astro.study.trial_callbacks import (
 )
 
 # Trials that hold a place in the budget: finished, or running or queued to finish.
-# Trial user attr: {"artifact_id", "epoch"} of the trial's last checkpoint while it can still be resumed from it
-# (running, or interrupted and re-queued); once the trial has ended the file is deleted and the pointer becomes
-# {"epoch", "deleted": true} (Optuna cannot remove an attribute).
+# Trial system attribute `checkpoint`: {"artifact_id", "epoch"} of the trial's last checkpoint while it can still be
+# resumed from it (running, or interrupted and re-queued); once the trial has ended the file is deleted and the
+# pointer becomes {"epoch", "deleted": true} (Optuna cannot remove an attribute).
 # A checkpoint that is gone or was cut short: FileNotFoundError and the like (OSError, ArtifactNotFound), an empty file
 # (EOFError), a truncated zip (RuntimeError), bytes that are not a checkpoint (KeyError, UnpicklingError), or a
 # pointer without its artifact id (KeyError).
@@ -88,6 +92,20 @@ _UNREADABLE = (
     KeyError,
     optuna.artifacts.exceptions.ArtifactNotFound,
 )
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """The trial's values of the hyperparameters that vary, through Optuna's public `suggest_*` (a list is
+    categorical, a range an int or float); fixed ones are no Optuna parameter (`SearchSpace.fixed`)."""
+    sampled: dict[str, Any] = {}
+    for name, dist in space.distributions().items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            sampled[name] = trial.suggest_categorical(name, dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            sampled[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            sampled[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return sampled
 
 
 class _SurplusTrial(Exception):
@@ -134,12 +152,12 @@ class Objective:
         (the dashboard's reader included) takes it for a file that still exists."""
         if self._checkpoint is not None and not self._checkpoint.pointed:
             return  # no file was ever named (reading the attributes back costs more than a replayed trial)
-        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        pointer = internal_attr(trial.storage.get_trial(trial._trial_id), CHECKPOINT_ATTR)
         if not isinstance(pointer, dict) or "artifact_id" not in pointer:
             return
         with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound):
             self.store.remove(pointer["artifact_id"])
-        trial.set_user_attr(CHECKPOINT_ATTR, {"epoch": pointer.get("epoch"), "deleted": True})
+        set_internal(trial, CHECKPOINT_ATTR, {"epoch": pointer.get("epoch"), "deleted": True})
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ArtifactCheckpoint]:
         storage = trial.study._storage
@@ -148,8 +166,8 @@ class Objective:
         if optuna.storages._heartbeat.is_heartbeat_enabled(storage):
             storage.record_heartbeat(trial._trial_id)
         # Who runs the trial, next: on a store without heartbeat (journal) this is how a dead process is recognised.
-        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr(WORKER_START_ATTR, process_token())
+        set_internal(trial, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        set_internal(trial, WORKER_START_ATTR, process_token())
         if storage.get_trial_system_attrs(trial._trial_id).get(EXHAUSTED_KEY):
             raise _SurplusTrial("the sampler's plan is exhausted")
         ahead = [
@@ -159,9 +177,13 @@ class Objective:
         ]
         if len(ahead) >= self.target:
             raise _SurplusTrial(f"the budget of {self.target} trials is already taken by other trials")
-        sampled = {name: trial.suggest_categorical(name, list(values)) for name, values in self.cfg.space.items()}
-        params = {**DEFAULT_PARAMS, **(self.cfg.baseline or {}), **sampled}
-        trial.set_user_attr(PARAMS_FULL_ATTR, params)
+        params = {
+            **DEFAULT_PARAMS,
+            **(self.cfg.baseline or {}),
+            **self.cfg.space.fixed(),
+            **suggest(trial, self.cfg.space),
+        }
+        set_internal(trial, PARAMS_FULL_ATTR, params)
         resume, inherited = self._inherited_checkpoint(trial, params)
         plan = eval_plan(self.cfg)
         progress = EvalProgress.from_checkpoint(resume)  # the runs an interrupted trial had finished
@@ -252,7 +274,7 @@ class Objective:
 
     def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
         """The checkpoint a retried trial inherited from the trial it retries (None for a fresh trial)."""
-        pointer = trial.user_attrs.get(CHECKPOINT_ATTR)
+        pointer = internal_attr(trial.storage.get_trial(trial._trial_id), CHECKPOINT_ATTR)  # inherited by a retry
         if not isinstance(pointer, dict) or "artifact_id" not in pointer:  # none, or deleted when its trial ended
             return None, None
         try:
@@ -277,7 +299,7 @@ class Objective:
             path = Path(tmp) / f"trial-{trial.number}-weights.pt"
             torch.save(dict(weights), path)
             artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.store, file_path=str(path), study_or_trial=trial
+                artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype=WEIGHTS_MIMETYPE
             )
         study.set_user_attr(BEST_WEIGHTS_ATTR, {"trial": trial.number, "artifact_id": artifact_id, "value": value})
 

@@ -3,6 +3,8 @@
 * Budget: a number of *finished* trials (complete + pruned). The run loop recounts the store before every trial,
   so an interrupted run resumes where it stopped; a trial that finds the budget already taken by others (a race
   between workers) ends as a failed "surplus" trial instead of overshooting.
+* Time budget: a `deadline` (Optuna's `timeout`) stops the loop before a trial starts past it; the running trial
+  finishes. The budget is still the number of finished trials: the same call again goes on towards it.
 * Crash safety: every epoch the trial's full training state is checkpointed to the artifact store. A trial whose
   process dies (kill -9, out of memory, lost node) stops its heartbeat, is failed by the next worker after the
   grace period and re-queued with the same parameters and its checkpoint; Ctrl-C and SIGTERM fail and re-queue
@@ -28,13 +30,15 @@ from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import EXHAUSTED_KEY
 from hpo_astro.store.record import (
     ARTIFACTS_KEY,
+    CHECKPOINT_ATTR,
     FAIL_REASON_ATTR,
     PARAMS_FULL_ATTR,
     TRAINED,
     fail_reason,
+    internal_attr,
     is_surplus,
 )
-from hpo_astro.store.recovery import fail_dead_trials, retry_callback
+from hpo_astro.store.recovery import fail_dead_trials, interrupted_reason, retry_callback
 from hpo_astro.store.storage import artifact_store, open_storage
 from hpo_astro.store.trials import FINISHED
 from hpo_astro.study.config import StudyConfig
@@ -47,6 +51,12 @@ from hpo_astro.study.trial_callbacks import checkpoint_prefix
 
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_SECONDS = 1.0
+clock = time.time  # the wall clock a `deadline` is read on (shared by worker processes; tests replace it)
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The `deadline` of `run_study` for a time budget of `timeout` seconds from now (None: no time budget)."""
+    return None if timeout is None else clock() + timeout
 
 
 @dataclass
@@ -57,6 +67,16 @@ class RunEvents:
     on_epoch: Callable[[int, TrainState], None] | None = None  # trial number, trainer state
     on_trial_end: Callable[[optuna.Study, FrozenTrial, int], None] | None = None  # ..., finished so far
     on_wait: Callable[[int], None] | None = None  # number of running trials (other workers' or dead ones)
+    on_trial_start: Callable[[int], None] | None = None  # trial number, before its first epoch
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped the run while this process ran trial `trial`, which was re-queued; `checkpoint_epoch`:
+    the epoch its checkpoint holds, from which the retry resumes (None: no checkpoint was written, it starts over)."""
+
+    def __init__(self, trial: int, checkpoint_epoch: int | None) -> None:
+        super().__init__(f"trial {trial} interrupted")
+        self.trial, self.checkpoint_epoch = trial, checkpoint_epoch
 
 
 @dataclass
@@ -65,6 +85,7 @@ class RunResult:
     target: int
     finished: int
     ran: int  # trials run by this call
+    timed_out: bool = False  # stopped by the deadline before the budget was reached
 
 
 def prepare_run(
@@ -100,13 +121,14 @@ def run_study(
     data: DataSplits | None = None,
     storage: optuna.storages.BaseStorage | None = None,
     before: Callable[[optuna.Study], None] | None = None,
+    deadline: float | None = None,
 ) -> RunResult:
     """Create or resume the study and run trials until it holds `target` finished trials. `train` replaces the
     trainer (default `hpo_astro.core.train.train`), e.g. by a fast stand-in or a table's answers; `data` is splits
     loaded once for many studies (default: `cfg.data` is loaded); `storage` an open store to use instead of opening
     `cfg.storage` (which still names the artifact folder), e.g. an in-memory one (`hpo_astro.benchmark`); `before`
     is called with the study once it is created or resumed, before any trial (`hpo_astro.study.confirm` enqueues its
-    trials there)."""
+    trials there); `deadline`: a time on `clock` after which no trial starts (the running one finishes)."""
     configure_logging()
     events = events or RunEvents()
     study, target, objective = _open(cfg, events.on_epoch, train, data, storage)
@@ -115,11 +137,15 @@ def run_study(
     if events.on_start:
         events.on_start(study, count_finished(study), target)
     ran = failures = 0
+    timed_out = False
     with process_interrupts.installed():
         while True:
             counts = _recount(study, cfg.grace_period)
             finished = counts.finished
             if finished >= target:
+                break
+            if deadline is not None and clock() >= deadline:
+                timed_out = True
                 break
             if counts.waiting == 0 and finished + counts.running >= target:
                 # The last trials run elsewhere, or in a dead process until the heartbeat grace period ends.
@@ -127,7 +153,7 @@ def run_study(
                     events.on_wait(counts.running)
                 time.sleep(POLL_SECONDS)
                 continue
-            trial = _run_one_trial(study, objective)
+            trial = _run_one_trial(study, objective, events.on_trial_start)
             if trial is None:
                 if len(study.get_trials(deepcopy=False)) == counts.total:
                     break  # the sampler stopped the study before creating a trial
@@ -140,7 +166,7 @@ def run_study(
                 break  # the sampler's plan is done
             failures = _failures_in_a_row(trial, failures)
     _remove_orphan_checkpoints(study)
-    return RunResult(study, target, finished, ran)
+    return RunResult(study, target, finished, ran, timed_out)
 
 
 def _open(
@@ -186,16 +212,28 @@ def _recount(study: optuna.Study, grace_period: float) -> _Counts:
     )
 
 
-def _run_one_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
+def _run_one_trial(
+    study: optuna.Study, objective: Objective, on_trial_start: Callable[[int], None] | None = None
+) -> FrozenTrial | None:
     """Let Optuna run one trial here; the trial as stored, or None when the objective never ran (the sampler stopped
-    the study or failed first). Ctrl-C / SIGTERM and a failed write re-queue the trial, then stop the run."""
+    the study or failed first). Ctrl-C / SIGTERM and a failed write re-queue the trial, then stop the run (an
+    interrupted trial: `Interrupted`)."""
     objective.current_trial_id = objective.write_failure = None
+
+    def started(trial: optuna.Trial) -> float:
+        if on_trial_start:
+            on_trial_start(trial.number)
+        return objective(trial)
+
     try:
         with process_interrupts.deferred():  # signals act inside training only (see Interrupts)
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-    except KeyboardInterrupt:
-        _requeue(study, objective.current_trial_id)
-        raise
+            study.optimize(started, n_trials=1, catch=(Exception,), gc_after_trial=False)
+    except KeyboardInterrupt as exc:
+        _requeue(study, objective.current_trial_id, interrupted_reason(exc))
+        if objective.current_trial_id is None:
+            raise
+        trial = study._storage.get_trial(objective.current_trial_id)
+        raise Interrupted(trial.number, _checkpoint_epoch(trial)) from None
     except Exception as exc:  # the store itself failed while Optuna recorded the trial
         reason = write_fault(exc)
         if reason is None:
@@ -203,7 +241,7 @@ def _run_one_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | N
         raise WriteFailed(f"cannot write the study store: {reason}; {_RESUME_HINT}") from None
     if objective.write_failure is not None:
         try:
-            _requeue(study, objective.current_trial_id)
+            _requeue(study, objective.current_trial_id, f"cannot write: {objective.write_failure}")
         except Exception as exc:  # the store may be full too: the heartbeat (or the next run) re-queues it later
             if write_fault(exc) is None:
                 raise
@@ -216,7 +254,7 @@ def _run_one_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | N
 _RESUME_HINT = "the trial was re-queued; free some space and re-run the same command to resume"
 
 
-def _requeue(study: optuna.Study, trial_id: int | None) -> None:
+def _requeue(study: optuna.Study, trial_id: int | None, reason: str) -> None:
     """After Ctrl-C / SIGTERM: fail the interrupted trial if Optuna has not, and re-queue it with its parameters
     and checkpoint (what the heartbeat does for a dead process). Signals are deferred until training starts (see
     `hpo_astro.study.interrupts`), so an interrupted trial always has its id and its full parameters."""
@@ -228,8 +266,17 @@ def _requeue(study: optuna.Study, trial_id: int | None) -> None:
         storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         trial = storage.get_trial(trial_id)
     interrupted = FAIL_REASON_ATTR not in trial.user_attrs  # an ordinary error records its reason
-    if trial.state == TrialState.FAIL and PARAMS_FULL_ATTR in trial.user_attrs and interrupted:
-        retry_callback()(study, trial)
+    if trial.state == TrialState.FAIL and internal_attr(trial, PARAMS_FULL_ATTR) is not None and interrupted:
+        retry_callback(reason)(study, trial)
+
+
+def _checkpoint_epoch(trial: FrozenTrial) -> int | None:
+    """The epoch of the checkpoint `trial` names (one written by it, or inherited), None when it names none."""
+    pointer = internal_attr(trial, CHECKPOINT_ATTR)
+    if not isinstance(pointer, dict) or "artifact_id" not in pointer:
+        return None
+    epoch = pointer.get("epoch")
+    return epoch if isinstance(epoch, int) else 0
 
 
 def _failures_in_a_row(trial: FrozenTrial, before: int) -> int:

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import inspect
 import itertools
+import math
 import os
 import sys
 import warnings
@@ -31,11 +32,19 @@ from hpo_astro.study.evaluation import eval_plan
 GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
 
 
+def varying_grid(cfg: RunSettings, strategy: str) -> dict[str, list[Any]]:
+    """The values of each hyperparameter that varies, for a strategy that enumerates them (a fixed one is no
+    Optuna parameter); a range without a finite list of values is refused with the reason."""
+    fixed = cfg.space.fixed()
+    return {name: values for name, values in cfg.space.grid(f"strategy {strategy!r}").items() if name not in fixed}
+
+
 def _grid(cfg: RunSettings) -> BaseSampler:
-    size = cfg.space.n_combinations()
+    grid = varying_grid(cfg, "grid")
+    size = math.prod(len(values) for values in grid.values())
     if size > GRID_LIMIT:
         raise UserError(f"the grid has {size:,} combinations (limit {GRID_LIMIT:,}); narrow [space] in a study file")
-    return optuna.samplers.GridSampler(cfg.space.to_dict(), seed=cfg.seed)
+    return optuna.samplers.GridSampler(grid, seed=cfg.seed)
 
 
 def _genetic(cfg: RunSettings) -> BaseSampler:
@@ -55,13 +64,27 @@ ABLATION_WAIT = 6 * 3600.0
 
 
 def _ablation(cfg: RunSettings) -> BaseSampler:
-    return AblationSampler(
-        cfg.space.to_dict(), baseline=cfg.baseline, greedy=cfg.greedy, seed=cfg.seed, wait_timeout=ABLATION_WAIT
-    )
+    grid = varying_grid(cfg, "ablation")
+    baseline = None if cfg.baseline is None else {k: v for k, v in cfg.baseline.items() if k in grid}
+    return AblationSampler(grid, baseline=baseline, greedy=cfg.greedy, seed=cfg.seed, wait_timeout=ABLATION_WAIT)
+
+
+def _cmaes(cfg: RunSettings) -> BaseSampler:
+    # CMA-ES models int and float parameters only: a space with fewer than two varying ranges would be sampled by its
+    # independent (random) fallback under another name. Lists beside the ranges are drawn at random, as Optuna does;
+    # its warning about that, repeated for every trial, is turned off (the docs say it once).
+    ranges = cfg.space.ranges()
+    if len(ranges) < 2:
+        raise UserError(
+            "strategy 'cmaes' needs at least two hyperparameters given as ranges (e.g. lr = {low = 1e-4, high = "
+            f"0.1, log = true}}), got {len(ranges)}{': ' + ranges[0] if ranges else ''}; lists are categorical, which "
+            "CMA-ES does not model (use tpe, bayesian or qmc for them)"
+        )
+    return optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False, **_startup(cfg))
 
 
 # Strategies whose model starts after `n_startup_trials` random trials (a study file setting; Optuna's default: 10).
-STARTUP_STRATEGIES = ("tpe", "bohb", "bayesian")
+STARTUP_STRATEGIES = ("tpe", "bohb", "bayesian", "cmaes")
 
 
 def _startup(cfg: RunSettings) -> dict[str, int]:
@@ -97,6 +120,7 @@ STRATEGIES: dict[str, Callable[[RunSettings], BaseSampler]] = {
     "grid": _grid,
     "bohb": _bohb,
     "qmc": _qmc,
+    "cmaes": _cmaes,
 }
 
 # A confirmation study's strategy (`hpo_astro.study.confirm`): every trial is enqueued with its configuration, so the
@@ -105,16 +129,6 @@ CONFIRM_STRATEGY = "confirm"
 
 # The pruner a strategy runs with when neither --pruner nor the study file names one; every other strategy: "none".
 DEFAULT_PRUNERS = {"bohb": "hyperband"}
-
-# Names a user may try that are not strategies here, and why (one line each, shown as the error).
-NOT_APPLICABLE = {
-    "cmaes": (
-        "strategy 'cmaes' does not apply to hpo-astro's search space: every hyperparameter is categorical (a list "
-        "of values), and Optuna's CmaEsSampler models only float and int parameters, so it would draw every "
-        "parameter with its RandomSampler fallback (random search under another name); use qmc or random for a "
-        "space-filling search, tpe, bohb or bayesian for a model of the space"
-    ),
-}
 
 # Samplers whose plan lives in the store and must be identical in every process: they are built once with the
 # study's seed. Ablation and grid keep their plan in trial system attributes; qmc keeps its position in the Sobol
@@ -134,8 +148,6 @@ def check_strategy(strategy: str) -> None:
     """Refuse, in one line, a strategy that is neither a registry name nor an importable sampler class."""
     if strategy in STRATEGIES or strategy == CONFIRM_STRATEGY:
         return
-    if strategy in NOT_APPLICABLE:
-        raise UserError(NOT_APPLICABLE[strategy])
     if is_import_path(strategy):
         load_sampler_class(strategy)
         return

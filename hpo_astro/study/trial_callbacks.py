@@ -20,7 +20,7 @@ import optuna
 import torch
 
 from hpo_astro.core.train import TrainState
-from hpo_astro.store.record import CHECKPOINT_ATTR, HISTORY_SYSTEM_ATTR, curve_attrs
+from hpo_astro.store.record import CHECKPOINT_ATTR, HISTORY_SYSTEM_ATTR, curve_attrs, set_internal
 from hpo_astro.study.evaluation import EvalProgress
 from hpo_astro.study.interrupts import process_interrupts
 
@@ -54,7 +54,7 @@ class OptunaPruning:
 
 class ArtifactCheckpoint:
     """Trainer callback: save the whole training state to the artifact store and point the trial's `checkpoint`
-    user attribute at it; the previous checkpoint is removed once the new one is in place. The trial's per-epoch
+    (system) attribute at it; the previous checkpoint is removed once the new one is in place. The trial's per-epoch
     curves (`curve_*` attributes) are written with it: a retry that resumes from the checkpoint inherits curves that
     end where it does, and a fast epoch does not pay for a store write per metric.
 
@@ -98,7 +98,7 @@ class ArtifactCheckpoint:
             self.store.write(artifact_id, fh)
             if self.run == 0:
                 record_curves(self.trial, state.history)
-            self.trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
+            set_internal(self.trial, CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": state.epoch})
             self.pointed = True
             self.remove()
             self.current = artifact_id

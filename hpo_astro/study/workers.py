@@ -22,6 +22,7 @@ from hpo_astro.errors import UserError
 from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import open_existing_store
 from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.interrupts import optuna_level, set_optuna_level
 from hpo_astro.study.run import RunEvents, RunResult, StudyFailed, run_study
 from hpo_astro.study.strategies import is_import_path
 
@@ -63,25 +64,30 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
 class ParentContext:
     """What a worker takes from its parent as it is when the worker starts, not as it was when the fork server
-    started: the environment variables (cache folder, visible GPUs, thread counts) and the standard output and error
-    (a terminal, a log file, a test's capture). Pickled into the worker (the output as duplicated descriptors)."""
+    started: the environment variables (cache folder, visible GPUs, thread counts), the standard output and error
+    (a terminal, a log file, a test's capture) and the level of Optuna's logging. Pickled into the worker (the
+    output as duplicated descriptors)."""
 
     def __init__(self) -> None:
         self.environment = dict(os.environ)
+        self.optuna_level = optuna_level()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         from multiprocessing import reduction
 
         if not hasattr(reduction, "DupFd"):  # Windows: workers are spawned and inherit the output anyway
-            return (_adopt, (self.environment, None, None))
+            return (_adopt, (self.environment, None, None, self.optuna_level))
         # The process's descriptors 1 and 2, as a spawned interpreter inherits them (whatever sys.stdout now is).
-        return (_adopt, (self.environment, reduction.DupFd(1), reduction.DupFd(2)))
+        return (_adopt, (self.environment, reduction.DupFd(1), reduction.DupFd(2), self.optuna_level))
 
 
-def _adopt(environment: dict[str, str], stdout: Any, stderr: Any) -> None:
-    """In the worker, as it unpickles its `ParentContext`: the parent's environment and output become its own."""
+def _adopt(environment: dict[str, str], stdout: Any, stderr: Any, level: int | None = None) -> None:
+    """In the worker, as it unpickles its `ParentContext`: the parent's environment, output and level of Optuna's
+    logging become its own."""
     os.environ.clear()
     os.environ.update(environment)
+    if level is not None:
+        set_optuna_level(level)
     for wrapped, fd in ((stdout, 1), (stderr, 2)):
         if wrapped is None:
             continue
@@ -96,12 +102,13 @@ def _child(
     threads: int,
     train: TrainFn | None = None,
     parent: None = None,  # a ParentContext, adopted as it was unpickled
+    deadline: float | None = None,
 ) -> None:
     import torch
 
     torch.set_num_threads(threads)
     try:
-        run_study(cfg, train=train)
+        run_study(cfg, train=train, deadline=deadline)
     except KeyboardInterrupt:
         sys.exit(130)
     except (StudyFailed, UserError) as exc:
@@ -110,12 +117,17 @@ def _child(
 
 
 def run_workers(
-    cfg: StudyConfig, events: RunEvents | None = None, threads: int | None = None, train: TrainFn | None = None
+    cfg: StudyConfig,
+    events: RunEvents | None = None,
+    threads: int | None = None,
+    train: TrainFn | None = None,
+    deadline: float | None = None,
 ) -> RunResult:
     """Run `cfg.workers` processes on the study: this one (with the display) plus `workers - 1` children,
     each with `threads` torch threads (default: the cores split between them). `train` replaces the trainer in
     every process (see `run_study`); the children get it by pickling, so it must be a module-level function or a
-    picklable object (e.g. `hpo_astro.tabular.tabulate_train`, a table's `TableReplay`)."""
+    picklable object (e.g. `hpo_astro.tabular.tabulate_train`, a table's `TableReplay`). `deadline`: no process
+    starts a trial after it (see `run_study`)."""
     import torch
 
     threads = threads or threads_per_worker(cfg.workers)
@@ -123,7 +135,7 @@ def run_workers(
     cfg.validate()
     pool = device_pool(cfg.devices)
     if cfg.workers == 1:
-        return run_study(placed(cfg, 0, pool), events, train)
+        return run_study(placed(cfg, 0, pool), events, train, deadline=deadline)
     # The study is created here first (see _FirstTrialGate), so children never race on a half-made study.
     context = worker_context()
     children: list[multiprocessing.process.BaseProcess] = []
@@ -132,12 +144,12 @@ def run_workers(
         for worker in range(1, cfg.workers):
             child = context.Process(
                 target=_child,
-                args=(placed(cfg, worker, pool), worker, threads, train, ParentContext()),
+                args=(placed(cfg, worker, pool), worker, threads, train, ParentContext(), deadline),
                 name=f"hpo-astro-worker-{worker}",
             )
             children.append(child)
         first.children = children
-        result = run_study(placed(cfg, 0, pool), first.events(), train)
+        result = run_study(placed(cfg, 0, pool), first.events(), train, deadline=deadline)
     failed = [c.name for c in children if c.exitcode not in (0, None, 130, -signal.SIGTERM)]
     if failed:
         raise StudyFailed(f"worker process(es) {', '.join(failed)} failed; see their messages above")

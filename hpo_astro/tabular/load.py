@@ -19,6 +19,7 @@ from hpo_astro.store.record import (
     VAL_METRICS_ATTR,
     WALL_TIME_ATTR,
     StudyRecord,
+    internal_attr,
     trial_history,
     trial_runs,
 )
@@ -174,7 +175,7 @@ def _rows_from_trial(trial: Any, seeds: int) -> list[TableRow] | None:
         epochs = [[json_object(h, f"{where}.history[{j}]").get(f) for f in EPOCH_FIELDS] for j, h in enumerate(history)]
         row = row_from_json(
             {
-                "params": trial.user_attrs.get(PARAMS_FULL_ATTR),
+                "params": internal_attr(trial, PARAMS_FULL_ATTR),
                 "history": epochs,
                 **{key: run.get(key) for key in ("best_epoch", "stop_reason", "val_metrics", "seed")},
                 "test_metrics": extra[TEST_METRICS_ATTR],
@@ -203,12 +204,14 @@ def _row_from_trial(trial: Any) -> TableRow:
         if absent:
             raise Malformed(f"{where}: epoch {i + 1} of its history lacks {', '.join(absent)}")
         epochs.append([epoch[f] for f in EPOCH_FIELDS])
-    absent = [a for a in (PARAMS_FULL_ATTR, BEST_EPOCH_ATTR, STOP_REASON_ATTR, VAL_METRICS_ATTR) if a not in attrs]
+    params = internal_attr(trial, PARAMS_FULL_ATTR)
+    absent = [PARAMS_FULL_ATTR] if params is None else []
+    absent += [a for a in (BEST_EPOCH_ATTR, STOP_REASON_ATTR, VAL_METRICS_ATTR) if a not in attrs]
     if absent:
         raise Malformed(f"{where} lacks the attribute(s) {', '.join(absent)}")
     row = row_from_json(
         {
-            "params": attrs[PARAMS_FULL_ATTR],
+            "params": params,
             "history": epochs,
             "best_epoch": attrs[BEST_EPOCH_ATTR],
             "stop_reason": attrs[STOP_REASON_ATTR],

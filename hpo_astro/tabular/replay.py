@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import torch
 
 from hpo_astro.core.epochs import Callback, EpochLoop
+from hpo_astro.core.hyperparameters import value_key
 from hpo_astro.core.metrics import Metrics
-from hpo_astro.core.space import value_key
 from hpo_astro.core.train import TrainResult
 from hpo_astro.data.prepare import DataSplits
 from hpo_astro.store.record import REPLAYED, TABLE_ATTR, TEST_METRICS_ATTR

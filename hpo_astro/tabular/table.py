@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace, value_key
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS, PAPER_SPACE, value_key
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.errors import UserError, one_line
 from hpo_astro.io import atomic_write, read_regular_file, strict_json
 from hpo_astro.tabular.row import (
@@ -82,7 +83,7 @@ class Table:
     configurations (`missing` says how many); one read from a file or a store must hold them all."""
 
     name: str
-    space: dict[str, list[Any]]  # hyperparameter -> values (the finite space the table covers)
+    space: dict[str, Any]  # hyperparameter -> values or a finite range {low, high, step} (the space the table covers)
     rows: tuple[TableRow, ...]
     data_fingerprint: str  # of the data the rows were trained on
     seed: int  # the training seed of every row
@@ -146,7 +147,7 @@ class Table:
     @property
     def size(self) -> int:
         """Configurations in the space (rows present or not)."""
-        return math.prod(len(values) for values in self.space.values())
+        return math.prod(len(values) for values in self.search_space.grid("a table").values())
 
     @property
     def missing(self) -> int:
@@ -292,7 +293,10 @@ class Table:
         rows = json_list(top.get("rows"), "rows")
         table = cls(
             name=json_string(top.get("name"), "name"),
-            space={name: json_list(values, f"space.{field_name(name)}") for name, values in space.items()},
+            space={
+                name: values if isinstance(values, dict) else json_list(values, f"space.{field_name(name)}")
+                for name, values in space.items()
+            },
             rows=tuple(row_from_json(row, f"rows[{i}]") for i, row in enumerate(rows)),
             data_fingerprint=json_string(top.get("data_fingerprint"), "data_fingerprint"),
             seed=json_int(top.get("seed"), "seed"),
@@ -350,13 +354,13 @@ def _gunzip(raw: bytes) -> bytearray:
 
 def _keys(search: SearchSpace) -> list[tuple[int, ...]]:
     """Every configuration's key, in the space's order."""
-    return list(itertools.product(*(range(len(values)) for _, values in search.items())))
+    return list(itertools.product(*(range(len(values)) for values in search.grid("a table").values())))
 
 
 def space_key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tuple[int, ...]:
     """The configuration's position in the space: the index of each hyperparameter's value."""
     key = []
-    for name, values in search.items():
+    for name, values in search.grid("a table").items():
         if name not in params:
             raise UserError(f"{where}: {name} is not given")
         try:
@@ -371,7 +375,8 @@ def space_key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tup
 
 
 def _describe(search: SearchSpace, key: tuple[int, ...]) -> str:
-    return " ".join(f"{name}={values[i]}" for (name, values), i in zip(search.items(), key, strict=True))
+    grid = search.grid("a table").items()
+    return " ".join(f"{name}={values[i]}" for (name, values), i in zip(grid, key, strict=True))
 
 
 def _float_or_nan(value: Any) -> float:

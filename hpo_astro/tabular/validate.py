@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpo_astro.core.space import PAPER_SPACE, SearchSpace, coerce_value, value_key
+from hpo_astro.core.hyperparameters import PAPER_SPACE, coerce_value, value_key
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import EpochMetrics
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
@@ -123,11 +124,14 @@ def _check_info(where: str, info: Any) -> None:
 
 
 def check_space(name: str, space: Any) -> SearchSpace:
-    """The table's space: known hyperparameters, each with a list of valid, distinct values."""
+    """The table's space: known hyperparameters, each with a list of valid, distinct values or a range with a
+    finite list of values (integers, or floats with a step)."""
     where = f"table {name!r}"
     if not isinstance(space, Mapping) or not space:
         raise UserError(f"{where}: the space must name at least one hyperparameter")
     for hp, values in space.items():
+        if isinstance(values, Mapping):
+            continue  # a range: `SearchSpace.from_dict` checks it, `grid` below its finiteness
         if not isinstance(values, list | tuple):
             raise UserError(f"{where}: space.{field_name(hp)} must be a list of values, got {shown(values)}")
         for value in values:
@@ -138,7 +142,11 @@ def check_space(name: str, space: Any) -> SearchSpace:
         raise UserError(f"{where}: space: a value is too large") from None
     except UserError as exc:
         raise UserError(f"{where}: space: {exc}") from None
-    for hp, values in search.items():
+    try:
+        grid = search.grid("a table")
+    except UserError as exc:
+        raise UserError(f"{where}: space: {exc}") from None
+    for hp, values in grid.items():
         if len({value_key(v) for v in values}) != len(values):
             raise UserError(f"{where}: hyperparameter {hp!r} lists a value twice")
     return search

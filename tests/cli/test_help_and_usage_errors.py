@@ -42,7 +42,7 @@ def test_python_dash_m_runs_the_command_line(module: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bogus"], "No such option: --bogus (see 'hpo-astro --help')"),
+        (["--xyzzy"], "No such option: --xyzzy (see 'hpo-astro --help')"),
         (["bogus"], "No such command 'bogus'. (see 'hpo-astro --help')"),
         (["data", "--bogus"], "No such option: --bogus (see 'hpo-astro data --help')"),
         (["compare", "--format"], "Option '--format' requires an argument. (see 'hpo-astro compare --help')"),

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import fake_train, invoke, noise_splits, store_url, study_config
 
-from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.train import TrainState, train, use_capture
 from hpo_astro.study.config import load_config
 from hpo_astro.study.run import run_study

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import invoke, noise_splits
 
-from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.train import CapturedStep, TrainState, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from hpo_astro.core.hyperparameters import ARCHITECTURE_PARAMS, DEFAULT_PARAMS, PAPER_SPACE
 from hpo_astro.core.model import build_model, count_parameters, load_model, parameter_count, save_model
-from hpo_astro.core.space import ARCHITECTURE_PARAMS, DEFAULT_PARAMS, PAPER_SPACE
 
 
 def test_every_architecture_builds_and_runs_forward_and_backward() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE, SearchSpace, parse_assignments
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS, PAPER_SPACE
+from hpo_astro.core.space import SearchSpace, parse_assignments
 from hpo_astro.errors import UserError
 
 
@@ -65,7 +66,7 @@ def test_a_number_for_a_named_choice_is_one_line(name: str, value: object) -> No
 def test_one_rule_says_when_two_values_are_the_same() -> None:
     """Study files, baselines and tables compare values by `value_key`: names in any case, numbers to 12 significant
     digits (so a value survives a JSON round trip); the command line's strings name numbers; a bool is no number."""
-    from hpo_astro.core.space import same_value, value_key
+    from hpo_astro.core.hyperparameters import same_value, value_key
 
     assert value_key(1e-3) == value_key(0.001) == value_key(0.0010000000000000002)
     assert value_key(64) == value_key(64.0) and value_key("BatchNorm") == value_key("batchnorm")

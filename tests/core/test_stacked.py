@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import noise_splits
 
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.model import build_model
-from hpo_astro.core.space import DEFAULT_PARAMS
 from hpo_astro.core.stacked import CPU_STACK_MAX_BATCH, StackedCNN, stacking_refusal, train_stacked
 from hpo_astro.core.train import TrainResult, seed_everything, train
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import noise_splits
 
-from hpo_astro.core.space import DEFAULT_PARAMS
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.train import EarlyStopping, TrainState, batches, evaluate, train
 from hpo_astro.data.prepare import load_splits
 

@@ -16,6 +16,7 @@ from hpo_astro.core.train import evaluate, train
 from hpo_astro.data.prepare import PrepConfig, load_splits
 from hpo_astro.report import compare, figures
 from hpo_astro.results import evaluate as report_eval
+from hpo_astro.store.record import PARAMS_FULL_ATTR, SYSTEM_PREFIX, params_full
 
 
 def _json(store: str, *extra: object) -> dict:
@@ -36,8 +37,8 @@ def test_compare_evaluates_the_best_trial_on_every_split(store: str, small_file:
         study = optuna.load_study(study_name=row["study"], storage=store)
         best = study.best_trial
         assert row["best_trial"] == best.number and row["best_value"] == best.value
-        assert row["params"] == best.user_attrs["params_full"]
-        model = train(best.user_attrs["params_full"], data, max_epochs=1, seed=best.user_attrs["train_seed"]).model
+        assert row["params"] == params_full(best)
+        model = train(params_full(best), data, max_epochs=1, seed=best.user_attrs["train_seed"]).model
         for split in ("train", "val", "test"):
             expected = evaluate(model.cpu(), *data.split(split), data.pos_weight)
             assert row[f"{split}_loss"] == pytest.approx(expected.loss, rel=1e-6)
@@ -130,7 +131,8 @@ def test_the_cache_keeps_only_the_current_best_trials_entry(store: str) -> None:
             params=old.params,
             distributions=old.distributions,
             value=old.value + (1.0 if maximize else -1.0),
-            user_attrs={key: old.user_attrs[key] for key in ("params_full", "train_seed", "val_metrics")},
+            user_attrs={key: old.user_attrs[key] for key in ("train_seed", "val_metrics")},
+            system_attrs={SYSTEM_PREFIX + PARAMS_FULL_ATTR: params_full(old)},
         )
     )
     new = study.best_trial

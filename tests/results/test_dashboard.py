@@ -1,7 +1,9 @@
 """What optuna-dashboard shows of a study, read through the dashboard's own JSON API (its WSGI app, served on the store
-`hpo-astro dashboard` opens): the objective's name, the study note, per-epoch curves one readable attribute each, no
-pointer to a deleted checkpoint, and the best weights downloadable from their trial, as downloads only, from the folder
-beside the store or the one given with --artifacts, never from a folder the store names."""
+`hpo-astro dashboard` opens): the objective's name, the study note, per-epoch curves one readable attribute each, none
+of hpo-astro's internal attributes (configuration, worker, checkpoint pointer), why a retried trial failed and which
+trial retried it, and the best weights downloadable from their trial, as downloads only, from the folder beside the
+store or the one given with --artifacts, never from a folder the store names. The dashboard is read-only: its writes
+are refused with a reason its page shows, and the page says so."""
 
 from __future__ import annotations
 
@@ -23,11 +25,23 @@ from optuna.trial import TrialState
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.results import dashboard as dashboard_module
 from hpo_astro.results.dashboard import ReadOnlyArtifacts
-from hpo_astro.store.record import CURVE_PREFIX, HISTORY_ATTR, HISTORY_SYSTEM_ATTR, trial_history
+from hpo_astro.store.record import (
+    CHECKPOINT_ATTR,
+    CURVE_PREFIX,
+    HISTORY_ATTR,
+    HISTORY_SYSTEM_ATTR,
+    RETRY_OF_ATTR,
+    WEIGHTS_MIMETYPE,
+    WORKER_ATTR,
+    internal_attr,
+    params_full,
+    trial_history,
+)
 from hpo_astro.study import run as run_module
 from hpo_astro.study.run import StudyFailed, run_study
 
 SERIES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_roc_auc", "lr", "seconds")
+INTERNAL = {"params_full", "worker", "worker_start", "checkpoint"}  # hpo-astro's own: never a shown user attribute
 MAX_ATTR_LENGTH = 1024  # optuna-dashboard cuts an attribute's value here (optuna_dashboard._serializer)
 
 
@@ -37,11 +51,13 @@ class Reply(NamedTuple):
     headers: dict[str, str]  # names lower-cased
 
 
-def _get(app: Callable, path: str) -> Reply:
-    """One GET request to a WSGI app."""
+def _get(app: Callable, path: str, method: str = "GET", body: bytes = b"") -> Reply:
+    """One request (GET unless `method` says otherwise) to a WSGI app."""
     environ: dict[str, Any] = {}
     setup_testing_defaults(environ)
     environ["PATH_INFO"], _, environ["QUERY_STRING"] = path.partition("?")
+    environ["REQUEST_METHOD"], environ["wsgi.input"] = method, io.BytesIO(body)
+    environ["CONTENT_LENGTH"], environ["CONTENT_TYPE"] = str(len(body)), "application/json"
     started: list[tuple[str, list[tuple[str, str]]]] = []
     chunks = app(environ, lambda line, headers, exc_info=None: started.append((line, headers)))
     try:
@@ -125,16 +141,21 @@ def test_the_dashboard_shows_what_the_study_means(
         for name in SERIES:
             shown = attrs[f"{CURVE_PREFIX}{name}"]
             assert len(shown) < MAX_ATTR_LENGTH and len(json.loads(shown)) == 3
-        # a finished trial's checkpoint is gone, and its attribute says so
-        assert json.loads(attrs["checkpoint"]) == {"epoch": 3, "deleted": True}
-        # the best trial lists its weights, which the dashboard serves
+        # hpo-astro's own attributes are not among those shown
+        assert not INTERNAL & attrs.keys(), attrs.keys()
+        # the best trial lists its weights, which the dashboard serves, as what they are: a binary file
         weights = [a for a in trial["artifacts"] if a["filename"].endswith("-weights.pt")]
         if trial["number"] == best:
             (artifact,) = weights
+            assert artifact["mimetype"] == WEIGHTS_MIMETYPE == "application/octet-stream"
             status, body, _ = pages[f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"]
             assert status.startswith("200")
             assert torch.load(io.BytesIO(body), weights_only=True).keys() == {"weight", "bias"}
     assert not list((tmp_path / "optuna.db.artifacts").glob("ckpt-*"))
+    for stored in optuna.load_study(study_name="dash", storage="sqlite:///optuna.db").trials:
+        # ... but kept for hpo-astro: the configuration, who ran it, and a checkpoint pointer that says it is gone
+        assert params_full(stored) and internal_attr(stored, WORKER_ATTR)
+        assert internal_attr(stored, CHECKPOINT_ATTR) == {"epoch": 3, "deleted": True}
 
 
 def _improving(values: list[float]) -> Callable[..., Any]:
@@ -189,9 +210,9 @@ def test_pruned_and_failed_trials_point_at_no_deleted_checkpoint(
     states = {"pruned": "Pruned", "failed": "Fail"}
     for name, state in states.items():
         trials = pages[name]["trials"]
-        assert trials and all(t["state"] == state for t in trials)
-        for trial in trials:
-            assert json.loads(_attrs(trial)["checkpoint"]) == {"epoch": 1, "deleted": True}
+        assert trials and all(t["state"] == state and not INTERNAL & _attrs(t).keys() for t in trials)
+        for trial in optuna.load_study(study_name=name, storage=pruned_cfg.storage).trials:
+            assert internal_attr(trial, CHECKPOINT_ATTR) == {"epoch": 1, "deleted": True}
     assert not list((tmp_path / "optuna.db.artifacts").glob("ckpt-*"))
 
 
@@ -388,3 +409,101 @@ def test_the_note_says_how_a_trial_is_evaluated(tmp_path: Path) -> None:
         note = study_note(study, ["run"], "hpo-astro", tmp_path, cfg.storage)
         assert "split 0.7/0.15/0.15" in note
         assert (expected in note) if expected else ("training runs" not in note)
+
+
+# --- read-only ----------------------------------------------------------------------------------------------------
+
+WRITES = [  # what optuna-dashboard's page offers: create, rename, delete, note edits, uploads, artifact removal, ...
+    ("POST", "/api/studies", {"study_name": "new", "directions": ["minimize"]}),
+    ("POST", "/api/studies/{study}/rename", {"study_name": "renamed"}),
+    ("DELETE", "/api/studies/{study}", None),
+    ("PUT", "/api/studies/{study}/note", {"version": 1, "body": "mine"}),
+    ("PUT", "/api/studies/{study}/{trial}/note", {"version": 1, "body": "mine"}),
+    ("POST", "/api/artifacts/{study}/{trial}", {"file": "data:text/plain;base64,aGk=", "filename": "x.txt"}),
+    ("POST", "/api/artifacts/{study}", {"file": "data:text/plain;base64,aGk=", "filename": "x.txt"}),
+    ("DELETE", "/api/artifacts/{study}/{trial}/{artifact}", None),
+    ("POST", "/api/trials/{trial}/tell", {"state": "Fail"}),
+    ("POST", "/api/trials/{trial}/user-attrs", {"user_attrs": {"a": 1}}),
+    ("POST", "/incompatible-rdb-schema", None),
+]
+
+
+def test_the_dashboard_refuses_every_write_with_a_reason_and_says_it_is_read_only(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optuna-dashboard offers every write, which the read-only store answered with HTTP 500 and a traceback: each
+    is refused before the app sees it (403, a reason the page shows), and the page carries a notice and hides the
+    buttons of those writes."""
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    cfg = study_config(tmp_path, small_file, storage=store_url(tmp_path), n_trials=1, max_epochs=1, space=space)
+    run_study(cfg, train=fake_train)
+    db = tmp_path / "optuna.db"
+    before = db.read_bytes()
+    pages = crawl_dashboard(cfg.storage, monkeypatch)
+    app, (summary,) = pages["app"], pages["studies"]
+    (trial,) = pages[summary["study_name"]]["trials"]
+    (artifact,) = trial["artifacts"]
+    ids = {"study": summary["study_id"], "trial": trial["trial_id"], "artifact": artifact["artifact_id"]}
+    for method, path, payload in WRITES:
+        reply = _get(app, path.format(**ids), method, json.dumps(payload).encode() if payload else b"")
+        assert reply.status == "403 Forbidden", (method, path, reply.status, reply.body[:300])
+        assert reply.headers["content-type"] == "application/json"
+        assert json.loads(reply.body) == {"reason": dashboard_module.READ_ONLY_REASON}, (method, path)
+    assert "this dashboard is read-only (hpo-astro dashboard)" in dashboard_module.READ_ONLY_REASON
+    assert db.read_bytes() == before
+    assert [s["study_name"] for s in json.loads(_get(app, "/api/studies").body)["study_summaries"]] == ["random"]
+
+    page = _get(app, "/dashboard")
+    assert page.status.startswith("200") and page.headers["content-type"].startswith("text/html")
+    assert int(page.headers["content-length"]) == len(page.body) and "etag" not in page.headers
+    assert "script-src 'self'" in page.headers["content-security-policy"]  # optuna-dashboard's policy kept
+    html = page.body.decode()
+    assert html.count('id="hpo-astro-read-only"') == 1 and "serves this store read-only" in html
+    assert html.index("hpo-astro-read-only-style") < html.index("</head>") < html.index('id="hpo-astro-read-only"')
+    for hidden in ('aria-label="delete study"', 'aria-label="rename study"', 'aria-label="delete artifact"'):
+        assert f"button[{hidden}]" in html
+    assert 'data-testid="AddBoxIcon"' in html and 'data-testid="EditIcon"' in html and 'input[type="file"]' in html
+    assert _get(app, "/dashboard/studies/1").body == page.body  # the page, whatever client-side route it opens
+    head = _get(app, "/dashboard", "HEAD")
+    assert head.status.startswith("200") and head.body == b""
+    meta = _get(app, "/api/meta")  # what the page reads is untouched
+    assert meta.status.startswith("200") and json.loads(meta.body)["artifact_is_available"] is True
+
+
+# --- a failed trial that was retried ----------------------------------------------------------------------------
+
+
+def test_a_retried_trial_says_why_it_failed_and_which_trial_retried_it(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM in the middle of a trial: the failed trial's note in the dashboard says why it failed and which trial
+    retries it, from which checkpoint; the retry shows whom it retries and why."""
+
+    class Terminated:
+        def on_epoch_end(self, state: Any) -> None:
+            if state.epoch == 2:  # after epoch 2's checkpoint (the objective's callbacks come first)
+                raise KeyboardInterrupt("signal 15")  # what hpo_astro.study.interrupts raises on SIGTERM
+
+    def terminated_train(*args: Any, callbacks: Any = (), **kwargs: Any) -> Any:
+        return fake_train(*args, callbacks=[*callbacks, Terminated()], **kwargs)
+
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    cfg = study_config(
+        tmp_path, small_file, storage=store_url(tmp_path), n_trials=1, max_epochs=3, space=space, checkpoint_interval=0
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, train=terminated_train)
+    trials = crawl_dashboard(cfg.storage, monkeypatch)[cfg.study_name]["trials"]
+    failed, retry = sorted(trials, key=lambda t: t["number"])
+    assert (failed["state"], retry["state"]) == ("Fail", "Waiting")
+    assert failed["note"]["body"] == (
+        f"**Failed**: interrupted by SIGTERM. **Retried by trial {retry['number']}**, which resumes from its "
+        "checkpoint of epoch 2."
+    )
+    assert json.loads(_attrs(retry)[RETRY_OF_ATTR]) == {"trial": failed["number"], "reason": "interrupted by SIGTERM"}
+    assert RETRY_OF_ATTR not in _attrs(failed) and not INTERNAL & (_attrs(failed).keys() | _attrs(retry).keys())
+
+    resumed = run_study(cfg, train=fake_train).study  # the retry runs, from the checkpoint it inherited
+    done = resumed.trials[retry["number"]]
+    assert done.state == TrialState.COMPLETE and done.user_attrs["resumed_from_epoch"] == 2
+    assert done.user_attrs[RETRY_OF_ATTR]["trial"] == failed["number"]

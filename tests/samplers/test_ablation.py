@@ -20,7 +20,7 @@ from ablation_objective import objective, worker
 from helpers import patience
 from optuna.trial import TrialState
 
-from hpo_astro.core.space import DEFAULT_PARAMS, PAPER_SPACE
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS, PAPER_SPACE
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.ablation import CONFIG_KEY, EXHAUSTED_KEY, SLOT_KEY
 

@@ -18,8 +18,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.model import MAX_PARAMETERS, build_model, model_manifest, save_model
-from hpo_astro.core.space import DEFAULT_PARAMS
 from hpo_astro.data import exromana, simulate
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.errors import UserError

@@ -14,6 +14,7 @@ from helpers import assert_refused, invoke, patience
 from optuna.trial import TrialState
 
 from hpo_astro.data import exromana, simulate
+from hpo_astro.store.record import WORKER_ATTR, internal_attr
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def test_two_run_commands_on_one_study_at_once_do_not_repeat_each_other(tmp_path
     study = optuna.load_study(study_name="random", storage=store)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 10
-    ran_by = {t.user_attrs["worker"] for t in finished}
+    ran_by = {internal_attr(t, WORKER_ATTR) for t in finished}
     assert len(ran_by) == 3  # the first command, then both concurrent ones ran trials
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 10
 

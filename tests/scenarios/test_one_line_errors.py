@@ -12,6 +12,8 @@ import optuna
 import pytest
 from helpers import GOOD_STUDIES, assert_refused, invoke
 
+from hpo_astro.store.record import params_full
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -72,11 +74,11 @@ def test_a_stored_configuration_that_cannot_be_built_is_refused(name: str, value
     allocate more than 3 GB): refused in one line before anything is read or retrained."""
     study = _first_study(store)
     best = study.best_trial
-    params = {**best.user_attrs["params_full"], name: value}
+    params = {**params_full(best), name: value}
     db = store.removeprefix("sqlite:///")
     with sqlite3.connect(db) as con:  # a finished trial: written as another program would, past Optuna's API
         con.execute(
-            "UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND key = 'params_full'",
+            "UPDATE trial_system_attributes SET value_json = ? WHERE trial_id = ? AND key = 'hpo_astro:params_full'",
             (json.dumps(params), best._trial_id),
         )
     study.set_user_attr("best_weights", None)  # so that compare must rebuild the model from params_full

@@ -31,6 +31,7 @@ from hpo_astro.results import evaluate
 from hpo_astro.store import recovery as recovery_module
 from hpo_astro.store import sqlite_file as sqlite_file_module
 from hpo_astro.store import storage as storage_module
+from hpo_astro.store.record import internal_attr, params_full
 from hpo_astro.store.recovery import fail_dead_trials, process_token
 from hpo_astro.store.storage import (
     close_store,
@@ -419,8 +420,8 @@ def test_fail_dead_trials_fails_and_requeues_a_dead_local_worker_only(tmp_path: 
     assert sorted(t.system_attrs["failed_trial"] for t in queued) == [dead.number, reused.number]
     for t in queued:
         assert t.params == trials[t.system_attrs["failed_trial"]].params
-        assert "worker" not in t.user_attrs and "worker_start" not in t.user_attrs  # the next worker sets its own
-        assert t.user_attrs["params_full"] == {"lr": 1e-3}
+        assert internal_attr(t, "worker") is None and internal_attr(t, "worker_start") is None  # the next sets its own
+        assert params_full(t) == {"lr": 1e-3}
     assert fail_dead_trials(study, grace_period=30) == []  # nothing is failed or queued twice
 
 
@@ -442,7 +443,7 @@ def test_fail_dead_trials_fails_a_trial_that_never_started_its_objective(
     )
     assert fail_dead_trials(study, grace_period=1) == [sampled.number, bare.number]
     (queued,) = study.get_trials(states=(TrialState.WAITING,))
-    assert queued.system_attrs["failed_trial"] == sampled.number and queued.user_attrs["params_full"] == {"lr": 1e-2}
+    assert queued.system_attrs["failed_trial"] == sampled.number and params_full(queued) == {"lr": 1e-2}
 
 
 def _journal_states(path: Path, study: str) -> list[optuna.trial.FrozenTrial]:
@@ -468,7 +469,7 @@ def test_a_run_killed_on_a_journal_store_resumes_to_exactly_the_budget(tmp_path:
     deadline = time.time() + patience(120)
     while time.time() < deadline and proc.poll() is None:  # until a trial has checkpointed an epoch
         trials = _journal_states(log, "killed")
-        if any(t.state == TrialState.RUNNING and "checkpoint" in t.user_attrs for t in trials):
+        if any(t.state == TrialState.RUNNING and internal_attr(t, "checkpoint") for t in trials):
             break
         time.sleep(0.1)
     assert proc.poll() is None, "the run ended before it could be killed"

@@ -96,3 +96,42 @@ def test_the_trial_readers_return_what_they_promise_whatever_the_store_holds() -
     assert record.retry_history(bad) == []
     for seconds in (math.nan, math.inf, True):
         assert record.stored_seconds(trial({"wall_time": seconds})) is None
+
+
+def test_internal_attributes_are_system_attributes_and_an_earlier_stores_user_attributes_still_read(
+    tmp_path: Path,
+) -> None:
+    """The configuration, the worker and the checkpoint pointer are written as trial system attributes (which
+    optuna-dashboard does not show), under hpo-astro's own prefix (no sampler's key); a trial an earlier version
+    wrote keeps them in user attributes, which the readers fall back to; a system attribute wins over a stale one."""
+    from hpo_astro.store import record
+    from hpo_astro.store.storage import open_storage
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    trial = study.ask()
+    record.set_internal(trial, record.PARAMS_FULL_ATTR, {"lr": 0.1})
+    record.set_internal(trial, record.WORKER_ATTR, "host:12")
+    record.set_internal(trial, record.CHECKPOINT_ATTR, {"artifact_id": "ckpt-1", "epoch": 3})
+    (stored,) = study.get_trials()
+    assert stored.user_attrs == {}
+    assert set(stored.system_attrs) == {"hpo_astro:params_full", "hpo_astro:worker", "hpo_astro:checkpoint"}
+    assert record.params_full(stored) == {"lr": 0.1} and record.internal_attr(stored, record.WORKER_ATTR) == "host:12"
+    assert record.internal_attr(stored, record.CHECKPOINT_ATTR) == {"artifact_id": "ckpt-1", "epoch": 3}
+    from hpo_astro.samplers import ablation_plan
+
+    sampler_keys = [
+        ablation_plan.SLOT_KEY,
+        ablation_plan.PLAN_KEY,
+        ablation_plan.CONFIG_KEY,
+        ablation_plan.EXHAUSTED_KEY,
+    ]
+    assert not any(key.startswith(record.SYSTEM_PREFIX) for key in [*sampler_keys, "fixed_params", "failed_trial"])
+
+    older = optuna.trial.create_trial(value=0.5, user_attrs={"params_full": {"lr": 0.01}, "worker": "h:1"})
+    assert record.params_full(older) == {"lr": 0.01} and record.internal_attr(older, record.WORKER_ATTR) == "h:1"
+    both = optuna.trial.create_trial(
+        value=0.5, user_attrs={"checkpoint": {"epoch": 1}}, system_attrs={"hpo_astro:checkpoint": {"epoch": 2}}
+    )
+    assert record.internal_attr(both, record.CHECKPOINT_ATTR) == {"epoch": 2}
+    hostile = optuna.trial.create_trial(value=0.5, system_attrs={"hpo_astro:params_full": [1, 2]})
+    assert record.params_full(hostile) is None

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import TrainState
 from hpo_astro.data.prepare import load_splits
-from hpo_astro.store.record import trial_history
+from hpo_astro.store.record import CHECKPOINT_ATTR, internal_attr, trial_history
 from hpo_astro.store.storage import artifact_store
 from hpo_astro.study.objective import SURPLUS_ATTR, Objective
 from hpo_astro.study.run import RunEvents, run_study
@@ -32,7 +32,7 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path: Path, small_file: Path) 
     # never left RUNNING: failed, and re-queued with its parameters and its epoch-1 checkpoint
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.WAITING]
     interrupted, queued = study.trials[2], study.trials[3]
-    assert queued.params == interrupted.params and queued.user_attrs["checkpoint"]["epoch"] == 1
+    assert queued.params == interrupted.params and internal_attr(queued, CHECKPOINT_ATTR)["epoch"] == 1
     result = run_study(cfg, train=fake_train)
     assert result.finished == 5 and result.ran == 3
     retried = result.study.trials[3]
@@ -58,7 +58,7 @@ def test_checkpoints_after_the_first_epoch_then_every_interval(
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, RunEvents(on_epoch=interrupt), train=fake_train)
     study = load_study(cfg.storage, "random")
-    assert study.trials[-1].user_attrs["checkpoint"]["epoch"] == checkpointed
+    assert internal_attr(study.trials[-1], CHECKPOINT_ATTR)["epoch"] == checkpointed
     result = run_study(cfg, train=fake_train)
     retried = result.study.trials[-1]
     assert retried.state == TrialState.COMPLETE and retried.user_attrs["resumed_from_epoch"] == checkpointed

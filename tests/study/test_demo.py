@@ -57,7 +57,7 @@ def test_n_startup_trials_is_recorded_for_joining_workers(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ('strategy = "random"\nn_startup_trials = 3', "n_startup_trials applies to the tpe, bohb, bayesian strategies"),
+        ('strategy = "random"\nn_startup_trials = 3', "applies to the tpe, bohb, bayesian, cmaes strategies"),
         ('strategy = "tpe"\nn_startup_trials = -1', "n_startup_trials must be >= 0"),
         ('strategy = "tpe"\nn_startup_trials = "3"', "n_startup_trials must be a int"),
     ],

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import train as real_train
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import StudyRecord
+from hpo_astro.store.record import CHECKPOINT_ATTR, StudyRecord, internal_attr, params_full
 from hpo_astro.study import run as run_module
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.evaluation import EvalPlan, fold_data, fold_indices
@@ -226,7 +226,7 @@ def test_a_trial_interrupted_in_its_second_run_resumes_there_and_ends_with_the_u
         run_study(cfg, train=train, data=data)
     assert calls == [0, 1]
     interrupted = load_study(cfg.storage, "cut").trials[0]
-    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["checkpoint"]["epoch"] == 2
+    assert interrupted.state == TrialState.FAIL and internal_attr(interrupted, CHECKPOINT_ATTR)["epoch"] == 2
     calls.clear()
     result = run_study(cfg, train=train, data=data)
     assert calls == [1, 2]  # the first run is not trained again: its result was in the checkpoint
@@ -330,5 +330,5 @@ def test_a_cross_validated_trials_model_is_its_first_folds_and_retraining_rebuil
     rebuilt = retrain_trial(study, trial, data).state_dict()
     assert kept.keys() == rebuilt.keys()
     assert all(torch.equal(kept[k], rebuilt[k]) for k in kept)
-    plain = real_train(trial.user_attrs["params_full"], data, max_epochs=2, seed=0).model.state_dict()
+    plain = real_train(params_full(trial), data, max_epochs=2, seed=0).model.state_dict()
     assert not all(torch.equal(kept[k], plain[k]) for k in kept)  # the study's own split gives another model

@@ -18,6 +18,7 @@ from helpers import SMALL_SPACE, fake_train, invoke, load_study, patience, study
 from optuna.trial import TrialState
 
 from hpo_astro.core.space import SearchSpace
+from hpo_astro.store.record import CHECKPOINT_ATTR, internal_attr
 from hpo_astro.study import run as run_module
 from hpo_astro.study.run import run_study
 
@@ -118,7 +119,7 @@ def test_a_signal_while_a_checkpoint_is_written_stops_the_run(
     study = load_study(cfg.storage, cfg.study_name)
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]  # failed and re-queued
-    assert failed.user_attrs["checkpoint"]["epoch"] == 2  # the checkpoint being written when the signal came
+    assert internal_attr(failed, CHECKPOINT_ATTR)["epoch"] == 2  # the checkpoint being written when the signal came
     result = run_study(cfg)
     retry = [t for t in result.study.trials if t.system_attrs.get("retry_history")]
     assert len(retry) == 1 and retry[0].user_attrs["resumed_from_epoch"] == 2

@@ -13,7 +13,8 @@ from helpers import noise_splits, study_config
 from optuna.trial import TrialState
 
 from hpo_astro.core.epochs import EpochLoop
-from hpo_astro.core.space import DEFAULT_PARAMS, SearchSpace
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import train
 from hpo_astro.store.record import EVAL_STACKING_ATTR
 from hpo_astro.study import run as run_module

@@ -4,6 +4,7 @@ or interrupted study continues the search instead of repeating it, each trial's 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import optuna
@@ -34,8 +35,11 @@ def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small
     if strategy == "grid":
         extra = ["--config", _grid_config(tmp_path)]
     else:  # the paper's space without its slowest corners (many small batches, deep stacks): seconds, not minutes
-        cheap = tmp_path / "cheap.toml"
-        cheap.write_text("[space]\nbatch_size = [64, 256]\nconv_layers = [1, 2]\nfc_layers = [1, 2]\n")
+        cheap = tmp_path / "cheap.toml"  # ranges as well as lists; a log range only where nothing must enumerate it
+        lr = "lr = [1e-3, 1e-2]" if strategy == "ablation" else "lr = {low = 1e-4, high = 1e-1, log = true}"
+        cheap.write_text(
+            f"[space]\nbatch_size = [64, 256]\nconv_layers = {{low = 1, high = 2}}\nfc_layers = [1, 2]\n{lr}\n"
+        )
         extra = ["--config", cheap, "--strategy", strategy]
     result = invoke("run", *extra, "--n-trials", 3, "--data", small_file, "--max-epochs", 1, "--storage", store)
     assert result.exit_code == 0, result.output
@@ -364,17 +368,39 @@ def test_qmc_is_built_once_with_the_study_seed(tmp_path: Path, small_file: Path)
     assert sampler._seed == 5 and sampler._scramble and sampler._qmc_type == "sobol"
 
 
-# cmaes: does not apply to an all-categorical space
+# cmaes: runs where the space has ranges; refused on lists, which it would only draw at random
 
 
-def test_cmaes_is_refused_with_the_reason(tmp_path: Path, small_file: Path) -> None:
+def test_cmaes_is_refused_without_two_ranges_with_the_reason(tmp_path: Path, small_file: Path) -> None:
     store = journal_url(tmp_path)
     result = invoke("run", "--strategy", "cmaes", "-n", 2, "--data", small_file, "--storage", store)
-    assert_refused(result, "strategy 'cmaes' does not apply to hpo-astro's search space: every hyperparameter is")
+    assert_refused(result, "strategy 'cmaes' needs at least two hyperparameters given as ranges")
     config = tmp_path / "cmaes.toml"
-    config.write_text('strategy = "cmaes"\nn_trials = 2\n')
-    assert_refused(invoke("run", "--config", config, "--data", small_file, "--storage", store), "categorical")
-    assert not (tmp_path / "optuna.db").exists()
+    config.write_text('strategy = "cmaes"\nn_trials = 2\n[space]\nlr = {low = 1e-4, high = 0.1, log = true}\n')
+    assert_refused(invoke("run", "--config", config, "--data", small_file, "--storage", store), "got 1: lr")
+    assert not (tmp_path / "optuna.db").exists() and not list(tmp_path.glob("*.log"))
+
+
+def test_cmaes_models_the_ranges_and_draws_the_lists_at_random(tmp_path: Path, small_file: Path) -> None:
+    """With two ranges CMA-ES proposes them from its own state (stored with each trial, so a resumed study goes
+    on), not from its random fallback."""
+    from hpo_astro.study.strategies import make_sampler
+
+    space = SearchSpace.from_dict(
+        {"lr": {"low": 1e-4, "high": 0.1, "log": True}, "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True}}
+    )
+    cfg = study_config(tmp_path, small_file, strategy="cmaes", space=space, n_startup_trials=0)
+    study = optuna.create_study(sampler=make_sampler(cfg))
+
+    def objective(trial: optuna.Trial) -> float:
+        lr, decay = (
+            trial.suggest_float("lr", 1e-4, 0.1, log=True),
+            trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
+        )
+        return abs(math.log10(lr) + 2) + abs(math.log10(decay) + 4)
+
+    study.optimize(objective, n_trials=6)
+    assert any(key.startswith("cma:") for t in study.trials for key in t.system_attrs)
 
 
 def test_cmaes_on_this_space_is_its_random_fallback() -> None:
@@ -413,4 +439,3 @@ def test_the_study_files_of_the_new_strategies_load() -> None:
         make_sampler(cfg)
     assert load_config(root / "bohb.toml").space == load_config(root / "qmc.toml").space == SearchSpace.paper()
     assert make_pruner(load_config(root / "bohb.toml").validate())._max_resource == 100  # the largest t_max
-    assert not (root / "cmaes.toml").exists()  # refused: see test_cmaes_is_refused_with_the_reason

@@ -20,6 +20,7 @@ from helpers import assert_refused, invoke, patience, slowness
 from optuna.trial import TrialState
 
 from hpo_astro.core.space import SearchSpace
+from hpo_astro.store.record import CHECKPOINT_ATTR, WORKER_ATTR, internal_attr, params_full
 from hpo_astro.study import workers
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.objective import SURPLUS_ATTR
@@ -64,15 +65,15 @@ def _running_trial_of(db: Path, pid: int) -> tuple[int, int] | None:
         try:
             rows = con.execute(
                 "SELECT t.number, a.key, a.value_json FROM trials t "
-                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                "WHERE t.state = 'RUNNING' AND a.key IN ('worker', 'checkpoint')"
+                "JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING' AND a.key IN ('hpo_astro:worker', 'hpo_astro:checkpoint')"
             ).fetchall()
         except sqlite3.OperationalError:
             return None
-    mine = {n for n, key, value in rows if key == "worker" and json.loads(value).endswith(f":{pid}")}
+    mine = {n for n, key, value in rows if key == "hpo_astro:worker" and json.loads(value).endswith(f":{pid}")}
     if not mine:
         return None
-    epochs = [json.loads(v).get("epoch", -1) for n, key, v in rows if key == "checkpoint" and n in mine]
+    epochs = [json.loads(v).get("epoch", -1) for n, key, v in rows if key == "hpo_astro:checkpoint" and n in mine]
     return min(mine), max(epochs, default=-1)
 
 
@@ -150,14 +151,14 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
     surplus = [t for t in failed if t.user_attrs.get(SURPLUS_ATTR)]
     assert len(failed) - len(surplus) >= hits  # every kill that hit a running trial failed it
     for t in failed:
-        if t not in surplus and "params_full" in t.user_attrs:
+        if t not in surplus and params_full(t):
             assert t.number in retried, f"killed trial {t.number} was never retried"
     resumed = [t for t in finished if t.system_attrs.get("retry_history")]
     assert resumed, "no killed trial finished as a retry"
     by_number = {t.number: t for t in trials}
     for t in resumed:
         predecessor = by_number[t.system_attrs["retry_history"][-1]]
-        pointer = predecessor.user_attrs.get("checkpoint")
+        pointer = internal_attr(predecessor, CHECKPOINT_ATTR)
         if pointer:
             assert t.user_attrs["resumed_from_epoch"] == pointer["epoch"], t.number
     assert any(t.user_attrs.get("resumed_from_epoch", 0) >= 1 for t in resumed)  # checkpoints were used
@@ -193,7 +194,7 @@ def test_sigterm_checkpoints_and_requeues(tmp_path: Path, small_file: Path) -> N
         time.sleep(0.1)
         if db.exists() and _states(db).get("RUNNING"):
             study = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
-            if study.trials and "checkpoint" in study.trials[-1].user_attrs:
+            if study.trials and internal_attr(study.trials[-1], CHECKPOINT_ATTR):
                 break
     proc.send_signal(signal.SIGTERM)
     start = time.time()
@@ -218,7 +219,7 @@ def _wait_for_other_workers(study: optuna.Study, n: int, timeout: float = 180.0)
     me = f"{socket.gethostname()}:{os.getpid()}"
     deadline = time.time() + patience(timeout)
     while time.time() < deadline:
-        others = {t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False)} - {me, None}
+        others = {internal_attr(t, WORKER_ATTR) for t in study.get_trials(deepcopy=False)} - {me, None}
         if len(others) >= n:
             return
         time.sleep(0.05)
@@ -251,7 +252,7 @@ def test_four_workers_on_one_sqlite_file(tmp_path: Path, small_file: Path, capfd
     trials = study.trials
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 12
     assert not [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS_ATTR)]
-    assert len({t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}) >= 3  # really parallel
+    assert len({internal_attr(t, WORKER_ATTR) for t in trials} - {None}) >= 3  # really parallel
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     out, err = capfd.readouterr()
     assert "database is locked" not in out + err
@@ -273,7 +274,7 @@ def test_four_workers_on_postgresql(small_file: Path, tmp_path: Path) -> None:
     name = f"pg-{os.getpid()}-{int(time.time())}"
     study = _parallel(url, small_file, name, workers=4, n_trials=12, artifacts=tmp_path / "artifacts")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 12
-    assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) >= 3
+    assert len({internal_attr(t, WORKER_ATTR) for t in study.trials} - {None}) >= 3
     optuna.delete_study(study_name=name, storage=url)
 
 
@@ -340,7 +341,7 @@ def test_run_workers_and_worker_commands(tmp_path: Path, small_file: Path, monke
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
     # the spawned worker ran trials (all 8, on a fast machine, while this one was held back)
     me = f"{socket.gethostname()}:{os.getpid()}"
-    assert len({t.user_attrs["worker"] for t in study.trials} - {me}) == 1
+    assert len({internal_attr(t, WORKER_ATTR) for t in study.trials} - {me}) == 1
     study.set_user_attr("n_trials", 10)  # more budget: a worker joins and does the rest
     joined = invoke("worker", "--study", "cli", "--storage", store, "--threads", 1)
     assert joined.exit_code == 0, joined.output

@@ -14,7 +14,8 @@ from helpers import assert_refused, invoke, journal_url, load_study, scripted_tr
 from test_tabular import fake_test, make_row, make_table, space_file
 
 from hpo_astro import tabular
-from hpo_astro.core.space import DEFAULT_PARAMS, SearchSpace
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.errors import UserError
 from hpo_astro.results.choice import best_trial
 from hpo_astro.study.config import StudyConfig

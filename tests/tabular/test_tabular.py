@@ -25,12 +25,13 @@ from helpers import assert_refused, fake_train, invoke, journal_url, load_study,
 from optuna.trial import TrialState
 
 from hpo_astro import tabular
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.metrics import Metrics
-from hpo_astro.core.space import DEFAULT_PARAMS, SearchSpace
+from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import EpochMetrics, TrainState
 from hpo_astro.data.prepare import load_splits
 from hpo_astro.errors import UserError
-from hpo_astro.store.record import StudyRecord, trial_history
+from hpo_astro.store.record import CHECKPOINT_ATTR, WORKER_ATTR, StudyRecord, internal_attr, params_full, trial_history
 from hpo_astro.study import workers
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.run import RunEvents, run_study
@@ -178,7 +179,7 @@ def test_tabulate_writes_the_whole_table(
     study = load_study(journal_url(tmp_path), "table/t8")
     assert study.user_attrs["strategy"] == "grid" and study.user_attrs["pruner"] == "none"
     for trial in study.trials:
-        row = table.row(trial.user_attrs["params_full"])
+        row = table.row(params_full(trial))
         assert trial.user_attrs["train_seed"] == 5  # --seed is the training seed of every row
         assert [h.val_accuracy for h in row.history] == [h["val_accuracy"] for h in trial_history(trial)]
         assert len(row.history) == 3  # --max-epochs
@@ -301,7 +302,7 @@ def test_tabulate_with_workers_trains_and_tests_for_real(
         gate(self, study, finished, target)
         deadline = time.time() + patience(180)
         while time.time() < deadline:  # hold this process until the spawned one has a trial of its own
-            if {t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False)} - {me, None}:
+            if {internal_attr(t, WORKER_ATTR) for t in study.get_trials(deepcopy=False)} - {me, None}:
                 return
             time.sleep(0.05)
 
@@ -316,7 +317,7 @@ def test_tabulate_with_workers_trains_and_tests_for_real(
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     study = load_study(journal_url(tmp_path), "table/real")
-    assert len({t.user_attrs["worker"] for t in study.trials} - {me}) == 1  # the spawned worker trained one
+    assert len({internal_attr(t, WORKER_ATTR) for t in study.trials} - {me}) == 1  # the spawned worker trained one
     table = Table.load(tmp_path / "real.json")
     assert len(table.rows) == 2
     for row in table.rows:
@@ -607,8 +608,8 @@ def test_pruning_acts_on_replayed_curves(tmp_path: Path, small_file: Path) -> No
         assert epochs < 10 and trial.user_attrs["stop_reason"] == "pruned"
         assert trial.user_attrs["wall_time"] == pytest.approx(sum(0.5 + 0.1 * e for e in range(1, epochs + 1)))
         assert TEST_METRICS_ATTR not in trial.user_attrs
-    best_pruned = max(quality(t.user_attrs["params_full"]) for t in pruned)
-    assert max(quality(t.user_attrs["params_full"]) for t in complete) > best_pruned
+    best_pruned = max(quality(params_full(t)) for t in pruned)
+    assert max(quality(params_full(t)) for t in complete) > best_pruned
 
 
 def test_a_replay_resumes_from_its_checkpoint_and_an_interrupted_replayed_trial_is_replayed_whole(
@@ -634,7 +635,8 @@ def test_a_replay_resumes_from_its_checkpoint_and_an_interrupted_replayed_trial_
         run_study(cfg, RunEvents(on_epoch=interrupt), train=TableReplay(table))
     result = run_study(cfg, train=TableReplay(table))
     assert result.finished == 16
-    assert not any("checkpoint" in t.user_attrs or "resumed_from_epoch" in t.user_attrs for t in result.study.trials)
+    trials = result.study.trials
+    assert not any(internal_attr(t, CHECKPOINT_ATTR) or "resumed_from_epoch" in t.user_attrs for t in trials)
     retried = [
         t for t in result.study.trials if t.state.name == "COMPLETE" and t.params == result.study.trials[1].params
     ]
