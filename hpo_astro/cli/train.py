@@ -36,15 +36,17 @@ def train_command(
     threads: ThreadsOpt = None,
 ) -> None:
     """Train one configuration, print per-epoch and validation metrics, save weights and configuration."""
+    from hpo_astro.core.space import SearchSpace, parse_assignments
+
+    space = SearchSpace.paper()
+    params = space.complete(parse_assignments(param, space))  # bad input answers before torch is imported (seconds)
+
     import torch
 
     from hpo_astro.core.model import model_manifest, save_model
-    from hpo_astro.core.space import SearchSpace, parse_assignments
     from hpo_astro.core.train import resolve_device, train
     from hpo_astro.data.prepare import PrepConfig, load_splits, parse_channels
 
-    space = SearchSpace.paper()
-    params = space.complete(parse_assignments(param, space))
     prep = PrepConfig(channels=parse_channels(channels))
     torch_device = resolve_device(device)
     if threads:
