@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from hpo_astro.core.train import TrainState
 
-OPTUNA_LEVELS = {QUIET: logging.ERROR, NORMAL: logging.WARNING, VERBOSE: logging.INFO}  # -vv and more: DEBUG
+OPTUNA_LEVELS = {QUIET: logging.WARNING, NORMAL: logging.WARNING, VERBOSE: logging.INFO}  # -vv and more: DEBUG
 RECENT_EPOCHS = 50  # the ETA's epoch time: the mean of the last ones measured
 
 

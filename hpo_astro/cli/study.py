@@ -275,6 +275,8 @@ def _interrupted(exc: KeyboardInterrupt) -> str:
 
     if not isinstance(exc, Interrupted):
         return "no trial of this process was running"
+    if not exc.requeued:
+        return f"trial #{exc.trial} had already ended ({exc.state}) when the signal came: nothing to re-queue"
     if exc.checkpoint_epoch is None:
         return f"the running trial #{exc.trial} was re-queued; it had no checkpoint yet, so it starts over"
     return f"the running trial #{exc.trial} was checkpointed at epoch {exc.checkpoint_epoch} and re-queued"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpo_astro.core.hyperparameters import (
@@ -64,9 +64,16 @@ class Range:
                 raise UserError(f"step of {name!r} must be a number above 0, got {step!r}")
             if integer and step != int(step):
                 raise UserError(f"step of {name!r} must be a whole number, got {step!r}")
-            if log and step != 1:  # Optuna's distributions refuse log with a step
+            if log and (step != 1 or not integer):  # Optuna's distributions refuse log with a step
                 raise UserError(f"range of {name!r}: log and step cannot be combined (Optuna samples one or the other)")
             step = int(step) if integer else float(step)
+            steps = (high - low) / step
+            if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):  # Optuna would lower `high` to the grid, quietly
+                top = low + math.floor(steps + 1e-9) * step
+                raise UserError(
+                    f"range of {name!r}: high {high} is not low {low} plus a whole number of steps {step}; "
+                    f"use high = {float(f'{top:.12g}'):g} or {float(f'{top + step:.12g}'):g}"
+                )
         if integer:
             low, high = int(low), int(high)
         else:
@@ -134,6 +141,9 @@ class SearchSpace(Mapping[str, Dimension]):
     """An ordered, immutable mapping from hyperparameter name to its allowed values (a tuple) or its `Range`."""
 
     entries: tuple[tuple[str, Dimension], ...]
+    # A study of an earlier version sampled its one-value lists as Optuna parameters: resumed, it goes on doing so
+    # (its sampler's plan and its trials' parameters stay what they were). See `fixed`.
+    fixed_sampled: bool = field(default=False, compare=False)
 
     @classmethod
     def from_dict(cls, space: Mapping[str, Any]) -> SearchSpace:
@@ -141,11 +151,8 @@ class SearchSpace(Mapping[str, Dimension]):
         for name, vals in space.items():
             if name not in PAPER_SPACE:
                 raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(PAPER_SPACE)}")
-            if isinstance(vals, Range):
-                items.append((name, vals))
-                continue
-            if isinstance(vals, Mapping):
-                items.append((name, Range.parse(name, vals)))
+            if isinstance(vals, Range | Mapping):  # a Range is checked as its spec is: built by hand, it may be wrong
+                items.append((name, Range.parse(name, vals.to_dict() if isinstance(vals, Range) else vals)))
                 continue
             if isinstance(vals, str | bytes) or not hasattr(vals, "__iter__"):
                 raise UserError(f"values of {name!r} must be a list or a range {{low, high}}, got {vals!r}")
@@ -159,7 +166,7 @@ class SearchSpace(Mapping[str, Dimension]):
     def paper(cls) -> SearchSpace:
         return cls.from_dict(PAPER_SPACE)
 
-    def __getitem__(self, name: str) -> tuple[Value, ...]:
+    def __getitem__(self, name: str) -> Dimension:
         for key, vals in self.entries:
             if key == name:
                 return vals
@@ -192,9 +199,12 @@ class SearchSpace(Mapping[str, Dimension]):
             values = self.values_of(name)
             if values is None:
                 assert isinstance(dim, Range)
+                why = (
+                    "give it a step" if dim.step is None and not dim.integer else f"more than {MAX_ENUMERATED:,} values"
+                )
                 raise UserError(
-                    f"{needed_by} needs a finite list of values, but {name} is the range {dim.describe()}: give it "
-                    f"a step, or a list of values"
+                    f"{needed_by} needs a finite list of values, but {name} is the range {dim.describe()}: {why}, or "
+                    "a list of values"
                 )
             out[name] = list(values)
         return out
@@ -211,6 +221,8 @@ class SearchSpace(Mapping[str, Dimension]):
     @functools.cached_property
     def _fixed(self) -> dict[str, Value]:  # cached: asked for every trial (a replay's trial takes a millisecond)
         out: dict[str, Value] = {}
+        if self.fixed_sampled:
+            return out
         for name, dim in self.entries:
             if isinstance(dim, Range) and dim.fixed:
                 out[name] = dim.low

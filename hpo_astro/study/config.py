@@ -157,7 +157,7 @@ class StudyConfig:
             n_trials=record.n_trials,
             study=study_name,
             storage=storage,
-            space=SearchSpace.from_dict(record.space),
+            space=dataclasses.replace(SearchSpace.from_dict(record.space), fixed_sampled=record.fixed_params is None),
             baseline=record.baseline,
             greedy=bool(record.greedy),
             population_size=int(record.population_size),

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import optuna
@@ -65,6 +66,8 @@ def create_or_resume(
             f"study {cfg.study_name!r} in the store holds {kind} trials, and this command runs {record.trial_kind} "
             f"ones; use another --study name{_HOW_TO_RESUME.get(kind, '')}"
         )
+    if stored is not None and stored.fixed_params is None:  # an earlier version's study keeps sampling them
+        record = dataclasses.replace(record, fixed_params=None)
     for key, value in record.to_attrs().items():
         if current.get(key) != value:
             study.set_user_attr(key, value)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from hpo_astro.store.record import (
     FAIL_REASON_ATTR,
     PARAMS_FULL_ATTR,
     TRAINED,
+    StudyRecord,
     fail_reason,
     internal_attr,
     is_surplus,
@@ -71,12 +73,13 @@ class RunEvents:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C / SIGTERM stopped the run while this process ran trial `trial`, which was re-queued; `checkpoint_epoch`:
-    the epoch its checkpoint holds, from which the retry resumes (None: no checkpoint was written, it starts over)."""
+    """Ctrl-C / SIGTERM stopped the run while this process ran trial `trial`. `requeued`: whether it was re-queued
+    (False: the signal, deferred past training, came once the trial had ended as `state`); `checkpoint_epoch`: the
+    epoch its checkpoint holds, from which the retry resumes (None: no checkpoint was written, it starts over)."""
 
-    def __init__(self, trial: int, checkpoint_epoch: int | None) -> None:
+    def __init__(self, trial: int, checkpoint_epoch: int | None, requeued: bool = True, state: str = "") -> None:
         super().__init__(f"trial {trial} interrupted")
-        self.trial, self.checkpoint_epoch = trial, checkpoint_epoch
+        self.trial, self.checkpoint_epoch, self.requeued, self.state = trial, checkpoint_epoch, requeued, state
 
 
 @dataclass
@@ -99,6 +102,13 @@ def prepare_run(
     if data is None:
         data = load_splits(cfg.data, PrepConfig(channels=cfg.channels, fractions=cfg.split))
     return data, sampler, pruner
+
+
+def sampled_fixed_before(study: optuna.Study) -> bool:
+    """Whether the study was made by an earlier version, which sampled one-value hyperparameters as Optuna
+    parameters (its record has no `fixed_params`)."""
+    record = StudyRecord.from_attrs(study.user_attrs)
+    return record is not None and record.fixed_params is None
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -186,6 +196,9 @@ def _open(
     if storage is None:
         storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
     study = create_or_resume(cfg, storage, study_record(cfg, data, trial_kind), sampler, pruner)
+    if sampled_fixed_before(study) and cfg.space.fixed():  # resumed as that version ran it: see `SearchSpace`
+        cfg.space = dataclasses.replace(cfg.space, fixed_sampled=True)
+        study.sampler = sampler = make_sampler(cfg)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs[ARTIFACTS_KEY]))
     return study, target, Objective(cfg, data, target, store, on_epoch, train or train_configuration)
@@ -229,11 +242,12 @@ def _run_one_trial(
         with process_interrupts.deferred():  # signals act inside training only (see Interrupts)
             study.optimize(started, n_trials=1, catch=(Exception,), gc_after_trial=False)
     except KeyboardInterrupt as exc:
-        _requeue(study, objective.current_trial_id, interrupted_reason(exc))
+        requeued = _requeue(study, objective.current_trial_id, interrupted_reason(exc))
         if objective.current_trial_id is None:
             raise
         trial = study._storage.get_trial(objective.current_trial_id)
-        raise Interrupted(trial.number, _checkpoint_epoch(trial)) from None
+        epoch = _checkpoint_epoch(trial) if requeued else None
+        raise Interrupted(trial.number, epoch, requeued, trial.state.name.lower()) from None
     except Exception as exc:  # the store itself failed while Optuna recorded the trial
         reason = write_fault(exc)
         if reason is None:
@@ -254,12 +268,12 @@ def _run_one_trial(
 _RESUME_HINT = "the trial was re-queued; free some space and re-run the same command to resume"
 
 
-def _requeue(study: optuna.Study, trial_id: int | None, reason: str) -> None:
+def _requeue(study: optuna.Study, trial_id: int | None, reason: str) -> bool:
     """After Ctrl-C / SIGTERM: fail the interrupted trial if Optuna has not, and re-queue it with its parameters
     and checkpoint (what the heartbeat does for a dead process). Signals are deferred until training starts (see
     `hpo_astro.study.interrupts`), so an interrupted trial always has its id and its full parameters."""
     if trial_id is None:
-        return
+        return False
     storage = study._storage
     trial = storage.get_trial(trial_id)
     if trial.state == TrialState.RUNNING:
@@ -268,6 +282,8 @@ def _requeue(study: optuna.Study, trial_id: int | None, reason: str) -> None:
     interrupted = FAIL_REASON_ATTR not in trial.user_attrs  # an ordinary error records its reason
     if trial.state == TrialState.FAIL and internal_attr(trial, PARAMS_FULL_ATTR) is not None and interrupted:
         retry_callback(reason)(study, trial)
+        return True
+    return False
 
 
 def _checkpoint_epoch(trial: FrozenTrial) -> int | None:
@@ -276,7 +292,7 @@ def _checkpoint_epoch(trial: FrozenTrial) -> int | None:
     if not isinstance(pointer, dict) or "artifact_id" not in pointer:
         return None
     epoch = pointer.get("epoch")
-    return epoch if isinstance(epoch, int) else 0
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def _failures_in_a_row(trial: FrozenTrial, before: int) -> int:

@@ -63,8 +63,17 @@ def _genetic(cfg: RunSettings) -> BaseSampler:
 ABLATION_WAIT = 6 * 3600.0
 
 
+# Ablation writes its plan (every value of every hyperparameter) to each trial; beyond this many slots, narrow it.
+ABLATION_LIMIT = 10_000
+
+
 def _ablation(cfg: RunSettings) -> BaseSampler:
     grid = varying_grid(cfg, "ablation")
+    slots = sum(len(values) for values in grid.values())
+    if slots > ABLATION_LIMIT:
+        raise UserError(
+            f"the ablation plan has {slots:,} trials (limit {ABLATION_LIMIT:,}); give the ranges larger steps"
+        )
     baseline = None if cfg.baseline is None else {k: v for k, v in cfg.baseline.items() if k in grid}
     return AblationSampler(grid, baseline=baseline, greedy=cfg.greedy, seed=cfg.seed, wait_timeout=ABLATION_WAIT)
 

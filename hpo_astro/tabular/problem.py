@@ -5,9 +5,9 @@
     optuna.create_study(directions=problem.directions).optimize(problem, n_trials=30)
 
 It answers a configuration with the number a replayed hpo-astro study gives it (`TableReplay`, the objective's
-metric, a NaN counted as the worst value), so a study run here and one run with `hpo-astro run --table` score a
-configuration alike. Needs `optunahub` (`pip install 'hpo-astro[hub]'`); `hpo_astro.tabular` itself does not import
-this module.
+metric, a NaN counted as the worst value), so a study run here and a replayed hpo-astro study (`hpo-astro benchmark
+--table`) score a configuration alike. Needs `optunahub` (`pip install 'hpo-astro[hub]'`); `hpo_astro.tabular` itself
+does not import this module.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class TableProblem(BaseProblem):
       run's best epoch, as in a study; or a sequence of them for a multi-objective problem (`evaluate` then returns
       one value per objective, in that order).
     * `search_space`: the distribution of each hyperparameter the table varies (`SearchSpace.distributions`, what
-      hpo-astro's own objective suggests): a `CategoricalDistribution` of the table's values, in the table's order.
-      A hyperparameter the table holds at one value is left out and filled in by `evaluate`.
+      hpo-astro's own objective suggests): a `CategoricalDistribution` of a list of values, an int or float
+      distribution of a range. A hyperparameter the table holds at one value is left out and filled in by `evaluate`.
     * `evaluate(params)`: the value of the configuration `params` (the search space's names; the table's other
       hyperparameters may be given too, and must then be the values the table was trained with). A name or a value
       the table does not have is a one-line `hpo_astro.errors.UserError`.

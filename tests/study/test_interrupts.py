@@ -177,3 +177,29 @@ assert optuna.logging.get_verbosity() == optuna.logging.WARNING and len(optimize
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=patience(120))
     assert done.returncode == 0, done.stderr
+
+
+def test_a_signal_that_comes_once_the_trial_has_ended_requeues_nothing_and_says_so(
+    tmp_path: Path, small_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal after training (while the trial's result is written) is deferred and acts once Optuna has recorded
+    the trial: nothing was interrupted, so nothing is re-queued, and the run does not claim it was."""
+    from hpo_astro.cli.study import _interrupted
+    from hpo_astro.study import objective
+
+    recorded = objective._record_run
+
+    def record_then_signal(trial: optuna.Trial, result: object) -> None:
+        recorded(trial, result)
+        os.kill(os.getpid(), signal.SIGINT)  # after training: deferred until the trial has ended
+
+    monkeypatch.setattr(objective, "_record_run", record_then_signal)
+    cfg = study_config(tmp_path, small_file, n_trials=2, max_epochs=1)
+    with pytest.raises(run_module.Interrupted) as stopped:
+        run_study(cfg, train=fake_train)
+    assert not stopped.value.requeued and stopped.value.state == "complete"
+    assert (
+        _interrupted(stopped.value) == "trial #0 had already ended (complete) when the signal came: nothing to re-queue"
+    )
+    study = load_study(cfg.storage, cfg.study_name)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # no retry queued

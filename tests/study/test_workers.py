@@ -95,8 +95,8 @@ def _wait(condition: Callable[[], bool], proc: subprocess.Popen, what: str, limi
 
 
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path) -> None:
-    """5 SIGKILLs over one study, in a seeded random order: while the process starts, as its trial begins, and after
-    1, 2 and 3 checkpointed epochs (somewhere inside the next one); the same command restarted each time. Ends with
+    """4 SIGKILLs over one study, in a seeded random order: while the process starts, as its trial begins, and after
+    1 and 2 checkpointed epochs (somewhere inside the next one); the same command restarted each time. Ends with
     exactly N finished trials, none running, every killed trial retried (resuming from its checkpoint), and a sound
     database. Every wait is for progress (a trial of this process running, a checkpoint written), so a slow machine
     only takes longer."""
@@ -117,7 +117,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
     cmd = [sys.executable, "-m", "hpo_astro.cli", "run", "--config", str(config), "--threads", "1"]
     env = {**os.environ, "HPO_ASTRO_CACHE": str(tmp_path / "cache")}
     rng = random.Random(0)
-    moments: list[str | int] = ["starting", 0, 1, 2, 3]  # each moment once (a process start costs seconds)
+    moments: list[str | int] = ["starting", 0, 1, 2]  # each moment once (a process start costs seconds)
     rng.shuffle(moments)
     hits = 0
     for moment in moments:
@@ -137,7 +137,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, small_file: Path
         hits += _running_trial_of(db, proc.pid) is not None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert hits >= 4  # the trial-time moments hit a running trial (a "starting" kill may too, on a fast machine)
+    assert hits >= 3  # the trial-time moments hit a running trial (a "starting" kill may too, on a fast machine)
     final = invoke(*cmd[3:])  # the same command, in this process (a process start costs seconds of imports)
     assert final.exit_code == 0, final.output[-2000:]
 
