@@ -15,7 +15,8 @@ counted, nor are the copies that re-queue a failed or dead trial). So:
   parameters) but not when parallel workers finish trials in a timing-dependent order.
 
 The inner samplers keep no state of their own between trials (TPE, GP and NSGA-II rebuild their models and
-populations from the study store), so nothing is lost by building one per trial; GP merely loses its warm start.
+populations from the study store; CMA-ES restores its optimizer, random state included, from the `cma:*` system
+attributes of the study's trials), so nothing is lost by building one per trial; GP merely loses its warm start.
 """
 
 from __future__ import annotations
