@@ -209,6 +209,10 @@ class SearchSpace(Mapping[str, Dimension]):
             out[name] = list(values)
         return out
 
+    def grid_size(self, needed_by: str) -> int:
+        """How many configurations `grid` lists (refused as `grid` refuses)."""
+        return math.prod(len(values) for values in self.grid(needed_by).values())
+
     def fixed(self) -> dict[str, Value]:
         """The hyperparameters with a single value: set in every configuration, not sampled (no Optuna parameter)."""
         return dict(self._fixed)

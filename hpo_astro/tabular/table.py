@@ -147,7 +147,7 @@ class Table:
     @property
     def size(self) -> int:
         """Configurations in the space (rows present or not)."""
-        return math.prod(len(values) for values in self.search_space.grid("a table").values())
+        return self.search_space.grid_size("a table")
 
     @property
     def missing(self) -> int:

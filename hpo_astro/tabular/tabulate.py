@@ -5,7 +5,6 @@ best weights then evaluated once on the test split."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -92,7 +91,7 @@ def check_name(name: str) -> str:
 
 
 def check_size(space: SearchSpace, limit: int = DEFAULT_MAX_CONFIGS) -> int:
-    size = math.prod(len(values) for values in space.grid("a table").values())  # a range must list its values
+    size = space.grid_size("a table")  # a range must list its values
     if size > limit:
         raise UserError(
             f"the space has {size:,} configurations, more than the table limit of {limit:,}; narrow [space] in the "
