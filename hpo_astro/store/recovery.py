@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
+import logging
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo_astro.errors import described
 from hpo_astro.store.record import (
     CHECKPOINT_ATTR,
     FAIL_REASON_ATTR,
@@ -40,6 +42,8 @@ from hpo_astro.store.record import (
 
 MAX_RETRY = 20  # retries of one trial after its process died (a trial that kills its worker stops eventually)
 _WORKER_KEYS = (WORKER_ATTR, WORKER_START_ATTR)  # the dead process's identity: never inherited
+
+_logger = logging.getLogger(__name__)
 
 
 class _Retry(optuna.storages.RetryHeartbeatStaleTrialCallback):
@@ -115,8 +119,11 @@ def _note(study: optuna.Study, trial_id: int, line: str) -> None:
     import optuna_dashboard
 
     trial = types.SimpleNamespace(storage=study._storage, study=study, _trial_id=trial_id)
-    before = optuna_dashboard.get_note(trial)  # type: ignore[arg-type]
-    optuna_dashboard.save_note(trial, f"{before}\n\n{line}" if before else line)  # type: ignore[arg-type]
+    try:  # the note is for people reading the dashboard: the retry (and its `retry_of`) stands without it
+        before = optuna_dashboard.get_note(trial)  # type: ignore[arg-type]
+        optuna_dashboard.save_note(trial, f"{before}\n\n{line}" if before else line)  # type: ignore[arg-type]
+    except Exception as exc:  # another optuna-dashboard's internals, or a store that takes no more writes
+        _logger.warning("could not write trial %d's note (%s): %s", trial_id, line, described(exc))
 
 
 @functools.cache

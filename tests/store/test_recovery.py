@@ -180,3 +180,27 @@ def test_an_interruption_is_named_by_its_signal() -> None:
     assert interrupted_reason(KeyboardInterrupt("signal 2")) == "interrupted by SIGINT"
     assert interrupted_reason(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
     assert interrupted_reason(KeyboardInterrupt("signal 999")) == "interrupted (Ctrl-C)"
+
+
+def test_a_note_that_cannot_be_written_does_not_stop_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry note goes through optuna-dashboard's `save_note` (its internals, on a stand-in trial): if it
+    fails, the dead trial is still re-queued, its retry still says whom it retries, and the failure is logged."""
+    import optuna_dashboard
+
+    def broken(*args: object) -> None:
+        raise AttributeError("'SimpleNamespace' object has no attribute 'storage'")
+
+    monkeypatch.setattr(optuna_dashboard, "save_note", broken)
+    study = optuna.create_study(study_name="j", storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))))
+    trial = study.ask()
+    trial.suggest_categorical("lr", [0.1, 0.01])
+    set_internal(trial, PARAMS_FULL_ATTR, {"lr": trial.params["lr"]})
+    set_internal(trial, WORKER_ATTR, f"{socket.gethostname()}:{_dead_pid()}")
+    set_internal(trial, WORKER_START_ATTR, "1")
+    with caplog.at_level("WARNING", logger="hpo_astro.store.recovery"):
+        assert fail_dead_trials(study, grace_period=30) == [trial.number]
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.user_attrs[RETRY_OF_ATTR]["trial"] == trial.number and retry.params == trial.params
+    assert f"could not write trial {trial._trial_id}'s note" in caplog.text
