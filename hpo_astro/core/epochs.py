@@ -37,9 +37,29 @@ class EpochMetrics:
     val_roc_auc: float
     lr: float  # learning rate used during this epoch
     seconds: float
+    # The operating points (`hpo_astro.core.metrics`): measured by the trainer; NaN where nothing measured them (a
+    # table's replay: tables record the fields above), and then left out of `as_dict`. Not compared: an epoch is
+    # what a table records of it (NaN is not equal to itself, so a copied unmeasured epoch would not equal it).
+    val_fpr_at_5fnr: float = field(default=math.nan, compare=False)
+    val_mdr_at_1fpr: float = field(default=math.nan, compare=False)
+
+    @classmethod
+    def of(cls, epoch: int, train_loss: float, train_accuracy: float, val: Any, lr: float, seconds: float) -> Any:
+        """An epoch whose validation metrics are `val` (a `hpo_astro.core.metrics.Metrics`)."""
+        return cls(
+            epoch, train_loss, train_accuracy, val.loss, val.accuracy, val.roc_auc, lr, seconds, val.fpr_at_5fnr,
+            val.mdr_at_1fpr,
+        )  # fmt: skip
 
     def as_dict(self) -> dict[str, float]:
-        return dict(vars(self))
+        out = dict(vars(self))
+        for name in OPERATING_POINT_FIELDS:
+            if math.isnan(out[name]):
+                del out[name]
+        return out
+
+
+OPERATING_POINT_FIELDS = ("val_fpr_at_5fnr", "val_mdr_at_1fpr")
 
 
 @dataclass

@@ -3,11 +3,14 @@
 Accuracy uses a real decision threshold on the sigmoid (0.5 by default), not the paper's "top third of
 logits" rule (about two thirds of the samples are real, so that rule capped accuracy near 0.67-0.70
 whatever the model learned). ROC AUC is threshold-free; the false-positive rate at a fixed 5% false-negative rate is the
-operating point astronomers quote for real/bogus classifiers (miss at most 5% of real transients).
+operating point astronomers quote for real/bogus classifiers (miss at most 5% of real transients); the missed-detection
+rate at a fixed 1% false-positive rate is the other one the real/bogus literature reports (a survey night's bogus
+candidates outnumber its reals, so the false positives a scanner can take set the threshold).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +26,13 @@ class Metrics:
     f1: float
     fpr_at_5fnr: float
     threshold: float = 0.5
+    mdr_at_1fpr: float = float("nan")  # NaN: not measured (a table or a record of an earlier version)
 
     def as_dict(self) -> dict[str, float]:
-        return dict(vars(self))  # flat floats: what `dataclasses.asdict` gives, without its deep copy (hot in replays)
+        out = dict(vars(self))  # flat floats: what `dataclasses.asdict` gives, without its deep copy (hot in replays)
+        if math.isnan(out["mdr_at_1fpr"]):  # not measured (a table's row, a record of an earlier version): absent
+            del out["mdr_at_1fpr"]
+        return out
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -61,6 +68,20 @@ def fpr_at_fnr(labels: np.ndarray, scores: np.ndarray, fnr: float = 0.05) -> flo
     return float((neg >= threshold).mean())
 
 
+def mdr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 0.01) -> float:
+    """Missed-detection rate (fraction of reals scored below the threshold) at the lowest threshold that lets through
+    at most `fpr` of the bogus: ties count as let through, so a threshold never splits equal scores."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg = scores[labels], np.sort(scores[~labels])[::-1]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    # Letting through k bogus is allowed, k = floor(fpr * n_neg): the threshold lies above the (k+1)-th highest.
+    k = int(np.floor(fpr * len(neg) + 1e-9))
+    threshold = np.nextafter(neg[k], np.inf)  # the smallest score above it: the (k+1)-th and its ties are rejected
+    return float((pos < threshold).mean())
+
+
 def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, loss: float = float("nan"), threshold: float = 0.5
 ) -> Metrics:
@@ -82,4 +103,5 @@ def classification_metrics(
         f1=f1,
         fpr_at_5fnr=fpr_at_fnr(labels, probabilities, 0.05),
         threshold=threshold,
+        mdr_at_1fpr=mdr_at_fpr(labels, probabilities, 0.01),
     )

@@ -326,16 +326,8 @@ def train_stacked(
         seconds = (time.perf_counter() - epoch_start) / len(active)
         for k, r in enumerate(active):
             val = metrics_from_logits(val_logits[k], data.y_val, data.pos_weight)
-            metrics = EpochMetrics(
-                epoch=loops[r].epoch + 1,
-                train_loss=(loss_sums[k] / len(x)).item(),
-                train_accuracy=(correct[k] / len(x)).item(),
-                val_loss=val.loss,
-                val_accuracy=val.accuracy,
-                val_roc_auc=val.roc_auc,
-                lr=lr,
-                seconds=seconds,
-            )
+            train_loss, train_accuracy = (loss_sums[k] / len(x)).item(), (correct[k] / len(x)).item()
+            metrics = EpochMetrics.of(loops[r].epoch + 1, train_loss, train_accuracy, val, lr, seconds)
             loops[r].end_epoch(metrics, val.as_dict, run_callbacks[r])
 
     wall = time.perf_counter() - start

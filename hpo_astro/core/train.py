@@ -364,16 +364,12 @@ def train(
             correct += batch_correct
         scheduler.step()
         val = evaluate(model, data.x_val, data.y_val, data.pos_weight)
-        metrics = EpochMetrics(
-            epoch=state.epoch + 1,
-            train_loss=(loss_sum / len(x)).item(),
-            train_accuracy=(correct / len(x)).item(),
-            val_loss=val.loss,
-            val_accuracy=val.accuracy,
-            val_roc_auc=val.roc_auc,
-            lr=lr,
-            seconds=time.perf_counter() - epoch_start,
+        seconds, train_loss, train_accuracy = (
+            time.perf_counter() - epoch_start,
+            (loss_sum / len(x)).item(),
+            (correct / len(x)).item(),
         )
+        metrics = EpochMetrics.of(state.epoch + 1, train_loss, train_accuracy, val, lr, seconds)
         state.end_epoch(metrics, val.as_dict, callbacks)  # best epoch (its weights kept), divergence, callbacks
 
     result = finished(state, state.best_weights, model, data, seed, device, time.perf_counter() - start)

@@ -23,6 +23,10 @@ OBJECTIVES = {  # name (`ObjectiveName`) -> (per-epoch metric, direction)
     "accuracy": ("val_accuracy", "maximize"),
     "loss": ("val_loss", "minimize"),
     "roc_auc": ("val_roc_auc", "maximize"),
+    # The operating points a real/bogus classifier is deployed at: the false-positive rate at 5% missed reals, the
+    # missed-detection rate at 1% false positives. The rate is in the metric's name, which the dashboard shows.
+    "fpr_at_fnr": ("val_fpr_at_5fnr", "minimize"),
+    "mdr_at_fpr": ("val_mdr_at_1fpr", "minimize"),
 }
 DEFAULT_CHECKPOINT_INTERVAL = 10
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds

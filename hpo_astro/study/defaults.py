@@ -8,7 +8,7 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 # The names a study's pruner and objective take, as types (the command line's choices, here because this module is
 # light); `hpo_astro.study.strategies.PRUNERS` and `hpo_astro.study.config.OBJECTIVES` map each to what it means.
 PrunerName = Literal["none", "median", "hyperband", "successive-halving"]
-ObjectiveName = Literal["accuracy", "loss", "roc_auc"]
+ObjectiveName = Literal["accuracy", "loss", "roc_auc", "fpr_at_fnr", "mdr_at_fpr"]
 StackMode = Literal["auto", "on", "off"]  # `hpo_astro.core.stacked.STACK_MODES`
 # The registry names of `hpo_astro.study.strategies.STRATEGIES`, in its order, for the command line's help and shell
 # completion (a strategy may also be a sampler class by import path, so it is not a closed choice).

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo_astro.core.epochs import OPERATING_POINT_FIELDS
 from hpo_astro.core.train import TrainFn, TrainState
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.data.prepare import DataSplits, PrepConfig, load_splits
@@ -190,6 +191,11 @@ def _open(
     trial_kind = getattr(train, "trial_kind", TRAINED)  # a table's trainer says what its trials are
     if cfg.folds > 1 and trial_kind != TRAINED:
         raise UserError("--folds needs training on the data: a table's rows were trained on one fixed split")
+    if cfg.metric in OPERATING_POINT_FIELDS and trial_kind != TRAINED:
+        raise UserError(
+            f"--objective {cfg.objective} needs training: a table records no operating point per epoch (use "
+            "accuracy, loss or roc_auc)"
+        )
     data, sampler, pruner = prepare_run(cfg, data)
     if cfg.folds > 1:
         check_folds(data, cfg.folds)

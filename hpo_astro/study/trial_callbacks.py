@@ -24,6 +24,8 @@ from hpo_astro.store.record import CHECKPOINT_ATTR, HISTORY_SYSTEM_ATTR, curve_a
 from hpo_astro.study.evaluation import EvalProgress
 from hpo_astro.study.interrupts import process_interrupts
 
+MAXIMIZED_PER_EPOCH = ("val_accuracy", "val_roc_auc")  # the others (a loss, an error rate) are minimised
+
 
 class OptunaPruning:
     """Trainer callback: report the objective metric each epoch, prune on request. Epoch e is reported as step
@@ -44,7 +46,7 @@ class OptunaPruning:
     def on_epoch_end(self, state: TrainState) -> None:
         step = self.step_offset + state.epoch
         if step > self.reported_until:
-            value = finite_metric(getattr(state.last, self.metric), self.metric != "val_loss")
+            value = finite_metric(getattr(state.last, self.metric), self.metric in MAXIMIZED_PER_EPOCH)
             self.trial.report(value, step)
         if self.on_epoch:
             self.on_epoch(self.trial.number, state)

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hpo_astro.core.epochs import OPERATING_POINT_FIELDS, EpochMetrics
 from hpo_astro.core.metrics import Metrics
-from hpo_astro.core.train import EpochMetrics
 from hpo_astro.errors import UserError
 
-EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics))
+# A table's per-epoch fields (its format): the trainer's operating points (`OPERATING_POINT_FIELDS`) are not among
+# them, so a table's replay has none of them per epoch.
+EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochMetrics) if f.name not in OPERATING_POINT_FIELDS)
 METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
 REQUIRED_METRICS = tuple(f.name for f in dataclasses.fields(Metrics) if f.default is dataclasses.MISSING)
 ROW_KEYS = ("params", "history", "best_epoch", "stop_reason", "val_metrics", "test_metrics", "wall_time", "seed")

@@ -76,6 +76,7 @@ METRIC_RANGES: dict[str, Range] = {
     "recall": FRACTION,
     "f1": FRACTION,
     "fpr_at_5fnr": FRACTION,
+    "mdr_at_1fpr": FRACTION,
     "threshold": THRESHOLD,
 }
 

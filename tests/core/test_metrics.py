@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hpo_astro.core.metrics import classification_metrics, fpr_at_fnr, roc_auc
+from hpo_astro.core.metrics import classification_metrics, fpr_at_fnr, mdr_at_fpr, roc_auc
 
 
 def _auc_pairwise(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -60,3 +60,18 @@ def test_threshold_metrics() -> None:
 def test_nan_scores_do_not_crash() -> None:
     m = classification_metrics(np.array([1, 0, 1]), np.array([np.nan, np.nan, np.nan]))
     assert m.roc_auc == 0.5 and 0 <= m.accuracy <= 1
+
+
+def test_missed_detection_rate_at_a_fixed_false_positive_rate() -> None:
+    """100 bogus scored 0.00 ... 0.99 and 10 reals: 1% FPR lets one bogus through (0.99), so the threshold lies just
+    above 0.98 and the reals at 0.2, 0.5 and 0.97 are missed (0.981 is not)."""
+    bogus = np.arange(100) / 100
+    reals = np.array([0.5, 0.97, 0.985, 0.99, 0.995, 1.0, 1.0, 0.999, 0.2, 0.981])
+    labels, scores = np.r_[np.zeros(100), np.ones(10)], np.r_[bogus, reals]
+    assert mdr_at_fpr(labels, scores, 0.01) == pytest.approx(0.3)
+    assert mdr_at_fpr(labels, scores, 0.0) == pytest.approx(0.6)  # nothing above 0.99 but 0.995, 1.0, 1.0, 0.999
+    tied = np.r_[np.full(100, 0.9), reals]  # every bogus tied: letting one through lets all through, so none may be
+    assert mdr_at_fpr(labels, tied, 0.01) == pytest.approx(0.2)  # only the reals at 0.2 and 0.5 are missed
+    assert np.isnan(mdr_at_fpr(np.ones(5), np.linspace(0, 1, 5)))  # one class: undefined
+    metrics = classification_metrics(labels, scores)
+    assert metrics.mdr_at_1fpr == pytest.approx(0.3) and "mdr_at_1fpr" in metrics.as_dict()

@@ -92,8 +92,11 @@ def test_result_records_everything() -> None:
         "val_roc_auc",
         "lr",
         "seconds",
+        "val_fpr_at_5fnr",  # the operating points, measured every epoch by the trainer
+        "val_mdr_at_1fpr",
     }
     assert set(summary["val_metrics"]) >= {"accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr"}
+    assert "mdr_at_1fpr" in summary["val_metrics"]
 
 
 def test_a_callback_can_stop_training() -> None:
