@@ -76,6 +76,9 @@ class TableProblem(BaseProblem):
         for name in names:
             if name not in OBJECTIVES:
                 raise UserError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+            metric = OBJECTIVES[name][0].removeprefix("val_")
+            if self.table.rows and metric not in self.table.rows[0].val_metrics:
+                raise UserError(f"objective {name!r}: table {self.table.name!r} records no {metric} (train for it)")
         self.objectives = tuple(names)
         self._multi = not isinstance(objective, str)
         _check_whole("seed", seed, 0)

@@ -231,3 +231,14 @@ def test_a_row_is_what_the_problem_reads(shipped: Table) -> None:
     }
     seed = next(s for s in range(10) if run_index(row.params, s, shipped.seeds) == 0)  # the seed that draws row 0
     assert TableProblem(shipped, seed=seed).evaluate(params) == row.val_metrics["accuracy"]
+
+
+def test_an_objective_the_table_does_not_record_is_refused_and_one_it_records_is_its_best_epochs() -> None:
+    """The shipped table records each row's FPR at 5% FNR (best epoch) but not the missed-detection rate at 1% FPR."""
+    with pytest.raises(UserError, match="objective 'mdr_at_fpr': table 'astro-small' records no mdr_at_1fpr"):
+        TableProblem("astro-small", objective="mdr_at_fpr")
+    problem = TableProblem("astro-small", objective="fpr_at_fnr")
+    assert problem.directions == [optuna.study.StudyDirection.MINIMIZE]
+    row = problem.table.rows[0]
+    params = {name: row.params[name] for name in problem.search_space}
+    assert 0.0 <= problem.evaluate(params) <= 1.0
