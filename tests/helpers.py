@@ -9,7 +9,7 @@ import functools
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +288,21 @@ def noise_splits(n: int = 96, seed: int = 0) -> DataSplits:
 
     (xt, yt), (xv, yv), (xs, ys) = part(n), part(n // 2), part(n // 2)
     return DataSplits(xt, yt, xv, yv, xs, ys, channels=("scorr",), fingerprint="noise")
+
+
+def cli_commands() -> Iterator[tuple[list[str], Any]]:
+    """Every command and group below the top level, with its words on the command line (`data synth`...)."""
+    import typer
+
+    from hpo_astro.cli import app
+
+    root = typer.main.get_command(app)
+    stack: list[tuple[list[str], typer.Context]] = [([], typer.Context(root, info_name="hpo-astro"))]
+    while stack:
+        words, ctx = stack.pop()
+        group = ctx.command
+        for name in group.list_commands(ctx):  # type: ignore[attr-defined]
+            command = group.get_command(ctx, name)  # type: ignore[attr-defined]
+            yield [*words, name], command
+            if hasattr(command, "list_commands"):
+                stack.append(([*words, name], typer.Context(command, info_name=name, parent=ctx)))

@@ -108,8 +108,8 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
-def prose(page: Path) -> Iterator[tuple[int, str]]:
-    """The lines of a page outside its code blocks, with inline code removed."""
+def outside_code(page: Path) -> Iterator[tuple[int, str]]:
+    """The lines of a page outside its code blocks, numbered from 1."""
     inside: str | None = None
     for number, line in enumerate(page.read_text().splitlines(), 1):
         fence = FENCE.match(line)
@@ -120,6 +120,12 @@ def prose(page: Path) -> Iterator[tuple[int, str]]:
             if line.strip().startswith(inside) and not line.strip().strip(inside[0]):
                 inside = None
             continue
+        yield number, line
+
+
+def prose(page: Path) -> Iterator[tuple[int, str]]:
+    """The lines of a page outside its code blocks, with inline code removed."""
+    for number, line in outside_code(page):
         yield number, re.sub(r"`[^`]*`", "", line)
 
 
@@ -132,16 +138,7 @@ def slug(heading: str) -> str:
 def anchors(page: Path) -> set[str]:
     seen: dict[str, int] = {}
     out = set()
-    inside: str | None = None
-    for line in page.read_text().splitlines():
-        fence = FENCE.match(line)
-        if fence and inside is None:
-            inside = fence.group(2)
-            continue
-        if inside is not None:
-            if line.strip().startswith(inside) and not line.strip().strip(inside[0]):
-                inside = None
-            continue
+    for _, line in outside_code(page):
         heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
         if heading:
             base = slug(heading.group(1))

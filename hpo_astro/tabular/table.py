@@ -360,7 +360,8 @@ def _keys(search: SearchSpace) -> list[tuple[int, ...]]:
 def space_key(search: SearchSpace, params: Mapping[str, Any], where: str) -> tuple[int, ...]:
     """The configuration's position in the space: the index of each hyperparameter's value."""
     key = []
-    for name, values in search.grid("a table").items():
+    for name in search:
+        values = search.values_of(name) or ()  # cached, and finite: `check_space` refused a table's endless range
         if name not in params:
             raise UserError(f"{where}: {name} is not given")
         try:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import typer
-from helpers import assert_refused, invoke
+from helpers import assert_refused, cli_commands, invoke
 
 from hpo_astro.cli import app, main
 
@@ -19,17 +19,8 @@ WIDE = "400"  # columns: no help line wraps, so a page reads as one line per opt
 
 def _commands() -> Iterator[tuple[list[str], typer.core.TyperCommand]]:
     """Every command and group, with its words on the command line (`data synth`...); the top level as []."""
-    root = typer.main.get_command(app)
-    stack: list[tuple[list[str], typer.Context]] = [([], typer.Context(root, info_name="hpo-astro"))]
-    yield [], root
-    while stack:
-        words, ctx = stack.pop()
-        group = ctx.command
-        for name in group.list_commands(ctx):
-            command = group.get_command(ctx, name)
-            yield [*words, name], command
-            if hasattr(command, "list_commands"):
-                stack.append(([*words, name], typer.Context(command, info_name=name, parent=ctx)))
+    yield [], typer.main.get_command(app)
+    yield from cli_commands()
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import typer
-from helpers import assert_refused, invoke
+from helpers import assert_refused, cli_commands, invoke
 
 from hpo_astro import __version__
-from hpo_astro.cli import app
 from hpo_astro.data import prepare, simulate
 
 SIMULATING = "simulating the default data set, once"
@@ -57,17 +56,7 @@ def test_every_usage_error_is_one_line(args: list[str], message: str) -> None:
 
 def _commands() -> Iterator[tuple[list[str], typer.core.TyperCommand]]:
     """Every command, with its words on the command line (`data synth`...)."""
-    root = typer.main.get_command(app)
-    context = typer.Context(root, info_name="hpo-astro")
-    stack: list[tuple[list[str], typer.Context]] = [([], context)]
-    while stack:
-        words, ctx = stack.pop()
-        group = ctx.command
-        for name in group.list_commands(ctx):
-            command = group.get_command(ctx, name)
-            yield [*words, name], command
-            if hasattr(command, "list_commands"):
-                stack.append(([*words, name], typer.Context(command, info_name=name, parent=ctx)))
+    yield from cli_commands()
 
 
 def test_boolean_flags_are_shown_as_flags() -> None:
