@@ -9,8 +9,8 @@ tests pair strategies by repeat. Re-training the top configurations uses the see
 
 Modules, one job each: `plan` (options, checks, the studies), `runner` (running studies and re-trainings, in this
 process or K worker processes), `journal` (copying a finished in-memory study into a journal store in one write),
-`collect` (the studies read back as plain records), `stats` (pure statistics), `analysis` (what is compared with
-what), `render` (JSON, CSV, HTML), `pipeline` (all of it, in order).
+`collect` (the studies read back as plain records), `hypervolume` (a multi-objective study's score), `stats` (pure
+statistics), `analysis` (what is compared with what), `render` (JSON, CSV, HTML), `pipeline` (all of it, in order).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ final quality, the pairwise table and the selection-bias check. No Optuna, no fi
 * Selection bias: per study the incumbent's validation objective minus its test metric (oriented so that > 0 means
   validation promised more than test gave); per strategy its top-k configurations over all repeats, their search
   value against the same configuration re-trained with k fresh seeds (training mode).
+* Multi-objective: the runs arrive scored by `hypervolume.score` (a trial's value: its study's hypervolume just
+  after it), so everything above is the hypervolume's, "higher is better"; the test-metric parts are left out.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class Analysis:
     pairwise: list[PairRow]
     top: list[TopRow]
     notes: list[str] = field(default_factory=list)
+    # Scored by hypervolume (`hpo_astro.benchmark.hypervolume`): `metric` is its label, the test-metric parts are None
+    multi_objective: bool = False
 
 
 def oriented(value: float | None, maximize: bool) -> float:
@@ -186,9 +190,12 @@ def analyze(
     budget: int | None = None,
     top: dict[str, list[Candidate]] | None = None,
     retrained: dict[tuple[str, str], list[tuple[int, dict[str, float], dict[str, float]]]] | None = None,
+    multi_objective: bool = False,
 ) -> Analysis:
     """Every statistic of the report. `top`: each strategy's top configurations; `retrained`: per (strategy,
-    configuration key) the (seed, validation metrics, test metrics) of its re-trainings."""
+    configuration key) the (seed, validation metrics, test metrics) of its re-trainings. `multi_objective`: the runs'
+    values are hypervolumes (`hypervolume.score`), `metric` their label; a front has no one best trial, so the
+    test-metric families, the optimism and the top configurations are left out."""
     from hpo_astro.benchmark.collect import config_key
 
     strategies = list(strategies)
@@ -268,7 +275,14 @@ def analyze(
 
     # --- pairwise, paired by repeat, at the chosen budget
     pairwise: list[PairRow] = []
-    families: list[tuple[str, Any]] = [("validation", _value_at), ("test", _test_at)]
+    families: list[tuple[str, Any]] = [("validation", _value_at)]
+    if not multi_objective:
+        families.append(("test", _test_at))
+    else:
+        notes.append(
+            f"Multi-objective: each study is scored by the {metric} of its Pareto front (higher is better); the test "
+            "metric of a best trial, its optimism and the top configurations do not apply to a front and are left out."
+        )
     if any(r.best_true is not None for r in runs):  # tabular mode: what the chosen configurations are truly worth
         families.append(("true", _true_at))
     for family, value_of in families:
@@ -315,6 +329,7 @@ def analyze(
         pairwise,
         top_rows,
         notes,
+        multi_objective,
     )
 
 

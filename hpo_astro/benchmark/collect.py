@@ -6,6 +6,7 @@ in the store, exactly as `compare` does it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo_astro.benchmark.hypervolume import Box, box_of, finite_values, running_hypervolume
 from hpo_astro.benchmark.plan import BenchmarkSpec, Job
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import (
@@ -28,6 +30,7 @@ from hpo_astro.store.record import (
 from hpo_astro.store.trials import FINISHED, better
 
 if TYPE_CHECKING:
+    from hpo_astro.study.objectives import ObjectiveSpec
     from hpo_astro.tabular import Table
 
 
@@ -42,6 +45,9 @@ class TrialRecord:
     # Its configuration's true quality: the test metric's mean over every seed the table holds of it (tabular mode;
     # a one-seed table: its one run). What a user gets from the configuration, whatever run the search saw.
     true_test: float | None = None
+    # Its objective values (complete trials whose values are all finite): one for a single-objective study, several
+    # for a multi-objective one, whose `value` is None until `hypervolume.score` sets it.
+    values: tuple[float, ...] | None = None
 
     @property
     def finished(self) -> bool:
@@ -98,16 +104,18 @@ def trial_records(
             break
         if trial.state not in (*FINISHED, TrialState.FAIL):
             continue
-        value = trial.value if trial.state == TrialState.COMPLETE else None
+        values = finite_values(trial.values) if trial.state == TrialState.COMPLETE else None
+        value = values[0] if values is not None and len(values) == 1 else None
         out.append(
             TrialRecord(
                 number=trial.number,
                 state=trial.state.name.lower(),
-                value=float(value) if value is not None and math.isfinite(value) else None,
+                value=value,
                 cost=trial_cost(trial),
                 test=_metric(stored_metrics(trial, TEST_METRICS_ATTR), metric),
                 params=trial_params(trial),
                 true_test=true_quality(trial_params(trial)) if true_quality is not None else None,
+                values=values,
             )
         )
         finished += trial.state in FINISHED
@@ -186,6 +194,22 @@ def collect(
             )
         )
     return runs
+
+
+def score(runs: Sequence[StudyRun], objectives: Sequence[ObjectiveSpec]) -> tuple[list[StudyRun], Box]:
+    """A multi-objective benchmark's studies scored by hypervolume (`hpo_astro.benchmark.hypervolume`) in the box of
+    all their trials, and that box.
+    A trial's value becomes the hypervolume of its study's front just after it; the test metrics of a best trial
+    (`test`, `true_test`, `best_test`, `best_true`) and the best trial itself do not apply to a front: None."""
+    box = box_of((t.values for r in runs for t in r.trials if t.values is not None), objectives)
+    scored = []
+    for run in runs:
+        volumes = running_hypervolume([t.values for t in run.trials], box)
+        trials = tuple(
+            dataclasses.replace(t, value=v, test=None, true_test=None) for t, v in zip(run.trials, volumes, strict=True)
+        )
+        scored.append(dataclasses.replace(run, trials=trials, best_trial=None, best_test=None, best_true=None))
+    return scored, box
 
 
 def config_key(params: dict[str, Any]) -> str:

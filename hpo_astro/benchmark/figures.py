@@ -18,8 +18,9 @@ def _color(i: int, alpha: float | None = None) -> str:
     return f"rgba({r},{g},{b},{alpha})" if alpha is not None else f"rgb({r},{g},{b})"
 
 
-def anytime_figure(curves: Curves, metric: str, title: str) -> go.Figure:
-    """Median best-so-far per strategy with its 95% band over repeats."""
+def anytime_figure(curves: Curves, metric: str, title: str, score: bool = False) -> go.Figure:
+    """Median best-so-far per strategy with its 95% band over repeats. `score`: `metric` names a study's score (the
+    hypervolume of a multi-objective study), not a validation metric."""
     x = curves.budgets if curves.axis == "trials" else curves.budgets / 60.0
     fig = go.Figure()
     for i, (s, b) in enumerate(curves.bands.items()):
@@ -57,7 +58,7 @@ def anytime_figure(curves: Curves, metric: str, title: str) -> go.Figure:
         height=460,
         title=title,
         xaxis_title="finished trials" if curves.axis == "trials" else "cumulative training time (min)",
-        yaxis_title=f"best validation {metric} so far",
+        yaxis_title=f"{metric} so far" if score else f"best validation {metric} so far",
     )
     return fig
 

@@ -18,9 +18,11 @@ from hpo_astro.benchmark.collect import (
     config_key,
     read_retrained,
     retrain_key,
+    score,
     top_configurations,
     write_retrained,
 )
+from hpo_astro.benchmark.hypervolume import Box
 from hpo_astro.benchmark.plan import BenchmarkSpec, TableSettings, jobs
 from hpo_astro.benchmark.render import write_all
 from hpo_astro.benchmark.runner import Outcome, RetrainJob, RetrainOutcome, Source, StudyOutcome, run_jobs
@@ -131,7 +133,10 @@ def _run(
 
     with read_store(spec.storage_url) as storage:
         runs = collect(spec, plan, storage, tabular=table is not None, events=events, table=table)
-    top = top_configurations(runs, spec.top_k, spec.maximize)
+    box: Box | None = None
+    if spec.multi_objective:  # a study's score: the hypervolume of its front, in one box for the whole benchmark
+        runs, box = score(runs, spec.objectives)
+    top = top_configurations(runs, 0 if box else spec.top_k, spec.maximize)  # a front has no top configurations
     retrained_now: list[RetrainOutcome] = []
     retrained: dict[tuple[str, str], list[tuple[int, dict[str, float], dict[str, float]]]] = {}
     if table is None and spec.top_k:
@@ -165,13 +170,21 @@ def _run(
                 retrained[(c.strategy, config_key(c.params))] = done
 
     analysis = analyze(
-        runs, spec.strategies, spec.n_trials, spec.maximize, spec.metric, spec.pairwise_budget, top, retrained
+        runs,
+        spec.strategies,
+        spec.n_trials,
+        spec.maximize,
+        spec.score,
+        spec.pairwise_budget,
+        top,
+        retrained,
+        multi_objective=box is not None,
     )
-    files = write_all(spec.out, analysis, facts(spec, table, settings), tabular=table is not None)
+    files = write_all(spec.out, analysis, facts(spec, table, settings, box), tabular=table is not None)
     return BenchmarkResult(spec, analysis, files, studies, retrained_now)
 
 
-def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None) -> dict[str, Any]:
+def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None, box: Box | None = None) -> dict[str, Any]:
     """The benchmark's settings as the report states them (also the "benchmark" object of benchmark.json)."""
     from hpo_astro.results.page import display_url
 
@@ -183,10 +196,10 @@ def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None) -> di
         "n_trials": spec.n_trials,
         "pairwise_budget": spec.pairwise_budget,
         "objective": cfg.objective,
-        "direction": "maximize" if spec.maximize else "minimize",
+        "direction": "maximize" if spec.maximize else "minimize",  # the score's (a hypervolume is maximised)
         "seeds": f"repeat r: seed {spec.seed} + r{f' x {spec.seed_stride}' if spec.seed_stride > 1 else ''} "
         f"({spec.study_seed(0)}..{spec.study_seed(spec.repeats - 1)}), the same for every strategy",
-        "fresh_seeds": spec.fresh_seeds() if table is None else [],
+        "fresh_seeds": spec.fresh_seeds() if table is None and box is None else [],
         "top_k": spec.top_k,
         "pruner": cfg.pruner or "each strategy's default",
         "max_epochs": settings.max_epochs if settings else cfg.max_epochs,
@@ -194,6 +207,11 @@ def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None) -> di
         "study_names": spec.study_name("<strategy>", 0).replace(f"seed-{spec.study_seed(0)}", "seed-<seed>"),
         "mode": "tabular" if table is not None else "training",
     }
+    if box is not None:
+        out["score"] = spec.score
+        out["directions"] = cfg.directions
+        out["top_k"] = 0  # a front has no top configurations to re-train
+        out["hypervolume"] = box.to_json()  # the bounds: every hypervolume can be recomputed from the studies
     if table is not None:
         out["table"] = {
             "name": table.name,

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpo_astro.benchmark.hypervolume import LABEL as HYPERVOLUME
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.errors import UserError
 from hpo_astro.io import check_output
-from hpo_astro.study.config import MAX_SEED, OBJECTIVES, StudyConfig
+from hpo_astro.study.config import MAX_SEED, StudyConfig
 from hpo_astro.study.evaluation import MAX_EVAL_SEEDS
+from hpo_astro.study.objectives import ObjectiveSpec
 from hpo_astro.study.strategies import STARTUP_STRATEGIES
 
 if TYPE_CHECKING:
@@ -100,13 +102,28 @@ class BenchmarkSpec:
         return (self.base or StudyConfig()).merged(**{name: getattr(self, name) for name in options})
 
     @property
+    def objectives(self) -> tuple[ObjectiveSpec, ...]:
+        return self.settings.objectives
+
+    @property
+    def multi_objective(self) -> bool:
+        """Several objectives: a study is scored by the hypervolume of its front (`hpo_astro.benchmark.hypervolume`)."""
+        return len(self.objectives) > 1
+
+    @property
     def metric(self) -> str:
-        """The objective's metric name in `Metrics.as_dict()` (validation and test alike)."""
-        return OBJECTIVES[self.settings.objective][0].removeprefix("val_")
+        """The (first metric) objective's metric name in `Metrics.as_dict()` (validation and test alike)."""
+        return self.settings.metric.removeprefix("val_")
+
+    @property
+    def score(self) -> str:
+        """What a study is scored by: its objective's metric, or the hypervolume of a multi-objective study's front."""
+        return HYPERVOLUME if self.multi_objective else self.metric
 
     @property
     def maximize(self) -> bool:
-        return OBJECTIVES[self.settings.objective][1] == "maximize"
+        """The score's direction (a hypervolume is maximised)."""
+        return self.multi_objective or self.settings.direction == "maximize"
 
     @property
     def seed_stride(self) -> int:
@@ -168,6 +185,11 @@ class BenchmarkSpec:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file, not a directory")
         check_output(out / "index.html")  # an unwritable place is refused before anything runs
+        if self.table is not None and any(spec.name == "latency" for spec in self.objectives):
+            raise UserError(
+                "objective 'latency' and --table exclude each other: a table holds no inference time (it is measured "
+                "on a device as a study trains); params, macs and flops are a configuration's own"
+            )
         for strategy in self.strategies:
             if not strategy.strip() or "/" in strategy:
                 raise UserError(f"strategy {strategy!r}: a name or package.module:ClassName, without '/'")

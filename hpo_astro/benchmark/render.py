@@ -21,6 +21,7 @@ from typing import Any
 from hpo_astro.benchmark import stats
 from hpo_astro.benchmark.analysis import Analysis, Curves
 from hpo_astro.benchmark.figures import anytime_figure, final_figure, rank_figure, selection_figure
+from hpo_astro.benchmark.hypervolume import box_html
 from hpo_astro.io import strict_json, write_output
 from hpo_astro.results.page import escape, figure_html, page, table_html
 
@@ -185,13 +186,20 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
     a = analysis
     m = a.metric
     direction = "higher" if a.maximize else "lower"
+    mo = a.multi_objective  # scored by hypervolume: no test metric of a best trial (`hypervolume_html`)
+    tested = tabular and not mo
     parts = [f'<p class="muted">generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>']
-    parts.append(table_html(["setting", "value"], [(k, _fact(v)) for k, v in facts.items()]))
+    parts.append(table_html(["setting", "value"], [(k, _fact(v)) for k, v in facts.items() if k != "hypervolume"]))
     parts.append("<h2>Summary per strategy</h2>")
+    objective = (
+        f"Objectives: {escape(facts.get('objective', ''))}; each study scored by the {escape(m)} of its Pareto front "
+        "(higher is better, see Hypervolume below)"
+        if mo
+        else f"Objective: validation {escape(m)} ({direction} is better)"
+    )
     parts.append(
         '<p class="muted">Means over repeats with bootstrap 95% confidence intervals. '
-        f"Objective: validation {escape(m)} ({direction} is better). "
-        f"Mean rank at {a.n_trials} trials: 1 = best in every repeat.</p>"
+        f"{objective}. Mean rank at {a.n_trials} trials: 1 = best in every repeat.</p>"
     )
     rows = [
         [
@@ -199,9 +207,9 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
             s.repeats,
             f"{s.mean_rank:.2f}",
             _ci(s.best_value),
-            _ci(s.best_test),
-            *([_ci(s.best_true)] if tabular else []),
-            _ci(s.optimism),
+            *([] if mo else [_ci(s.best_test)]),
+            *([_ci(s.best_true)] if tested else []),
+            *([] if mo else [_ci(s.optimism)]),
             _ci(s.trials_to_within, 1),
             _ci(s.time_to_within, 1),
             _ci(s.total_time, 1),
@@ -214,10 +222,10 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
                 "strategy",
                 "repeats",
                 "mean rank",
-                f"best validation {m}",
-                f"its test {m}",
-                *([f"its true test {m} (mean over the table's seeds)"] if tabular else []),
-                "validation - test (optimism)",
+                f"final {m}" if mo else f"best validation {m}",
+                *([] if mo else [f"its test {m}"]),
+                *([f"its true test {m} (mean over the table's seeds)"] if tested else []),
+                *([] if mo else ["validation - test (optimism)"]),
                 "trials to within 1%",
                 "training s to within 1%",
                 "training s in all",
@@ -226,16 +234,49 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
         )
     )
     parts += [f'<p class="note">{escape(n)}</p>' for n in a.notes]
+    if mo:
+        parts.append(box_html(facts.get("hypervolume") or {}))
+    so_far = "Hypervolume of the Pareto front" if mo else "Best validation objective"
     parts += [
         "<h2>Anytime performance</h2>",
-        '<p class="muted">Best validation objective so far: median over repeats (line) and 95% band (2.5th to 97.5th '
+        f'<p class="muted">{so_far} so far: median over repeats (line) and 95% band (2.5th to 97.5th '
         "percentile, shaded). Training time is each trial's recorded training time summed in trial order"
         + (" (in tabular mode: the table's recorded time of the epochs replayed)" if tabular else "")
         + ".</p>",
-        figure_html(anytime_figure(a.by_trials, m, "Best validation objective vs trials")),
-        figure_html(anytime_figure(a.by_time, m, "Best validation objective vs cumulative training time")),
+        figure_html(anytime_figure(a.by_trials, m, f"{so_far} vs trials", mo)),
+        figure_html(anytime_figure(a.by_time, m, f"{so_far} vs cumulative training time", mo)),
         figure_html(rank_figure(a.by_trials, "Mean rank of each strategy vs trials")),
         figure_html(rank_figure(a.by_time, "Mean rank of each strategy vs cumulative training time")),
+    ]
+    if not mo:
+        parts += _final_quality(a, tabular)
+    parts.append(f"<h2>Pairwise comparison at {a.budget} trials</h2>")
+    parts.append(
+        '<p class="muted">Paired by repeat (repeat r of every strategy ran with the same seed). Wilcoxon signed-rank '
+        "test, two-sided, zero differences dropped; p-values adjusted with Holm's method over the pairs of each "
+        f"table; significant: adjusted p &lt; {stats.ALPHA}. Effect size: matched-pairs rank-biserial correlation "
+        "(+1: the first strategy better in every repeat, -1: the second). Median difference: first minus second, "
+        f"oriented so that &gt; 0 favours the first ({direction} {escape(m)} is better).</p>"
+    )
+    for family, heading in (
+        ("validation", f"The {m} after {a.budget} trials" if mo else f"Best validation {m} after {a.budget} trials"),
+        ("test", f"Test {m} of the configuration that was best after {a.budget} trials"),
+        ("true", f"True test {m} (mean over the table's seeds) of the configuration best after {a.budget} trials"),
+    ):
+        if (family == "true" and not tested) or (family == "test" and mo):
+            continue
+        parts += _pair_table(a, family, heading)
+    if not mo:
+        parts += _selection_bias(a, facts, tabular)
+    parts.append(
+        '<p class="muted">Files: benchmark.json (everything), strategies.csv, studies.csv, anytime_trials.csv, '
+        "anytime_seconds.csv, pairwise.csv, top_configurations.csv.</p>"
+    )
+    return page(f"Benchmark {facts.get('name', '')}", '<a href="index.html">benchmark</a>', "\n".join(parts))
+
+
+def _final_quality(a: Analysis, tabular: bool) -> list[str]:
+    return [
         "<h2>Final quality</h2>",
         '<p class="muted">'
         + (
@@ -248,40 +289,37 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
         )
         + "</p>",
         figure_html(final_figure(a)),
-        f"<h2>Pairwise comparison at {a.budget} trials</h2>",
-        '<p class="muted">Paired by repeat (repeat r of every strategy ran with the same seed). Wilcoxon signed-rank '
-        "test, two-sided, zero differences dropped; p-values adjusted with Holm's method over the pairs of each "
-        f"table; significant: adjusted p &lt; {stats.ALPHA}. Effect size: matched-pairs rank-biserial correlation "
-        "(+1: the first strategy better in every repeat, -1: the second). Median difference: first minus second, "
-        f"oriented so that &gt; 0 favours the first ({direction} {escape(m)} is better).</p>",
     ]
-    for family, heading in (
-        ("validation", f"Best validation {m} after {a.budget} trials"),
-        ("test", f"Test {m} of the configuration that was best after {a.budget} trials"),
-        ("true", f"True test {m} (mean over the table's seeds) of the configuration best after {a.budget} trials"),
-    ):
-        if family == "true" and not tabular:
-            continue
-        rows = [
-            [
-                p.a,
-                p.b,
-                p.test.n,
-                _n(p.test.median_difference),
-                _n(p.test.rank_biserial, 2),
-                _p(p.test.p_value),
-                _p(p.p_holm),
-                ("yes: " + p.better + " better") if p.significant and p.better else "no",
-            ]
-            for p in a.pairwise
-            if p.family == family
+
+
+def _pair_table(a: Analysis, family: str, heading: str) -> list[str]:
+    parts: list[str] = []
+    rows = [
+        [
+            p.a,
+            p.b,
+            p.test.n,
+            _n(p.test.median_difference),
+            _n(p.test.rank_biserial, 2),
+            _p(p.test.p_value),
+            _p(p.p_holm),
+            ("yes: " + p.better + " better") if p.significant and p.better else "no",
         ]
-        parts.append(f"<h3>{escape(heading)}</h3>")
-        if rows:
-            header = ["A", "B", "pairs", "median A-B", "rank-biserial", "p", "p (Holm)", "significant"]
-            parts.append(table_html(header, rows))
-        else:
-            parts.append('<p class="note">one strategy: nothing to compare.</p>')
+        for p in a.pairwise
+        if p.family == family
+    ]
+    parts.append(f"<h3>{escape(heading)}</h3>")
+    if rows:
+        header = ["A", "B", "pairs", "median A-B", "rank-biserial", "p", "p (Holm)", "significant"]
+        parts.append(table_html(header, rows))
+    else:
+        parts.append('<p class="note">one strategy: nothing to compare.</p>')
+    return parts
+
+
+def _selection_bias(a: Analysis, facts: dict[str, Any], tabular: bool) -> list[str]:
+    m = a.metric
+    parts: list[str] = []
     parts += [
         "<h2>Selection bias: how much of each best is luck</h2>",
         '<p class="muted">A study\'s best trial was selected as the best of many noisy validation measurements, so its '
@@ -333,11 +371,7 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
             "configuration",
         ]
         parts.append(table_html(header, rows))
-    parts.append(
-        '<p class="muted">Files: benchmark.json (everything), strategies.csv, studies.csv, anytime_trials.csv, '
-        "anytime_seconds.csv, pairwise.csv, top_configurations.csv.</p>"
-    )
-    return page(f"Benchmark {facts.get('name', '')}", '<a href="index.html">benchmark</a>', "\n".join(parts))
+    return parts
 
 
 def _fact(value: Any) -> str:

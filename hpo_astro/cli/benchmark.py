@@ -10,6 +10,7 @@ import typer
 from hpo_astro.cli.application import app
 from hpo_astro.cli.options import (
     BenchmarkEpochsOpt,
+    BenchmarkObjectiveOpt,
     BenchmarkPrunerOpt,
     BenchmarkSeedOpt,
     BenchmarkStorageOpt,
@@ -18,7 +19,6 @@ from hpo_astro.cli.options import (
     BenchmarkWorkersOpt,
     ChannelsOpt,
     DataOpt,
-    ObjectiveOpt,
     SplitOpt,
     search_settings,
 )
@@ -64,7 +64,7 @@ def benchmark_command(
     split: SplitOpt = None,
     max_epochs: BenchmarkEpochsOpt = None,
     pruner: BenchmarkPrunerOpt = None,
-    objective: ObjectiveOpt = None,
+    objective: BenchmarkObjectiveOpt = None,
     seed: BenchmarkSeedOpt = 0,
     workers: BenchmarkWorkersOpt = 1,
     storage: BenchmarkStorageOpt = None,

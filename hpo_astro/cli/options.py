@@ -8,7 +8,13 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from hpo_astro.study.defaults import DEFAULT_STORAGE, STRATEGY_NAMES, ObjectiveName, PrunerName, StackMode
+from hpo_astro.study.defaults import (
+    DEFAULT_STORAGE,
+    OBJECTIVE_NAMES,
+    STRATEGY_NAMES,
+    PrunerName,
+    StackMode,
+)
 
 MAX_SEED = 2**32 - 1  # the seeds Optuna's samplers take (study.config checks the same bound)
 LOCALHOST = "127.0.0.1"  # where a server listens unless told otherwise
@@ -158,9 +164,30 @@ PrunerOpt = Annotated[
 BenchmarkPrunerOpt = Annotated[
     PrunerName | None, typer.Option("--pruner", help="Stop poor trials early (default: hyperband for bohb, else none).")
 ]
+
+
+def complete_objective(incomplete: str) -> list[str]:
+    """Shell completion of --objective: after the names already given (comma-joined), the others."""
+    given, _, last = incomplete.rpartition(",")
+    head = given + "," if given else ""
+    taken = set(given.split(","))
+    return [head + name for name in OBJECTIVE_NAMES if name.startswith(last) and name not in taken]
+
+
 ObjectiveOpt = Annotated[
-    ObjectiveName | None, typer.Option("--objective", help="What to optimise, on validation (default: accuracy).")
+    str | None,
+    typer.Option(
+        "--objective",
+        metavar="NAME[,NAME...]",
+        help=(
+            "What to optimise, on validation (default: accuracy): "
+            f"{', '.join(OBJECTIVE_NAMES)}; several joined by commas make a multi-objective study "
+            "(e.g. accuracy,latency)."
+        ),
+        autocompletion=complete_objective,
+    ),
 ]
+BenchmarkObjectiveOpt = ObjectiveOpt  # several objectives: strategies compared by hypervolume
 
 # --eval-seeds and --folds: how many training runs score a configuration
 EvalSeedsOpt = Annotated[

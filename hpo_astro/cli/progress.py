@@ -105,8 +105,8 @@ class RunDisplay:
         verb = "resuming" if finished or study.trials else "starting"
         attrs = study.user_attrs
         self.say(
-            f"{verb} study {study.study_name!r} ({attrs.get(STRATEGY_KEY, '?')}, {attrs.get(OBJECTIVE_KEY, '?')} "
-            f"{study.direction.name.lower()}d): {finished}/{target} finished"
+            f"{verb} study {study.study_name!r} ({attrs.get(STRATEGY_KEY, '?')}, "
+            f"{_objective_text(study, attrs.get(OBJECTIVE_KEY))}): {finished}/{target} finished"
         )
         self.target, self.finished = target, finished
         self.task = self.progress.add_task(
@@ -204,7 +204,12 @@ def trial_line(trial: FrozenTrial) -> str:
     from hpo_astro.results.status import trial_seconds, varying_params
     from hpo_astro.store.record import fail_reason
 
-    value = "" if trial.value is None else f" value {trial.value:.4f}"
+    if trial.values is None:
+        value = ""
+    elif len(trial.values) == 1:
+        value = f" value {trial.values[0]:.4f}"
+    else:
+        value = " values " + ", ".join(f"{v:.4g}" for v in trial.values)
     seconds = trial_seconds(trial)
     took = "" if seconds is None else f" in {duration_text(seconds)}"
     params = params_text(varying_params(trial))
@@ -230,7 +235,21 @@ def duration_text(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def _objective_text(study: optuna.Study, objective: Any) -> str:
+    from hpo_astro.store.trials import directions_text
+
+    if len(study.directions) > 1:
+        return directions_text(study, objective if isinstance(objective, str) else None)
+    return f"{objective if isinstance(objective, str) else '?'} {directions_text(study)}"
+
+
 def best_text(study: optuna.Study) -> str:
+    """The best value so far; a multi-objective study: the size of its Pareto front."""
+    from hpo_astro.store.trials import is_multi_objective
+
+    if is_multi_objective(study):
+        front = study.best_trials
+        return f"front of {len(front)}" if front else "-"
     try:
         return f"{study.best_value:.4f}"
     except ValueError:

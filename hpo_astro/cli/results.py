@@ -37,8 +37,9 @@ def compare_command(
     ] = None,
     data: StudyDataOpt = None,
 ) -> None:
-    """Evaluate each study's best trial on train/val/test: the paper's final table, plus ROC AUC, precision, recall,
-    F1, FPR at 5% FNR, wall time and trials used. Cached in the store: a second run is instant."""
+    """Evaluate each study's best trial (each Pareto-front trial of a multi-objective study) on train/val/test: the
+    paper's final table, plus ROC AUC, precision, recall, F1, FPR at 5% FNR, MDR at 1% FPR, wall time and trials
+    used. Cached in the store: a second run is instant."""
     from hpo_astro.io import check_output, write_output
     from hpo_astro.report.compare import check_format, compare_studies, render, rich_table
 
@@ -66,7 +67,8 @@ def report_command(
     data: StudyDataOpt = None,
 ) -> None:
     """Write a self-contained HTML report (interactive Plotly, works offline): the paper's figures per study,
-    cross-study overlays, Optuna's plots, each best model's confusion matrix and misclassified cutouts."""
+    cross-study overlays, Optuna's plots, each best model's confusion matrix and misclassified cutouts (a
+    multi-objective study: its Pareto front, plotted and tabulated)."""
     from hpo_astro.report.html import build_report
 
     report = build_report(storage, out, study, data=data, png=png, events=note)
@@ -82,17 +84,30 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Directory for model.pt and model.json.")],
     storage: StorageOpt = DEFAULT_STORAGE,
     data: StudyDataOpt = None,
+    pick: Annotated[
+        str | None,
+        typer.Option(
+            "--pick",
+            metavar="RULE",
+            help=(
+                "Which trial: best:NAME (the best of one objective) and/or bounds such as latency<50us, params<=1M, "
+                "joined by commas. Default: the best trial (a multi-objective study: best of its first objective)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Export a study's best model: weights, hyperparameters and preprocessing (channels, scaling, threshold)."""
     from hpo_astro.results.export import export_best
 
-    exported = export_best(storage, study, out, data, events=note)
+    exported = export_best(storage, study, out, data, events=note, pick=pick)
     t = exported.evaluation.test
+    chosen = exported.manifest["study"]
     console.print(
-        f"exported trial #{exported.manifest['study']['trial']} of study {study!r} to {out}/: test accuracy "
+        f"exported trial #{chosen['trial']} of study {study!r} to {out}/: test accuracy "
         f"{t['accuracy']:.4f}, ROC AUC {t['roc_auc']:.4f}, FPR@5%FNR {t['fpr_at_5fnr']:.4f}",
         highlight=False,
     )
+    console.print(f"chosen by {chosen['chosen_by']}", highlight=False, markup=False)
     if exported.matches_cache is False:
         note("warning: these metrics differ from the ones `compare` cached for this trial (another device?)")
 

@@ -258,7 +258,12 @@ def execute_study(
         fail(str(exc), code=1)
     console.print(
         f"study {result.study.study_name!r}: {result.finished}/{result.target} finished trials"
-        f" ({result.ran} run by this process); best value {best_text(result.study)}",
+        f" ({result.ran} run by this process); "
+        + (
+            f"Pareto front of {len(result.study.best_trials)} trial(s)"
+            if len(result.study.directions) > 1
+            else f"best value {best_text(result.study)}"
+        ),
         highlight=False,
     )
     if result.timed_out:
@@ -290,8 +295,9 @@ def status_command(
     top: TopOpt = 0,
 ) -> None:
     """Each study with its strategy, trial counts by state (running and waiting apart), best value and best
-    parameters; --top N: its N best trials too."""
+    parameters (a multi-objective study: its Pareto front); --top N: its N best trials too."""
     from hpo_astro.cli.progress import duration_text, params_text
+    from hpo_astro.results.front import value_text
     from hpo_astro.results.status import COUNTED_STATES, study_status
 
     rows = study_status(storage, study, top=top)
@@ -308,10 +314,30 @@ def status_command(
     table = Table("study", "strategy", "target", *COUNTED_STATES, "best (trial)")
     for row in rows:
         best = "-" if row.best_value is None else f"{row.best_value:.4f} (#{row.best_trial})"
+        if row.front is not None:
+            best = f"front of {len(row.front)}" if row.front else "-"
         counts = [str(row.counts.get(state, 0)) for state in COUNTED_STATES]
         table.add_row(row.name, row.strategy, str(row.target or "-"), *counts, best)
     console.print(table)
     for row in rows:
+        if row.front is not None and row.objectives is not None and row.directions is not None:
+            ways = ", ".join(f"{n} {d}d" for n, d in zip(row.objectives, row.directions, strict=True))
+            console.print(f"objectives of {row.name}: {ways}", highlight=False, markup=False)
+            shown = row.top or row.front  # --top N: the front's first N in the first objective
+            cut = (
+                f" (first {len(shown)} of {len(row.front)} by {row.objectives[0]})"
+                if len(shown) < len(row.front)
+                else ""
+            )
+            front = Table(
+                "trial", *row.objectives, "duration", "parameters that vary", title=f"Pareto front of {row.name}{cut}"
+            )
+            for trial in shown:
+                took = "-" if trial.seconds is None else duration_text(trial.seconds)
+                front.add_row(f"#{trial.number}", *map(value_text, trial.values), took, params_text(trial.params))
+            if shown:
+                console.print(front)
+            continue
         if row.best_params and not row.top:
             params = " ".join(f"{k}={v}" for k, v in row.best_params.items())
             console.print(f"best params of {row.name}: {params}", highlight=False, markup=False)

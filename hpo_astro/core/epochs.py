@@ -42,13 +42,16 @@ class EpochMetrics:
     # what a table records of it (NaN is not equal to itself, so a copied unmeasured epoch would not equal it).
     val_fpr_at_5fnr: float = field(default=math.nan, compare=False)
     val_mdr_at_1fpr: float = field(default=math.nan, compare=False)
+    # ... and at the study's stated rates (`hpo_astro.core.metrics.stated_rates`), where it states one
+    val_fpr_at_fnr: float = field(default=math.nan, compare=False)
+    val_mdr_at_fpr: float = field(default=math.nan, compare=False)
 
     @classmethod
     def of(cls, epoch: int, train_loss: float, train_accuracy: float, val: Any, lr: float, seconds: float) -> Any:
         """An epoch whose validation metrics are `val` (a `hpo_astro.core.metrics.Metrics`)."""
         return cls(
             epoch, train_loss, train_accuracy, val.loss, val.accuracy, val.roc_auc, lr, seconds, val.fpr_at_5fnr,
-            val.mdr_at_1fpr,
+            val.mdr_at_1fpr, val.fpr_at_fnr, val.mdr_at_fpr,
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, float]:
@@ -59,7 +62,7 @@ class EpochMetrics:
         return out
 
 
-OPERATING_POINT_FIELDS = ("val_fpr_at_5fnr", "val_mdr_at_1fpr")
+OPERATING_POINT_FIELDS = ("val_fpr_at_5fnr", "val_mdr_at_1fpr", "val_fpr_at_fnr", "val_mdr_at_fpr")
 
 
 @dataclass

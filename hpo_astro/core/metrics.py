@@ -11,7 +11,10 @@ candidates outnumber its reals, so the false positives a scanner can take set th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,12 +30,35 @@ class Metrics:
     fpr_at_5fnr: float
     threshold: float = 0.5
     mdr_at_1fpr: float = float("nan")  # NaN: not measured (a table or a record of an earlier version)
+    # The operating points at a study's stated rates (`stated_rates`): NaN where none was stated, so not compared
+    # (NaN is not equal to itself: two evaluations of one model would differ).
+    fpr_at_fnr: float = field(default=float("nan"), compare=False)
+    mdr_at_fpr: float = field(default=float("nan"), compare=False)
 
     def as_dict(self) -> dict[str, float]:
         out = dict(vars(self))  # flat floats: what `dataclasses.asdict` gives, without its deep copy (hot in replays)
-        if math.isnan(out["mdr_at_1fpr"]):  # not measured (a table's row, a record of an earlier version): absent
-            del out["mdr_at_1fpr"]
+        for name in _UNMEASURED_ABSENT:  # not measured (a table's row, a record of an earlier version): absent
+            if math.isnan(out[name]):
+                del out[name]
         return out
+
+
+_UNMEASURED_ABSENT = ("mdr_at_1fpr", "fpr_at_fnr", "mdr_at_fpr")
+# The false-negative and false-positive rates a study states for its operating-point objectives (`--objective
+# fpr_at_fnr@2%`): set by the study's objective around a trial's training, read wherever metrics are computed (the
+# trainer, the stacked trainer), so every epoch's validation metrics hold them. None: not stated.
+_STATED_RATES: ContextVar[tuple[float | None, float | None]] = ContextVar("stated_rates", default=(None, None))
+
+
+@contextmanager
+def stated_rates(fnr: float | None = None, fpr: float | None = None) -> Iterator[None]:
+    """Within this block, metrics also measure the FPR at `fnr` missed reals and the missed-detection rate at `fpr`
+    false positives (`Metrics.fpr_at_fnr`, `Metrics.mdr_at_fpr`)."""
+    token = _STATED_RATES.set((fnr, fpr))
+    try:
+        yield
+    finally:
+        _STATED_RATES.reset(token)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -94,6 +120,7 @@ def classification_metrics(
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    stated_fnr, stated_fpr = _STATED_RATES.get()
     return Metrics(
         loss=float(loss),
         accuracy=float((predicted == labels).mean()) if len(labels) else float("nan"),
@@ -104,4 +131,6 @@ def classification_metrics(
         fpr_at_5fnr=fpr_at_fnr(labels, probabilities, 0.05),
         threshold=threshold,
         mdr_at_1fpr=mdr_at_fpr(labels, probabilities, 0.01),
+        fpr_at_fnr=math.nan if stated_fnr is None else fpr_at_fnr(labels, probabilities, stated_fnr),
+        mdr_at_fpr=math.nan if stated_fpr is None else mdr_at_fpr(labels, probabilities, stated_fpr),
     )

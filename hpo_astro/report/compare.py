@@ -1,8 +1,9 @@
 """The paper's final table done right: each study's best trial evaluated on train, val and test, with the search's
-statistics, rendered as a terminal table, Markdown, CSV or JSON.
+statistics, rendered as a terminal table, Markdown, CSV or JSON. A multi-objective study has no best trial: each trial
+of its Pareto front is evaluated and is a row (a column of the table) of its own (`hpo_astro.results.front`).
 
 The best trials' evaluations (rebuilt model, cache in the store) come from `hpo_astro.results.evaluate`; this module
-adds the search statistics, assembles one row per study and renders the table.
+adds the search statistics (`hpo_astro.report.search`), assembles one row per study and renders the table.
 
 Definitions used in the table (also printed under the Markdown table):
 
@@ -12,7 +13,8 @@ Definitions used in the table (also printed under the Markdown table):
 * trials used: finished (complete + pruned) trials, the unit of a study's budget; failed ones are counted apart.
 * trials to within 1%: how many finished trials, in trial order, the study needed until a complete trial's value
   (and so the running best) first came within 1% (relative) of the study's final best:
-  value >= best - 0.01*|best| for a maximised objective, <= best + 0.01*|best| for a minimised one.
+  value >= best - 0.01*|best| for a maximised objective, <= best + 0.01*|best| for a minimised one (none for a
+  multi-objective study, which has no best value).
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 import optuna
-from optuna.trial import TrialState
 
 from hpo_astro.errors import UserError
 from hpo_astro.io import strict_json
 from hpo_astro.report import FormatName
+
+# The search statistics (`hpo_astro.report.search`), also from here, as before (the benchmark takes them from here)
+from hpo_astro.report.search import WITHIN as WITHIN
+from hpo_astro.report.search import SearchStats, search_stats
+from hpo_astro.report.search import trials_to_within as trials_to_within
 from hpo_astro.results.choice import choose_trial
 from hpo_astro.results.evaluate import (
     SPLITS,
@@ -42,61 +48,17 @@ from hpo_astro.results.evaluate import (
     load_studies,
     study_record,
 )
+from hpo_astro.results.front import front_evaluations, objective_names, value_text
 from hpo_astro.store.record import eval_runs, eval_sem, trial_params
 from hpo_astro.store.storage import read_store
-from hpo_astro.store.trials import FINISHED
+from hpo_astro.store.trials import is_multi_objective
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-WITHIN = 0.01  # "trials to within 1% of the final best"
 FORMATS: tuple[str, ...] = get_args(FormatName)
-METRIC_NAMES = ("loss", "accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr")
-
-
-# --- search statistics ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SearchStats:
-    n_finished: int  # complete + pruned: the budget's unit
-    n_complete: int
-    n_pruned: int
-    n_failed: int
-    wall_time_sum_s: float  # sum of the durations of every ended trial
-    wall_time_span_s: float  # first trial start to last trial end
-    trials_to_within: int | None  # finished trials needed to come within WITHIN of the final best
-
-
-def trials_to_within(values: Sequence[float | None], maximize: bool, tolerance: float = WITHIN) -> int | None:
-    """1-based position of the first value within `tolerance` (relative) of the best; None marks trials without
-    a value (pruned), which still count. The running best crosses the bound exactly when one value does."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return None
-    best = max(finite) if maximize else min(finite)
-    bound = best - tolerance * abs(best) if maximize else best + tolerance * abs(best)
-    for position, value in enumerate(values, start=1):
-        if value is not None and math.isfinite(value) and (value >= bound if maximize else value <= bound):
-            return position
-    return None  # pragma: no cover - the best value itself is within the bound
-
-
-def search_stats(study: optuna.Study) -> SearchStats:
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    finished = [t for t in trials if t.state in FINISHED]
-    ended = [t for t in trials if t.datetime_start is not None and t.datetime_complete is not None]
-    span = (max(t.datetime_complete for t in ended) - min(t.datetime_start for t in ended)) if ended else None
-    values = [t.value if t.state == TrialState.COMPLETE else None for t in finished]
-    return SearchStats(
-        n_finished=len(finished),
-        n_complete=sum(t.state == TrialState.COMPLETE for t in trials),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
-        n_failed=sum(t.state == TrialState.FAIL for t in trials),
-        wall_time_sum_s=sum(t.duration.total_seconds() for t in ended if t.duration is not None),
-        wall_time_span_s=span.total_seconds() if span is not None else 0.0,
-        trials_to_within=trials_to_within(values, study.direction == optuna.study.StudyDirection.MAXIMIZE),
-    )
+# mdr_at_1fpr is absent from evaluations cached by earlier versions: read each with `metric`
+METRIC_NAMES = ("loss", "accuracy", "roc_auc", "precision", "recall", "f1", "fpr_at_5fnr", "mdr_at_1fpr")
 
 
 # --- comparing studies ------------------------------------------------------------------------------------------
@@ -117,6 +79,16 @@ class StudyResult:
     chosen_by: str = "the best value of the search"  # or the best confirmed mean (`hpo-astro confirm`)
     best_value_sem: float | None = None  # the standard error of a several-run trial's value (`--eval-seeds`, `--folds`)
     best_value_runs: int = 1
+    # A trial of a multi-objective study's Pareto front (`best_trial` is its number, `best_value` its first value):
+    # its objectives' names and values, in the study's order, and the front's size
+    objectives: list[str] | None = None
+    values: list[float] | None = None
+    front_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The row's name: the study's, with the trial's number for a trial of a Pareto front."""
+        return self.study if self.values is None else f"{self.study} #{self.best_trial}"
 
     def record(self) -> dict[str, Any]:
         """One flat row: the CSV line and the core of the JSON entry."""
@@ -132,9 +104,12 @@ class StudyResult:
             "best_value_runs": self.best_value_runs,
             "chosen_by": self.chosen_by,
         }
+        if self.objectives is not None and self.values is not None:
+            row["front_size"] = self.front_size
+            row.update({f"value_{n}": v for n, v in zip(self.objectives, self.values, strict=True)})
         for split in SPLITS:
             for name in METRIC_NAMES:
-                row[f"{split}_{name}"] = getattr(ev, split)[name]
+                row[f"{split}_{name}"] = metric(getattr(ev, split), name)
         row.update(
             threshold=ev.test.get("threshold", 0.5),
             wall_time_sum_s=st.wall_time_sum_s,
@@ -186,18 +161,66 @@ def compare_study(
     )
 
 
+def compare_front(
+    study: optuna.Study,
+    data: Path | None = None,
+    events: Events | None = None,
+    memo: dict | None = None,
+    url: str | None = None,
+) -> list[StudyResult]:
+    """A multi-objective study's Pareto front, one result per trial (best first in the first objective), each
+    evaluated as a best trial is (`front_evaluations`: cached, else rebuilt or retrained)."""
+    record = study_record(study)
+    names = objective_names(study)
+    evaluated = front_evaluations(study, data, events, memo, url)
+    stats = search_stats(study)
+    return [
+        StudyResult(
+            study=study.study_name,
+            strategy=record.strategy if record is not None else "?",
+            objective=",".join(names),
+            direction=",".join(d.name.lower() for d in study.directions),
+            best_trial=trial.number,
+            best_value=float(trial.values[0]),
+            params=trial_params(trial),
+            data_fingerprint=record.data_fingerprint if record is not None else "",
+            evaluation=evaluation,
+            stats=stats,
+            chosen_by=f"the Pareto front ({len(evaluated)} trials)",
+            objectives=names,
+            values=[float(v) for v in trial.values],
+            front_size=len(evaluated),
+        )
+        for trial, evaluation in evaluated
+    ]
+
+
+def compare_rows(
+    study: optuna.Study,
+    data: Path | None = None,
+    events: Events | None = None,
+    memo: dict | None = None,
+    url: str | None = None,
+) -> list[StudyResult]:
+    """A study's rows: its best trial (`compare_study`), or each trial of a multi-objective study's Pareto front."""
+    if is_multi_objective(study):
+        return compare_front(study, data, events, memo, url)
+    return [compare_study(study, data, events, memo, url)]
+
+
 def compare_studies(
     url: str, names: Sequence[str] | None = None, data: Path | None = None, events: Events | None = None
 ) -> Comparison:
-    """Evaluate every selected study's best trial. A study without a completed trial is an error when named,
-    and is skipped (listed in `skipped`) when all studies are compared; nothing left to compare is an error."""
+    """Evaluate every selected study's best trial (each trial of a multi-objective study's Pareto front). A study
+    without a completed trial is an error when named, and is skipped (listed in `skipped`) when all studies are
+    compared; nothing left to compare is an error."""
     results: list[StudyResult] = []
     skipped: list[tuple[str, str]] = []
     memo: dict = {}
     with read_store(url) as storage:  # read-only; the cache is written through a separate handle
         for study in load_studies(storage, url, names):
             try:
-                results.append(compare_study(study, data, events, memo, url))
+                results.extend(compare_rows(study, data, events, memo, url))
             except NoCompletedTrial as exc:
                 if names:
                     raise
@@ -223,11 +246,13 @@ EXTRA_ROWS = (  # honest metrics on the test split (positive = real)
     ("Test recall", "test", "recall"),
     ("Test F1", "test", "f1"),
     ("Test FPR at 5% FNR", "test", "fpr_at_5fnr"),
+    ("Test MDR at 1% FPR", "test", "mdr_at_1fpr"),
 )
 NOTES = (
     "Accuracy, precision, recall and F1 at a 0.5 threshold on the sigmoid (positive = real); loss is the "
     "pos_weight-balanced BCE used in training; FPR at 5% FNR: fraction of bogus scored at or above the threshold "
-    "that keeps 95% of the reals.",
+    "that keeps 95% of the reals; MDR at 1% FPR: fraction of reals scored below the lowest threshold that lets "
+    "through at most 1% of the bogus (-: not measured, an evaluation cached by an earlier version).",
     "Each study's best trial (best validation objective; with a confirmation, `hpo-astro confirm`, the best "
     "confirmed mean) is rebuilt from its saved weights or retrained with its stored seed; the test split is used "
     "only here. A trial of several runs (--eval-seeds, --folds) shows its mean ± standard error; its model is its "
@@ -237,6 +262,15 @@ NOTES = (
     "Trials to within 1%: finished trials, in order, until one came within 1% (relative) of the study's final best "
     "objective value.",
 )
+FRONT_NOTE = (  # under a table with a multi-objective study
+    "A multi-objective study has no single best trial: each trial of its Pareto front (no other trial is better in "
+    "every objective) is a column of its own, with its objective values; it has no trials to within 1% of a best."
+)
+
+
+def notes(results: Sequence[StudyResult]) -> list[str]:
+    """The notes under a table of `results`."""
+    return [*NOTES, *([FRONT_NOTE] if any(r.values is not None for r in results) else [])]
 
 
 def format_duration(seconds: float) -> str:
@@ -251,6 +285,16 @@ def _number(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def metric(metrics: dict[str, float], name: str) -> float:
+    """A metric of an evaluation; NaN when it holds none (MDR at 1% FPR, cached by an earlier version)."""
+    return float(metrics.get(name, math.nan))
+
+
+def metric_cell(metrics: dict[str, float], name: str) -> str:
+    """A metric as the tables show it: "-" when the evaluation holds none, "n/a" when it is not a number."""
+    return "-" if name not in metrics else _number(metrics[name])
+
+
 def _value(result: StudyResult) -> str:
     """A best value, with its standard error over the trial's runs when it has several."""
     if result.best_value_sem is None:
@@ -258,10 +302,20 @@ def _value(result: StudyResult) -> str:
     return f"{result.best_value:.4f} ± {result.best_value_sem:.4f} ({result.best_value_runs} runs)"
 
 
+def _values(result: StudyResult) -> str:
+    """A front trial's values by objective; a best trial's value (a table of both kinds of studies)."""
+    if result.objectives is None or result.values is None:
+        return f"#{result.best_trial}: {result.objective} {_value(result)}"
+    pairs = zip(result.objectives, result.values, strict=True)
+    return f"#{result.best_trial}: " + ", ".join(f"{name} {value_text(value)}" for name, value in pairs)
+
+
 def table_rows(results: Sequence[StudyResult]) -> list[list[str]]:
     """Rows of the final table: a label, then one cell per study (studies are columns, as in the paper)."""
     objectives = {r.objective for r in results}
-    if len(objectives) == 1:
+    if any(r.values is not None for r in results):  # a Pareto front: each trial's value of every objective
+        best = ["Trial: objective values", *(_values(r) for r in results)]
+    elif len(objectives) == 1:
         best = [f"Best trial: val {next(iter(objectives))}", *(f"#{r.best_trial}: {_value(r)}" for r in results)]
     else:
         best = ["Best trial: val objective", *(f"#{r.best_trial}: {r.objective} {_value(r)}" for r in results)]
@@ -269,7 +323,7 @@ def table_rows(results: Sequence[StudyResult]) -> list[list[str]]:
     if any(r.chosen_by != StudyResult.chosen_by for r in results):
         rows.append(["Chosen by", *(r.chosen_by for r in results)])
     for label, split, name in PAPER_ROWS + EXTRA_ROWS:
-        rows.append([label, *(_number(getattr(r.evaluation, split)[name]) for r in results)])
+        rows.append([label, *(metric_cell(getattr(r.evaluation, split), name) for r in results)])
     rows.append(["Total wall time", *(format_duration(r.stats.wall_time_sum_s) for r in results)])
     rows.append(
         [
@@ -288,7 +342,7 @@ def rich_table(comparison: Comparison) -> Table:
     table = Table(title="Best configuration of each study")
     table.add_column("", no_wrap=True)
     for r in results:
-        table.add_column(r.study, overflow="fold")  # a narrow terminal wraps study names, never truncates them
+        table.add_column(r.label, overflow="fold")  # a narrow terminal wraps study names, never truncates them
     for row in table_rows(results):
         table.add_row(*row)
     return table
@@ -297,11 +351,11 @@ def rich_table(comparison: Comparison) -> Table:
 def markdown_table(comparison: Comparison) -> str:
     results = comparison.results
     lines = [
-        "| | " + " | ".join(r.study for r in results) + " |",
+        "| | " + " | ".join(r.label for r in results) + " |",
         "|---|" + "---:|" * len(results),
         *("| " + " | ".join(row) + " |" for row in table_rows(results)),
         "",
-        *(f"- {note}" for note in NOTES),
+        *(f"- {note}" for note in notes(results)),
     ]
     lines += [f"- Skipped: {why}" for _, why in comparison.skipped]
     return "\n".join(lines) + "\n"
@@ -314,7 +368,8 @@ def render(comparison: Comparison, fmt: str) -> str:
     if fmt == "csv":
         records = [r.record() for r in comparison.results]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+        fields = list(dict.fromkeys(key for record in records for key in record))  # a front's columns too
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
         return buffer.getvalue()
@@ -322,10 +377,11 @@ def render(comparison: Comparison, fmt: str) -> str:
         payload = {
             "studies": [
                 {**r.record(), "params": r.params, "metrics": {s: getattr(r.evaluation, s) for s in SPLITS}}
+                | ({} if r.values is None else {"objectives": r.objectives, "values": r.values})
                 for r in comparison.results
             ],
             "skipped": [{"study": name, "reason": why} for name, why in comparison.skipped],
-            "notes": list(NOTES),
+            "notes": notes(comparison.results),
         }
         return json.dumps(strict_json(payload), indent=2, allow_nan=False) + "\n"
     if fmt == "table":

@@ -31,7 +31,7 @@ from plotly.subplots import make_subplots
 
 from hpo_astro.errors import described
 from hpo_astro.store.record import VAL_METRICS_ATTR, StudyRecord, stored_metrics, trial_history
-from hpo_astro.store.trials import FINISHED, maximizes, running_best
+from hpo_astro.store.trials import FINISHED, is_multi_objective, maximizes, running_best
 
 ORDER_SCALE = "Viridis"  # trial order: dark purple (#440154) early, through blue and green, to yellow (#fde725) late
 ORDER_COLOURS = "dark purple early, yellow late"  # how the figures describe ORDER_SCALE
@@ -207,7 +207,8 @@ def curves_figure(study: optuna.Study) -> go.Figure:
 
 @dataclass(frozen=True)
 class Progress:
-    """A study's running best objective value after each complete trial."""
+    """A study's running best objective value after each complete trial (a multi-objective study: its first
+    objective's)."""
 
     study: str
     objective: str
@@ -223,14 +224,16 @@ def search_progress(study: optuna.Study) -> Progress:
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if trial.duration is not None:
             elapsed += trial.duration.total_seconds()
-        if trial.state == TrialState.COMPLETE and trial.value is not None:
-            best = running_best([best, trial.value], maximize)[-1]
+        if trial.state == TrialState.COMPLETE and trial.values:
+            best = running_best([best, trial.values[0]], maximize)[-1]
         if best is not None and trial.state in FINISHED:
             numbers.append(trial.number)
             minutes.append(elapsed / 60)
             bests.append(best)
     record = StudyRecord.from_attrs(study.user_attrs)
     objective = record.objective if record is not None else "objective"  # a study another program made
+    if is_multi_objective(study):
+        objective = f"{objective.split(',')[0]}, the first of its objectives"
     return Progress(study.study_name, objective, numbers, minutes, bests)
 
 
@@ -339,11 +342,18 @@ def _optuna_notes(notes: list[str]) -> Iterator[None]:
         optuna.logging.enable_default_handler()
 
 
+def _first_value(trial: FrozenTrial) -> float:
+    return float(trial.values[0])
+
+
 def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
     """Optuna's own visualisations; a plot that cannot be drawn (e.g. too few trials) becomes a note."""
     import optuna.visualization as vis
 
     objective = (study.metric_names or ["objective value"])[0]  # set by `run` (a study of an earlier version: none)
+    # A multi-objective study: the history and parallel coordinates of its first objective (they draw one), the
+    # importances for each objective; its trials report no intermediate values (Optuna does not prune them).
+    multi = {"target": _first_value} if is_multi_objective(study) else {}
     plots = []
     for key, title, name in OPTUNA_PLOTS:
         notes: list[str] = []
@@ -351,7 +361,9 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
         with _optuna_notes(notes):
             try:
                 if key in ("history", "parallel"):  # the objective by its name on the axis, not "Objective Value"
-                    figure = getattr(vis, name)(study, target_name=objective)
+                    figure = getattr(vis, name)(study, target_name=objective, **multi)
+                elif key == "intermediate" and multi:
+                    notes.append("a multi-objective study's trials report no intermediate values; see (c)")
                 else:
                     figure = getattr(vis, name)(study)
             # Optuna's refusals (ValueError, TypeError: e.g. too few trials for a plot), fANOVA's zero variance

@@ -24,7 +24,17 @@ import plotly.io as pio
 from hpo_astro.errors import UserError
 from hpo_astro.io import write_output
 from hpo_astro.report import figures
-from hpo_astro.report.compare import METRIC_NAMES, NOTES, StudyResult, compare_study, format_duration, table_rows
+from hpo_astro.report.compare import (
+    METRIC_NAMES,
+    StudyResult,
+    compare_front,
+    compare_study,
+    format_duration,
+    metric_cell,
+    notes,
+    table_rows,
+)
+from hpo_astro.report.pareto import front_section
 from hpo_astro.results.evaluate import (
     SPLITS,
     Events,
@@ -36,6 +46,7 @@ from hpo_astro.results.evaluate import (
 )
 from hpo_astro.results.page import display_url, escape, figure_html, page, table_html
 from hpo_astro.store.storage import close_store, open_existing_store
+from hpo_astro.store.trials import directions_text, is_multi_objective
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits
@@ -55,9 +66,15 @@ class Report:
 class _StudyEntry:
     study: optuna.Study
     slug: str
-    result: StudyResult | None  # None: no completed trial, so no best model
+    result: StudyResult | None  # None: no completed trial, so no best model (or a multi-objective study)
     note: str
     data: DataSplits | None
+    front: list[StudyResult] = field(default_factory=list)  # a multi-objective study's Pareto front
+
+    @property
+    def rows(self) -> list[StudyResult]:
+        """Its columns of the final table: its best trial, or its front's trials."""
+        return [self.result] if self.result is not None else self.front
 
 
 # --- static images ----------------------------------------------------------------------------------------------
@@ -176,7 +193,12 @@ def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
         max_epochs, channels = record.max_epochs, record.channels
     facts = [
         ("strategy", record.strategy if record is not None else "?"),
-        ("objective", f"{objective} ({study.direction.name.lower()}d)"),
+        (
+            "objective",
+            directions_text(study, objective)
+            if is_multi_objective(study)
+            else f"{objective} ({directions_text(study)})",
+        ),
         ("trials", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (target {target})"),
         ("pruner", pruner),
         ("seed", seed),
@@ -200,8 +222,10 @@ def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
             f"{result.stats.trials_to_within or 'n/a'} trials.</p>"
         )
         parts.append(table_html(["hyperparameter", "value"], list(result.params.items())))
-        rows = [[split, *(f"{getattr(ev, split)[m]:.4f}" for m in METRIC_NAMES)] for split in SPLITS]
+        rows = [[split, *(metric_cell(getattr(ev, split), m) for m in METRIC_NAMES)] for split in SPLITS]
         parts.append(table_html(["split", *METRIC_NAMES], rows))
+    elif entry.front:
+        parts.append(front_section(study, entry.front, figs))
     else:
         parts.append(f'<p class="note">{escape(entry.note)}; its best-model sections are left out.</p>')
     parts += [
@@ -242,20 +266,22 @@ def _index_page(
     store: str,
     images: Sequence[str],
 ) -> str:
-    results = [e.result for e in entries if e.result is not None]
+    results = [r for e in entries for r in e.rows]
     parts = [f'<p class="muted">study store {escape(store)}; generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>']
     parts.append("<h2>Final table: best configuration of each study</h2>")
     if results:
         rows = table_rows(results)
-        parts.append(table_html(["", *(r.study for r in results)], rows))
-        parts.append('<ul class="muted">' + "".join(f"<li>{escape(n)}</li>" for n in NOTES) + "</ul>")
+        parts.append(table_html(["", *(r.label for r in results)], rows))
+        parts.append('<ul class="muted">' + "".join(f"<li>{escape(n)}</li>" for n in notes(results)) + "</ul>")
     else:
         parts.append('<p class="note">no study has a completed trial, so there is no best model to evaluate.</p>')
-    notes = [e.note for e in entries if e.result is None] + [why for _, why in skipped]
-    parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
+    left_out = [e.note for e in entries if not e.rows] + [why for _, why in skipped]
+    parts += [f'<p class="note">{escape(n)}</p>' for n in left_out]
     parts += ["<h2>Running best across studies</h2>", *overlays, "<h2>Studies</h2><ul>"]
     for e in entries:
         best = f"best {e.result.best_value:.4f} (trial #{e.result.best_trial})" if e.result else e.note
+        if e.front:
+            best = f"Pareto front of {len(e.front)}: " + ", ".join(f"#{r.best_trial}" for r in e.front)
         record = study_record(e.study)
         parts.append(
             f'<li><a href="study-{escape(e.slug)}.html">{escape(e.study.study_name)}</a> '
@@ -313,12 +339,17 @@ def _build_report(
                 raise UserError(why)
             skipped.append((study.study_name, why))
             continue
+        front: list[StudyResult] = []
+        result, note, splits = None, "", None
         try:
-            result, note = compare_study(study, data, events, memo, url), ""
-            splits = study_data(study, data, memo)
+            if is_multi_objective(study):  # no best model: its front's, without test cutouts
+                front = compare_front(study, data, events, memo, url)
+            else:
+                result = compare_study(study, data, events, memo, url)
+                splits = study_data(study, data, memo)
         except NoCompletedTrial as exc:
-            result, note, splits = None, str(exc), None
-        entries.append(_StudyEntry(study, _slug(study.study_name, taken), result, note, splits))
+            note = str(exc)
+        entries.append(_StudyEntry(study, _slug(study.study_name, taken), result, note, splits, front))
     if not entries:
         raise UserError("nothing to report: " + "; ".join(why for _, why in skipped))
 

@@ -24,8 +24,11 @@ class Choice:
 
     trial: FrozenTrial
     confirmation: Confirmation | None = None
+    picked: str | None = None  # how a pick rule chose it (`hpo_astro.results.pick`)
 
     def describe(self) -> str:
+        if self.picked is not None:
+            return self.picked
         best = self.confirmation.best if self.confirmation is not None else None
         if self.confirmation is None or best is None:
             return "the best value of the search"
@@ -36,15 +39,25 @@ class Choice:
         )
 
 
-def choose_trial(study: optuna.Study) -> Choice:
-    """The study's best configuration: its confirmation's best confirmed mean when it has a confirmation with a
-    confirmed finalist, else Optuna's best complete trial. A study without a complete trial is a NoCompletedTrial error
-    that says what it holds."""
+def choose_trial(study: optuna.Study, pick: str | None = None) -> Choice:
+    """The study's best configuration: the trial the rule `pick` takes (`hpo_astro.results.pick`) when one is given;
+    else its confirmation's best confirmed mean when it has a confirmation with a confirmed finalist, else Optuna's
+    best complete trial; a multi-objective study without a rule: its front's best value of its first objective. A
+    study without a complete trial is a NoCompletedTrial error that says what it holds."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         counts = state_counts(study)
         held = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
         raise NoCompletedTrial(f"study {study.study_name!r} has no completed trial ({held}): it has no best model")
+    if pick is not None or len(study.directions) > 1:
+        from hpo_astro.results.pick import parse_pick, pick_trial
+
+        names = objective_names(study)
+        rule = parse_pick(pick if pick is not None else f"best:{names[0]}", names)
+        trial, how = pick_trial(study, rule, names)
+        if pick is None:
+            how += " (a multi-objective study's default; choose another point with --pick)"
+        return Choice(trial, picked=how)
     name = study.user_attrs.get(CONFIRMATION_ATTR)
     if isinstance(name, str):
         from hpo_astro.study.confirm import summarise
@@ -58,6 +71,21 @@ def choose_trial(study: optuna.Study) -> Choice:
         if chosen:
             return Choice(chosen[0], confirmation)
     return Choice(study.best_trial)
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objective names (`accuracy`, `latency`), as its record states them; for a study another program
+    made, Optuna's metric names or `objective0`, `objective1`, ..."""
+    from hpo_astro.results.evaluate import study_record
+
+    record = study_record(study)
+    names = [name.split("@")[0] for name in record.objective.split(",")] if record is not None else []
+    if len(names) == len(study.directions):
+        return names
+    metric_names = study.metric_names
+    if metric_names is not None and len(metric_names) == len(study.directions):
+        return list(metric_names)
+    return [f"objective{i}" for i in range(len(study.directions))]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:

@@ -22,6 +22,7 @@ import optuna
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import artifact_dir, store_file
+from hpo_astro.store.trials import directions_text
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -47,7 +48,7 @@ def study_note(study: optuna.Study, command: list[str], program: str, cwd: Path,
         )
         lines += [
             f"**{record.strategy}** search for **{record.n_trials} finished trials** (complete + pruned) of the "
-            f"objective `{record.objective}` ({study.direction.name.lower()}d), pruner {record.pruner}, seed "
+            f"objective `{record.objective}` ({directions_text(study)}), pruner {record.pruner}, seed "
             f"{record.seed}, {epochs}; data: {data} (channels {','.join(record.channels)}, split {split}).{evaluation}",
             "",
         ]

@@ -32,6 +32,7 @@ from hpo_astro.store.record import (
     CACHE_ATTR,
     PARAMS_FULL_ATTR,
     TRAIN_SEED_ATTR,
+    WEIGHTS_ATTR,
     StudyRecord,
     eval_runs,
     kept_model_val_metrics,
@@ -151,11 +152,12 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = 
     saved = study.user_attrs.get(BEST_WEIGHTS_ATTR)
     params = params_full(trial)
     directory = find_artifact_dir(record.artifacts if record is not None else None, url)
-    if not isinstance(saved, dict) or saved.get("trial") != trial.number or not params or directory is None:
+    own = isinstance(saved, dict) and saved.get("trial") == trial.number  # else a multi-objective trial's own
+    artifact_id = saved.get("artifact_id") if own else trial.user_attrs.get(WEIGHTS_ATTR)  # type: ignore[union-attr]
+    if artifact_id is None or not params or directory is None:
         return None  # a pointer another program wrote as a string or a list is no pointer: retrain
     channels = record.channels if record is not None else DEFAULT_CHANNELS
     checked = architecture(params, len(channels))  # a configuration that cannot be built: one line, before any read
-    artifact_id = saved.get("artifact_id")
     if not isinstance(artifact_id, str) or not artifact_id or "/" in artifact_id or artifact_id.startswith("."):
         return None  # no file name inside the folder (a path elsewhere is not followed)
     try:
@@ -343,10 +345,10 @@ def store_evaluation(study: optuna.Study, trial: FrozenTrial, evaluation: Evalua
         study_id = storage.get_study_id_from_name(study.study_name)
         cache = storage.get_study_user_attrs(study_id).get(CACHE_ATTR)  # fresh: others may have added
         cache = cache if isinstance(cache, dict) else {}
-        # Only the best trial's entries are kept: a new best replaces those of the previous one, so the cache does
-        # not grow with every best the study ever had.
-        own = f"{trial.number}:"
-        cache = {key: entry for key, entry in cache.items() if key.startswith(own)}
+        # Only the best trial's entries are kept (a new best replaces the previous one's: the cache does not grow with
+        # every best the study had); a multi-objective study keeps those of its whole front.
+        kept = {trial.number, *(t.number for t in study.best_trials)} if len(study.directions) > 1 else {trial.number}
+        cache = {key: entry for key, entry in cache.items() if key.split(":", 1)[0] in {str(n) for n in kept}}
         cache[cache_key(trial, _cache_fingerprint(study))] = {"version": CACHE_VERSION, **asdict(evaluation)}
         storage.set_study_user_attr(study_id, CACHE_ATTR, cache)
         return True

@@ -46,6 +46,7 @@ from hpo_astro.results.evaluate import (
 )
 from hpo_astro.store.record import trial_params
 from hpo_astro.store.storage import read_store
+from hpo_astro.store.trials import directions_text
 
 if TYPE_CHECKING:
     import optuna
@@ -65,18 +66,26 @@ class Exported:
 
 
 def export_best(
-    url: str, study_name: str, out: Path, data: Path | None = None, events: Events | None = None
+    url: str,
+    study_name: str,
+    out: Path,
+    data: Path | None = None,
+    events: Events | None = None,
+    pick: str | None = None,
 ) -> Exported:
     """Rebuild the study's best model (saved weights, else retraining with its stored seed), evaluate it (unless
     `compare`'s cache holds this model's evaluation) and write it to `out`. An existing `out` is replaced only when it
-    holds an earlier export."""
+    holds an earlier export. `pick` is a rule choosing the trial (`hpo_astro.results.pick`: `best:accuracy`,
+    `latency<50us`), for a multi-objective study's Pareto front above all."""
     with read_store(url) as storage:  # read-only; compare's cache is written through a separate handle
         (study,) = load_studies(storage, url, [study_name])
-        return _export_best(study, url, out, data, events)
+        return _export_best(study, url, out, data, events, pick)
 
 
-def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, events: Events | None) -> Exported:
-    choice = choose_trial(study)
+def _export_best(
+    study: optuna.Study, url: str, out: Path, data: Path | None, events: Events | None, pick: str | None = None
+) -> Exported:
+    choice = choose_trial(study, pick)
     trial = choice.trial
     out = Path(out)
     check_export_dir(out)  # before the evaluation, which can take minutes
@@ -87,9 +96,10 @@ def _export_best(study: optuna.Study, url: str, out: Path, data: Path | None, ev
         "name": study.study_name,
         "strategy": record.strategy if record is not None else None,
         "objective": record.objective if record is not None else None,
-        "direction": study.direction.name.lower(),
+        "direction": directions_text(study),
         "trial": trial.number,
-        "value": trial.value,
+        "value": trial.values[0] if len(trial.values) == 1 else None,
+        "values": list(trial.values),
         "chosen_by": choice.describe(),
         "train_seed": trial_seed(study, trial),
         "max_epochs": record.max_epochs if record is not None else None,

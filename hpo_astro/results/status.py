@@ -1,5 +1,6 @@
 """What `status` shows of each study in a store: its strategy, budget, trial counts by state (running and waiting,
-i.e. re-queued, apart), best trial and, when asked, its top trials. Read-only: a missing store is no studies, and a
+i.e. re-queued, apart), best trial and, when asked, its top trials; for a multi-objective study, each objective's
+direction and the Pareto front in place of one best trial. Read-only: a missing store is no studies, and a
 study another program wrote (attributes of other types) is shown, never fatal. Also how a trial's parameters are
 shown wherever trials are listed: only those that vary in the space (`varying_params`)."""
 
@@ -14,8 +15,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_astro.errors import UserError
+from hpo_astro.results.front import front_trials, objective_names
 from hpo_astro.store.record import N_TRIALS_KEY, STRATEGY_KEY
 from hpo_astro.store.storage import read_store, store_file
+from hpo_astro.store.trials import is_multi_objective
 
 # The trial states `status` counts, in its columns' order: WAITING is a trial queued to run (a re-queued one whose
 # process died or was interrupted, or an enqueued configuration), not one running.
@@ -31,21 +34,39 @@ class TopTrial:
 
 
 @dataclass
+class FrontTrial:
+    """A trial of a multi-objective study's Pareto front."""
+
+    number: int
+    values: list[float]  # one per objective, in the study's order
+    seconds: float | None
+    params: dict[str, Any]  # those that vary in the space
+
+
+@dataclass
 class StudyStatus:
     name: str
     strategy: str
-    direction: str
+    direction: str  # a multi-objective study: its directions joined by commas ("maximize,minimize")
     target: int | None
     counts: dict[str, int]
-    best_value: float | None
+    best_value: float | None  # a multi-objective study has no best trial: None, its `front` instead
     best_params: dict[str, Any] | None
     best_trial: int | None
-    top: list[TopTrial] = field(default_factory=list)
+    top: list[TopTrial] | list[FrontTrial] = field(default_factory=list)  # multi-objective: the front's first N
+    # Only for a multi-objective study: its objectives' names and directions, and its Pareto front (`front_trials`)
+    objectives: list[str] | None = None
+    directions: list[str] | None = None
+    front: list[FrontTrial] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON data (`status --format json`): every counted state (0 included), the top trials when asked."""
+        """Plain JSON data (`status --format json`): every counted state (0 included), the top trials when asked;
+        for a multi-objective study also `objectives`, `directions` and `front`."""
         data = asdict(self)
         data["counts"] = {state: self.counts.get(state, 0) for state in COUNTED_STATES}
+        if self.front is None:
+            for key in ("objectives", "directions", "front"):
+                del data[key]
         return data
 
 
@@ -72,6 +93,14 @@ def top_trials(study: optuna.Study, n: int) -> list[TopTrial]:
     return [TopTrial(t.number, value, trial_seconds(t), varying_params(t)) for value, t in scored[:n]]
 
 
+def pareto_front(study: optuna.Study) -> list[FrontTrial]:
+    """A multi-objective study's Pareto front, best first in its first objective (ties: the earlier trial first)."""
+    return [
+        FrontTrial(t.number, [float(v) for v in t.values], trial_seconds(t), varying_params(t))
+        for t in front_trials(study)
+    ]
+
+
 def study_status(storage_url: str, name: str | None = None, top: int = 0) -> list[StudyStatus]:
     """Every study of the store (or only `name`), with its `top` best complete trials (0: none)."""
     file = store_file(storage_url)
@@ -90,6 +119,9 @@ def study_status(storage_url: str, name: str | None = None, top: int = 0) -> lis
             study = optuna.load_study(study_name=study_name, storage=storage)
             trials = study.get_trials(deepcopy=False)
             counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+            if is_multi_objective(study):
+                out.append(_multi_status(study, counts, top))
+                continue
             try:
                 best = study.best_trial
             except ValueError:
@@ -108,6 +140,26 @@ def study_status(storage_url: str, name: str | None = None, top: int = 0) -> lis
                 )
             )
     return out
+
+
+def _multi_status(study: optuna.Study, counts: dict[str, int], top: int) -> StudyStatus:
+    """A multi-objective study's status: its directions and Pareto front, no best trial."""
+    directions = [d.name.lower() for d in study.directions]
+    front = pareto_front(study)
+    return StudyStatus(
+        name=study.study_name,
+        strategy=_shown(study.user_attrs.get(STRATEGY_KEY), str, "?"),
+        direction=",".join(directions),
+        target=_shown(study.user_attrs.get(N_TRIALS_KEY), int, None),
+        counts={k: v for k, v in counts.items() if v},
+        best_value=None,
+        best_params=None,
+        best_trial=None,
+        top=front[:top],
+        objectives=objective_names(study),
+        directions=directions,
+        front=front,
+    )
 
 
 def _shown(value: object, kind: type, missing: Any) -> Any:

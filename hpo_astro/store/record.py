@@ -30,7 +30,7 @@ VERSION_KEY = "hpo_astro_version"  # written last: marks the record whole
 STRATEGY_KEY, N_TRIALS_KEY, FINGERPRINT_KEY, ARTIFACTS_KEY = "strategy", "n_trials", "data_fingerprint", "artifacts"
 OBJECTIVE_KEY = "objective"
 # Fields that must agree when a run resumes a stored study (a trial's value means something else when they differ).
-IDENTITY = ("strategy", "space", "objective", "data_fingerprint", "eval_seeds", "folds")
+IDENTITY = ("strategy", "space", "objective", "data_fingerprint", "eval_seeds", "folds", "latency_batch")
 # Fields every whole record holds (the fields added since the first version take their defaults when absent).
 _REQUIRED = ("strategy", "space", "objective", "data_fingerprint", "n_trials")
 
@@ -53,6 +53,8 @@ WALL_TIME_ATTR = "wall_time"  # seconds its training took (a replayed trial: the
 BEST_EPOCH_ATTR = "best_epoch"  # the epoch whose weights the trial kept (lowest validation loss)
 STOP_REASON_ATTR = "stop_reason"  # max_epochs, early_stopping, diverged, pruned
 N_PARAMS_ATTR = "n_params"  # the model's trainable parameters
+COST_ATTR = "inference_cost"  # `hpo_astro.core.cost.InferenceCost.as_dict()`, in a study with a cost objective
+WEIGHTS_ATTR = "weights_artifact"  # a multi-objective trial's weights (artifact id), if on the front as it finished
 DEVICE_ATTR = "device"  # where it trained
 TEST_METRICS_ATTR = "test_metrics"  # the best weights' metrics on the test split (tabulate and replayed trials only)
 TABLE_ATTR = "table"  # the table that answered a replayed trial
@@ -70,13 +72,10 @@ WEIGHTS_MIMETYPE = "application/octet-stream"  # the best weights' artifact (a `
 # A trial of several training runs (`hpo_astro.study.evaluation`; never written for a single run): the runs, as
 # [{"seed", "fold", "value", "best_epoch", "stop_reason", "wall_time", "val_metrics"}], their values, and the values'
 # sample standard deviation and standard error of the mean (the trial's value is the mean; read with `eval_runs`).
-EVAL_RUNS_ATTR = "eval_runs"
+EVAL_RUNS_ATTR, EVAL_VALUES_ATTR, EVAL_STD_ATTR, EVAL_SEM_ATTR = "eval_runs", "eval_values", "eval_std", "eval_sem"
 # ... and every run whole (its summary: history, validation metrics, the trainer's extra attributes such as a
 # tabulated run's test metrics), exactly, in one trial system attribute that programs read (`trial_runs`).
 RUNS_SYSTEM_ATTR = "hpo_astro:runs"
-EVAL_VALUES_ATTR = "eval_values"
-EVAL_STD_ATTR = "eval_std"
-EVAL_SEM_ATTR = "eval_sem"
 # A trial of several runs: "stacked" when its seeds trained as one model, else why they trained one after another.
 EVAL_STACKING_ATTR = "eval_stacking"
 # Optuna's own system attribute on a re-queued trial: the numbers of the trials it retries, oldest first.
@@ -122,6 +121,7 @@ class RunSettings(Protocol):
     n_startup_trials: int | None
     eval_seeds: int
     folds: int
+    latency_batch: int
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class StudyRecord:
     # The space's hyperparameters with one value: set in every configuration, not Optuna parameters (no flat axis in
     # the dashboard's plots); shown here for whoever browses the study. None: an earlier version's record.
     fixed_params: dict[str, Any] | None = None
+    latency_batch: int | None = None  # cutouts per timed forward pass, when latency is an objective
     hpo_astro_version: str = __version__
 
     @classmethod
@@ -187,6 +188,7 @@ class StudyRecord:
             folds=cfg.folds,
             trial_kind=trial_kind,
             fixed_params=cfg.space.fixed(),
+            latency_batch=cfg.latency_batch if "latency" in cfg.objective.split(",") else None,
         )
 
     def kind_of(self, study_name: str) -> str:
@@ -260,6 +262,7 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
     "folds": (lambda v: _INT[0](v) and v >= 1, "a positive integer"),
     "trial_kind": (lambda v: v is None or v in TRIAL_KINDS, f"one of {', '.join(TRIAL_KINDS)} or null"),
     "fixed_params": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "latency_batch": (lambda v: v is None or (_INT[0](v) and v >= 1), "a positive integer or null"),
     "hpo_astro_version": _STR,
 }
 

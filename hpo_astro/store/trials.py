@@ -17,7 +17,22 @@ HOLDING = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # one that holds 
 
 
 def maximizes(study: optuna.Study) -> bool:
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+    """Whether a study maximises its objective (a multi-objective study: its first objective)."""
+    return study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+
+
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def directions_text(study: optuna.Study, objective: str | None = None) -> str:
+    """ "maximized"; for a multi-objective study, each objective's direction ("maximized, minimized"), named when
+    the study's `objective` ("accuracy,latency") is given ("accuracy maximized, latency minimized")."""
+    words = [f"{direction.name.lower()}d" for direction in study.directions]
+    names = objective.split(",") if objective else []
+    if len(names) == len(words) > 1:
+        return ", ".join(f"{name} {word}" for name, word in zip(names, words, strict=True))
+    return ", ".join(words)
 
 
 def better(value: float, than: float | None, maximize: bool) -> bool:

@@ -16,19 +16,13 @@ from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 from hpo_astro.study.evaluation import MAX_EVAL_SEEDS, MAX_FOLDS
+from hpo_astro.study.objectives import ObjectiveSpec, check_multi_objective, parse_objectives, primary
 from hpo_astro.study.packaged import resolve_study_file
+from hpo_astro.study.pbt_plan import check_pbt
 from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
-OBJECTIVES = {  # name (`ObjectiveName`) -> (per-epoch metric, direction)
-    "accuracy": ("val_accuracy", "maximize"),
-    "loss": ("val_loss", "minimize"),
-    "roc_auc": ("val_roc_auc", "maximize"),
-    # The operating points a real/bogus classifier is deployed at: the false-positive rate at 5% missed reals, the
-    # missed-detection rate at 1% false positives. The rate is in the metric's name, which the dashboard shows.
-    "fpr_at_fnr": ("val_fpr_at_5fnr", "minimize"),
-    "mdr_at_fpr": ("val_mdr_at_1fpr", "minimize"),
-}
 DEFAULT_CHECKPOINT_INTERVAL = 10
+MAX_LATENCY_BATCH = 4096
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds
 MAX_HEARTBEAT = 3600  # seconds; a heartbeat rarer than hourly tells nothing in time
 MAX_GRACE = 7 * 24 * 3600  # seconds (a week): beyond it a dead trial is never re-queued within a study's life
@@ -51,7 +45,9 @@ class StudyConfig:
     # fewer, or it is all random start-up.
     n_startup_trials: int | None = None
     pruner: str | None = None  # None: the strategy's default (hyperband for bohb, else none); set by validate()
+    # One objective, or several joined by commas (`hpo_astro.study.objectives`): "accuracy", "accuracy,latency".
     objective: str = "accuracy"
+    latency_batch: int = 256  # cutouts per timed forward pass, for the latency objective (`hpo_astro.core.cost`)
     seed: int = 0
     data: Path | None = None
     channels: tuple[str, ...] = DEFAULT_CHANNELS
@@ -76,18 +72,36 @@ class StudyConfig:
     capture: bool = True
     # Train a trial's seeds as one stacked model (`hpo_astro.core.stacked`): auto (where it is faster), on, off.
     stack_runs: str = "auto"
+    # pbt (`docs/pbt.md`): epochs per segment (a member's training between two exploit-and-explore steps), and the
+    # share of the population that exploits the top one. None: the study's (resumed), else 2 and 0.25.
+    ready: int | None = None
+    pbt_quantile: float | None = None
 
     @property
     def study_name(self) -> str:
         return self.strategy if self.study is None else self.study
 
     @property
+    def objectives(self) -> tuple[ObjectiveSpec, ...]:
+        return parse_objectives(self.objective)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return [spec.direction for spec in self.objectives]
+
+    @property
     def direction(self) -> str:
-        return OBJECTIVES[self.objective][1]
+        """The direction of the metric a trial trains on (a single-objective study's only one)."""
+        return primary(self.objectives).direction
 
     @property
     def metric(self) -> str:
-        return OBJECTIVES[self.objective][0]
+        """The per-epoch metric a trial trains on and reports (`hpo_astro.study.objectives.primary`)."""
+        return primary(self.objectives).key
 
     def validate(self) -> StudyConfig:
         check_strategy(self.strategy)  # a sampler class by import path is imported here, before the store is opened
@@ -95,11 +109,16 @@ class StudyConfig:
             raise UserError("the number of trials is not set: pass --n-trials N or set n_trials in the study file")
         if self.n_trials <= 0:
             raise UserError(f"--n-trials must be positive, got {self.n_trials}")
+        objectives = parse_objectives(self.objective)  # an unknown or repeated name: one line
+        self.objective = ",".join(spec.label for spec in objectives)  # as the study records it: no spaces
+        explicit_pruner = self.pruner is not None
         self.pruner = pruner_name(self)  # the pruner actually used: what the study records
         if self.pruner not in PRUNERS:
             raise UserError(f"unknown pruner {self.pruner!r}; known: {', '.join(PRUNERS)}")
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if len(objectives) > 1:
+            check_multi_objective(self.strategy, self.greedy, self.pruner, explicit_pruner)
+        if not 1 <= self.latency_batch <= MAX_LATENCY_BATCH:
+            raise UserError(f"latency_batch must be between 1 and {MAX_LATENCY_BATCH}, got {self.latency_batch}")
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"seed must be between 0 and {MAX_SEED} (2**32 - 1), got {self.seed}")
         if self.population_size < 2:
@@ -151,6 +170,7 @@ class StudyConfig:
             raise UserError("the study name is empty: give --study a name, or leave it out to use the strategy's")
         if self.baseline is not None:
             self.baseline = {name: self.space.match(name, value) for name, value in self.baseline.items()}
+        check_pbt(self)
         return self
 
     @classmethod
@@ -168,6 +188,7 @@ class StudyConfig:
             n_startup_trials=record.n_startup_trials,
             pruner=record.pruner,
             objective=record.objective,
+            latency_batch=int(record.latency_batch or 256),
             seed=int(record.seed),
             data=Path(record.data) if record.data else None,
             channels=tuple(record.channels),
@@ -238,11 +259,16 @@ def _convert(path: Path, key: str, value: Any) -> Any:
         "greedy": bool,
         "capture": bool,
         "stack_runs": str,
+        "ready": int,
+        "pbt_quantile": float,
         "heartbeat_interval": int,
         "checkpoint_interval": int,
         "grace_period": int,
         "workers": int,
+        "latency_batch": int,
     }
+    if key == "objective" and isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return ",".join(value)  # objective = ["accuracy", "latency"]: the same as "accuracy,latency"
     if key in expected:
         kind = expected[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

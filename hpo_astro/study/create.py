@@ -45,7 +45,7 @@ def create_or_resume(
             storage=storage,
             sampler=sampler,
             pruner=pruner,
-            direction=cfg.direction,
+            directions=cfg.directions,
             load_if_exists=True,
         )
     current = study.user_attrs
@@ -71,10 +71,11 @@ def create_or_resume(
     for key, value in record.to_attrs().items():
         if current.get(key) != value:
             study.set_user_attr(key, value)
-    if study.metric_names != [cfg.metric]:  # what optuna-dashboard and Optuna's plots call the objective
+    names = [spec.metric_name for spec in cfg.objectives]
+    if study.metric_names != names:  # what optuna-dashboard and Optuna's plots call the objectives
         with warnings.catch_warnings():  # experimental in Optuna since 3.2; nothing a user can act on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([cfg.metric])
+            study.set_metric_names(names)
     return study
 
 

@@ -9,7 +9,9 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 # light); `hpo_astro.study.strategies.PRUNERS` and `hpo_astro.study.config.OBJECTIVES` map each to what it means.
 PrunerName = Literal["none", "median", "hyperband", "successive-halving"]
 ObjectiveName = Literal["accuracy", "loss", "roc_auc", "fpr_at_fnr", "mdr_at_fpr"]
+# Every objective `--objective` takes, alone or several joined by commas (`hpo_astro.study.objectives.OBJECTIVES`)
+OBJECTIVE_NAMES = ("accuracy", "loss", "roc_auc", "fpr_at_fnr", "mdr_at_fpr", "params", "macs", "flops", "latency")
 StackMode = Literal["auto", "on", "off"]  # `hpo_astro.core.stacked.STACK_MODES`
 # The registry names of `hpo_astro.study.strategies.STRATEGIES`, in its order, for the command line's help and shell
 # completion (a strategy may also be a sampler class by import path, so it is not a closed choice).
-STRATEGY_NAMES = ("random", "ablation", "genetic", "bayesian", "tpe", "grid", "bohb", "qmc", "cmaes")
+STRATEGY_NAMES = ("random", "ablation", "genetic", "bayesian", "tpe", "grid", "bohb", "qmc", "cmaes", "pbt")

@@ -19,8 +19,10 @@ from typing import Any
 import optuna
 import torch
 
+from hpo_astro.core.cost import InferenceCost, measure_cost
 from hpo_astro.core.epochs import EpochMetrics
 from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
+from hpo_astro.core.metrics import stated_rates
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.stacked import stacking_refusal
 from hpo_astro.core.train import TrainFn, TrainResult, TrainState, resolve_device
@@ -32,6 +34,7 @@ from hpo_astro.store.record import (
     BEST_EPOCH_ATTR,
     BEST_WEIGHTS_ATTR,
     CHECKPOINT_ATTR,
+    COST_ATTR,
     DEVICE_ATTR,
     EVAL_RUNS_ATTR,
     EVAL_SEM_ATTR,
@@ -69,6 +72,7 @@ from hpo_astro.study.evaluation import (
     run_summary,
 )
 from hpo_astro.study.interrupts import process_interrupts
+from hpo_astro.study.pareto import keep_if_on_front, objective_values
 from hpo_astro.study.stacked_runs import train_runs_stacked
 from hpo_astro.study.trial_callbacks import (
     ArtifactCheckpoint,
@@ -124,11 +128,13 @@ class Objective:
     write_failure: str | None = field(default=None, init=False)  # set when a trial failed for want of disk
     _checkpoint: ArtifactCheckpoint | None = field(default=None, init=False)  # the running trial's
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.current_trial_id = trial._trial_id
         self._checkpoint = None
+        rates = {spec.name: spec.rate for spec in self.cfg.objectives if spec.rate is not None}
         try:
-            value, checkpoint = self._run(trial)
+            with stated_rates(rates.get("fpr_at_fnr"), rates.get("mdr_at_fpr")):  # every epoch measures them
+                value, checkpoint = self._run(trial)
         except KeyboardInterrupt:
             raise  # Ctrl-C / SIGTERM: the checkpoint stays for the retry
         except optuna.TrialPruned:
@@ -159,7 +165,7 @@ class Objective:
             self.store.remove(pointer["artifact_id"])
         set_internal(trial, CHECKPOINT_ATTR, {"epoch": pointer.get("epoch"), "deleted": True})
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, ArtifactCheckpoint]:
+    def _run(self, trial: optuna.Trial) -> tuple[float | list[float], ArtifactCheckpoint]:
         storage = trial.study._storage
         # The first heartbeat, before anything else: Optuna's heartbeat thread records it asynchronously, and a trial
         # killed before that thread ran had no heartbeat row, so it was never found stale and stayed RUNNING forever.
@@ -206,7 +212,7 @@ class Objective:
             finish = getattr(self.train, "finish", None)  # a wrapping trainer's own step (tabulate: test metrics)
             results = [finish(result, self.data) for result in results] if finish else results
             for run, result in zip(plan.runs(), results, strict=False):
-                value = self._ended_run(trial, plan, run, result, progress, checkpoint)
+                value = self._ended_run(trial, plan, run, result, progress, checkpoint, params)
             return value, checkpoint
         checkpoints = getattr(self.train, "writes_checkpoints", True)  # a table's replay: none
         resumed_run = progress.next_run  # the run `resume` continues (0 for a fresh trial)
@@ -223,7 +229,7 @@ class Objective:
                     device=device,
                     capture=self.cfg.capture,
                 )
-            value = self._ended_run(trial, plan, run, result, progress, checkpoint)
+            value = self._ended_run(trial, plan, run, result, progress, checkpoint, params)
         return value, checkpoint
 
     def _stacking_refusal(self, params: dict, plan: EvalPlan, resume: dict | None, device: str) -> str | None:
@@ -248,9 +254,11 @@ class Objective:
         result: TrainResult,
         progress: EvalProgress,
         checkpoint: ArtifactCheckpoint,
-    ) -> float:
+        params: dict[str, Any],
+    ) -> float | list[float]:
         """Record a run that ended; the trial's value so far. A pruned run ends the trial; after the last run the
-        trial's weights are kept if it is the study's best."""
+        trial's weights are kept if it is the study's best, and a multi-objective trial's values are all measured
+        (`hpo_astro.study.objectives`)."""
         value = finite_metric(
             getattr(result.val_metrics, self.cfg.metric.removeprefix("val_")), self.cfg.direction == "maximize"
         )
@@ -268,9 +276,36 @@ class Objective:
             checkpoint.remove()
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)} of run {run.index + 1}")
         last = plan.n_runs == 1 or progress.next_run == plan.n_runs
+        if last and self.cfg.multi_objective:
+            metrics = (
+                result.val_metrics.as_dict()
+                if plan.n_runs == 1
+                else mean_metrics([r["val_metrics"] for r in progress.done])
+            )
+            values = objective_values(self.cfg.objectives, value, metrics, self._cost(trial, params))
+            if weights is not None:
+                keep_if_on_front(trial, values, weights, self.store)
+            return values
         if last and weights is not None:  # a replayed trial trained nothing: no weights to keep
             self._keep_if_best(trial, value, weights)
         return value
+
+    def _cost(self, trial: optuna.Trial, params: dict[str, Any]) -> InferenceCost | None:
+        """The trial's inference cost, measured and recorded when one of the study's objectives is a cost."""
+        costs = [spec for spec in self.cfg.objectives if spec.is_cost]
+        if not costs:
+            return None
+        # The configuration's cost, not its weights': a model built afresh on the trial's device (a stand-in or a
+        # table's replay trains no model of the configuration, and every trial is measured the same way).
+        cost = measure_cost(
+            params,
+            in_channels=len(self.data.channels),
+            device=resolve_device(self.cfg.devices[0] if self.cfg.devices else "auto"),
+            latency_batch=self.cfg.latency_batch,
+            latency=any(spec.name == "latency" for spec in costs),
+        )
+        trial.set_user_attr(COST_ATTR, _json_cost(cost.as_dict()))
+        return cost
 
     def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
         """The checkpoint a retried trial inherited from the trial it retries (None for a fresh trial)."""
@@ -343,6 +378,10 @@ def _record_runs(trial: optuna.Trial, runs: list[dict[str, Any]]) -> None:
         EVAL_SEM_ATTR: _json_number(spread.sem),
     }.items():
         trial.set_user_attr(key, value)
+
+
+def _json_cost(cost: dict[str, Any]) -> dict[str, Any]:
+    return {key: _json_number(v) if isinstance(v, float) else v for key, v in cost.items()}
 
 
 def _json_number(value: float) -> float | None:

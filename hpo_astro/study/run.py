@@ -49,6 +49,8 @@ from hpo_astro.study.create import create_or_resume, study_record
 from hpo_astro.study.evaluation import check_folds
 from hpo_astro.study.interrupts import configure_logging, process_interrupts
 from hpo_astro.study.objective import Objective
+from hpo_astro.study.pbt import PbtObjective, settle_pbt
+from hpo_astro.study.pbt_plan import PBT
 from hpo_astro.study.strategies import make_pruner, make_sampler
 from hpo_astro.study.trial_callbacks import checkpoint_prefix
 
@@ -191,7 +193,7 @@ def _open(
     trial_kind = getattr(train, "trial_kind", TRAINED)  # a table's trainer says what its trials are
     if cfg.folds > 1 and trial_kind != TRAINED:
         raise UserError("--folds needs training on the data: a table's rows were trained on one fixed split")
-    if cfg.metric in OPERATING_POINT_FIELDS and trial_kind != TRAINED:
+    if any(spec.key in OPERATING_POINT_FIELDS for spec in cfg.objectives) and trial_kind != TRAINED:
         raise UserError(
             f"--objective {cfg.objective} needs training: a table records no operating point per epoch (use "
             "accuracy, loss or roc_auc)"
@@ -201,13 +203,15 @@ def _open(
         check_folds(data, cfg.folds)
     if storage is None:
         storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
+    sampler = settle_pbt(storage, cfg, sampler)  # a PBT study's settings: the stored ones, or refused
     study = create_or_resume(cfg, storage, study_record(cfg, data, trial_kind), sampler, pruner)
     if sampled_fixed_before(study) and cfg.space.fixed():  # resumed as that version ran it: see `SearchSpace`
         cfg.space = dataclasses.replace(cfg.space, fixed_sampled=True)
         study.sampler = sampler = make_sampler(cfg)
     target = target_trials(cfg, sampler)
     store = artifact_store(Path(study.user_attrs[ARTIFACTS_KEY]))
-    return study, target, Objective(cfg, data, target, store, on_epoch, train or train_configuration)
+    objective = PbtObjective if cfg.strategy == PBT else Objective
+    return study, target, objective(cfg, data, target, store, on_epoch, train or train_configuration)
 
 
 class _Counts(NamedTuple):

@@ -28,6 +28,7 @@ from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.trial_seeded import TrialSeededSampler
 from hpo_astro.store.record import RunSettings
 from hpo_astro.study.evaluation import eval_plan
+from hpo_astro.study.pbt_plan import pbt_sampler
 
 GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
 
@@ -130,6 +131,7 @@ STRATEGIES: dict[str, Callable[[RunSettings], BaseSampler]] = {
     "bohb": _bohb,
     "qmc": _qmc,
     "cmaes": _cmaes,
+    "pbt": pbt_sampler,  # population-based training: `hpo_astro.study.pbt_plan`, docs/pbt.md
 }
 
 # A confirmation study's strategy (`hpo_astro.study.confirm`): every trial is enqueued with its configuration, so the
@@ -145,7 +147,7 @@ DEFAULT_PRUNERS = {"bohb": "hyperband"}
 # would start a new sequence each time and only ever draw its first point. The stochastic ones are rebuilt for every
 # trial with a seed derived from the study's seed and its progress (`TrialSeededSampler`), so a resumed study or a
 # second process never repeats them.
-SHARED_PLAN = {"ablation", "grid", "qmc"}
+SHARED_PLAN = {"ablation", "grid", "qmc", "pbt"}  # pbt: its population in trial system attributes
 
 
 def is_import_path(strategy: str) -> bool:

@@ -42,15 +42,18 @@ class OptunaPruning:
         self.trial, self.metric, self.on_epoch = trial, metric, on_epoch
         self.reported_until = reported_until  # steps a retried trial inherited, already reported
         self.step_offset = step_offset
+        # Optuna neither takes reports from nor prunes a multi-objective trial: its curves are the trial's
+        # `curve_*` attributes (`record_curves`), and it ends at its epoch cap or by early stopping.
+        self.single_objective = len(trial.study.directions) == 1
 
     def on_epoch_end(self, state: TrainState) -> None:
         step = self.step_offset + state.epoch
-        if step > self.reported_until:
+        if self.single_objective and step > self.reported_until:
             value = finite_metric(getattr(state.last, self.metric), self.metric in MAXIMIZED_PER_EPOCH)
             self.trial.report(value, step)
         if self.on_epoch:
             self.on_epoch(self.trial.number, state)
-        if self.trial.should_prune():
+        if self.single_objective and self.trial.should_prune():
             state.request_stop("pruned")
 
 

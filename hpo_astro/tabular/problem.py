@@ -20,9 +20,10 @@ from typing import Any
 from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 
+from hpo_astro.core.cost import InferenceCost, measure_cost
 from hpo_astro.core.hyperparameters import PAPER_SPACE
 from hpo_astro.errors import UserError
-from hpo_astro.study.config import OBJECTIVES
+from hpo_astro.study.objectives import COST_OBJECTIVES, OBJECTIVES
 from hpo_astro.study.trial_callbacks import finite_metric
 from hpo_astro.tabular.load import load_table
 from hpo_astro.tabular.replay import TableReplay
@@ -41,9 +42,10 @@ class TableProblem(BaseProblem):
 
     * `table`: a `Table`, or what `hpo_astro.tabular.load_table` takes (a shipped table's name such as
       ``"astro-small"``, a table file, or a `tabulate` study's name with `storage`).
-    * `objective`: ``"accuracy"``, ``"roc_auc"`` (maximized) or ``"loss"`` (minimized), the validation metric of the
-      run's best epoch, as in a study; or a sequence of them for a multi-objective problem (`evaluate` then returns
-      one value per objective, in that order).
+    * `objective`: ``"accuracy"``, ``"roc_auc"`` (maximized) or ``"loss"``, ``"fpr_at_fnr"`` (minimized), the
+      validation metric of the run's best epoch, as in a study, or the configuration's inference cost ``"params"``,
+      ``"macs"``, ``"flops"`` (`hpo_astro.core.cost`; a table holds no latency); or a sequence of them for a
+      multi-objective problem (`evaluate` then returns one value per objective, in that order).
     * `search_space`: the distribution of each hyperparameter the table varies (`SearchSpace.distributions`, what
       hpo-astro's own objective suggests): a `CategoricalDistribution` of a list of values, an int or float
       distribution of a range. A hyperparameter the table holds at one value is left out and filled in by `evaluate`.
@@ -76,6 +78,13 @@ class TableProblem(BaseProblem):
         for name in names:
             if name not in OBJECTIVES:
                 raise UserError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+            if name == "latency":
+                raise UserError(
+                    "objective 'latency': a table holds no inference time (it is measured on a device as a study "
+                    "trains); params, macs and flops are the configuration's own"
+                )
+            if name in COST_OBJECTIVES:
+                continue
             metric = OBJECTIVES[name][0].removeprefix("val_")
             if self.table.rows and metric not in self.table.rows[0].val_metrics:
                 raise UserError(f"objective {name!r}: table {self.table.name!r} records no {metric} (train for it)")
@@ -90,6 +99,7 @@ class TableProblem(BaseProblem):
         search = self.table.search_space
         self._space: dict[str, BaseDistribution] = search.distributions()
         self._fixed = search.fixed()
+        self._costs: dict[tuple, InferenceCost] = {}
 
     def __repr__(self) -> str:
         objective = list(self.objectives) if self._multi else self.objectives[0]
@@ -126,9 +136,20 @@ class TableProblem(BaseProblem):
         """The objectives of the run a replay with `seed` answers `config` with (`Objective._ended_run`'s rule)."""
         result = self._replay(config, max_epochs=self.max_epochs, seed=seed)
         return [
-            finite_metric(getattr(result.val_metrics, OBJECTIVES[name][0].removeprefix("val_")), _maximizes(name))
+            float(getattr(self._cost(config), COST_OBJECTIVES[name][0]))
+            if name in COST_OBJECTIVES
+            else finite_metric(getattr(result.val_metrics, OBJECTIVES[name][0].removeprefix("val_")), _maximizes(name))
             for name in self.objectives
         ]
+
+    def _cost(self, config: Mapping[str, Any]) -> InferenceCost:
+        """The configuration's parameter count, MACs and FLOPs (`hpo_astro.core.cost`), measured once each."""
+        key = tuple(sorted((k, str(v)) for k, v in config.items()))
+        if key not in self._costs:
+            channels = len(self.table.info.get("channels") or ["scorr"])
+            full = self.table.runs(config)[0].params  # every hyperparameter the table trained it with
+            self._costs[key] = measure_cost(full, in_channels=channels, latency=False)
+        return self._costs[key]
 
 
 def _check_whole(name: str, value: Any, low: int) -> None:

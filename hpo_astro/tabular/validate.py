@@ -20,7 +20,8 @@ from hpo_astro.core.space import SearchSpace
 from hpo_astro.core.train import EpochMetrics
 from hpo_astro.data.prepare import PrepConfig
 from hpo_astro.errors import UserError
-from hpo_astro.study.config import MAX_SEED, OBJECTIVES
+from hpo_astro.study.config import MAX_SEED
+from hpo_astro.study.objectives import METRIC_OBJECTIVES as OBJECTIVES
 from hpo_astro.tabular.row import TableRow, field_name, shown
 
 # How a tabulated run ends (`hpo_astro.core.train`); a pruned run is never a row (`tabulate_train` does not test

@@ -483,7 +483,7 @@ def test_training_mode_evaluates_each_best_once_and_retrains_the_top_configurati
         (["--seed", 2**32 - 2], "goes past 4294967295"),
         (["--pruner", "sometimes"], "'sometimes' is not one of 'none', 'median', 'hyperband', 'successive-halving'"),
         (["-s", ","], "--strategies needs at least one strategy"),
-        (["--objective", "speed"], "'speed' is not one of 'accuracy', 'loss', 'roc_auc'"),
+        (["--objective", "speed"], "unknown objective 'speed'; known: accuracy, loss, roc_auc"),
     ],
 )
 def test_bad_options_are_one_line_and_write_nothing(

@@ -43,7 +43,7 @@ def _option_lines(page: str) -> list[str]:
     ("args", "choices"),
     [
         (["run", "--pruner", "sometimes"], "'none', 'median', 'hyperband', 'successive-halving'"),
-        (["run", "--objective", "f1"], "'accuracy', 'loss', 'roc_auc'"),
+        (["benchmark", "--pruner", "sometimes"], "'none', 'median', 'hyperband', 'successive-halving'"),
         (["run", "--stack-runs", "maybe"], "'auto', 'on', 'off'"),
         (["status", "--format", "xml"], "'table', 'json'"),
         (["compare", "--format", "xml"], "'table', 'markdown', 'csv', 'json'"),

@@ -37,8 +37,9 @@ def test_each_strategy_runs_through_the_cli(strategy: str, tmp_path: Path, small
     else:  # the paper's space without its slowest corners (many small batches, deep stacks): seconds, not minutes
         cheap = tmp_path / "cheap.toml"  # ranges as well as lists; a log range only where nothing must enumerate it
         lr = "lr = [1e-3, 1e-2]" if strategy == "ablation" else "lr = {low = 1e-4, high = 1e-1, log = true}"
+        pbt = "population_size = 3\nready = 1\n" if strategy == "pbt" else ""  # one generation of 3 members
         cheap.write_text(
-            f"[space]\nbatch_size = [64, 256]\nconv_layers = {{low = 1, high = 2}}\nfc_layers = [1, 2]\n{lr}\n"
+            f"{pbt}[space]\nbatch_size = [64, 256]\nconv_layers = {{low = 1, high = 2}}\nfc_layers = [1, 2]\n{lr}\n"
         )
         extra = ["--config", cheap, "--strategy", strategy]
     result = invoke("run", *extra, "--n-trials", 3, "--data", small_file, "--max-epochs", 1, "--storage", store)

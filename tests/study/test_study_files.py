@@ -189,6 +189,8 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "devices",
         "capture",
         "stack_runs",
+        "ready",
+        "pbt_quantile",
         "baseline",
         "space",
     }
@@ -199,6 +201,9 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
     tpe = tmp_path / "tpe.toml"  # n_startup_trials applies to the model-based strategies, not to ablation
     tpe.write_text('strategy = "tpe"\nn_trials = 5\nn_startup_trials = 2\n')
     assert load_config(tpe).validate().n_startup_trials == 2
+    pbt = tmp_path / "pbt.toml"  # ready and pbt_quantile apply to pbt only
+    pbt.write_text('strategy = "pbt"\nn_trials = 8\npopulation_size = 4\nready = 3\npbt_quantile = 0.5\n')
+    assert (load_config(pbt).validate().ready, load_config(pbt).validate().pbt_quantile) == (3, 0.5)
 
 
 def test_split_sets_the_fractions_the_data_is_split_in_and_readers_rebuild_with_them(

@@ -1,0 +1,113 @@
+"""What a configuration costs at inference, measured rather than guessed: its parameter count, the multiply-accumulates
+and floating-point operations of one forward pass of one cutout (counted by PyTorch's `FlopCounterMode`), and the
+time per cutout of a forward pass at a stated batch size on the study's device.
+
+Every trial is measured the same way: the model in eval mode, `LATENCY_WARMUP` forward passes not timed (allocator,
+kernel selection), then the median over `LATENCY_REPEATS` timed passes of one batch of random cutouts, synchronised
+on CUDA. The median of several passes keeps one scheduler hiccup from deciding a trial's latency; what is left is the
+device's own noise (a few per cent on an idle machine, more on a shared one), which is why the docs call latency a
+measured, not a reproducible, objective.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from hpo_astro.core.model import build_model, count_parameters
+
+DEFAULT_LATENCY_BATCH = 256  # cutouts per timed forward pass: a survey scores its candidates in batches
+LATENCY_WARMUP = 3
+LATENCY_REPEATS = 15
+IMAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class InferenceCost:
+    """A model's inference cost. `macs` and `flops` are per cutout (a forward pass of batch 1); `latency_us` is the
+    median time per cutout of a forward pass of `latency_batch` cutouts on `device`."""
+
+    n_params: int
+    macs: int
+    flops: int
+    latency_us: float
+    latency_batch: int
+    device: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def forward_flops(model: nn.Module, in_channels: int, image_size: int = IMAGE_SIZE) -> int:
+    """Floating-point operations of one forward pass of one cutout, as PyTorch's FLOP counter counts them (a
+    multiply-accumulate is two; normalisation and activations are not counted)."""
+    device = next(model.parameters()).device
+    x = torch.zeros(1, in_channels, image_size, image_size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def forward_latency_us(
+    model: nn.Module,
+    in_channels: int,
+    batch: int = DEFAULT_LATENCY_BATCH,
+    image_size: int = IMAGE_SIZE,
+    repeats: int = LATENCY_REPEATS,
+) -> float:
+    """Median microseconds per cutout of a forward pass of `batch` cutouts, on the model's device."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, in_channels, image_size, image_size, generator=generator).to(device)
+    was_training = model.training
+    model.eval()
+    times: list[float] = []
+    try:
+        with torch.inference_mode():
+            for i in range(LATENCY_WARMUP + repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= LATENCY_WARMUP:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return statistics.median(times) / batch * 1e6
+
+
+def measure_cost(
+    params: Mapping[str, Any],
+    in_channels: int,
+    model: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    latency_batch: int = DEFAULT_LATENCY_BATCH,
+    latency: bool = True,
+) -> InferenceCost:
+    """The inference cost of the configuration `params` (its trained `model`, or a freshly built one: the cost does
+    not depend on the weights). `latency=False` skips the timing (NaN), for a study that does not optimise it."""
+    if model is None:
+        model = build_model(params, in_channels=in_channels).to(device)
+    flops = forward_flops(model, in_channels)
+    return InferenceCost(
+        n_params=count_parameters(model),
+        macs=flops // 2,
+        flops=flops,
+        latency_us=forward_latency_us(model, in_channels, latency_batch) if latency else float("nan"),
+        latency_batch=latency_batch,
+        device=str(next(model.parameters()).device),
+    )

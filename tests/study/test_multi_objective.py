@@ -1,0 +1,171 @@
+"""Multi-objective studies (`--objective accuracy,params`): one value per objective, the cost objectives measured
+(parameter count, MACs and FLOPs of one forward pass, latency per cutout), the Pareto front as Optuna keeps it, the
+front's weights kept, and what cannot run one refused with the reason."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import assert_refused, invoke, journal_url, load_study, study_config
+from optuna.trial import TrialState
+
+from hpo_astro.core.cost import measure_cost
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
+from hpo_astro.core.model import parameter_count
+from hpo_astro.core.space import SearchSpace
+from hpo_astro.errors import UserError
+from hpo_astro.store.record import COST_ATTR, WEIGHTS_ATTR, params_full
+from hpo_astro.study.config import StudyConfig
+from hpo_astro.study.objectives import parse_objectives
+from hpo_astro.study.run import run_study
+from hpo_astro.tabular import TableReplay, load_table, table_data
+
+# One conv block (16 filters of 3x3 over a 64x64 plane, "same" padding) and one linear layer over the 16x32x32 pooled
+# map: 64*64*16*9 + 16*32*32 multiply-accumulates, 16*9 + 16 + 16*32*32 + 1 parameters.
+TINY = {"conv_layers": [1], "conv_kernel_size": [3], "fc_layers": [1], "lr": [1e-3, 1e-2]}
+TINY_MACS = 64 * 64 * 16 * 9 + 16 * 32 * 32
+TINY_PARAMS = 16 * 9 + 16 + 16 * 32 * 32 + 1
+
+
+def test_the_cost_of_a_configuration_is_counted_by_hand() -> None:
+    params = {**DEFAULT_PARAMS, "conv_layers": 1, "conv_kernel_size": 3, "fc_layers": 1}
+    cost = measure_cost(params, in_channels=1, latency_batch=4)
+    assert (cost.macs, cost.flops, cost.n_params) == (TINY_MACS, 2 * TINY_MACS, TINY_PARAMS)
+    assert cost.n_params == parameter_count(params, 1) and cost.latency_batch == 4
+    assert 0 < cost.latency_us < 1e6 and cost.device == "cpu"
+    wider = measure_cost({**params, "conv_layers": 2}, in_channels=1, latency=False)
+    assert wider.macs > cost.macs and math.isnan(wider.latency_us)
+
+
+@pytest.mark.parametrize(
+    ("objective", "message"),
+    [
+        ("f1", "unknown objective 'f1'; known: accuracy, loss"),
+        ("accuracy,accuracy", "names one objective twice"),
+        ("params,latency", "has no validation metric"),
+        ("accuracy,", "names joined by commas"),
+        ("accuracy,loss,roc_auc,params,macs", "at most 4 objectives"),
+    ],
+)
+def test_a_bad_objective_list_is_one_line(objective: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse_objectives(objective)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "cmaes"], "strategy 'cmaes' cannot run a multi-objective study: CMA-ES optimises one"),
+        (["--strategy", "bohb"], "Optuna does not prune multi-objective trials (use tpe)"),
+        (["--pruner", "median"], "pruner 'median' cannot run a multi-objective study"),
+        (["--objective", "accuracy,latency", "--max-epochs", "1", "--strategy", "tpe", "--objective", "loss,f1"], "f1"),
+    ],
+)
+def test_what_cannot_run_a_multi_objective_study_is_refused_before_the_store(
+    args: list[str], message: str, tmp_path: Path, small_file: Path
+) -> None:
+    store = journal_url(tmp_path)
+    result = invoke("run", "--objective", "accuracy,params", "-n", 2, "--data", small_file, "--storage", store, *args)
+    assert_refused(result, message)
+    assert not (tmp_path / "optuna.log").exists()
+
+
+def test_greedy_ablation_is_refused_for_several_objectives_and_plain_ablation_runs(tmp_path: Path) -> None:
+    settings = {"strategy": "ablation", "objective": "accuracy,params", "n_trials": 2, "storage": journal_url(tmp_path)}
+    with pytest.raises(UserError, match="a multi-objective study has a front of them, not one best"):
+        StudyConfig(**settings, greedy=True).validate()
+    assert StudyConfig(**settings).validate().directions == ["maximize", "minimize"]
+
+
+def test_a_two_objective_table_study_finds_the_known_pareto_front(tmp_path: Path, small_file: Path) -> None:
+    """Every configuration of a small grid replayed from the shipped table: each trial's values are its replayed
+    accuracy and its parameter count by formula, and the study's front is exactly the configurations no other beats
+    on both (worked out here by plain comparison)."""
+    table = load_table("astro-small")
+    space = SearchSpace.from_dict(
+        {"conv_layers": [1, 2, 3, 4], "lr": [1e-2, 1e-3], "dropout_rate": [0.1], "weight_decay": [1e-4]}
+    )
+    cfg = study_config(
+        tmp_path, small_file, strategy="grid", objective="accuracy,params", space=space, n_trials=8,
+        max_epochs=table.max_epochs, split=tuple(table.info["split"]),
+    )  # fmt: skip
+    study = run_study(cfg, train=TableReplay(table), data=table_data(table)).study
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert study.metric_names == ["val_accuracy", "n_params"]
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 8 and not any(t.intermediate_values for t in trials)  # Optuna takes no reports here
+    replay = TableReplay(table)
+    points = {}
+    for trial in trials:
+        params = params_full(trial)
+        accuracy = replay(params, seed=cfg.seed, max_epochs=cfg.max_epochs).val_metrics.accuracy
+        assert trial.values == [pytest.approx(accuracy), parameter_count(params, 1)]
+        assert trial.user_attrs[COST_ATTR]["n_params"] == parameter_count(params, 1)
+        points[trial.number] = (accuracy, parameter_count(params, 1))
+    front = {
+        n for n, (acc, size) in points.items()
+        if not any(a >= acc and s <= size and (a > acc or s < size) for a, s in points.values())
+    }  # fmt: skip
+    assert 1 <= len(front) < 8
+    assert {t.number for t in study.best_trials} == front
+    assert not any(WEIGHTS_ATTR in t.user_attrs for t in trials)  # a replay trains no weights to keep
+
+
+def test_the_cli_measures_each_cost_objective_the_same_way_for_every_trial(
+    tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    store = journal_url(tmp_path)
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "latency_batch = 8\n[space]\n" + "\n".join(f"{k} = {v!r}" for k, v in TINY.items()).replace("'", '"') + "\n"
+    )
+    result = invoke(
+        "run", "--config", config, "--objective", "accuracy, macs,flops,latency", "-n", 2, "--data", small_file,
+        "--storage", store,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "accuracy maximized, macs minimized, flops minimized, latency minimized" in result.output
+    assert "Pareto front of" in result.output
+    study = load_study(store, "random")
+    assert study.user_attrs["objective"] == "accuracy,macs,flops,latency"  # as recorded: no spaces
+    assert study.user_attrs["latency_batch"] == 8
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        _, macs, flops, latency = trial.values
+        assert (macs, flops) == (TINY_MACS, 2 * TINY_MACS) and latency > 0
+        cost = trial.user_attrs[COST_ATTR]
+        assert cost["latency_us"] == latency and cost["latency_batch"] == 8
+
+
+def test_a_trained_multi_objective_study_keeps_the_weights_of_its_front(tmp_path: Path, small_file: Path) -> None:
+    space = SearchSpace.from_dict({**TINY, "conv_layers": [1, 2]})
+    cfg = study_config(tmp_path, small_file, objective="loss,params", space=space, n_trials=3, max_epochs=2)
+    study = run_study(cfg, train=None).study
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    for trial in trials:
+        history = [k for k in trial.user_attrs if k.startswith("curve_")]
+        assert history and not trial.intermediate_values  # curves recorded, nothing reported to Optuna
+        assert trial.values[0] == pytest.approx(trial.user_attrs["val_metrics"]["loss"])
+    front = {t.number for t in study.best_trials}
+    kept = {t.number for t in trials if WEIGHTS_ATTR in t.user_attrs}
+    assert front <= kept  # a trial dominated as it finished stays dominated: the front's weights are all there
+    for trial in trials:
+        if trial.number in kept:
+            ids = {a.artifact_id for a in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)}
+            assert trial.user_attrs[WEIGHTS_ATTR] in ids
+
+
+def test_a_multi_objective_study_resumes_and_extends_with_the_same_command(
+    tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    store = journal_url(tmp_path)
+    base = ["run", "--objective", "roc_auc,params", "--data", small_file, "--storage", store, "--strategy", "tpe"]
+    assert invoke(*base, "-n", 2).exit_code == 0
+    again = invoke(*base, "-n", 4)
+    assert again.exit_code == 0, again.output
+    assert len(load_study(store, "tpe").get_trials(states=(TrialState.COMPLETE,))) == 4
+    other = invoke(*base[:2], "roc_auc,macs", *base[3:], "-n", 5)
+    assert_refused(other, "was made with a different objective (roc_auc,params vs roc_auc,macs)")
