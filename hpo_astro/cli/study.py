@@ -341,6 +341,8 @@ def status_command(
         if row.best_params and not row.top:
             params = " ".join(f"{k}={v}" for k, v in row.best_params.items())
             console.print(f"best params of {row.name}: {params}", highlight=False, markup=False)
+        if row.budget:
+            console.print(f"{row.name} (population-based training): {row.budget}", highlight=False, markup=False)
         if row.top:
             best_of = Table("rank", "trial", "value", "duration", "parameters that vary", title=f"top {row.name}")
             for rank, trial in enumerate(row.top, 1):

@@ -47,6 +47,7 @@ from hpo_astro.results.evaluate import (
 from hpo_astro.results.page import display_url, escape, figure_html, page, table_html
 from hpo_astro.store.storage import close_store, open_existing_store
 from hpo_astro.store.trials import directions_text, is_multi_objective
+from hpo_astro.study.pbt_plan import budget_line, lineage, lineage_figure
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits
@@ -235,8 +236,17 @@ def _study_page(entry: _StudyEntry, nav: str, figs: _Figures) -> str:
         figs("distributions", figures.distributions_figure(study)),
         "<h2>(c) Per-epoch curves of all trials</h2>",
         figs("curves", figures.curves_figure(study)),
-        "<h2>Optuna's visualisations</h2>",
     ]
+    if record is not None and record.strategy == "pbt" and lineage(study):  # population-based training
+        parts += [
+            "<h2>Population-based training: lineage</h2>",
+            f'<p class="muted">{escape(budget_line(study) or "")}; each member\'s objective at the end of each '
+            "segment; a dashed line joins a member to the one whose checkpoint it copied (exploit) before its "
+            "hyperparameters were perturbed (explore). Each trial's <code>pbt_schedule</code> attribute is its "
+            "member's hyperparameters, epoch range by epoch range.</p>",
+            figs("lineage", lineage_figure(study)),
+        ]
+    parts.append("<h2>Optuna's visualisations</h2>")
     for plot in figures.optuna_plots(study):
         parts.append(f"<h3>{escape(plot.title)}</h3>")
         if plot.figure is None:

@@ -50,9 +50,10 @@ def choose_trial(study: optuna.Study, pick: str | None = None) -> Choice:
         held = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no trials"
         raise NoCompletedTrial(f"study {study.study_name!r} has no completed trial ({held}): it has no best model")
     if pick is not None or len(study.directions) > 1:
+        from hpo_astro.results.front import objective_names
         from hpo_astro.results.pick import parse_pick, pick_trial
 
-        names = objective_names(study)
+        names = [name.split("@")[0] for name in objective_names(study)]  # `fpr_at_fnr@2%`: its rule says fpr_at_fnr
         rule = parse_pick(pick if pick is not None else f"best:{names[0]}", names)
         trial, how = pick_trial(study, rule, names)
         if pick is None:
@@ -71,21 +72,6 @@ def choose_trial(study: optuna.Study, pick: str | None = None) -> Choice:
         if chosen:
             return Choice(chosen[0], confirmation)
     return Choice(study.best_trial)
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    """The study's objective names (`accuracy`, `latency`), as its record states them; for a study another program
-    made, Optuna's metric names or `objective0`, `objective1`, ..."""
-    from hpo_astro.results.evaluate import study_record
-
-    record = study_record(study)
-    names = [name.split("@")[0] for name in record.objective.split(",")] if record is not None else []
-    if len(names) == len(study.directions):
-        return names
-    metric_names = study.metric_names
-    if metric_names is not None and len(metric_names) == len(study.directions):
-        return list(metric_names)
-    return [f"objective{i}" for i in range(len(study.directions))]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:

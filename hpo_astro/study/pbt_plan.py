@@ -294,9 +294,9 @@ def budget_line(study: optuna.Study) -> str | None:
     """How a PBT study's budget reads in member-epochs (None for another study), e.g. for `status`."""
     settings = study.user_attrs.get(SETTINGS_ATTR)
     n_trials = study.user_attrs.get(N_TRIALS_KEY)
-    if not isinstance(settings, dict) or not isinstance(n_trials, int):
-        return None
-    population, ready = settings["population"], settings["ready"]
+    population, ready = (settings.get(k) if isinstance(settings, dict) else None for k in ("population", "ready"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n_trials, population, ready)):
+        return None  # not a PBT study, or one whose settings another program wrote: nothing to say
     generations = math.ceil(n_trials / population)
     return (
         f"budget {n_trials} trials = {n_trials * ready} member-epochs ({population} members x {generations} "

@@ -178,3 +178,24 @@ def test_what_cannot_run_several_objectives_is_refused_in_one_line(
     result = invoke("benchmark", "-s", "random,tpe", "-r", 2, "-n", 4, "--table", "astro-small", *extra, "--out", out)
     assert_refused(result, message)
     assert not out.exists()
+
+
+def test_training_mode_scores_by_hypervolume_and_neither_evaluates_nor_retrains(
+    tmp_path: Path, small_file: Path
+) -> None:
+    from hpo_astro.results.evaluate import CACHE_ATTR
+
+    config = tmp_path / "space.toml"  # the smallest models: the test is about the benchmark, not about training
+    config.write_text("[space]\nconv_layers = [1, 2]\nfc_width = [32, 64]\nlr = [1e-3, 1e-2]\nbatch_size = [256]\n")
+    out = tmp_path / "train"
+    args = ["benchmark", "-s", "random,tpe", "-r", 2, "-n", 2, "--max-epochs", 1, "--top-k", 1, "--config", config]
+    result = invoke(*args, "--objective", "accuracy,params", "--data", small_file, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "8 trials run now" in result.stdout.replace("\n", " ") and "re-trainings" not in result.stdout
+    payload = json.loads((out / "benchmark.json").read_text())
+    assert payload["benchmark"]["mode"] == "training" and payload["benchmark"]["fresh_seeds"] == []
+    assert payload["top_configurations"] == [] and not (out / "retrained.json").exists()
+    assert all(0 <= r["best_value"] <= 1.21 and r["best_test"] is None for r in payload["studies"])
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "studies.journal")))
+    study = optuna.load_study(study_name="bench/train/random/seed-0", storage=storage)
+    assert CACHE_ATTR not in study.user_attrs  # a front has no one best model to evaluate on test
