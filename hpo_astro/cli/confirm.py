@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpo_astro.cli.application import app
-from hpo_astro.cli.options import StackRunsOpt, StorageOpt, ThreadsOpt, WorkerDeviceOpt, worker_settings
+from hpo_astro.cli.options import StorageOpt, ThreadsOpt
 from hpo_astro.cli.output import console, err_console, injected_trainer, resume_command
+from hpo_astro.cli.worker_options import StackRunsOpt, WorkerDeviceOpt, worker_settings
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 
 if TYPE_CHECKING:  # heavy imports stay lazy so that `--help` and input errors answer at once

@@ -15,12 +15,14 @@ from hpo_astro.cli.options import (
     DashboardPortOpt,
     ExportedStudyOpt,
     ScoredDataOpt,
-    ServedArtifactsOpt,
     StorageOpt,
     StudiesOpt,
     StudyDataOpt,
 )
 from hpo_astro.cli.output import console, note
+from hpo_astro.cli.worker_options import (
+    ServedArtifactsOpt,
+)
 from hpo_astro.errors import UserError
 from hpo_astro.report import FormatName
 from hpo_astro.results import SplitName

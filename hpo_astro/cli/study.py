@@ -12,16 +12,10 @@ import typer
 from hpo_astro.cli.application import app
 from hpo_astro.cli.options import (
     LOCALHOST,
-    ArtifactsOpt,
-    CaptureOpt,
     ChannelsOpt,
-    CheckpointOpt,
     DataOpt,
-    DevicesOpt,
     EvalSeedsOpt,
     FoldsOpt,
-    GraceOpt,
-    HeartbeatOpt,
     JoinedStudyOpt,
     ObjectiveOpt,
     OnlyStudyOpt,
@@ -32,7 +26,6 @@ from hpo_astro.cli.options import (
     QuietOpt,
     RunStorageOpt,
     SplitOpt,
-    StackRunsOpt,
     StatusFormatOpt,
     StorageOpt,
     StrategyOpt,
@@ -46,12 +39,10 @@ from hpo_astro.cli.options import (
     TrialsOpt,
     TrustedStrategyOpt,
     VerboseOpt,
-    WorkerDeviceOpt,
     WorkersOpt,
     WorkerThreadsOpt,
     evaluation_settings,
     search_settings,
-    worker_settings,
 )
 from hpo_astro.cli.output import (
     QUIET,
@@ -64,6 +55,17 @@ from hpo_astro.cli.output import (
     program,
     resume_command,
     verbosity,
+)
+from hpo_astro.cli.worker_options import (
+    ArtifactsOpt,
+    CaptureOpt,
+    CheckpointOpt,
+    DevicesOpt,
+    GraceOpt,
+    HeartbeatOpt,
+    StackRunsOpt,
+    WorkerDeviceOpt,
+    worker_settings,
 )
 from hpo_astro.errors import UserError
 from hpo_astro.study.defaults import DEFAULT_STORAGE

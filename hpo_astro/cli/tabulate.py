@@ -12,7 +12,6 @@ from hpo_astro.cli.application import app
 from hpo_astro.cli.options import (
     DataOpt,
     SplitOpt,
-    StackRunsOpt,
     StorageOpt,
     TableEpochsOpt,
     TableSeedOpt,
@@ -21,6 +20,9 @@ from hpo_astro.cli.options import (
 )
 from hpo_astro.cli.output import console, fail, injected_trainer
 from hpo_astro.cli.study import execute_study
+from hpo_astro.cli.worker_options import (
+    StackRunsOpt,
+)
 from hpo_astro.errors import UserError
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 

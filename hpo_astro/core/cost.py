@@ -11,6 +11,8 @@ measured, not a reproducible, objective.
 
 from __future__ import annotations
 
+import functools
+import math
 import statistics
 import time
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hpo_astro.core.model import build_model, count_parameters
+from hpo_astro.core.model import architecture, build_model, count_parameters
 
 DEFAULT_LATENCY_BATCH = 256  # cutouts per timed forward pass: a survey scores its candidates in batches
 LATENCY_WARMUP = 3
@@ -98,16 +100,23 @@ def measure_cost(
     latency_batch: int = DEFAULT_LATENCY_BATCH,
     latency: bool = True,
 ) -> InferenceCost:
-    """The inference cost of the configuration `params` (its trained `model`, or a freshly built one: the cost does
-    not depend on the weights). `latency=False` skips the timing (NaN), for a study that does not optimise it."""
-    if model is None:
-        model = build_model(params, in_channels=in_channels).to(device)
-    flops = forward_flops(model, in_channels)
-    return InferenceCost(
-        n_params=count_parameters(model),
-        macs=flops // 2,
-        flops=flops,
-        latency_us=forward_latency_us(model, in_channels, latency_batch) if latency else float("nan"),
-        latency_batch=latency_batch,
-        device=str(next(model.parameters()).device),
-    )
+    """The inference cost of the configuration `params`. The counts depend on its architecture only and are counted
+    once per architecture in a process; the latency is timed on `model` (else a model built afresh on `device`: it
+    does not depend on the weights) every time. `latency=False` skips the timing (NaN), for a study that does not
+    optimise it."""
+    key = tuple(sorted(architecture(params, in_channels).items()))
+    n_params, flops = _counts(key, in_channels)
+    latency_us = math.nan
+    if latency:
+        model = model if model is not None else build_model(params, in_channels=in_channels).to(device)
+        device = next(model.parameters()).device
+        latency_us = forward_latency_us(model, in_channels, latency_batch)
+    return InferenceCost(n_params, flops // 2, flops, latency_us, latency_batch, str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _counts(architecture_items: tuple[tuple[str, Any], ...], in_channels: int) -> tuple[int, int]:
+    """Parameters and FLOPs per cutout of an architecture (counting builds the model and runs it once: tens of
+    milliseconds, which a replayed trial would otherwise pay every time)."""
+    model = build_model(dict(architecture_items), in_channels=in_channels)
+    return count_parameters(model), forward_flops(model, in_channels)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-# The names a study's pruner and objective take, as types (the command line's choices, here because this module is
-# light); `hpo_astro.study.strategies.PRUNERS` and `hpo_astro.study.config.OBJECTIVES` map each to what it means.
+# The names a study's pruner takes, as a type (the command line's choices, here because this module is
+# light); `hpo_astro.study.strategies.PRUNERS` maps each to what it means.
 PrunerName = Literal["none", "median", "hyperband", "successive-halving"]
-ObjectiveName = Literal["accuracy", "loss", "roc_auc", "fpr_at_fnr", "mdr_at_fpr"]
 # Every objective `--objective` takes, alone or several joined by commas (`hpo_astro.study.objectives.OBJECTIVES`)
 OBJECTIVE_NAMES = ("accuracy", "loss", "roc_auc", "fpr_at_fnr", "mdr_at_fpr", "params", "macs", "flops", "latency")
 StackMode = Literal["auto", "on", "off"]  # `hpo_astro.core.stacked.STACK_MODES`

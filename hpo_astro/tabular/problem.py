@@ -99,7 +99,6 @@ class TableProblem(BaseProblem):
         search = self.table.search_space
         self._space: dict[str, BaseDistribution] = search.distributions()
         self._fixed = search.fixed()
-        self._costs: dict[tuple, InferenceCost] = {}
 
     def __repr__(self) -> str:
         objective = list(self.objectives) if self._multi else self.objectives[0]
@@ -143,13 +142,10 @@ class TableProblem(BaseProblem):
         ]
 
     def _cost(self, config: Mapping[str, Any]) -> InferenceCost:
-        """The configuration's parameter count, MACs and FLOPs (`hpo_astro.core.cost`), measured once each."""
-        key = tuple(sorted((k, str(v)) for k, v in config.items()))
-        if key not in self._costs:
-            channels = len(self.table.info.get("channels") or ["scorr"])
-            full = self.table.runs(config)[0].params  # every hyperparameter the table trained it with
-            self._costs[key] = measure_cost(full, in_channels=channels, latency=False)
-        return self._costs[key]
+        """The configuration's parameter count, MACs and FLOPs (`hpo_astro.core.cost`, counted once per architecture):
+        of every hyperparameter the table trained it with."""
+        channels = len(self.table.info.get("channels") or ["scorr"])
+        return measure_cost(self.table.runs(config)[0].params, in_channels=channels, latency=False)
 
 
 def _check_whole(name: str, value: Any, low: int) -> None:

@@ -174,12 +174,11 @@ def test_the_command_line_choices_are_the_library_names() -> None:
     from hpo_astro.report.compare import FORMATS
     from hpo_astro.results import SplitName
     from hpo_astro.results.export import SPLIT_NAMES
-    from hpo_astro.study.defaults import OBJECTIVE_NAMES, ObjectiveName, PrunerName
-    from hpo_astro.study.objectives import METRIC_OBJECTIVES, OBJECTIVES
+    from hpo_astro.study.defaults import OBJECTIVE_NAMES, PrunerName
+    from hpo_astro.study.objectives import OBJECTIVES
     from hpo_astro.study.strategies import PRUNERS
 
     assert get_args(PrunerName) == tuple(PRUNERS)
-    assert get_args(ObjectiveName) == tuple(METRIC_OBJECTIVES)  # one metric: what benchmark and tables take
     assert tuple(OBJECTIVES) == OBJECTIVE_NAMES  # --objective's help and completion
     assert get_args(FormatName) == FORMATS == ("table", "markdown", "csv", "json")
     assert get_args(SplitName) == SPLIT_NAMES == ("all", "train", "val", "test")
