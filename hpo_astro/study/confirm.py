@@ -145,6 +145,11 @@ def confirm_study(
         except KeyError:
             raise UserError(f"no study named {study_name!r} in {url}") from None
         record = StudyRecord.from_attrs(source.user_attrs)
+        if len(source.directions) > 1:
+            raise UserError(
+                f"study {study_name!r} has several objectives: confirm ranks one value per configuration, and a "
+                "Pareto front has none; choose a point with `export --pick`"
+            )
         chosen = finalists(source, top_k)
     if record is None:
         raise UserError(f"study {study_name!r} has no hpo-astro configuration: nothing to confirm it with")
@@ -155,6 +160,11 @@ def confirm_study(
         )
     if record.strategy == CONFIRM_STRATEGY:
         raise UserError(f"study {study_name!r} is itself a confirmation")
+    if record.strategy == "pbt":
+        raise UserError(
+            f"study {study_name!r} is population-based training: its models come from hyperparameter schedules, not "
+            "configurations that fresh seeds could train again"
+        )
     if not chosen:
         raise UserError(f"study {study_name!r} has no complete trial to confirm")
     name = confirm_name or confirmation_name(study_name)

@@ -169,3 +169,5 @@ def test_a_multi_objective_study_resumes_and_extends_with_the_same_command(
     assert len(load_study(store, "tpe").get_trials(states=(TrialState.COMPLETE,))) == 4
     other = invoke(*base[:2], "roc_auc,macs", *base[3:], "-n", 5)
     assert_refused(other, "was made with a different objective (roc_auc,params vs roc_auc,macs)")
+    confirm = invoke("confirm", "--study", "tpe", "--storage", store)
+    assert_refused(confirm, "study 'tpe' has several objectives: confirm ranks one value per configuration")

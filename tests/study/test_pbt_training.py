@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import invoke, journal_url, load_study
+from helpers import assert_refused, invoke, journal_url, load_study
 from optuna.trial import TrialState
 
 from hpo_astro.study.pbt_plan import lineage
@@ -72,3 +72,5 @@ def test_a_real_population_exploits_explores_and_is_reported(tmp_path: Path, sma
     assert report.exit_code == 0, report.output
     page = (tmp_path / "report" / "study-p.html").read_text()
     assert "Population-based training: lineage" in page and "exploit" in page
+    confirm = invoke("confirm", "--study", "p", "--storage", store)
+    assert_refused(confirm, "study 'p' is population-based training: its models come from hyperparameter schedules")
