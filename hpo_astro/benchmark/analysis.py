@@ -17,6 +17,9 @@ final quality, the pairwise table and the selection-bias check. No Optuna, no fi
 * Selection bias: per study the incumbent's validation objective minus its test metric (oriented so that > 0 means
   validation promised more than test gave); per strategy its top-k configurations over all repeats, their search
   value against the same configuration re-trained with k fresh seeds (training mode).
+* Equal epochs (a `pbt` arm, population-based training): its trials are segments of `ready` epochs, `segments`
+  of them per trial of the other arms; the trials axis runs to its last segment, and the pairwise tables compare it
+  after `budget * segments` segments. Per study the epochs its trials trained (`TrialRecord.epochs`) are reported.
 * Multi-objective: the runs arrive scored by `hypervolume.score` (a trial's value: its study's hypervolume just
   after it), so everything above is the hypervolume's, "higher is better"; the test-metric parts are left out.
 """
@@ -65,6 +68,7 @@ class StudyRow:
     trials_to_within: int | None
     time_to_within: float | None
     total_time: float  # training seconds charged to all its trials
+    epochs: int = 0  # epochs its trials trained (`TrialRecord.epochs`)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class StrategySummary:
     time_to_within: stats.Estimate
     total_time: stats.Estimate
     mean_rank: float  # at N trials (validation)
+    epochs: stats.Estimate | None = None  # epochs trained per study
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class TopRow:
     retrained_test: stats.Estimate | None
     seeds: tuple[int, ...]
     luck: float | None  # search value minus the re-trained mean, oriented: > 0 = the search's number was lucky
+    schedule: tuple[dict[str, Any], ...] | None = None  # a PBT member's schedule (what was re-trained)
 
 
 @dataclass
@@ -191,14 +197,19 @@ def analyze(
     top: dict[str, list[Candidate]] | None = None,
     retrained: dict[tuple[str, str], list[tuple[int, dict[str, float], dict[str, float]]]] | None = None,
     multi_objective: bool = False,
+    segments: dict[str, float] | None = None,
 ) -> Analysis:
     """Every statistic of the report. `top`: each strategy's top configurations; `retrained`: per (strategy,
     configuration key) the (seed, validation metrics, test metrics) of its re-trainings. `multi_objective`: the runs'
     values are hypervolumes (`hypervolume.score`), `metric` their label; a front has no one best trial, so the
-    test-metric families, the optimism and the top configurations are left out."""
-    from hpo_astro.benchmark.collect import config_key
-
+    test-metric families, the optimism and the top configurations are left out. `segments`: per pbt arm, its trials
+    per trial of the others (equal epochs: `BenchmarkSpec.segments_per_trial`)."""
     strategies = list(strategies)
+    segments = segments or {}
+
+    def arm_budget(s: str, b: int) -> int:  # trial budget b of the benchmark, in trials of arm s
+        return max(1, int(b * segments[s] + 1e-9)) if s in segments else b
+
     budget = budget or n_trials
     repeats = sorted(set.intersection(*({r.repeat for r in runs if r.strategy == s} for s in strategies)))
     if not repeats:
@@ -207,11 +218,12 @@ def analyze(
     notes: list[str] = []
 
     # --- anytime, against trials and against training time
-    trial_budgets = np.arange(1, n_trials + 1)
+    axis = max([n_trials, *(arm_budget(s, n_trials) for s in strategies)])
+    trial_budgets = np.arange(1, axis + 1)
     totals = [sum(t.cost for t in r.trials) for r in runs]
     time_budgets = np.linspace(0.0, max(totals, default=0.0), TIME_POINTS)
     per_trials = {
-        s: np.array([stats.at_trials(_best_curve(r, maximize), n_trials) for r in grouped[s]]) for s in strategies
+        s: np.array([stats.at_trials(_best_curve(r, maximize), axis) for r in grouped[s]]) for s in strategies
     }
     per_time = {}
     for s in strategies:
@@ -250,6 +262,7 @@ def analyze(
                     trials_to_within=n_within,
                     time_to_within=t_within,
                     total_time=float(sum(t.cost for t in r.trials)),
+                    epochs=sum(t.epochs for t in r.trials),
                 )
             )
     summary = []
@@ -270,7 +283,18 @@ def analyze(
                 time_to_within=_estimate([r.time_to_within for r in mine], base + 4),
                 total_time=_estimate([r.total_time for r in mine], base + 5),
                 mean_rank=float(by_trials.mean_rank[s][-1]),
+                epochs=_estimate([r.epochs for r in mine], base + 7),
             )
+        )
+    if segments:
+        arms = ", ".join(f"{s} ran {arm_budget(s, n_trials)} trials" for s in strategies if s in segments)
+        first = next(iter(segments))
+        notes.append(
+            f"Equal training epochs: {arms} against {n_trials} of each other arm. A pbt trial is one member's segment "
+            f"({segments[first]:g} per trial of another arm), trained whole (never stopped early), while the others' "
+            "trials may stop early: 'epochs trained' says what each arm trained. On the trials axis pbt runs to its "
+            "last segment; the training-time axis is the fair one. The pairwise tables compare pbt after "
+            f"{arm_budget(first, budget)} segments with the others after {budget} trials."
         )
 
     # --- pairwise, paired by repeat, at the chosen budget
@@ -286,7 +310,7 @@ def analyze(
     if any(r.best_true is not None for r in runs):  # tabular mode: what the chosen configurations are truly worth
         families.append(("true", _true_at))
     for family, value_of in families:
-        values = {s: [value_of(r, budget, maximize) for r in grouped[s]] for s in strategies}
+        values = {s: [value_of(r, arm_budget(s, budget), maximize) for r in grouped[s]] for s in strategies}
         pairs = list(itertools.combinations(strategies, 2))
         tests = [stats.paired_wilcoxon(values[a], values[b], maximize) for a, b in pairs]
         adjusted = stats.holm([t.p_value if t.n else math.nan for t in tests])
@@ -306,7 +330,7 @@ def analyze(
     top_rows: list[TopRow] = []
     for s, candidates in (top or {}).items():
         for rank, c in enumerate(candidates, start=1):
-            done = (retrained or {}).get((s, config_key(c.params)), [])
+            done = (retrained or {}).get((s, c.key), [])
             val = test = luck = None
             seeds: tuple[int, ...] = ()
             if done:
@@ -314,7 +338,9 @@ def analyze(
                 val = stats.bootstrap_mean([_get(v, metric) for _, v, _ in done], seed=rank)
                 test = stats.bootstrap_mean([_get(t, metric) for _, _, t in done], seed=rank)
                 luck = c.value - val.mean if maximize else val.mean - c.value
-            top_rows.append(TopRow(s, rank, c.params, len(c.found_by), c.value, c.test, val, test, seeds, luck))
+            top_rows.append(
+                TopRow(s, rank, c.params, len(c.found_by), c.value, c.test, val, test, seeds, luck, c.schedule)
+            )
     return Analysis(
         strategies,
         metric,

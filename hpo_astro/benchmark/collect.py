@@ -22,12 +22,18 @@ from hpo_astro.benchmark.plan import BenchmarkSpec, Job
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import (
     FINGERPRINT_KEY,
+    HISTORY_SYSTEM_ATTR,
+    RESUMED_FROM_EPOCH_ATTR,
     TEST_METRICS_ATTR,
+    internal_attr,
     stored_metrics,
     stored_seconds,
+    trial_history,
     trial_params,
+    trial_runs,
 )
 from hpo_astro.store.trials import FINISHED, better
+from hpo_astro.study.pbt_plan import SCHEDULE_ATTR
 
 if TYPE_CHECKING:
     from hpo_astro.study.objectives import ObjectiveSpec
@@ -48,10 +54,18 @@ class TrialRecord:
     # Its objective values (complete trials whose values are all finite): one for a single-objective study, several
     # for a multi-objective one, whose `value` is None until `hypervolume.score` sets it.
     values: tuple[float, ...] | None = None
+    epochs: int = 0  # epochs it trained (`trial_epochs`)
+    # A PBT trial's member schedule (`hpo_astro.study.pbt_plan.schedule_of`): what its model is the result of
+    schedule: tuple[dict[str, Any], ...] | None = None
 
     @property
     def finished(self) -> bool:
         return self.state in ("complete", "pruned")
+
+    @property
+    def key(self) -> str:
+        """What it trained, as an identity (`config_key`): its configuration, a PBT trial's schedule."""
+        return config_key({"pbt_schedule": list(self.schedule)} if self.schedule else self.params)
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,51 @@ def trial_cost(trial: FrozenTrial) -> float:
     if value is not None:
         return value
     return trial.duration.total_seconds() if trial.duration is not None else 0.0
+
+
+def trial_epochs(trial: FrozenTrial) -> int:
+    """The epochs a trial trained itself: its runs' (a trial of several), else its history's, less the epochs it
+    continued from (those are charged to the trial that trained them): a PBT segment's start (its member's epochs
+    before, its parent's), a retried trial's resumed epoch (its killed attempt's)."""
+    runs = trial_runs(trial)
+    if runs:
+        return sum(len(run.get("history") or ()) for run in runs)
+    exact = trial.system_attrs.get(HISTORY_SYSTEM_ATTR)
+    trained = len(exact) if isinstance(exact, list) else len(trial_history(trial))
+    resumed = trial.user_attrs.get(RESUMED_FROM_EPOCH_ATTR)
+    start = resumed if isinstance(resumed, int) and not isinstance(resumed, bool) else 0
+    schedule = _schedule(trial)
+    if schedule:
+        start = max(start, int(schedule[-1]["epochs"][0]))
+    return max(0, trained - start)
+
+
+def _schedule(trial: FrozenTrial) -> tuple[dict[str, Any], ...] | None:
+    """A PBT trial's member schedule (as `hpo_astro.study.pbt_plan.schedule_of` reads it), else None."""
+    value = internal_attr(trial, SCHEDULE_ATTR)
+    if not isinstance(value, list) or not value:
+        return None
+    segments = tuple(dict(s) for s in value if isinstance(s, dict))
+    ok = all(
+        isinstance(s.get("params"), dict) and isinstance(s.get("epochs"), list) and len(s["epochs"]) == 2
+        and all(isinstance(e, int) and not isinstance(e, bool) for e in s["epochs"])
+        for s in segments
+    )  # fmt: skip
+    return segments if ok and len(segments) == len(value) else None
+
+
+def schedule_text(schedule: Sequence[dict[str, Any]]) -> str:
+    """A PBT member's schedule in one line: each segment's epochs and mutable hyperparameters."""
+    from hpo_astro.study.pbt_plan import shown_schedule
+
+    def value(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return "; ".join(
+        f"epochs {s['epochs'][0]}-{s['epochs'][1]}: "
+        + ", ".join(f"{k}={value(v)}" for k, v in s.items() if k != "epochs")
+        for s in shown_schedule(schedule)
+    )
 
 
 def _metric(metrics: Any, name: str) -> float | None:
@@ -116,6 +175,8 @@ def trial_records(
                 params=trial_params(trial),
                 true_test=true_quality(trial_params(trial)) if true_quality is not None else None,
                 values=values,
+                epochs=trial_epochs(trial),
+                schedule=_schedule(trial),
             )
         )
         finished += trial.state in FINISHED
@@ -173,7 +234,7 @@ def collect(
             raise UserError(f"study {name!r} is missing from {spec.storage_url}") from None
         frozen = study.get_trials(deepcopy=False)
         quality = table_quality(table, spec.metric) if table is not None else None
-        trials = trial_records(frozen, spec.n_trials, spec.metric, quality)
+        trials = trial_records(frozen, spec.read_trials(job.strategy), spec.metric, quality)
         best = incumbent(trials, spec.maximize)
         best_test = best.test if best is not None else None
         if best is not None and not tabular:
@@ -226,6 +287,12 @@ class Candidate:
     value: float  # its best validation objective in the search
     test: float | None  # its test metric in the search (tabular mode: the table's)
     found_by: tuple[str, ...]  # studies that tried it
+    schedule: tuple[dict[str, Any], ...] | None = None  # a PBT member's schedule: what is re-trained
+
+    @property
+    def key(self) -> str:
+        """Its identity (`TrialRecord.key`): the configuration, a PBT member's schedule."""
+        return config_key({"pbt_schedule": list(self.schedule)} if self.schedule else self.params)
 
 
 def top_configurations(runs: Sequence[StudyRun], k: int, maximize: bool) -> dict[str, list[Candidate]]:
@@ -240,10 +307,10 @@ def top_configurations(runs: Sequence[StudyRun], k: int, maximize: bool) -> dict
             for t in run.trials:
                 if t.value is None:
                     continue
-                key = config_key(t.params)
+                key = t.key
                 old = seen.get(key)
                 if old is None:
-                    seen[key] = Candidate(strategy, t.params, t.value, t.test, (run.study,))
+                    seen[key] = Candidate(strategy, t.params, t.value, t.test, (run.study,), t.schedule)
                 else:
                     improves = better(t.value, old.value, maximize)
                     seen[key] = Candidate(
@@ -252,6 +319,7 @@ def top_configurations(runs: Sequence[StudyRun], k: int, maximize: bool) -> dict
                         t.value if improves else old.value,
                         old.test if old.test is not None else t.test,
                         old.found_by if run.study in old.found_by else (*old.found_by, run.study),
+                        old.schedule,
                     )
         ordered = sorted(seen.values(), key=lambda c: -c.value if maximize else c.value)  # stable: first found first
         out[strategy] = ordered[:k]
@@ -264,10 +332,18 @@ RETRAIN_FILE = "retrained.json"
 RETRAIN_VERSION = 1
 
 
-def retrain_key(fingerprint: str, params: dict[str, Any], seed: int, max_epochs: int | None) -> str:
-    return json.dumps(
-        {"data": fingerprint, "params": params, "seed": seed, "max_epochs": max_epochs}, sort_keys=True, default=str
-    )
+def retrain_key(
+    fingerprint: str,
+    params: dict[str, Any],
+    seed: int,
+    max_epochs: int | None,
+    schedule: Sequence[dict[str, Any]] | None = None,
+) -> str:
+    """A re-training's identity; a PBT member's schedule (re-trained segment by segment) is part of it."""
+    key: dict[str, Any] = {"data": fingerprint, "params": params, "seed": seed, "max_epochs": max_epochs}
+    if schedule:
+        key = {**key, "pbt_schedule": list(schedule), "max_epochs": None}
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def read_retrained(out: Path) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from hpo_astro.benchmark.analysis import Analysis, analyze
 from hpo_astro.benchmark.collect import (
     collect,
-    config_key,
     read_retrained,
     retrain_key,
     score,
@@ -146,14 +145,14 @@ def _run(
         for candidates in top.values():
             for c in candidates:
                 for seed in spec.fresh_seeds():
-                    key = retrain_key(fingerprint, c.params, seed, cfg.max_epochs)
+                    key = retrain_key(fingerprint, c.params, seed, cfg.max_epochs, c.schedule)
                     if key not in cache:
-                        todo.setdefault(key, RetrainJob(c.strategy, c.params, seed, cfg.max_epochs))
+                        todo.setdefault(key, RetrainJob(c.strategy, c.params, seed, cfg.max_epochs, c.schedule))
 
         def keep(outcome: Outcome) -> None:
             if isinstance(outcome, RetrainOutcome):
                 job = outcome.job
-                key = retrain_key(fingerprint, job.params, job.seed, job.max_epochs)
+                key = retrain_key(fingerprint, job.params, job.seed, job.max_epochs, job.schedule)
                 cache[key] = {"val": outcome.val, "test": outcome.test, "seconds": outcome.seconds}
                 write_retrained(spec.out, cache)  # after each one: an interrupted check resumes
                 retrained_now.append(outcome)
@@ -165,9 +164,9 @@ def _run(
             for c in candidates:
                 done = []
                 for seed in spec.fresh_seeds():
-                    entry = cache[retrain_key(fingerprint, c.params, seed, cfg.max_epochs)]
+                    entry = cache[retrain_key(fingerprint, c.params, seed, cfg.max_epochs, c.schedule)]
                     done.append((seed, entry["val"], entry["test"]))
-                retrained[(c.strategy, config_key(c.params))] = done
+                retrained[(c.strategy, c.key)] = done
 
     analysis = analyze(
         runs,
@@ -179,6 +178,7 @@ def _run(
         top,
         retrained,
         multi_objective=box is not None,
+        segments=spec.segments_per_trial(),
     )
     files = write_all(spec.out, analysis, facts(spec, table, settings, box), tabular=table is not None)
     return BenchmarkResult(spec, analysis, files, studies, retrained_now)
@@ -207,6 +207,18 @@ def facts(spec: BenchmarkSpec, table: Any, settings: TableSettings | None, box: 
         "study_names": spec.study_name("<strategy>", 0).replace(f"seed-{spec.study_seed(0)}", "seed-<seed>"),
         "mode": "tabular" if table is not None else "training",
     }
+    if spec.pbt_arms:  # compared at equal training epochs (`hpo_astro.benchmark.plan`)
+        from hpo_astro.study.pbt_plan import pbt_settings
+
+        pbt = pbt_settings(spec.settings)
+        out["epoch_budget"] = spec.epoch_budget
+        out["trials_per_arm"] = {s: spec.trials_of(s) for s in spec.strategies}
+        out["pbt"] = {
+            **pbt,
+            "generations": spec.trials_of(spec.pbt_arms[0]) // pbt["population"],
+            "member_epochs": spec.trials_of(spec.pbt_arms[0]) // pbt["population"] * pbt["ready"],
+            "trial": "one member's segment of `ready` epochs, never stopped early",
+        }
     if box is not None:
         out["score"] = spec.score
         out["directions"] = cfg.directions

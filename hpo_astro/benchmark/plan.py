@@ -22,6 +22,7 @@ from hpo_astro.io import check_output
 from hpo_astro.study.config import MAX_SEED, StudyConfig
 from hpo_astro.study.evaluation import MAX_EVAL_SEEDS
 from hpo_astro.study.objectives import ObjectiveSpec
+from hpo_astro.study.pbt_plan import PBT, pbt_settings
 from hpo_astro.study.strategies import STARTUP_STRATEGIES
 
 if TYPE_CHECKING:
@@ -126,11 +127,45 @@ class BenchmarkSpec:
         return self.multi_objective or self.settings.direction == "maximize"
 
     @property
+    def pbt_arms(self) -> tuple[str, ...]:
+        """The arms that run population-based training (compared at equal training epochs)."""
+        return tuple(s for s in self.strategies if Arm.parse(s).strategy == PBT)
+
+    def trials_of(self, strategy: str) -> int:
+        """The trials arm `strategy` runs: `n_trials // K` for an arm of K seeds (at most `n_trials` training runs);
+        for pbt `n_trials * max_epochs / ready` segments of `ready` epochs (the epochs `n_trials` trials of at most
+        `max_epochs` epochs may train; `validate` refuses a budget that is not whole generations)."""
+        arm = Arm.parse(strategy)
+        if arm.strategy == PBT:
+            return self.n_trials * (self.settings.max_epochs or 0) // pbt_settings(self.settings)["ready"]
+        return max(1, self.n_trials // arm.eval_seeds)
+
+    def read_trials(self, strategy: str) -> int:
+        """The finished trials of a study of `strategy` the analysis reads (a study run longer before is cut):
+        `n_trials`, a pbt arm's segments (`trials_of`)."""
+        return self.trials_of(strategy) if Arm.parse(strategy).strategy == PBT else self.n_trials
+
+    def segments_per_trial(self) -> dict[str, float]:
+        """Per pbt arm, its trials (segments) per trial of the other arms: `max_epochs / ready` (equal epochs)."""
+        if not self.pbt_arms:
+            return {}
+        ratio = (self.settings.max_epochs or 0) / pbt_settings(self.settings)["ready"]
+        return dict.fromkeys(self.pbt_arms, ratio)
+
+    @property
+    def epoch_budget(self) -> int | None:
+        """Training epochs per study at most: `n_trials * max_epochs` (None without an epoch cap)."""
+        return None if self.settings.max_epochs is None else self.n_trials * self.settings.max_epochs
+
+    @property
     def seed_stride(self) -> int:
         """Seeds each repeat takes: at least the most training seeds an arm evaluates a configuration with (1 unless
-        an arm is `NAME@K`), so the repeats' runs never share a seed; and prime to the table's seeds, so that a
-        table's replay (run `(c + seed) mod seeds`) draws other runs in other repeats."""
+        an arm is `NAME@K`; a pbt arm's `population_size`: member m trains with seed + m), so the repeats' runs
+        never share a seed; and prime to the table's seeds, so that a table's replay (run `(c + seed) mod seeds`)
+        draws other runs in other repeats."""
         stride = max((Arm.parse(s).eval_seeds for s in self.strategies if "@" in s), default=1)
+        if self.pbt_arms:
+            stride = max(stride, self.settings.population_size)
         while math.gcd(stride, self.table_seeds) != 1:
             stride += 1
         return stride
@@ -190,6 +225,8 @@ class BenchmarkSpec:
                 "objective 'latency' and --table exclude each other: a table holds no inference time (it is measured "
                 "on a device as a study trains); params, macs and flops are a configuration's own"
             )
+        if self.pbt_arms:
+            self._check_pbt_budget()
         for strategy in self.strategies:
             if not strategy.strip() or "/" in strategy:
                 raise UserError(f"strategy {strategy!r}: a name or package.module:ClassName, without '/'")
@@ -198,6 +235,30 @@ class BenchmarkSpec:
                 raise UserError(f"strategy {strategy!r}: {arm.eval_seeds} seeds a trial need --n-trials >= that")
             self.config(strategy, 0).validate()  # unknown strategy, pruner or objective: one line
         return self
+
+    def _check_pbt_budget(self) -> None:
+        """A pbt arm: training mode, an epoch cap, and an epoch budget of whole generations (one line each)."""
+        label = self.pbt_arms[0]
+        if self.table is not None:
+            raise UserError(f"strategy {label!r} needs training: a table's replay has no checkpoints; drop --table")
+        epochs = self.settings.max_epochs
+        if epochs is None:
+            raise UserError(
+                f"strategy {label!r} compares at equal training epochs: give --max-epochs E (the other arms train "
+                f"--n-trials trials of at most E epochs, pbt as many epochs in segments of `ready` epochs)"
+            )
+        settings = pbt_settings(self.settings)
+        population, ready = settings["population"], settings["ready"]
+        generation = population * ready  # epochs of one generation
+        if (self.n_trials * epochs) % generation:
+            step = generation // math.gcd(generation, epochs)
+            below, above = self.n_trials // step * step, (self.n_trials // step + 1) * step
+            fits = f"{below} or {above}" if below else f"{above}"
+            raise UserError(
+                f"strategy {label!r}: {self.n_trials} trials x {epochs} epochs = {self.n_trials * epochs} epochs is no "
+                f"whole number of generations of {population} members x {ready} epochs ({generation} epochs); "
+                f"--n-trials that fit: multiples of {step}, e.g. {fits}"
+            )
 
     def config(
         self,
@@ -214,13 +275,20 @@ class BenchmarkSpec:
         cfg = self.settings
         arm = Arm.parse(strategy)
         startup = cfg.n_startup_trials if arm.strategy in STARTUP_STRATEGIES else None
+        pbt = arm.strategy == PBT
+        n_trials = self.trials_of(strategy)  # at most n_trials training runs (pbt: as many epochs), as every arm
+        if pbt:  # a member's epochs: n_trials * max_epochs / population (check_pbt refuses a cap below them)
+            max_epochs = n_trials // cfg.population_size * pbt_settings(cfg)["ready"]
         return dataclasses.replace(
             cfg,
             strategy=arm.strategy,
             eval_seeds=arm.eval_seeds,
-            pruner=arm.pruner or cfg.pruner,
+            # The benchmark's pruner is not pbt's (it trains every member every generation): only its own `+PRUNER`
+            pruner=arm.pruner if pbt else arm.pruner or cfg.pruner,
             n_startup_trials=startup,
-            n_trials=max(1, self.n_trials // arm.eval_seeds),  # at most n_trials training runs, as every arm
+            ready=cfg.ready if pbt else None,  # the PBT settings of the study file apply to the pbt arm only
+            pbt_quantile=cfg.pbt_quantile if pbt else None,
+            n_trials=n_trials,
             study=self.study_name(strategy, repeat),
             storage=self.storage_url,
             seed=self.study_seed(repeat),

@@ -20,6 +20,7 @@ from typing import Any
 
 from hpo_astro.benchmark import stats
 from hpo_astro.benchmark.analysis import Analysis, Curves
+from hpo_astro.benchmark.collect import schedule_text
 from hpo_astro.benchmark.figures import anytime_figure, final_figure, rank_figure, selection_figure
 from hpo_astro.benchmark.hypervolume import box_html
 from hpo_astro.io import strict_json, write_output
@@ -59,6 +60,7 @@ def to_json(analysis: Analysis, facts: dict[str, Any]) -> dict[str, Any]:
                     "trials_to_within_1pct": _estimate(s.trials_to_within),
                     "seconds_to_within_1pct": _estimate(s.time_to_within),
                     "training_seconds": _estimate(s.total_time),
+                    "epochs_trained": _estimate(s.epochs),
                 }
                 for s in a.summary
             ],
@@ -100,6 +102,7 @@ def _top_record(t: Any) -> dict[str, Any]:
         "retrain_seeds": list(t.seeds),
         "luck": t.luck,
         "params": t.params,
+        **({"pbt_schedule": list(t.schedule)} if t.schedule else {}),
     }
 
 
@@ -124,15 +127,7 @@ def csv_files(payload: dict[str, Any]) -> dict[str, str]:
     strategies = []
     for s in payload["strategies"]:
         row = {"strategy": s["strategy"], "repeats": s["repeats"], "mean_rank_at_n_trials": s["mean_rank_at_n_trials"]}
-        for key in (
-            "best_validation",
-            "best_test",
-            "best_true_test",
-            "optimism",
-            "trials_to_within_1pct",
-            "seconds_to_within_1pct",
-            "training_seconds",
-        ):
+        for key in [k for k in s if k not in row]:  # every estimate, in the JSON's order
             row.update(_flat(key, s[key]))
         strategies.append(row)
     files = {"strategies.csv": _csv(strategies), "studies.csv": _csv(payload["studies"])}
@@ -161,6 +156,8 @@ def csv_files(payload: dict[str, Any]) -> dict[str, str]:
         row["retrain_seeds"] = " ".join(str(s) for s in t["retrain_seeds"])
         row["params"] = json.dumps(t["params"], sort_keys=True)  # one cell
         top.append(row)
+    if any("pbt_schedule" in row for row in top):  # one column for every row (a pbt arm's schedules), one cell each
+        top = [{**row, "pbt_schedule": json.dumps(row.get("pbt_schedule"), sort_keys=True)} for row in top]
     files["top_configurations.csv"] = _csv(top)
     return files
 
@@ -213,6 +210,7 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
             _ci(s.trials_to_within, 1),
             _ci(s.time_to_within, 1),
             _ci(s.total_time, 1),
+            _ci(s.epochs, 1),
         ]
         for s in a.summary
     ]
@@ -229,6 +227,7 @@ def html_page(analysis: Analysis, facts: dict[str, Any], tabular: bool) -> str:
                 "trials to within 1%",
                 "training s to within 1%",
                 "training s in all",
+                "epochs trained",
             ],
             rows,
         )
@@ -354,7 +353,7 @@ def _selection_bias(a: Analysis, facts: dict[str, Any], tabular: bool) -> list[s
                 _n(t.luck),
                 " ".join(str(s) for s in t.seeds) or "-",
                 t.found_by,
-                ", ".join(f"{k}={v}" for k, v in t.params.items() if k in facts.get("space", t.params)),
+                _configuration(t, facts),
             ]
             for t in a.top
         ]
@@ -372,6 +371,12 @@ def _selection_bias(a: Analysis, facts: dict[str, Any], tabular: bool) -> list[s
         ]
         parts.append(table_html(header, rows))
     return parts
+
+
+def _configuration(t: Any, facts: dict[str, Any]) -> str:
+    """A top configuration's searched values; a PBT member's, then its schedule segment by segment."""
+    shown = ", ".join(f"{k}={v}" for k, v in t.params.items() if k in facts.get("space", t.params))
+    return f"{shown} | pbt schedule: {schedule_text(t.schedule)}" if t.schedule else shown
 
 
 def _fact(value: Any) -> str:

@@ -79,12 +79,14 @@ class StudyOutcome:
 
 @dataclass(frozen=True)
 class RetrainJob:
-    """Train one configuration with one fresh seed and measure it on validation and test (training mode)."""
+    """Train one configuration with one fresh seed and measure it on validation and test (training mode); a PBT
+    member: its schedule, segment by segment (`hpo_astro.study.pbt_plan.retrain`), with the fresh seed."""
 
     strategy: str
     params: dict[str, Any]
     seed: int
     max_epochs: int | None
+    schedule: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,9 +204,14 @@ class Runner:
         start = time.perf_counter()
         data = self.data
         with process_interrupts.allowed():
-            result = train_configuration(
-                job.params, data, callbacks=(), max_epochs=job.max_epochs, seed=job.seed, resume=None, device="auto"
-            )
+            if job.schedule:
+                from hpo_astro.study.pbt_plan import retrain as retrain_schedule
+
+                result = retrain_schedule(job.schedule, data, seed=job.seed)
+            else:
+                result = train_configuration(
+                    job.params, data, callbacks=(), max_epochs=job.max_epochs, seed=job.seed, resume=None, device="auto"
+                )
         test = evaluate(result.model, data.x_test, data.y_test, data.pos_weight)
         return RetrainOutcome(job, result.val_metrics.as_dict(), test.as_dict(), time.perf_counter() - start)
 

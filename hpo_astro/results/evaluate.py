@@ -2,9 +2,9 @@
 
 The studies are read from the store through a read-only handle (`load_studies`). The best (complete) trial's model
 is rebuilt from the trial's saved best weights when it has them (`load_trial_model`), else by retraining its full
-configuration with the trial's stored seed and the study's epoch cap (`retrain_trial`), which reproduces the trial
-exactly because training is deterministic for a seed. It is evaluated on CPU on the three splits of the data the
-study was run on (`study_data`, refused unless its fingerprint is the study's); the test split is read only here.
+configuration (a PBT trial: its schedule) with the trial's stored seed and the study's epoch cap (`retrain_trial`),
+which reproduces the trial exactly because training is deterministic for a seed. Evaluated on CPU on the splits
+of the data the study was run on (`study_data`, refused unless its fingerprint is the study's); test read only here.
 
 The evaluation cache: each evaluation is kept in the study store itself (study user attribute `compare_cache`, keyed
 by trial number and data fingerprint, with the digest of the model's weights), so a second `compare`, `report` or
@@ -183,10 +183,13 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, url: str | None = 
 
 
 def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> nn.Module:
-    """Retrain the trial's full configuration with its seed and the study's epoch cap: the same model, because
-    training is deterministic for a seed."""
+    """Retrain the trial's full configuration (a PBT trial: its member's schedule, `pbt_plan.retrain`) with its seed
+    and the study's epoch cap: the same model, because training is deterministic for a seed."""
     from hpo_astro.core.train import train
+    from hpo_astro.study.pbt_plan import retrain, schedule_of
 
+    if schedule := schedule_of(trial):
+        return retrain(schedule, data, seed=trial_seed(study, trial)).model
     params = params_full(trial)
     if not params:
         raise UserError(
@@ -194,12 +197,11 @@ def retrain_trial(study: optuna.Study, trial: FrozenTrial, data: DataSplits) -> 
             "it was run by an older hpo-astro and cannot be reproduced"
         )
     record = study_record(study)
-    max_epochs = record.max_epochs if record is not None else None
     if record is not None and record.folds > 1:  # a cross-validated trial keeps its first run's model: fold 0's
         from hpo_astro.study.evaluation import fold_data
 
         data = fold_data(data, 0, record.folds, record.seed)
-    return train(params, data, max_epochs=max_epochs, seed=trial_seed(study, trial)).model
+    return train(params, data, max_epochs=record.max_epochs if record else None, seed=trial_seed(study, trial)).model
 
 
 # --- its evaluation -------------------------------------------------------------------------------------------
@@ -268,11 +270,9 @@ def rebuild_model(
     from hpo_astro.data.prepare import DEFAULT_CHANNELS
 
     record = study_record(study)
-    params = params_full(trial)
-    if params:  # a stored configuration that cannot be built: one line before any note, read or retraining
+    if params := params_full(trial):  # a configuration that cannot be built: one line before any note, read or retrain
         architecture(params, len(record.channels if record is not None else DEFAULT_CHANNELS))
-    model = load_trial_model(study, trial, url)
-    source = "weights"
+    model, source = load_trial_model(study, trial, url), "weights"
     if model is None:
         if events:
             seed = trial_seed(study, trial)
