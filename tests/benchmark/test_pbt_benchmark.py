@@ -136,3 +136,16 @@ def test_a_training_benchmark_with_pbt_trains_equal_epochs_and_retrains_its_sche
     again = invoke(*args)  # finished: only re-rendered, the same numbers
     assert again.exit_code == 0 and "0 trials run now" in again.stdout
     assert json.loads((out / "benchmark.json").read_text()) == payload
+
+
+def test_the_packaged_pbt_benchmark_study_gives_equal_epochs(tmp_path: Path) -> None:
+    """studies/pbt-benchmark.toml, as docs/benchmarking.md runs it: 8 trials x 4 epochs for random and tpe, 16
+    segments of 2 epochs for pbt (4 members x 4 generations of 8 epochs, its t_max)."""
+    from hpo_astro.study.config import load_config
+
+    cfg = load_config("pbt-benchmark")
+    s = BenchmarkSpec(("random", "tpe", "pbt"), repeats=8, n_trials=8, out=tmp_path / "b", base=cfg).validate()
+    assert s.epoch_budget == 32 and [s.trials_of(a) for a in s.strategies] == [8, 8, 16]
+    pbt, tpe = s.config("pbt", 0), s.config("tpe", 0)
+    assert (pbt.max_epochs, pbt.n_startup_trials, tpe.n_startup_trials, tpe.max_epochs) == (8, None, 4, 4)
+    assert cfg.space.fixed()["t_max"] == 8

@@ -171,3 +171,22 @@ def test_a_multi_objective_study_resumes_and_extends_with_the_same_command(
     assert_refused(other, "was made with a different objective (roc_auc,params vs roc_auc,macs)")
     confirm = invoke("confirm", "--study", "tpe", "--storage", store)
     assert_refused(confirm, "study 'tpe' has several objectives: confirm ranks one value per configuration")
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "genetic", "bayesian", "qmc", "grid", "ablation"])
+def test_every_strategy_that_takes_several_objectives_runs_them(
+    strategy: str, tmp_path: Path, small_file: Path, fake_training: None
+) -> None:
+    store = journal_url(tmp_path)
+    config = tmp_path / "space.toml"
+    config.write_text("[space]\nconv_layers = [1, 2]\nlr = [1e-3, 1e-2]\n")
+    result = invoke(
+        "run", "--config", config, "--strategy", strategy, "--objective", "accuracy,params", "-n", 3, "--data",
+        small_file, "--storage", store,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    study = load_study(store, strategy)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3 and all(len(t.values) == 2 for t in trials)
+    assert all(t.values[1] == parameter_count(params_full(t), 1) for t in trials)
+    assert {t.number for t in study.best_trials} <= {t.number for t in trials}
