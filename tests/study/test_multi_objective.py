@@ -190,3 +190,36 @@ def test_every_strategy_that_takes_several_objectives_runs_them(
     assert len(trials) == 3 and all(len(t.values) == 2 for t in trials)
     assert all(t.values[1] == parameter_count(params_full(t), 1) for t in trials)
     assert {t.number for t in study.best_trials} <= {t.number for t in trials}
+
+
+def test_an_interrupted_multi_objective_study_resumes_its_trial_and_ends_with_the_budget(
+    tmp_path: Path, small_file: Path
+) -> None:
+    """Ctrl-C in a trial's third epoch: the same run again retries that trial from its checkpoint, and the study ends
+    with exactly its budget, every trial with one value per objective."""
+    from hpo_astro.core.train import train
+
+    interrupted: list[int] = []
+
+    def interrupting(params, data, callbacks=(), **kwargs):  # type: ignore[no-untyped-def]
+        class Stop:
+            def on_epoch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+                if state.epoch == 2 and not interrupted:
+                    interrupted.append(state.epoch)
+                    raise KeyboardInterrupt
+
+        return train(params, data, callbacks=[*callbacks, Stop()], **kwargs)
+
+    space = SearchSpace.from_dict({**TINY, "conv_layers": [1, 2]})
+    cfg = study_config(
+        tmp_path, small_file, objective="accuracy,params", space=space, n_trials=2, max_epochs=3, checkpoint_interval=0
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, train=interrupting)
+    study = run_study(cfg, train=interrupting).study
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 and all(len(t.values) == 2 for t in trials)
+    resumed = [t for t in trials if t.system_attrs.get("retry_history")]
+    assert len(resumed) == 1 and resumed[0].user_attrs["resumed_from_epoch"] == 2
+    assert len(resumed[0].user_attrs["curve_val_loss"]) == 3  # its whole run, the checkpointed epochs included
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
