@@ -4,7 +4,8 @@ is better at every epoch, so a bad member that copies a good member's checkpoint
 rate ends strictly better than it would alone. The learning rate is read from the optimiser, so a continued
 checkpoint must carry the new one (`hpo_astro.study.pbt_plan.continue_with`). The trainer can kill its own process
 (SIGKILL) the first time it finishes a given epoch: `PBT_TOY_KILL="3,6"` and a folder `PBT_TOY_MARKS` remembering
-the kills done; `PBT_TOY_SLEEP` seconds per epoch make workers overlap."""
+the kills done; `PBT_TOY_SLEEP` seconds per epoch make workers overlap. `diverge=(lr, epoch)` (bind it with
+functools.partial) makes the weights NaN at that epoch for a member training with that learning rate."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def toy_train(
     max_epochs: int | None = None,
     seed: int = 0,
     resume: Mapping[str, Any] | None = None,
+    diverge: tuple[float, int] | None = None,
     **_: object,
 ) -> TrainResult:
     """`hpo_astro.core.train.train`'s contract on the toy problem (module level: worker processes pickle it)."""
@@ -77,6 +79,8 @@ def toy_train(
         lr = float(optimizer.param_groups[0]["lr"])
         with torch.no_grad():
             model.weight += lr
+            if diverge is not None and abs(lr - diverge[0]) < 1e-9 and state.epoch + 1 == diverge[1]:
+                model.weight.fill_(float("nan"))
         w = float(model.weight.item())
         metrics = _metrics(w)
         state.end_epoch(EpochMetrics.of(state.epoch + 1, 100.0 - w, w, metrics, lr, 0.0), metrics.as_dict, callbacks)

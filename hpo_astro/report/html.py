@@ -47,7 +47,7 @@ from hpo_astro.results.evaluate import (
 from hpo_astro.results.page import display_url, escape, figure_html, page, table_html
 from hpo_astro.store.storage import close_store, open_existing_store
 from hpo_astro.store.trials import directions_text, is_multi_objective
-from hpo_astro.study.pbt_plan import budget_line, lineage, lineage_figure
+from hpo_astro.study.pbt_lineage import budget_line, lineage, lineage_figure
 
 if TYPE_CHECKING:
     from hpo_astro.data.prepare import DataSplits

@@ -19,7 +19,7 @@ from hpo_astro.results.front import front_trials, objective_names
 from hpo_astro.store.record import N_TRIALS_KEY, STRATEGY_KEY
 from hpo_astro.store.storage import read_store, store_file
 from hpo_astro.store.trials import is_multi_objective
-from hpo_astro.study.pbt_plan import budget_line
+from hpo_astro.study.pbt_lineage import budget_line
 
 # The trial states `status` counts, in its columns' order: WAITING is a trial queued to run (a re-queued one whose
 # process died or was interrupted, or an enqueued configuration), not one running.
@@ -59,7 +59,7 @@ class StudyStatus:
     objectives: list[str] | None = None
     directions: list[str] | None = None
     front: list[FrontTrial] | None = None
-    budget: str | None = None  # a PBT study: its budget in member-epochs (`hpo_astro.study.pbt_plan.budget_line`)
+    budget: str | None = None  # a PBT study: its budget in member-epochs (`hpo_astro.study.pbt_lineage.budget_line`)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON data (`status --format json`): every counted state (0 included), the top trials when asked;

@@ -30,13 +30,13 @@ from hpo_astro.samplers.ablation_plan import (
     all_running_since,
     by_state,
     check_directions,
-    fail_stale_trials,
     finished_slots,
     plan_value,
     same,
     trial_numbers,
     value_in,
 )
+from hpo_astro.samplers.slots import OnWait, SlotWait, still_running
 
 
 class AblationSampler(BaseSampler):
@@ -116,6 +116,8 @@ class AblationSampler(BaseSampler):
         poll_interval: seconds between looks at the store while waiting.
         lost_after: seconds after which a running trial is presumed lost, so that its slot may be evaluated again;
             None (default): never (only a failure, e.g. through a heartbeat, frees a running trial's slot).
+        on_wait: called as `on_wait(study, trial_id)` when a trial starts choosing and at every look at the store
+            while it waits (`hpo_astro.samplers.slots`), e.g. to mark it alive and fail the trials of dead processes.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class AblationSampler(BaseSampler):
         wait_timeout: float = 60.0,
         poll_interval: float = 0.2,
         lost_after: float | None = None,
+        on_wait: OnWait | None = None,
     ) -> None:
         self._names = list(search_space)
         self._values = {name: [plan_value(name, v) for v in values] for name, values in search_space.items()}
@@ -158,10 +161,9 @@ class AblationSampler(BaseSampler):
             greedy,
         ]
         self._wait_timeout = wait_timeout
-        self._poll_interval = poll_interval
         self._lost_after = lost_after
-        # Trials this object stopped waiting for (they never recorded a choice): it does not wait for them again.
-        self._given_up: set[int] = set()
+        # The waits (`hpo_astro.samplers.slots`): for trials still choosing, each once per object, and the pauses.
+        self._slot_wait = SlotWait(PLAN_KEY, (EXHAUSTED_KEY,), poll_interval, on_wait)
 
     @property
     def n_slots(self) -> int:
@@ -215,7 +217,10 @@ class AblationSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, CONFIG_KEY, center)
             storage.set_trial_system_attr(trial._trial_id, PLAN_KEY, self._plan_id)
             return
+        self._slot_wait.alive(study, trial._trial_id)
         choice, trials = self._wait_for_slot(study, trial)
+        if not still_running(study, trial._trial_id):
+            return  # failed by another process while it waited (presumed dead): nothing may be written
         # PLAN_KEY is written last: it tells the other trials that this one has finished choosing.
         if choice.slot is None:
             storage.set_trial_system_attr(trial._trial_id, EXHAUSTED_KEY, True)
@@ -274,14 +279,14 @@ class AblationSampler(BaseSampler):
         while True:
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
             expired = time.monotonic() - started >= self._wait_timeout
-            choosing = self._choosing(trials, trial.number)
+            choosing = self._slot_wait.choosing(trials, trial.number)
             if choosing and not expired:
-                self._pause(study)
+                self._slot_wait.pause(study, trial._trial_id)
                 continue
-            self._given_up.update(t._trial_id for t in choosing)  # presumed dead before recording a choice
+            self._slot_wait.given_up.update(t._trial_id for t in choosing)  # presumed dead before recording a choice
             choice = self._choose(trials, trial.number)
             if choice.slot is None and choice.can_wait and not expired:
-                self._pause(study)
+                self._slot_wait.pause(study, trial._trial_id)
                 continue
             break
         if choice.lost:
@@ -310,24 +315,6 @@ class AblationSampler(BaseSampler):
                 stacklevel=2,
             )
         return choice, trials
-
-    def _pause(self, study: optuna.Study) -> None:
-        time.sleep(self._poll_interval)
-        # Optuna fails the trials whose heartbeat stopped before each trial of study.optimize; while a trial waits
-        # here, that check is this loop's job, or a dead trial would keep the waiting one waiting.
-        fail_stale_trials(study)
-
-    def _choosing(self, trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:
-        """The lower-numbered running trials that may still be choosing a slot."""
-        return [
-            t
-            for t in trials
-            if t.number < number
-            and t.state == TrialState.RUNNING
-            and PLAN_KEY not in t.system_attrs  # written last: a recorded SLOT_KEY alone may not be visible yet
-            and "fixed_params" not in t.system_attrs  # enqueued: never takes a slot
-            and t._trial_id not in self._given_up
-        ]
 
     def _choose(self, trials: Sequence[FrozenTrial], number: int) -> Choice:
         holders: dict[int, list[FrozenTrial]] = {}

@@ -2,7 +2,8 @@
 checkpoint its sampler chose (`hpo_astro.samplers.pbt.PbtSampler`: its own, or an exploited member's) with its
 hyperparameters, the segment's end checkpoint uploaded to the artifact store for the next generation, its lineage
 and schedule recorded on the trial. Everything else (heartbeat, surplus trials, a killed trial resumed from its own
-checkpoint, results, best weights) is `hpo_astro.study.objective.Objective`'s."""
+checkpoint, results, best weights) is `hpo_astro.study.objective.Objective`'s. Before any trial, the study's PBT
+settings are settled (`settle_pbt`) and recorded (`record_settings`)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from typing import Any
 
 import optuna
 from optuna.samplers import BaseSampler
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from hpo_astro.core.epochs import Callback
+from hpo_astro.core.epochs import DIVERGED_REASON, Callback
 from hpo_astro.core.train import TrainResult
-from hpo_astro.errors import UserError
-from hpo_astro.samplers.pbt import DEFERRED_KEY, MEMBER_KEY
+from hpo_astro.errors import UserError, described, write_fault
+from hpo_astro.samplers.pbt import DEFERRED_KEY, FAILED_KEY, INVALID_KEY, PLAN_KEY, SLOT_KEY, PbtSampler
 from hpo_astro.store.record import TRAINED, WEIGHTS_MIMETYPE, internal_attr, set_internal
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.objective import Objective, _SurplusTrial
@@ -42,6 +43,7 @@ from hpo_astro.study.pbt_plan import (
     pbt_settings,
     schedule_of,
     shown_schedule,
+    stored_settings,
     train_segment,
 )
 from hpo_astro.study.strategies import make_sampler
@@ -54,7 +56,6 @@ class _Segment:
     end: int
     seed: int
     parent: FrozenTrial | None
-    started_from: dict[str, Any] | None = None  # the checkpoint the segment continues
 
 
 @dataclass
@@ -62,6 +63,9 @@ class PbtObjective(Objective):
     """`Objective` for a PBT study: each trial trains its member's segment (see the module's docstring)."""
 
     _segment: _Segment | None = field(default=None, init=False)
+    # A stored attribute this run cannot use (a tampered store), met inside a trial: `run_study` raises it once
+    # Optuna has ended the trial (Optuna catches what an objective raises).
+    store_error: UserError | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if getattr(self.train, "trial_kind", TRAINED) != TRAINED:
@@ -70,24 +74,43 @@ class PbtObjective(Objective):
         self.train = self._train_segment  # what Objective._run calls: the segment, from the chosen checkpoint
 
     def _run(self, trial: optuna.Trial) -> tuple[float, Any]:
-        storage = trial.study._storage
-        attrs = storage.get_trial_system_attrs(trial._trial_id)
-        if DEFERRED_KEY in attrs:
-            raise _SurplusTrial(f"pbt: {attrs[DEFERRED_KEY]}")
-        member = attrs.get(MEMBER_KEY)
-        if not isinstance(member, dict):
-            raise RuntimeError("the PBT sampler gave this trial no member (is the study's sampler PbtSampler?)")
-        study = trial.study
-        settings = pbt_settings(self.cfg)
-        if study.user_attrs.get(SETTINGS_ATTR) != settings:
-            study.set_user_attr(SETTINGS_ATTR, settings)
-        ready, generation = settings["ready"], int(member["generation"])
+        self.store_error = None
+        try:
+            return self._segment_run(trial)
+        except UserError as exc:
+            self.store_error = exc
+            raise
+        except (_SurplusTrial, optuna.TrialPruned):
+            raise
+        except Exception as exc:  # the member's training failed: its slot is decided again (`FAILED_KEY`)
+            if write_fault(exc) is None:
+                with contextlib.suppress(Exception):
+                    trial.storage.set_trial_system_attr(trial._trial_id, FAILED_KEY, described(exc)[:200])
+            raise
+
+    def _segment_run(self, trial: optuna.Trial) -> tuple[float, Any]:
+        study, storage = trial.study, trial.study._storage
+        frozen = storage.get_trial(trial._trial_id)
+        if DEFERRED_KEY in frozen.system_attrs:
+            raise _SurplusTrial(f"pbt: {frozen.system_attrs[DEFERRED_KEY]}")
+        sampler = study.sampler
+        if not isinstance(sampler, PbtSampler):
+            raise RuntimeError("a PBT trial needs the study's sampler to be PbtSampler")
+        member = sampler.member_of(frozen)
+        self._check_not_duplicate(study, frozen)
+        ready, generation = pbt_settings(self.cfg)["ready"], member["generation"]
         parent = None
         if member["parent"] is not None:
-            parent_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(member["parent"]))
+            try:
+                parent_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, member["parent"])
+            except KeyError:
+                raise UserError(
+                    f"trial {frozen.number}'s member record names parent trial {member['parent']}, which the study "
+                    "does not hold"
+                ) from None
             parent = storage.get_trial(parent_id)
         self._segment = _Segment(
-            trial, generation * ready, (generation + 1) * ready, self.cfg.seed + int(member["founder"]), parent
+            trial, generation * ready, (generation + 1) * ready, self.cfg.seed + member["founder"], parent
         )
         for key, value in {
             GENERATION_ATTR: generation,
@@ -97,6 +120,17 @@ class PbtObjective(Objective):
         }.items():
             trial.set_user_attr(key, value)
         return super()._run(trial)
+
+    @staticmethod
+    def _check_not_duplicate(study: optuna.Study, trial: FrozenTrial) -> None:
+        """A slot trains once: end this trial as surplus when a complete trial, or an earlier running one, of the
+        same plan holds its slot (a failed trial frees its slot at once, and may be re-queued later)."""
+        plan, slot = trial.system_attrs.get(PLAN_KEY), trial.system_attrs.get(SLOT_KEY)
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if t.number == trial.number or t.system_attrs.get(SLOT_KEY) != slot or t.system_attrs.get(PLAN_KEY) != plan:
+                continue
+            if t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number):
+                raise _SurplusTrial(f"pbt: slot {slot} is already trained by trial {t.number}")
 
     def _inherited_checkpoint(self, trial: optuna.Trial, params: dict) -> tuple[dict | None, str | None]:
         """A retry's own checkpoint (`Objective`), else the parent's end-of-segment checkpoint continued with this
@@ -112,10 +146,12 @@ class PbtObjective(Objective):
         if resume is None and segment.parent is not None:
             artifact_id = internal_attr(segment.parent, SEGMENT_CHECKPOINT_ATTR)
             if not isinstance(artifact_id, str):
-                raise RuntimeError(f"trial {segment.parent.number}, this member's parent, left no checkpoint")
+                raise UserError(
+                    f"trial {segment.parent.number}, the parent of trial {trial.number}, names no segment checkpoint "
+                    f"({SEGMENT_CHECKPOINT_ATTR})"
+                )
             with self.store.open_reader(artifact_id) as fh:
                 resume = continue_with(load_state(fh.read()), params)
-        segment.started_from = resume
         return resume, own
 
     def _train_segment(
@@ -136,12 +172,19 @@ class PbtObjective(Objective):
         result = train_segment(
             self._trainer, params, data, [*callbacks, end], segment.end, segment.seed, resume, device, capture
         )
-        if end.saved is None and resume is not None:  # no epoch trained (a diverged parent): its state is the end
+        if end.saved is None and resume is not None:  # no epoch trained (nothing valid to copy): its state is the end
             self._upload(segment.trial, checkpoint_bytes(resume))
+        trained = len(result.history)
+        if result.stop_reason == DIVERGED_REASON or trained < segment.end:
+            # ranked worst and never copied by the next generation, whose decision exploits another member
+            reason = f"{result.stop_reason} after epoch {trained} of a segment ending at {segment.end}"
+            segment.trial.storage.set_trial_system_attr(segment.trial._trial_id, INVALID_KEY, reason)
         return result
 
     def _upload(self, trial: optuna.Trial, saved: bytes) -> None:
-        """The segment's end checkpoint, as an artifact of the trial that the next generation continues."""
+        """The segment's end checkpoint, as an artifact of the trial that the next generation continues. A retry's
+        upload replaces the one its killed trial made (which nobody else reads)."""
+        earlier = internal_attr(trial.storage.get_trial(trial._trial_id), SEGMENT_CHECKPOINT_ATTR)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial-{trial.number}-segment.pt"
             path.write_bytes(saved)
@@ -149,35 +192,52 @@ class PbtObjective(Objective):
                 artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype=WEIGHTS_MIMETYPE
             )
         set_internal(trial, SEGMENT_CHECKPOINT_ATTR, artifact_id)
+        if isinstance(earlier, str) and earlier != artifact_id:
+            with contextlib.suppress(optuna.artifacts.exceptions.ArtifactNotFound, OSError):
+                self.store.remove(earlier)
 
 
-def settle_pbt(storage: optuna.storages.BaseStorage, cfg: StudyConfig, sampler: BaseSampler) -> BaseSampler:
-    """Before a PBT study is created or resumed: settings it does not give (a joining worker's) are the stored
-    study's; settings that differ from the stored ones are refused (the population would mean something else).
-    Returns the sampler to run with (rebuilt when settings were taken from the store)."""
+def settle_pbt(
+    storage: optuna.storages.BaseStorage, cfg: StudyConfig, sampler: BaseSampler
+) -> tuple[StudyConfig, BaseSampler]:
+    """Before a PBT study is created or resumed: the settings it does not give (a joining worker's) are the stored
+    study's; settings that differ from the stored ones are refused (the population would mean something else), and
+    so is a stored attribute that is no settings. Returns the configuration and sampler to run with (a copy of
+    `cfg`, and a sampler rebuilt, when settings were taken from the store)."""
     if cfg.strategy != PBT:
-        return sampler
+        return cfg, sampler
     stored = None
     with contextlib.suppress(KeyError):
         study_id = storage.get_study_id_from_name(cfg.study_name)
-        stored = storage.get_study_user_attrs(study_id).get(SETTINGS_ATTR)
-    if not isinstance(stored, dict):
-        return sampler
-    given = {"population": cfg.population_size, "ready": cfg.ready, "quantile": cfg.pbt_quantile}
-    for key, value in given.items():
-        if value is not None and key != "population" and value != stored.get(key):
+        stored = stored_settings(storage.get_study_user_attrs(study_id).get(SETTINGS_ATTR), cfg.study_name)
+    if stored is None:
+        return cfg, sampler
+    for key, value in {"population": cfg.population_size, "ready": cfg.ready, "quantile": cfg.pbt_quantile}.items():
+        if value is not None and value != stored[key]:
+            name = "population_size" if key == "population" else f"pbt {key}"
             raise UserError(
-                f"study {cfg.study_name!r} in the store was made with pbt {key} {stored.get(key)}, this run gives "
-                f"{value}; use another --study name"
+                f"study {cfg.study_name!r} in the store was made with {name} {stored[key]}, this run gives {value}; "
+                "use another --study name"
             )
-    if cfg.population_size != stored.get("population"):
-        raise UserError(
-            f"study {cfg.study_name!r} in the store was made with population_size {stored.get('population')}, this "
-            f"run gives {cfg.population_size}; use another --study name"
-        )
     if cfg.ready == stored["ready"] and cfg.pbt_quantile == stored["quantile"]:
-        return sampler
+        return cfg, sampler
     adopted = dataclasses.replace(cfg, ready=stored["ready"], pbt_quantile=stored["quantile"])
     check_pbt(adopted)
-    cfg.ready, cfg.pbt_quantile = adopted.ready, adopted.pbt_quantile
-    return make_sampler(cfg)
+    return adopted, make_sampler(adopted)
+
+
+def record_settings(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Once the study is created or resumed, before any trial: write its PBT settings (defaults filled in) when it
+    records none yet; refuse settings that differ from those it records (a worker that settled while the study was
+    being created), never overwriting them."""
+    if cfg.strategy != PBT:
+        return
+    settings = pbt_settings(cfg)
+    stored = stored_settings(study.user_attrs.get(SETTINGS_ATTR), study.study_name)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, settings)
+    elif stored != settings:
+        raise UserError(
+            f"study {study.study_name!r} in the store records pbt settings {stored}, this run has {settings}; "
+            "use another --study name, or give no ready and pbt_quantile to take the stored ones"
+        )

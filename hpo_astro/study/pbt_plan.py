@@ -1,7 +1,7 @@
-"""Population-based training's settings, stored lineage and schedule (`docs/pbt.md`): the checks of a PBT study's
-configuration, the sampler it runs with (`hpo_astro.samplers.pbt.PbtSampler`), how a member's checkpoint continues
-with new hyperparameters, a member retrained from its recorded schedule, and the lineage as a Plotly figure. What a
-trial does is `hpo_astro.study.pbt.PbtObjective`.
+"""Population-based training's settings and schedule (`docs/pbt.md`): the checks of a PBT study's configuration and
+of its stored settings, the sampler it runs with (`hpo_astro.samplers.pbt.PbtSampler`), how a member's checkpoint
+continues with new hyperparameters, and a member retrained from its recorded schedule. What a trial does is
+`hpo_astro.study.pbt.PbtObjective`; the lineage read back and drawn is `hpo_astro.study.pbt_lineage`.
 
 Budget: a PBT study of `n_trials` trials is `n_trials / population` generations of `population` members, each trial
 one member's segment of `ready` epochs: `n_trials * ready` member-epochs in all.
@@ -10,31 +10,30 @@ one member's segment of `ready` epochs: `n_trials * ready` member-epochs in all.
 from __future__ import annotations
 
 import io
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hpo_astro.core.epochs import Callback, EpochLoop
-from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS, PAPER_SPACE, coerce_value
 from hpo_astro.core.space import Range
 from hpo_astro.core.train import TrainFn, TrainResult
 from hpo_astro.core.train import train as train_configuration
 from hpo_astro.errors import UserError
-from hpo_astro.samplers.pbt import MEMBER_KEY, MUTABLE, PbtSampler, segment_score
-from hpo_astro.store.record import N_TRIALS_KEY, RunSettings, internal_attr
-from hpo_astro.store.recovery import fail_dead_trials
+from hpo_astro.samplers.pbt import MUTABLE, PbtSampler
+from hpo_astro.store.record import TRAINED, RunSettings, internal_attr
 from hpo_astro.store.storage import DEFAULT_GRACE
+from hpo_astro.study.waiting import waiting_hook
 
 PBT = "pbt"  # the strategy's name
 DEFAULT_READY = 2  # epochs per segment: a member's training between two exploit-and-explore steps
 DEFAULT_QUANTILE = 0.25
 MAX_SEED = 2**32 - 1
 # The study's PBT settings, {"population", "ready", "quantile"}: a study user attribute (the dashboard shows it),
-# compared when a run resumes the study (`hpo_astro.study.pbt.settle_pbt`).
+# written when the study is created, before its first trial, and compared when a run resumes it
+# (`hpo_astro.study.pbt.settle_pbt`, `record_settings`).
 SETTINGS_ATTR = "pbt"
 # Trial user attributes (the dashboard shows them): the member's generation and index, the trial whose checkpoint
 # it continued (null in generation 0), that trial again when it was exploited from another member (else null), and
@@ -94,6 +93,38 @@ def check_pbt(cfg: Any) -> None:
         )
 
 
+def check_trainer(cfg: Any, trial_kind: str) -> None:
+    """Refuse, before the store is opened, a PBT run whose trainer writes no checkpoints (a table's replay)."""
+    if cfg.strategy == PBT and trial_kind != TRAINED:
+        raise UserError("strategy pbt needs training: a table's replay has no checkpoints to continue")
+
+
+def stored_settings(value: Any, study_name: str) -> dict[str, Any] | None:
+    """A study's stored `pbt` attribute, checked (None: the study has none yet); anything that is not
+    {"population": >= 2, "ready": >= 1, "quantile": 0..0.5} is a one-line refusal (a tampered store)."""
+    if value is None:
+        return None
+
+    def whole(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    quantile = value.get("quantile") if isinstance(value, dict) else None
+    if not (
+        isinstance(value, dict)
+        and set(value) == {"population", "ready", "quantile"}
+        and whole(value["population"], 2)
+        and whole(value["ready"], 1)
+        and isinstance(quantile, int | float)
+        and not isinstance(quantile, bool)
+        and 0 <= quantile <= 0.5
+    ):
+        raise UserError(
+            f"study {study_name!r} in the store has a broken {SETTINGS_ATTR!r} attribute (expected population >= 2, "
+            f"ready >= 1 and quantile 0..0.5): {str(value)[:80]}; use another --study name"
+        )
+    return dict(value)
+
+
 def _smallest_t_max(cfg: Any) -> int:
     dim = cfg.space.get("t_max")
     if dim is None:
@@ -104,12 +135,6 @@ def _smallest_t_max(cfg: Any) -> int:
 def pbt_sampler(cfg: RunSettings) -> PbtSampler:
     """The strategy's sampler (`hpo_astro.study.strategies.STRATEGIES`), built once with the study's seed."""
     settings = pbt_settings(cfg)
-    grace = getattr(cfg, "grace_period", DEFAULT_GRACE)
-
-    def recover(study: optuna.Study) -> None:  # a waiting trial must not wait for a trial whose process died
-        if not isinstance(study._storage, optuna.storages.InMemoryStorage):
-            fail_dead_trials(study, grace)
-
     return PbtSampler(
         cfg.space.distributions(),
         population=settings["population"],
@@ -117,7 +142,10 @@ def pbt_sampler(cfg: RunSettings) -> PbtSampler:
         mutable=MUTABLE,
         seed=cfg.seed,
         n_slots=cfg.n_trials,
-        on_wait=recover,
+        # a waiting trial is alive (its worker recorded), and does not wait for a trial whose process died
+        on_wait=waiting_hook(getattr(cfg, "grace_period", DEFAULT_GRACE)),
+        ready=settings["ready"],
+        invalid=UserError,  # a tampered store: one line
     )
 
 
@@ -129,10 +157,14 @@ def continue_with(checkpoint: Mapping[str, Any], params: Mapping[str, Any]) -> d
     and weight decay become the new ones, the cosine schedule keeps its position (epoch t of t_max) with the new
     base learning rate (lr_t = new_lr * (1 + cos(pi t / t_max)) / 2), the model's dropout is the new rate (the trainer
     builds the model from `params`); weights, optimiser moments, history and random states are the checkpoint's.
-    Unchanged parameters leave the checkpoint as it is."""
+    Unchanged parameters leave the checkpoint as it is; a change of any other hyperparameter than `MUTABLE` (the
+    architecture, ...) is refused with ValueError: the checkpoint's model would not be that configuration's."""
     old = dict(checkpoint["params"])
     if old == dict(params):
         return dict(checkpoint)
+    changed = fixed_changes(old, params)
+    if changed:
+        raise ValueError(f"a checkpoint continues with new {', '.join(MUTABLE)} only; these differ: {changed}")
     lr, ratio = float(params["lr"]), float(params["lr"]) / float(old["lr"])
     groups = []
     for group in checkpoint["optimizer"]["param_groups"]:
@@ -153,6 +185,11 @@ def continue_with(checkpoint: Mapping[str, Any], params: Mapping[str, Any]) -> d
     }
 
 
+def fixed_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The hyperparameters other than `MUTABLE` whose values differ between two configurations."""
+    return sorted(k for k in set(old) | set(new) if k not in MUTABLE and old.get(k) != new.get(k))
+
+
 def checkpoint_bytes(checkpoint: Mapping[str, Any]) -> bytes:
     """A checkpoint as the bytes a checkpoint file holds (a copy: training may go on changing the tensors)."""
     with io.BytesIO() as fh:
@@ -161,6 +198,7 @@ def checkpoint_bytes(checkpoint: Mapping[str, Any]) -> bytes:
 
 
 def load_state(data: bytes) -> dict[str, Any]:
+    """The checkpoint in `data` (`checkpoint_bytes`'s), on the CPU, read with `weights_only=True`."""
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -168,7 +206,7 @@ class SegmentEnd:
     """Trainer callback: the checkpoint at the end of a segment (epoch `end`, or an earlier stop, e.g. divergence),
     as bytes; `on_saved` is called with them."""
 
-    def __init__(self, end: int, on_saved: Any = None) -> None:
+    def __init__(self, end: int, on_saved: Callable[[bytes], None] | None = None) -> None:
         self.end, self.on_saved = end, on_saved
         self.saved: bytes | None = None
 
@@ -203,9 +241,46 @@ def train_segment(
 
 
 def schedule_of(trial: FrozenTrial) -> list[dict[str, Any]]:
-    """A member's schedule up to the end of this trial's segment: [{"epochs": [start, end], "params": {...}}]."""
+    """A member's schedule up to the end of this trial's segment: [{"epochs": [start, end], "params": {...}}]; []
+    for a trial that records none (not a PBT trial). A schedule that is not one (`checked_schedule`) is refused."""
     value = internal_attr(trial, SCHEDULE_ATTR)
-    return [dict(s) for s in value if isinstance(s, dict)] if isinstance(value, list) else []
+    return [] if value is None else checked_schedule(value, f"trial {trial.number}'s attribute {SCHEDULE_ATTR}")
+
+
+def checked_schedule(value: Any, where: str = "the schedule") -> list[dict[str, Any]]:
+    """A schedule checked, or a one-line UserError naming `where`: a non-empty list of segments {"epochs": [start,
+    end], "params": {...}}, the epochs contiguous from 0, the params hyperparameters of the space (each a value it
+    can mean), and only the mutable ones changing from one segment to the next."""
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where} is not a list of segments: {str(value)[:80]}")
+    schedule, at = [], 0
+    for i, segment in enumerate(value):
+        epochs = segment.get("epochs") if isinstance(segment, dict) else None
+        params = segment.get("params") if isinstance(segment, dict) else None
+        if not (
+            isinstance(epochs, list)
+            and len(epochs) == 2
+            and all(isinstance(e, int) and not isinstance(e, bool) for e in epochs)
+            and epochs[0] == at < epochs[1]
+            and isinstance(params, dict)
+        ):
+            raise UserError(
+                f'{where}: segment {i} is not {{"epochs": [{at}, end > {at}], "params": {{...}}}}: {str(segment)[:80]}'
+            )
+        unknown = sorted(str(k) for k in params if k not in PAPER_SPACE)
+        if unknown:
+            raise UserError(f"{where}: segment {i} has unknown hyperparameters {unknown}")
+        try:
+            checked = {k: coerce_value(k, v) for k, v in params.items()}
+        except UserError as exc:
+            raise UserError(f"{where}: segment {i}: {exc}") from None
+        if schedule:
+            changed = fixed_changes(schedule[-1]["params"], checked)
+            if changed:
+                raise UserError(f"{where}: segment {i} changes {changed}, which never change along a lineage")
+        schedule.append({"epochs": list(epochs), "params": checked})
+        at = epochs[1]
+    return schedule
 
 
 def shown_schedule(schedule: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -222,83 +297,16 @@ def retrain(
     capture: bool | None = None,
 ) -> TrainResult:
     """A member trained again from its schedule (`schedule_of`, with the seed its trial recorded, `train_seed`):
-    each segment continues the last one's end checkpoint with its own hyperparameters, as the study did."""
+    each segment continues the last one's end checkpoint with its own hyperparameters, as the study did. A schedule
+    that is not one is refused in one line (`checked_schedule`)."""
     resume: dict[str, Any] | None = None
     result: TrainResult | None = None
-    for segment in schedule:
+    for segment in checked_schedule(list(schedule)):
         params = dict(segment["params"])
         if resume is not None:
             resume = continue_with(resume, params)
         end = SegmentEnd(int(segment["epochs"][1]))
         result = train_segment(train, params, data, [end], end.end, seed, resume, device, capture)
         resume = load_state(end.saved) if end.saved is not None else resume
-    if result is None:
-        raise ValueError("an empty schedule")
+    assert result is not None  # checked_schedule refuses an empty schedule
     return result
-
-
-def lineage(study: optuna.Study) -> list[dict[str, Any]]:
-    """The complete members of a PBT study, by generation and member: trial number, generation, member, parent,
-    exploited_from, founder, the score it was ranked by and its value."""
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        member = t.system_attrs.get(MEMBER_KEY)
-        if isinstance(member, dict):
-            rows.append({"trial": t.number, **member, "score": segment_score(t), "value": t.value})
-    return sorted(rows, key=lambda r: (r["generation"], r["member"]))
-
-
-def lineage_figure(study: optuna.Study) -> Any:
-    """A PBT study's lineage as a Plotly figure: each member's objective at the end of each generation's segment
-    (the score the next generation ranks), one line per member; a dashed line from a parent to each member that
-    exploited it (copied its checkpoint and perturbed its hyperparameters)."""
-    import plotly.graph_objects as go
-
-    rows = lineage(study)
-    settings = study.user_attrs.get(SETTINGS_ATTR)
-    ready = settings.get("ready", 1) if isinstance(settings, dict) else 1
-    fig = go.Figure()
-    by_trial = {r["trial"]: r for r in rows}
-    for member in sorted({r["member"] for r in rows}):
-        mine = [r for r in rows if r["member"] == member]
-        fig.add_trace(
-            go.Scatter(
-                x=[(r["generation"] + 1) * ready for r in mine],
-                y=[r["score"] for r in mine],
-                mode="lines+markers",
-                name=f"member {member}",
-                customdata=[[r["trial"], r["parent"]] for r in mine],
-                hovertemplate="trial %{customdata[0]} (parent %{customdata[1]})<br>epoch %{x}: %{y:.4g}<extra></extra>",
-            )
-        )
-    xs: list[float | None] = []
-    ys: list[float | None] = []
-    for r in rows:
-        parent = by_trial.get(r["exploited_from"]) if r["exploited_from"] is not None else None
-        if parent is not None:
-            xs += [(parent["generation"] + 1) * ready, (r["generation"] + 1) * ready, None]
-            ys += [parent["score"], r["score"], None]
-    if xs:
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="exploit", line={"dash": "dash", "color": "grey"}))
-    metric = (study.metric_names or ["objective"])[0]
-    fig.update_layout(
-        title="PBT lineage: each member's objective at the end of its segments (dashed: exploit)",
-        xaxis_title="epoch (end of segment)",
-        yaxis_title=metric,
-        template="plotly_white",
-    )
-    return fig
-
-
-def budget_line(study: optuna.Study) -> str | None:
-    """How a PBT study's budget reads in member-epochs (None for another study), e.g. for `status`."""
-    settings = study.user_attrs.get(SETTINGS_ATTR)
-    n_trials = study.user_attrs.get(N_TRIALS_KEY)
-    population, ready = (settings.get(k) if isinstance(settings, dict) else None for k in ("population", "ready"))
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n_trials, population, ready)):
-        return None  # not a PBT study, or one whose settings another program wrote: nothing to say
-    generations = math.ceil(n_trials / population)
-    return (
-        f"budget {n_trials} trials = {n_trials * ready} member-epochs ({population} members x {generations} "
-        f"generations x {ready} epochs)"
-    )

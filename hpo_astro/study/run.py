@@ -49,8 +49,8 @@ from hpo_astro.study.create import create_or_resume, study_record
 from hpo_astro.study.evaluation import check_folds
 from hpo_astro.study.interrupts import configure_logging, process_interrupts
 from hpo_astro.study.objective import Objective
-from hpo_astro.study.pbt import PbtObjective, settle_pbt
-from hpo_astro.study.pbt_plan import PBT
+from hpo_astro.study.pbt import PbtObjective, record_settings, settle_pbt
+from hpo_astro.study.pbt_plan import PBT, check_trainer
 from hpo_astro.study.strategies import make_pruner, make_sampler
 from hpo_astro.study.trial_callbacks import checkpoint_prefix
 
@@ -198,13 +198,15 @@ def _open(
             f"--objective {cfg.objective} needs training: a table records no operating point per epoch (use "
             "accuracy, loss or roc_auc)"
         )
+    check_trainer(cfg, trial_kind)  # pbt continues checkpoints: a table's replay has none
     data, sampler, pruner = prepare_run(cfg, data)
     if cfg.folds > 1:
         check_folds(data, cfg.folds)
     if storage is None:
         storage = open_storage(cfg.storage, cfg.heartbeat_interval, cfg.grace_period)
-    sampler = settle_pbt(storage, cfg, sampler)  # a PBT study's settings: the stored ones, or refused
+    cfg, sampler = settle_pbt(storage, cfg, sampler)  # a PBT study's settings: the stored ones, or refused
     study = create_or_resume(cfg, storage, study_record(cfg, data, trial_kind), sampler, pruner)
+    record_settings(study, cfg)  # before any trial: every worker trains with the same settings
     if sampled_fixed_before(study) and cfg.space.fixed():  # resumed as that version ran it: see `SearchSpace`
         cfg.space = dataclasses.replace(cfg.space, fixed_sampled=True)
         study.sampler = sampler = make_sampler(cfg)
@@ -259,6 +261,8 @@ def _run_one_trial(
         epoch = _checkpoint_epoch(trial) if requeued else None
         raise Interrupted(trial.number, epoch, requeued, trial.state.name.lower()) from None
     except Exception as exc:  # the store itself failed while Optuna recorded the trial
+        if _ended_elsewhere(study, objective.current_trial_id, exc):
+            return study._storage.get_trial(objective.current_trial_id)  # type: ignore[arg-type]
         reason = write_fault(exc)
         if reason is None:
             raise
@@ -270,9 +274,20 @@ def _run_one_trial(
             if write_fault(exc) is None:
                 raise
         raise WriteFailed(f"cannot write: {objective.write_failure}; {_RESUME_HINT}")
+    store_error = getattr(objective, "store_error", None)  # a tampered store, met inside the trial (pbt)
+    if store_error is not None:
+        raise store_error
     if objective.current_trial_id is None:
         return None
     return study._storage.get_trial(objective.current_trial_id)
+
+
+def _ended_elsewhere(study: optuna.Study, trial_id: int | None, exc: Exception) -> bool:
+    """Whether Optuna could not record the trial's end because another process had already ended it (e.g. failed
+    it, presumed dead, while it waited in its sampler): the trial stands as that process left it."""
+    if trial_id is None or not isinstance(exc, ValueError | optuna.exceptions.UpdateFinishedTrialError):
+        return False
+    return study._storage.get_trial(trial_id).state.is_finished()
 
 
 _RESUME_HINT = "the trial was re-queued; free some space and re-run the same command to resume"

@@ -27,8 +27,10 @@ from hpo_astro.errors import UserError, described
 from hpo_astro.samplers import AblationSampler
 from hpo_astro.samplers.trial_seeded import TrialSeededSampler
 from hpo_astro.store.record import RunSettings
+from hpo_astro.store.storage import DEFAULT_GRACE
 from hpo_astro.study.evaluation import eval_plan
 from hpo_astro.study.pbt_plan import pbt_sampler
+from hpo_astro.study.waiting import waiting_hook
 
 GRID_LIMIT = 1_000_000  # GridSampler materialises every combination; beyond this, narrow the space
 
@@ -76,7 +78,14 @@ def _ablation(cfg: RunSettings) -> BaseSampler:
             f"the ablation plan has {slots:,} trials (limit {ABLATION_LIMIT:,}); give the ranges larger steps"
         )
     baseline = None if cfg.baseline is None else {k: v for k, v in cfg.baseline.items() if k in grid}
-    return AblationSampler(grid, baseline=baseline, greedy=cfg.greedy, seed=cfg.seed, wait_timeout=ABLATION_WAIT)
+    return AblationSampler(
+        grid,
+        baseline=baseline,
+        greedy=cfg.greedy,
+        seed=cfg.seed,
+        wait_timeout=ABLATION_WAIT,
+        on_wait=waiting_hook(getattr(cfg, "grace_period", DEFAULT_GRACE)),  # a waiting trial is alive
+    )
 
 
 def _cmaes(cfg: RunSettings) -> BaseSampler:

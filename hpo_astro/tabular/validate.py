@@ -78,6 +78,8 @@ METRIC_RANGES: dict[str, Range] = {
     "f1": FRACTION,
     "fpr_at_5fnr": FRACTION,
     "mdr_at_1fpr": FRACTION,
+    "fpr_at_fnr": FRACTION,  # at a study's stated rates (a table of an earlier version never holds them)
+    "mdr_at_fpr": FRACTION,
     "threshold": THRESHOLD,
 }
 

@@ -1,17 +1,96 @@
-"""Population-based training with the real trainer, through the command line: an exploiting member continues its
-parent's run (its curves begin with the parent's), its new learning rate is in effect in the optimiser at the
-scheduler's position, and `status` and `report` show the budget in member-epochs and the lineage."""
+"""Population-based training with the real trainer: two segments of 2 epochs are the uninterrupted 4-epoch run; after
+an exploit the continued run keeps the optimiser's moments and step and takes the new learning rate (at the cosine
+schedule's position, for every later epoch), weight decay and dropout rate; and, through the command line, an
+exploiting member continues its parent's run (its curves begin with the parent's) and `status` and `report` show the
+budget in member-epochs and the lineage."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import assert_refused, invoke, journal_url, load_study
+import torch
+from helpers import assert_refused, invoke, journal_url, load_study, noise_splits
 from optuna.trial import TrialState
 
-from hpo_astro.study.pbt_plan import lineage
+from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
+from hpo_astro.core.train import TrainState, train
+from hpo_astro.study.pbt_lineage import lineage
+from hpo_astro.study.pbt_plan import SegmentEnd, continue_with, load_state, retrain, train_segment
+
+PARAMS = {
+    **DEFAULT_PARAMS, "conv_layers": 1, "fc_layers": 2, "fc_width": 16, "batch_size": 16, "t_max": 10,
+    "dropout_rate": 0.3,
+}  # fmt: skip
+
+
+def _curves(history: list[Any]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in h.as_dict().items() if k != "seconds"} for h in history]
+
+
+def _first_segment() -> tuple[Any, bytes]:
+    end = SegmentEnd(2)
+    result = train_segment(train, PARAMS, noise_splits(64), [end], 2, 3, None, "cpu")
+    assert end.saved is not None
+    return result, end.saved
+
+
+def test_two_segments_of_two_epochs_are_the_four_epoch_run() -> None:
+    torch.set_num_threads(1)
+    whole = train(PARAMS, noise_splits(64), max_epochs=4, seed=3, device="cpu", early_stopping=False)
+    _, saved = _first_segment()
+    second = train_segment(train, PARAMS, noise_splits(64), [], 4, 3, continue_with(load_state(saved), PARAMS), "cpu")
+    assert _curves(second.history) == _curves(whole.history)
+    assert all(torch.equal(v, second.model.state_dict()[k]) for k, v in whole.model.state_dict().items())
+    schedule = [{"epochs": [0, 2], "params": PARAMS}, {"epochs": [2, 4], "params": PARAMS}]
+    again = retrain(schedule, noise_splits(64), seed=3, device="cpu")
+    assert _curves(again.history) == _curves(whole.history)
+
+
+class _Spy:
+    """What the optimiser and the model hold at the end of each epoch."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        group = state.optimizer.param_groups[0]
+        moments = list(state.optimizer.state.values())
+        self.seen.append({
+            "epoch": state.epoch, "lr": state.last.lr, "weight_decay": group["weight_decay"],
+            "dropout": {m.p for m in state.model.modules() if isinstance(m, torch.nn.Dropout)},
+            "step": float(moments[0]["step"]), "exp_avg": moments[0]["exp_avg"].clone(),
+        })  # fmt: skip
+
+
+def test_an_exploit_continues_the_optimiser_with_the_new_hyperparameters() -> None:
+    """After continue_with: Adam's moments and step are the checkpoint's (a dropped optimiser state restarts them),
+    epochs 3 and 4 run with the new lr at the cosine position (the old scheduler would bring the old lr back at
+    its next step), and the new weight decay and dropout rate are in effect."""
+    torch.set_num_threads(1)
+    first = _Spy()
+    end = SegmentEnd(2)
+    train_segment(train, PARAMS, noise_splits(64), [first, end], 2, 3, None, "cpu")
+    assert end.saved is not None
+    new = {**PARAMS, "lr": PARAMS["lr"] * 1.2, "weight_decay": PARAMS["weight_decay"] * 0.8, "dropout_rate": 0.5}
+    checkpoint = load_state(end.saved)
+    continued = continue_with(checkpoint, new)
+    saved_moments = next(iter(checkpoint["optimizer"]["state"].values()))
+    assert torch.equal(next(iter(continued["optimizer"]["state"].values()))["exp_avg"], saved_moments["exp_avg"])
+    second = _Spy()
+    train_segment(train, new, noise_splits(64), [second], 4, 3, continued, "cpu")
+    steps_per_epoch = first.seen[0]["step"]
+    assert [s["step"] for s in second.seen] == [3 * steps_per_epoch, 4 * steps_per_epoch]
+    assert not torch.equal(second.seen[0]["exp_avg"], first.seen[0]["exp_avg"])  # moved on from epoch 2's
+    for seen in second.seen:
+        position = (1 + math.cos(math.pi * (seen["epoch"] - 1) / PARAMS["t_max"])) / 2
+        assert seen["lr"] == pytest.approx(new["lr"] * position, rel=1e-6)
+        assert seen["weight_decay"] == pytest.approx(new["weight_decay"])
+        assert seen["dropout"] == {0.5}
+    assert [s["dropout"] for s in first.seen] == [{0.3}, {0.3}]
+
 
 STUDY_FILE = """
 strategy = "pbt"

@@ -93,7 +93,7 @@ def test_bad_study_files(kind: str, tmp_path: Path, small_file: Path) -> None:
     [
         (["--strategy", "annealing"], "unknown strategy 'annealing'"),
         (["--pruner", "early"], "Invalid value for '--pruner': Value error, 'early' is not one of 'none', 'median', "),
-        (["--objective", "f1"], "Invalid value for '--objective': Value error, 'f1' is not one of 'accuracy', "),
+        (["--objective", "f1"], "unknown objective 'f1'; known: accuracy, loss, roc_auc, fpr_at_fnr, mdr_at_fpr, params"),
         (["--n-trials", "0"], "--n-trials must be positive"),
         (["--n-trials", "-3"], "--n-trials must be positive"),
         (["--config", "missing.toml"], "study file not found"),
@@ -159,7 +159,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         'channels = ["sci", "scorr"]\nmax_epochs = 2\nheartbeat_interval = 2\ngrace_period = 7\n'
         "checkpoint_interval = 4\neval_seeds = 3\nfolds = 4\nsplit = [0.5, 0.25, 0.25]\n"
         'devices = ["cpu"]\ncapture = false\nstack_runs = "on"\n'
-        'artifacts = "arts"\nworkers = 3\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
+        'artifacts = "arts"\nworkers = 3\nlatency_batch = 32\n[baseline]\nlr = 1e-2\n[space]\nlr = [1e-2, 1e-3]\n'
     )
     cfg = load_config(path).validate()
     import dataclasses
@@ -174,6 +174,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "n_startup_trials",
         "pruner",
         "objective",
+        "latency_batch",
         "seed",
         "data",
         "channels",
@@ -195,6 +196,7 @@ def test_every_config_field_can_be_set_in_a_study_file(tmp_path: Path) -> None:
         "space",
     }
     assert (cfg.heartbeat_interval, cfg.grace_period, cfg.workers, cfg.artifacts) == (2, 7, 3, Path("arts"))
+    assert cfg.latency_batch == 32
     assert cfg.checkpoint_interval == 4 and cfg.devices == ("cpu",) and cfg.capture is False and cfg.stack_runs == "on"
     assert (cfg.eval_seeds, cfg.folds, cfg.split) == (3, 4, (0.5, 0.25, 0.25))
     assert cfg.channels == ("sci", "scorr") and cfg.data == Path("d.npy") and cfg.baseline == {"lr": 1e-2}
