@@ -93,7 +93,7 @@ def test_bad_study_files(kind: str, tmp_path: Path, small_file: Path) -> None:
     [
         (["--strategy", "annealing"], "unknown strategy 'annealing'"),
         (["--pruner", "early"], "Invalid value for '--pruner': Value error, 'early' is not one of 'none', 'median', "),
-        (["--objective", "f1"], "unknown objective 'f1'; known: accuracy, loss, roc_auc, fpr_at_fnr, mdr_at_fpr, params"),
+        (["--objective", "f1"], "unknown objective 'f1'; known: accuracy, loss, roc_auc, fpr_at_fnr, mdr_at_fpr"),
         (["--n-trials", "0"], "--n-trials must be positive"),
         (["--n-trials", "-3"], "--n-trials must be positive"),
         (["--config", "missing.toml"], "study file not found"),

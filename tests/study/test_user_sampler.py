@@ -173,7 +173,7 @@ def _broken_modules(folder: Path) -> None:
             "importing needs_missing_dependency failed: ModuleNotFoundError: No module named 'not_installed_dep",
         ),
         ("bad_syntax_sampler:Broken", "importing bad_syntax_sampler failed: SyntaxError"),
-        ("annealing", "known: random, ablation, genetic, bayesian, tpe, grid, bohb, qmc, cmaes, pbt, or a sampler class"),
+        ("annealing", "known: random, ablation, genetic, bayesian, tpe, grid, bohb, qmc, cmaes, pbt, or a sampler"),
     ],
 )
 def test_a_bad_sampler_path_is_refused_with_nothing_written(
