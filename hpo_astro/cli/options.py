@@ -181,7 +181,7 @@ ObjectiveOpt = Annotated[
         help=(
             "What to optimise, on validation (default: accuracy): "
             f"{', '.join(OBJECTIVE_NAMES)}; several joined by commas make a multi-objective study "
-            "(e.g. accuracy,latency)."
+            "(e.g. accuracy,latency); an operating point takes another rate after @ (fpr_at_fnr@2%)."
         ),
         autocompletion=complete_objective,
     ),
