@@ -6,6 +6,7 @@ budget in member-epochs and the lineage."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from optuna.trial import TrialState
 
 from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.train import TrainState, train
+from hpo_astro.results import evaluate
+from hpo_astro.results.export import load_exported
 from hpo_astro.study.pbt_lineage import lineage
 from hpo_astro.study.pbt_plan import SegmentEnd, continue_with, load_state, retrain, train_segment
 
@@ -109,7 +112,9 @@ dropout_rate = [0.0, 0.1, 0.2]
 """
 
 
-def test_a_real_population_exploits_explores_and_is_reported(tmp_path: Path, small_file: Path) -> None:
+def test_a_real_population_exploits_explores_is_reported_and_retrains_from_its_schedules(
+    tmp_path: Path, small_file: Path
+) -> None:
     config = tmp_path / "pbt.toml"
     config.write_text(STUDY_FILE)
     store = journal_url(tmp_path)
@@ -142,6 +147,41 @@ def test_a_real_population_exploits_explores_and_is_reported(tmp_path: Path, sma
     assert child.user_attrs["pbt_schedule"][1]["lr"] == pytest.approx(
         parent.user_attrs["pbt_schedule"][0]["lr"] * 0.8
     ) or (child.user_attrs["pbt_schedule"][1]["lr"] == pytest.approx(parent.user_attrs["pbt_schedule"][0]["lr"] * 1.2))
+    # Its model is the result of the member's schedule, not of one configuration: with its kept weights gone,
+    # `compare` and `export` retrain it from the schedule (`retrain_trial`) and reproduce its validation metrics.
+    study = load_study(store, "p")
+    best = study.best_trial
+    kept = evaluate.load_trial_model(study, best)
+    assert kept is not None  # PbtObjective keeps the best member's best-epoch weights, as every strategy
+    data = evaluate.study_data(study)
+    assert evaluate.model_digest(evaluate.retrain_trial(study, best, data)) == evaluate.model_digest(kept)
+
+    # A member that exploited another: its first segment is the other member's, with other hyperparameters than its
+    # own; retrained from its schedule it ends as the trial did (its recorded validation metrics), from its own
+    # configuration alone it would not
+    exploiter = next(t for t in study.trials if t.user_attrs.get("pbt_exploited_from") is not None)
+    schedule = exploiter.user_attrs["pbt_schedule"]
+    assert len(schedule) == 2 and schedule[0]["lr"] != schedule[1]["lr"]
+    model = evaluate.retrain_trial(study, exploiter, data)
+    assert evaluate.evaluate_model(model, data, exploiter, "retrained", 0.0).reproduced is True
+    from hpo_astro.core.train import train
+    from hpo_astro.store.record import params_full
+
+    alone = train(params_full(exploiter), data, max_epochs=2, seed=exploiter.user_attrs["train_seed"]).model
+    assert evaluate.evaluate_model(alone, data, exploiter, "retrained", 0.0).reproduced is False
+
+    directory = Path(study.user_attrs["artifacts"])
+    (directory / study.user_attrs["best_weights"]["artifact_id"]).unlink()  # the kept weights are gone
+    assert evaluate.load_trial_model(study, best, store) is None
+    compared = invoke("compare", "--storage", store, "--study", "p", "--format", "json")
+    assert compared.exit_code == 0 and "retraining best trial" in compared.stderr, compared.output
+    row = json.loads(compared.stdout)["studies"][0]
+    assert row["model_source"] == "retrained" and row["reproduced"] is True
+    exported = invoke("export", "--storage", store, "--study", "p", "--out", tmp_path / "model")
+    assert exported.exit_code == 0, exported.output
+    model, manifest = load_exported(tmp_path / "model")
+    assert evaluate.model_digest(model) == evaluate.model_digest(kept) and manifest["study"]["trial"] == best.number
+
     status = invoke("status", "--storage", store)
     assert (
         "p (population-based training): budget 6 trials = 6 member-epochs (3 members x 2 generations x 1 epochs)"
