@@ -92,7 +92,7 @@ def box_of(points: Iterable[Sequence[float]], objectives: Sequence[ObjectiveSpec
         column = values[:, i]
         low, high = (float(column.min()), float(column.max())) if len(column) else (0.0, 0.0)
         best, worst = (high, low) if spec.maximize else (low, high)
-        bounds.append(Bound(spec.name, spec.direction, best, worst))
+        bounds.append(Bound(spec.label, spec.direction, best, worst))
     return Box(tuple(bounds))
 
 

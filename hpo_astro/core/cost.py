@@ -4,9 +4,9 @@ time per cutout of a forward pass at a stated batch size on the study's device.
 
 Every trial is measured the same way: the model in eval mode, `LATENCY_WARMUP` forward passes not timed (allocator,
 kernel selection), then the median over `LATENCY_REPEATS` timed passes of one batch of random cutouts, synchronised
-on CUDA. The median of several passes keeps one scheduler hiccup from deciding a trial's latency; what is left is the
-device's own noise (a few per cent on an idle machine, more on a shared one), which is why the docs call latency a
-measured, not a reproducible, objective.
+on CUDA, on one thread on a CPU. The median of several passes keeps one scheduler hiccup from deciding a trial's
+latency; what is left is the device's own noise (a few per cent on an idle machine, more on a shared one, where other
+workers train beside the timing), which is why the docs call latency a measured, not a reproducible, objective.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from hpo_astro.core.model import architecture, build_model, count_parameters
 DEFAULT_LATENCY_BATCH = 256  # cutouts per timed forward pass: a survey scores its candidates in batches
 LATENCY_WARMUP = 3
 LATENCY_REPEATS = 15
+# A CPU times latency on one thread: the time one core takes per cutout, the same for every trial whether it runs in
+# `run --workers K` (each worker has a share of the cores) or in a joining `worker` (all of them).
+LATENCY_CPU_THREADS = 1
 IMAGE_SIZE = 64
 
 
@@ -42,6 +45,7 @@ class InferenceCost:
     latency_us: float
     latency_batch: int
     device: str
+    latency_threads: int | None = None  # CPU threads the latency was timed on (None on a GPU, or not timed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,13 +73,17 @@ def forward_latency_us(
     image_size: int = IMAGE_SIZE,
     repeats: int = LATENCY_REPEATS,
 ) -> float:
-    """Median microseconds per cutout of a forward pass of `batch` cutouts, on the model's device."""
+    """Median microseconds per cutout of a forward pass of `batch` cutouts, on the model's device; on a CPU with
+    `LATENCY_CPU_THREADS` threads, whatever the process's own count (a worker's share of the cores, or all of them)."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, in_channels, image_size, image_size, generator=generator).to(device)
     was_training = model.training
     model.eval()
     times: list[float] = []
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(LATENCY_CPU_THREADS)
     try:
         with torch.inference_mode():
             for i in range(LATENCY_WARMUP + repeats):
@@ -89,6 +97,7 @@ def forward_latency_us(
                     times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     return statistics.median(times) / batch * 1e6
 
 
@@ -111,7 +120,9 @@ def measure_cost(
         model = model if model is not None else build_model(params, in_channels=in_channels).to(device)
         device = next(model.parameters()).device
         latency_us = forward_latency_us(model, in_channels, latency_batch)
-    return InferenceCost(n_params, flops // 2, flops, latency_us, latency_batch, str(torch.device(device)))
+    device = torch.device(device)
+    threads = LATENCY_CPU_THREADS if latency and device.type == "cpu" else None
+    return InferenceCost(n_params, flops // 2, flops, latency_us, latency_batch, str(device), threads)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -305,7 +305,7 @@ class OptunaPlot:
 
 OPTUNA_PLOTS = (
     ("history", "Optimisation history", "plot_optimization_history"),
-    ("importances", "Parameter importances (fANOVA)", "plot_param_importances"),
+    ("importances", "Parameter importances (fANOVA)", "plot_param_importances"),  # evaluator named below
     ("parallel", "Parallel coordinates", "plot_parallel_coordinate"),
     ("intermediate", "Intermediate values (objective per epoch)", "plot_intermediate_values"),
 )
@@ -364,6 +364,10 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
                     figure = getattr(vis, name)(study, target_name=objective, **multi)
                 elif key == "intermediate" and multi:
                     notes.append("a multi-objective study's trials report no intermediate values; see (c)")
+                elif key == "importances":  # fANOVA by name (Optuna's default is another evaluator), seeded; it
+                    # measures variance, which has no direction: right for a maximised objective of a front too
+                    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+                    figure = vis.plot_param_importances(study, evaluator=evaluator)
                 else:
                     figure = getattr(vis, name)(study)
             # Optuna's refusals (ValueError, TypeError: e.g. too few trials for a plot), fANOVA's zero variance

@@ -53,7 +53,7 @@ def choose_trial(study: optuna.Study, pick: str | None = None) -> Choice:
         from hpo_astro.results.front import objective_names
         from hpo_astro.results.pick import parse_pick, pick_trial
 
-        names = [name.split("@")[0] for name in objective_names(study)]  # `fpr_at_fnr@2%`: its rule says fpr_at_fnr
+        names = objective_names(study)
         rule = parse_pick(pick if pick is not None else f"best:{names[0]}", names)
         trial, how = pick_trial(study, rule, names)
         if pick is None:

@@ -22,7 +22,7 @@ import optuna
 from hpo_astro.errors import UserError
 from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import artifact_dir, store_file
-from hpo_astro.store.trials import directions_text
+from hpo_astro.store.trials import directions_text, is_multi_objective
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -41,15 +41,21 @@ def study_note(study: optuna.Study, command: list[str], program: str, cwd: Path,
         evaluation = (
             f" Each configuration is scored by the mean of {runs} training runs ({record.eval_seeds} seed(s) x "
             f"{record.folds} fold(s)): its runs, their standard deviation and standard error are the trial "
-            "attributes `eval_runs`, `eval_values`, `eval_std`, `eval_sem`; the intermediate values are the runs "
-            "one after another."
+            "attributes `eval_runs`, `eval_values`, `eval_std`, `eval_sem`"
+            + ("." if is_multi_objective(study) else "; the intermediate values are the runs one after another.")
             if runs > 1
             else ""
         )
+        if is_multi_objective(study):  # Optuna takes no intermediate values from a multi-objective trial
+            evaluation += (
+                " Its result is a Pareto front (the dashboard draws it); each trial's per-epoch metrics are its "
+                "`curve_*` attributes, its cost `inference_cost`."
+            )
         lines += [
             f"**{record.strategy}** search for **{record.n_trials} finished trials** (complete + pruned) of the "
-            f"objective `{record.objective}` ({directions_text(study)}), pruner {record.pruner}, seed "
-            f"{record.seed}, {epochs}; data: {data} (channels {','.join(record.channels)}, split {split}).{evaluation}",
+            f"objective `{record.objective}` ({directions_text(study, record.objective)}), pruner {record.pruner}, "
+            f"seed {record.seed}, {epochs}; data: {data} (channels {','.join(record.channels)}, split {split})."
+            f"{evaluation}",
             "",
         ]
     worker = f"{program} worker --study {shlex.quote(study.study_name)} --storage {shlex.quote(storage_url)}"

@@ -34,7 +34,10 @@ _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
-_CLAUSE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*([a-zA-Zµ%]*)\s*$")
+# NAME, or an operating point with its stated rate as the study names it (`fpr_at_fnr@2%<0.3`)
+_CLAUSE = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*(?:@[0-9.eE+-]+%?)?)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*([a-zA-Zµ%]*)\s*$"
+)
 _TIME_UNITS = {"": 1.0, "us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6}  # latency is stored in microseconds
 _COUNT_UNITS = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
 _METRIC_UNITS = {"": 1.0, "%": 0.01}
@@ -62,7 +65,8 @@ class PickRule:
 
 
 def parse_pick(text: str, objectives: Sequence[str]) -> PickRule:
-    """The rule `text` for a study of `objectives` (its names in order); one line for anything else."""
+    """The rule `text` for a study of `objectives` (its names in order, an operating point with its stated rate:
+    `fpr_at_fnr@2%`, which a rule may name with or without the rate); one line for anything else."""
     names = list(objectives)
     best: str | None = None
     bounds: list[Bound] = []
@@ -72,8 +76,7 @@ def parse_pick(text: str, objectives: Sequence[str]) -> PickRule:
     for clause in clauses:
         clause = clause.strip()
         if clause.startswith("best:"):
-            name = clause.removeprefix("best:").strip()
-            _check_name(name, names, text)
+            name = _check_name(clause.removeprefix("best:").strip(), names, text)
             if best is not None:
                 raise UserError(f"--pick {text!r} names two best: clauses; give one")
             best = name
@@ -84,16 +87,21 @@ def parse_pick(text: str, objectives: Sequence[str]) -> PickRule:
                 f"--pick: cannot read {clause!r}: give best:NAME or a bound such as latency<50us, params<=1M, "
                 "accuracy>0.9"
             )
-        name, op, number, unit = match.groups()
-        _check_name(name, names, text)
-        bounds.append(Bound(name, op, _number(number, unit, name, clause)))
+        given, op, number, unit = match.groups()
+        name = _check_name(given, names, text)
+        bounds.append(Bound(name, op, _number(number, unit, name.split("@")[0], clause)))
     return PickRule(text, best or names[0], tuple(bounds))
 
 
-def _check_name(name: str, names: list[str], text: str) -> None:
-    if name not in names:
-        known = "an unknown objective" if name not in OBJECTIVES else "not an objective of this study"
-        raise UserError(f"--pick {text!r}: {name!r} is {known}; the study's objectives: {', '.join(names)}")
+def _check_name(name: str, names: list[str], text: str) -> str:
+    """The study's name of the objective `name` (its own, or the base name of one with a stated rate)."""
+    if name in names:
+        return name
+    by_base = [n for n in names if n.split("@")[0] == name]
+    if len(by_base) == 1:
+        return by_base[0]
+    known = "an unknown objective" if name.split("@")[0] not in OBJECTIVES else "not an objective of this study"
+    raise UserError(f"--pick {text!r}: {name!r} is {known}; the study's objectives: {', '.join(names)}")
 
 
 def _number(number: str, unit: str, name: str, clause: str) -> float:

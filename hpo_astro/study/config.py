@@ -16,7 +16,13 @@ from hpo_astro.store.record import StudyRecord
 from hpo_astro.store.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT
 from hpo_astro.study.defaults import DEFAULT_STORAGE
 from hpo_astro.study.evaluation import MAX_EVAL_SEEDS, MAX_FOLDS
-from hpo_astro.study.objectives import ObjectiveSpec, check_multi_objective, parse_objectives, primary
+from hpo_astro.study.objectives import (
+    ObjectiveSpec,
+    check_latency_devices,
+    check_multi_objective,
+    parse_objectives,
+    primary,
+)
 from hpo_astro.study.packaged import resolve_study_file
 from hpo_astro.study.pbt_plan import check_pbt
 from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
@@ -161,6 +167,7 @@ class StudyConfig:
         from hpo_astro.core.train import resolve_device  # a device that is unknown or not here: one line
 
         self.devices = tuple(str(resolve_device(name)) for name in self.devices)
+        check_latency_devices(objectives, self.devices)
         if self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
         from hpo_astro.store.storage import refuse_in_memory  # before the data is loaded or simulated

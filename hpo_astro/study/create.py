@@ -48,6 +48,13 @@ def create_or_resume(
             directions=cfg.directions,
             load_if_exists=True,
         )
+    directions = [d.name.lower() for d in study.directions]
+    if directions != cfg.directions:  # an empty study another program made, or one of another objective
+        raise UserError(
+            f"study {cfg.study_name!r} in the store optimises {len(directions)} objective(s) "
+            f"({', '.join(directions)}), and --objective {cfg.objective} is {', '.join(cfg.directions)}; use another "
+            "--study name"
+        )
     current = study.user_attrs
     stored = StudyRecord.from_attrs(current)
     if stored is None and study.get_trials(deepcopy=False):

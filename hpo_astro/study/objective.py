@@ -282,7 +282,7 @@ class Objective:
                 if plan.n_runs == 1
                 else mean_metrics([r["val_metrics"] for r in progress.done])
             )
-            values = objective_values(self.cfg.objectives, value, metrics, self._cost(trial, params))
+            values = objective_values(self.cfg.objectives, metrics, self._cost(trial, params))
             if weights is not None:
                 keep_if_on_front(trial, values, weights, self.store)
             return values

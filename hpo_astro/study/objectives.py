@@ -107,6 +107,8 @@ def _spec(text: str) -> ObjectiveSpec:
         raise UserError(f"objective {text!r}: the rate must be a percentage or a fraction (@2% or @0.02)") from None
     if not 0 < rate < 1:
         raise UserError(f"objective {text!r}: the rate must be between 0 and 100% (exclusive), got {rate_text}")
+    if not math.isclose(float(_percent(rate)) / 100, rate, rel_tol=1e-12):  # the label names the rate it trains at
+        raise UserError(f"objective {text!r}: give the rate with at most 6 significant digits (it names the metric)")
     if math.isclose(rate, DEFAULT_RATES[name], rel_tol=0, abs_tol=1e-12):
         return ObjectiveSpec(name, *OBJECTIVES[name])  # the default rate: the metric every epoch measures
     return ObjectiveSpec(name, STATED_KEYS[name], OBJECTIVES[name][1], rate)
@@ -152,4 +154,13 @@ def check_multi_objective(strategy: str, greedy: bool, pruner: str, explicit_pru
         raise UserError(
             f"pruner {pruner!r} cannot run a multi-objective study: Optuna does not prune multi-objective trials "
             "(they stop at --max-epochs or by early stopping); use --pruner none"
+        )
+
+
+def check_latency_devices(objectives: tuple[ObjectiveSpec, ...], devices: tuple[str, ...]) -> None:
+    """Latency is timed on each trial's device: a study that optimises it runs on devices of one kind."""
+    if any(spec.name == "latency" for spec in objectives) and len({d.split(":")[0] for d in devices}) > 1:
+        raise UserError(
+            f"latency is timed on each trial's device, and --devices {','.join(devices)} mixes kinds: trials timed "
+            "on a CPU and on a GPU would share one front; give devices of one kind"
         )

@@ -20,30 +20,25 @@ from optuna.trial import TrialState
 
 from hpo_astro.core.cost import InferenceCost
 from hpo_astro.store.record import WEIGHTS_ATTR, WEIGHTS_MIMETYPE
-from hpo_astro.study.objectives import ObjectiveSpec, primary
-from hpo_astro.study.trial_callbacks import finite_metric
+from hpo_astro.study.objectives import ObjectiveSpec
 
 
 def objective_values(
-    objectives: Sequence[ObjectiveSpec],
-    primary_value: float,
-    val_metrics: Mapping[str, float],
-    cost: InferenceCost | None,
+    objectives: Sequence[ObjectiveSpec], val_metrics: Mapping[str, float], cost: InferenceCost | None
 ) -> list[float]:
-    """The trial's value of each objective, in the study's order: the primary metric as the trial scored it (the mean
-    over its runs), the other metrics from its (mean) validation metrics, the costs as measured. A metric that could
-    not be measured (NaN) is the worst value, as for one objective."""
-    main = primary(tuple(objectives))
+    """The trial's value of each objective, in the study's order: the metrics from its validation metrics (the mean
+    over its runs), the costs as measured. A metric that could not be measured (NaN: a diverged run) is the worst
+    value there is, -inf or +inf: not a number such as 1e9 that would stretch a benchmark's hypervolume box or pass
+    for a measurement; such a trial is on the front only where nothing beats it on another objective, and `--pick`
+    never takes it."""
     values = []
     for spec in objectives:
-        if spec == main:
-            values.append(primary_value)
-        elif spec.is_cost:
+        if spec.is_cost:
             assert cost is not None  # measured whenever an objective is a cost
             values.append(float(getattr(cost, spec.key)))
-        else:
-            raw = val_metrics.get(spec.key.removeprefix("val_"), math.nan)
-            values.append(finite_metric(float(raw), spec.maximize))
+            continue
+        raw = float(val_metrics.get(spec.key.removeprefix("val_"), math.nan))
+        values.append(raw if math.isfinite(raw) else (-math.inf if spec.maximize else math.inf))
     return values
 
 

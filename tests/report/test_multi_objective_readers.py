@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from helpers import RESULT_SPACE, invoke, load_study, store_url
@@ -282,3 +283,21 @@ def test_a_real_multi_objective_study_end_to_end(tmp_path: Path, small_file: Pat
     report = invoke("report", "--storage", url, "--out", tmp_path / "report")
     assert report.exit_code == 0, report.output
     assert f"Pareto front: {len(front)} trial" in (tmp_path / "report" / "study-random.html").read_text()
+
+
+def test_the_importances_of_a_maximised_objective_of_a_front_point_the_right_way() -> None:
+    """Accuracy (maximised) driven by x, the cost (minimised) by y: fANOVA names x for the accuracy and y for the
+    cost. (Optuna's default evaluator, asked for a multi-objective study's objectives, takes every one as minimised:
+    it named y for the accuracy.)"""
+    from hpo_astro.report.figures import optuna_plots
+
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    space = {name: optuna.distributions.FloatDistribution(0, 1) for name in ("x", "y")}
+    for _ in range(120):
+        x, y = rng.random(), rng.random()
+        study.add_trial(optuna.trial.create_trial(params={"x": x, "y": y}, distributions=space, values=[x, y]))
+    (plot,) = [p for p in optuna_plots(study) if p.key == "importances"]
+    assert plot.figure is not None
+    top = {trace.name: max(zip(trace.x, trace.y, strict=True))[1] for trace in plot.figure.data}
+    assert list(top.values()) == ["x", "y"], top

@@ -114,3 +114,17 @@ def test_export_picks_by_rule_and_says_which_trial_it_took(tmp_path: Path, small
     assert_refused(refused, "no complete trial of study 'grid' meets --pick 'params<10'")
     assert not (tmp_path / "x").exists()
     assert load_study(store, "grid").directions[1] == optuna.study.StudyDirection.MINIMIZE
+
+
+def test_a_rule_names_an_operating_point_with_or_without_its_stated_rate() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for values in ([0.30, 80.0], [0.20, 120.0]):
+        study.add_trial(optuna.trial.create_trial(values=values))
+    names = ["fpr_at_fnr@2%", "latency"]
+    for rule in ("fpr_at_fnr@2%<0.25", "fpr_at_fnr<25%", "best:fpr_at_fnr"):
+        trial, how = pick_trial(study, parse_pick(rule, names), names)
+        assert trial.number == 1 and "fpr_at_fnr@2%" in how, rule
+    trial, _ = pick_trial(study, parse_pick("fpr_at_fnr@2%>0.25", names), names)
+    assert trial.number == 0
+    with pytest.raises(UserError, match="'fpr_at_fnr@1%' is not an objective of this study"):
+        parse_pick("fpr_at_fnr@1%<0.2", names)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from helpers import assert_refused, invoke, journal_url, load_study, study_config
 from optuna.trial import TrialState
 
@@ -17,6 +18,7 @@ from hpo_astro.core.hyperparameters import DEFAULT_PARAMS
 from hpo_astro.core.model import parameter_count
 from hpo_astro.core.space import SearchSpace
 from hpo_astro.errors import UserError
+from hpo_astro.results.dashboard import study_note
 from hpo_astro.store.record import COST_ATTR, WEIGHTS_ATTR, params_full
 from hpo_astro.study.config import StudyConfig
 from hpo_astro.study.objectives import parse_objectives
@@ -36,6 +38,14 @@ def test_the_cost_of_a_configuration_is_counted_by_hand() -> None:
     assert (cost.macs, cost.flops, cost.n_params) == (TINY_MACS, 2 * TINY_MACS, TINY_PARAMS)
     assert cost.n_params == parameter_count(params, 1) and cost.latency_batch == 4
     assert 0 < cost.latency_us < 1e6 and cost.device == "cpu"
+    # timed on one thread whatever the process's own count (a worker's share, or all cores), which stays as it was
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert measure_cost(params, in_channels=1, latency_batch=4).latency_threads == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     wider = measure_cost({**params, "conv_layers": 2}, in_channels=1, latency=False)
     assert wider.macs > cost.macs and math.isnan(wider.latency_us)
 
@@ -149,6 +159,9 @@ def test_a_trained_multi_objective_study_keeps_the_weights_of_its_front(tmp_path
         history = [k for k in trial.user_attrs if k.startswith("curve_")]
         assert history and not trial.intermediate_values  # curves recorded, nothing reported to Optuna
         assert trial.values[0] == pytest.approx(trial.user_attrs["val_metrics"]["loss"])
+    note = study_note(study, ["run"], "hpo-astro", tmp_path, cfg.storage)
+    assert "(loss minimized, params minimized)" in note and "Its result is a Pareto front" in note
+    assert "intermediate values" not in note  # Optuna takes none from a multi-objective trial
     front = {t.number for t in study.best_trials}
     kept = {t.number for t in trials if WEIGHTS_ATTR in t.user_attrs}
     assert front <= kept  # a trial dominated as it finished stays dominated: the front's weights are all there
@@ -223,3 +236,57 @@ def test_an_interrupted_multi_objective_study_resumes_its_trial_and_ends_with_th
     assert len(resumed) == 1 and resumed[0].user_attrs["resumed_from_epoch"] == 2
     assert len(resumed[0].user_attrs["curve_val_loss"]) == 3  # its whole run, the checkpointed epochs included
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_only_a_trial_on_the_front_as_it_finishes_keeps_its_weights(tmp_path: Path) -> None:
+    """Accuracy maximised, parameters minimised, against a finished trial at (0.80, 1000): a trial at (0.85, 1000)
+    is on the front and keeps its weights; one at (0.75, 1000) is dominated and keeps none (with the accuracy's
+    direction flipped, the two would swap)."""
+    import torch
+
+    from hpo_astro.study.pareto import keep_if_on_front
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.80, 1000.0]))
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    (tmp_path / "artifacts").mkdir()
+    weights = {"w": torch.zeros(2)}
+    kept = {}
+    for values in ([0.85, 1000.0], [0.75, 1000.0]):
+        trial = study.ask()
+        keep_if_on_front(trial, values, weights, store)
+        kept[values[0]] = trial.user_attrs.get(WEIGHTS_ATTR)
+        study.tell(trial, values)
+    assert kept[0.75] is None and isinstance(kept[0.85], str)
+    assert (tmp_path / "artifacts" / kept[0.85]).is_file()
+
+
+def test_a_metric_that_could_not_be_measured_is_the_worst_value_not_a_number_that_passes_for_one() -> None:
+    from hpo_astro.study.pareto import objective_values
+
+    objectives = parse_objectives("accuracy,loss,roc_auc")
+    values = objective_values(objectives, {"accuracy": 0.7, "loss": math.nan, "roc_auc": math.nan}, None)
+    assert values == [0.7, math.inf, -math.inf]
+
+
+@pytest.mark.parametrize("directions", [["minimize", "minimize"], ["minimize"]])
+def test_an_empty_study_of_other_directions_another_program_made_is_refused_untouched(
+    directions: list[str], tmp_path: Path, small_file: Path
+) -> None:
+    store = journal_url(tmp_path)
+    optuna.create_study(study_name="theirs", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.log"))), directions=directions)  # fmt: skip
+    for objective in ("accuracy", "accuracy,params"):
+        result = invoke("run", "--study", "theirs", "--objective", objective, "-n", 1, "--data", small_file,
+                        "--storage", store)  # fmt: skip
+        assert_refused(result, "study 'theirs' in the store optimises")
+    assert load_study(store, "theirs").user_attrs == {}  # nothing written to it
+
+
+def test_latency_is_refused_on_devices_of_two_kinds() -> None:
+    from hpo_astro.study.objectives import check_latency_devices
+
+    with pytest.raises(UserError, match="--devices cpu,cuda:0 mixes kinds"):
+        check_latency_devices(parse_objectives("accuracy,latency"), ("cpu", "cuda:0"))
+    check_latency_devices(parse_objectives("accuracy,latency"), ("cuda:0", "cuda:1"))
+    check_latency_devices(parse_objectives("accuracy,params"), ("cpu", "cuda:0"))  # no timing: any devices

@@ -125,3 +125,9 @@ def test_a_study_at_a_stated_rate_measures_it_every_epoch_and_records_it(tmp_pat
     other = study_config(tmp_path, small_file, objective="fpr_at_fnr@1%", space=space, n_trials=3, max_epochs=2)
     with pytest.raises(UserError, match=r"different objective \(fpr_at_fnr@2% vs fpr_at_fnr@1%\)"):
         run_study(other, train=None)
+
+
+def test_a_rate_the_metric_name_cannot_hold_exactly_is_refused() -> None:
+    for text in ("fpr_at_fnr@0.123456789", "fpr_at_fnr@5.0000001%"):  # not trained at a rate its name rounds off
+        with pytest.raises(UserError, match="at most 6 significant digits"):
+            parse_objectives(text)
