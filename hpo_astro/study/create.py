@@ -48,13 +48,6 @@ def create_or_resume(
             directions=cfg.directions,
             load_if_exists=True,
         )
-    directions = [d.name.lower() for d in study.directions]
-    if directions != cfg.directions:  # an empty study another program made, or one of another objective
-        raise UserError(
-            f"study {cfg.study_name!r} in the store optimises {len(directions)} objective(s) "
-            f"({', '.join(directions)}), and --objective {cfg.objective} is {', '.join(cfg.directions)}; use another "
-            "--study name"
-        )
     current = study.user_attrs
     stored = StudyRecord.from_attrs(current)
     if stored is None and study.get_trials(deepcopy=False):
@@ -67,6 +60,13 @@ def create_or_resume(
         raise UserError(
             f"study {cfg.study_name!r} in the store was made with a different {key.replace('_', ' ')} "
             f"({_short(getattr(stored, key))} vs {_short(getattr(record, key))}); use another --study name"
+        )
+    directions = [d.name.lower() for d in study.directions]
+    if directions != cfg.directions:  # an empty study another program made
+        raise UserError(
+            f"study {cfg.study_name!r} in the store optimises {len(directions)} objective(s) "
+            f"({', '.join(directions)}), and --objective {cfg.objective} is {', '.join(cfg.directions)}; use another "
+            "--study name"
         )
     if stored is not None and (kind := stored.kind_of(cfg.study_name)) != record.trial_kind:
         raise UserError(
