@@ -305,7 +305,7 @@ class OptunaPlot:
 
 OPTUNA_PLOTS = (
     ("history", "Optimisation history", "plot_optimization_history"),
-    ("importances", "Parameter importances (fANOVA)", "plot_param_importances"),  # evaluator named below
+    ("importances", "Parameter importances (PED-ANOVA)", "plot_param_importances"),  # Optuna 5's default evaluator
     ("parallel", "Parallel coordinates", "plot_parallel_coordinate"),
     ("intermediate", "Intermediate values (objective per epoch)", "plot_intermediate_values"),
 )
@@ -342,8 +342,20 @@ def _optuna_notes(notes: list[str]) -> Iterator[None]:
         optuna.logging.enable_default_handler()
 
 
-def _first_value(trial: FrozenTrial) -> float:
-    return float(trial.values[0])
+def _front_importances(study: optuna.Study) -> go.Figure:
+    """One importance series per objective. Optuna's evaluator takes a target as minimised: a maximised objective is
+    given negated (else it ranks what makes accuracy low); its warning saying so is silenced."""
+    import optuna.visualization as vis
+
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    parts = []
+    for i, direction in enumerate(study.directions):
+        sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            target = lambda t, i=i, sign=sign: sign * float(t.values[i])  # noqa: E731
+            parts.append(vis.plot_param_importances(study, target=target, target_name=names[i]))
+    return parts[0].add_traces([trace for part in parts[1:] for trace in part.data])
 
 
 def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
@@ -353,7 +365,7 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
     objective = (study.metric_names or ["objective value"])[0]  # set by `run` (a study of an earlier version: none)
     # A multi-objective study: the history and parallel coordinates of its first objective (they draw one), the
     # importances for each objective; its trials report no intermediate values (Optuna does not prune them).
-    multi = {"target": _first_value} if is_multi_objective(study) else {}
+    multi = {"target": lambda t: float(t.values[0])} if is_multi_objective(study) else {}
     plots = []
     for key, title, name in OPTUNA_PLOTS:
         notes: list[str] = []
@@ -364,10 +376,8 @@ def optuna_plots(study: optuna.Study) -> list[OptunaPlot]:
                     figure = getattr(vis, name)(study, target_name=objective, **multi)
                 elif key == "intermediate" and multi:
                     notes.append("a multi-objective study's trials report no intermediate values; see (c)")
-                elif key == "importances":  # fANOVA by name (Optuna's default is another evaluator), seeded; it
-                    # measures variance, which has no direction: right for a maximised objective of a front too
-                    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-                    figure = vis.plot_param_importances(study, evaluator=evaluator)
+                elif key == "importances" and multi:
+                    figure = _front_importances(study)
                 else:
                     figure = getattr(vis, name)(study)
             # Optuna's refusals (ValueError, TypeError: e.g. too few trials for a plot), fANOVA's zero variance

@@ -286,9 +286,9 @@ def test_a_real_multi_objective_study_end_to_end(tmp_path: Path, small_file: Pat
 
 
 def test_the_importances_of_a_maximised_objective_of_a_front_point_the_right_way() -> None:
-    """Accuracy (maximised) driven by x, the cost (minimised) by y: fANOVA names x for the accuracy and y for the
-    cost. (Optuna's default evaluator, asked for a multi-objective study's objectives, takes every one as minimised:
-    it named y for the accuracy.)"""
+    """Accuracy (maximised) driven by x, the cost (minimised) by y: the importances name x for the accuracy and y for
+    the cost. (Optuna's evaluator, asked for a multi-objective study's objectives, took every one as minimised: it
+    named y for the accuracy.)"""
     from hpo_astro.report.figures import optuna_plots
 
     rng = np.random.default_rng(0)
