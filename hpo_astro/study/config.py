@@ -28,6 +28,7 @@ from hpo_astro.study.pbt_plan import check_pbt
 from hpo_astro.study.strategies import PRUNERS, STARTUP_STRATEGIES, check_strategy, pruner_name
 
 DEFAULT_CHECKPOINT_INTERVAL = 10
+DEFAULT_LATENCY_BATCH = 256  # as `hpo_astro.core.cost`'s (not imported here: it imports torch)
 MAX_LATENCY_BATCH = 4096
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, used by Optuna's samplers, takes 32-bit seeds
 MAX_HEARTBEAT = 3600  # seconds; a heartbeat rarer than hourly tells nothing in time
@@ -53,7 +54,8 @@ class StudyConfig:
     pruner: str | None = None  # None: the strategy's default (hyperband for bohb, else none); set by validate()
     # One objective, or several joined by commas (`hpo_astro.study.objectives`): "accuracy", "accuracy,latency".
     objective: str = "accuracy"
-    latency_batch: int = 256  # cutouts per timed forward pass, for the latency objective (`hpo_astro.core.cost`)
+    # cutouts per timed forward pass, for the latency objective (`hpo_astro.core.cost.DEFAULT_LATENCY_BATCH`)
+    latency_batch: int = DEFAULT_LATENCY_BATCH
     seed: int = 0
     data: Path | None = None
     channels: tuple[str, ...] = DEFAULT_CHANNELS
@@ -195,7 +197,7 @@ class StudyConfig:
             n_startup_trials=record.n_startup_trials,
             pruner=record.pruner,
             objective=record.objective,
-            latency_batch=int(record.latency_batch or 256),
+            latency_batch=int(record.latency_batch or DEFAULT_LATENCY_BATCH),
             seed=int(record.seed),
             data=Path(record.data) if record.data else None,
             channels=tuple(record.channels),
